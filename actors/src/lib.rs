@@ -1,0 +1,21 @@
+//! The state machines of an rdask node and their ractor shells.
+//!
+//! - [`NodeCore`] (module `core`) is the pure state machine of one node: it accepts graphs,
+//!   tracks every task's state, decides which ready tasks start, stores results and answers
+//!   the client. It does no I/O, reads no clock and spawns nothing: inputs come in through
+//!   `handle_*` methods, outputs leave through `take_*` methods, in the order documented on
+//!   the type.
+//! - [`TaskPool`] runs task functions on dedicated OS threads, never on the async runtime.
+//! - [`NodeActor`] is the thin ractor shell that feeds the core from client requests and
+//!   finished tasks, and drains its outputs to the pool and to the reply channels.
+//! - [`protocol`] holds the client protocol's messages, shared by the in-process client and
+//!   the network codec.
+
+mod core;
+mod pool;
+pub mod protocol;
+mod shell;
+
+pub use crate::core::{Job, NodeCore, RequestId, TaskDone};
+pub use pool::{Completions, TaskPool};
+pub use shell::{NodeActor, NodeArgs, NodeMsg, ReplyTo, spawn_node};

@@ -1,0 +1,178 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rdask_gossip::{MemberInfo, PROTOCOL_VERSION};
+use rdask_graph::Registry;
+use rustc_hash::FxHashMap;
+
+use crate::core::{NodeCore, RequestId};
+use crate::pool::{Completions, TaskPool};
+use crate::protocol::{ClientRequest, ClientResponse, NodeStatus};
+
+/// Where the answer to a request goes: a closure that sends it (over a oneshot channel for
+/// an in-process client, back to the network loop for a remote one).
+pub type ReplyTo = Box<dyn FnOnce(ClientResponse) + Send>;
+
+/// Messages of the [`NodeActor`].
+pub enum NodeMsg {
+    /// A client request and where to send the answer.
+    Request(ClientRequest, ReplyTo),
+    /// The pool has finished tasks.
+    TasksDone,
+    /// A gather's wait is over.
+    WaitExpired(RequestId),
+    /// The node's own status.
+    Status(RpcReplyPort<NodeStatus>),
+    /// The node's listen addresses changed.
+    SetAddresses(Vec<String>),
+}
+
+/// What a node actor starts with.
+pub struct NodeArgs {
+    /// The node's member record (its id is also the node name in task errors).
+    pub member: MemberInfo,
+    /// The task functions it can run.
+    pub registry: &'static Registry,
+    /// Threads of its task pool.
+    pub nthreads: usize,
+}
+
+/// The ractor shell around [`NodeCore`]: one loop that feeds the core and drains its
+/// outputs (replies, then jobs to the pool, then timers).
+pub struct NodeActor;
+
+/// The state of a running [`NodeActor`].
+pub struct NodeState {
+    core: NodeCore,
+    pool: TaskPool,
+    completions: Completions,
+    pending: FxHashMap<RequestId, ReplyTo>,
+    next_request: u64,
+    member: MemberInfo,
+}
+
+/// Starts a node actor (unnamed: several nodes may share a process).
+pub async fn spawn_node(
+    args: NodeArgs,
+) -> Result<(ActorRef<NodeMsg>, tokio::task::JoinHandle<()>), ractor::SpawnErr> {
+    Actor::spawn(None, NodeActor, args).await
+}
+
+impl NodeState {
+    fn status(&self) -> NodeStatus {
+        NodeStatus {
+            member: self.member.clone(),
+            load: self.core.load(),
+        }
+    }
+
+    fn drain(&mut self, myself: &ActorRef<NodeMsg>) {
+        for (id, response) in self.core.take_replies() {
+            if let Some(reply) = self.pending.remove(&id) {
+                reply(response);
+            }
+        }
+        let jobs = self.core.take_jobs();
+        if !jobs.is_empty() {
+            self.pool.run(jobs);
+        }
+        for (id, ms) in self.core.take_timers() {
+            myself.send_after(Duration::from_millis(u64::from(ms)), move || {
+                NodeMsg::WaitExpired(id)
+            });
+        }
+    }
+}
+
+impl Actor for NodeActor {
+    type Msg = NodeMsg;
+    type State = NodeState;
+    type Arguments = NodeArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<NodeMsg>,
+        args: NodeArgs,
+    ) -> Result<NodeState, ActorProcessingErr> {
+        let me = myself.clone();
+        let notify: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            let _ = me.send_message(NodeMsg::TasksDone);
+        });
+        let (pool, completions) = TaskPool::start("rdask-worker", args.nthreads, notify)?;
+        Ok(NodeState {
+            core: NodeCore::new(&args.member.id.0, args.registry, args.nthreads as u32),
+            pool,
+            completions,
+            pending: FxHashMap::default(),
+            next_request: 0,
+            member: args.member,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<NodeMsg>,
+        message: NodeMsg,
+        state: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            NodeMsg::TasksDone => {
+                let done: Vec<_> = state.completions.drain().collect();
+                for d in done {
+                    state.core.handle_task_done(d);
+                }
+            }
+            NodeMsg::Request(request, reply) => {
+                let id = RequestId(state.next_request);
+                state.next_request += 1;
+                match request {
+                    ClientRequest::Hello { protocol, version } => {
+                        if protocol != PROTOCOL_VERSION {
+                            tracing::warn!(
+                                client_protocol = protocol,
+                                client_version = %version,
+                                "refused a client with an incompatible protocol version"
+                            );
+                            reply(ClientResponse::Refused(format!(
+                                "protocol version mismatch: the client speaks {protocol}, this node \
+                                 (rdask {}) speaks {PROTOCOL_VERSION}; use the same rdask version",
+                                state.member.version
+                            )));
+                        } else {
+                            reply(ClientResponse::Welcome(state.status()));
+                        }
+                        return Ok(());
+                    }
+                    ClientRequest::Info => {
+                        reply(ClientResponse::Info(vec![state.status()]));
+                        return Ok(());
+                    }
+                    ClientRequest::Submit { graphs } => {
+                        state.pending.insert(id, reply);
+                        state.core.handle_submit(id, graphs);
+                    }
+                    ClientRequest::Gather { keys, wait_ms } => {
+                        state.pending.insert(id, reply);
+                        state.core.handle_gather(id, keys, wait_ms);
+                    }
+                    ClientRequest::Release { keys } => {
+                        state.pending.insert(id, reply);
+                        state.core.handle_release(id, keys);
+                    }
+                }
+            }
+            NodeMsg::WaitExpired(id) => state.core.handle_wait_expired(id),
+            NodeMsg::Status(port) => {
+                let _ = port.send(state.status());
+                return Ok(());
+            }
+            NodeMsg::SetAddresses(addrs) => {
+                state.member.addresses = addrs;
+                return Ok(());
+            }
+        }
+        state.drain(&myself);
+        Ok(())
+    }
+}

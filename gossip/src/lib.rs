@@ -1,0 +1,87 @@
+//! Membership and the replicated cluster state of rdask (pure, sans-IO).
+//!
+//! This crate will hold the SWIM-style failure detector and the CRDT cluster state merged
+//! by anti-entropy. For now it defines the identity and the self-description every node
+//! carries from its first start, so that the later membership protocol gossips the same
+//! records the node already publishes to clients.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The version of rdask's wire protocols. Nodes and clients with a different version refuse
+/// each other with a clear reason.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A node's identity: the bytes of its libp2p `PeerId`, shown in its base58 text form.
+///
+/// Pure crates cannot depend on libp2p, so the identity is carried as its text form.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeId(pub String);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({})", self.0)
+    }
+}
+
+/// What a node says about itself: the member record gossiped in the cluster state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// The node's identity.
+    pub id: NodeId,
+    /// Addresses it listens on (multiaddrs as text).
+    pub addresses: Vec<String>,
+    /// Threads that run task functions.
+    pub nthreads: u32,
+    /// Memory of the machine in bytes, when known.
+    pub memory_bytes: u64,
+    /// Digest of the task functions compiled into its binary.
+    pub functions_digest: u64,
+    /// Number of task functions compiled into its binary.
+    pub functions: u32,
+    /// The rdask version it runs.
+    pub version: String,
+    /// The wire protocol version.
+    pub protocol: u32,
+}
+
+/// A node's load, as gossiped later and reported to clients now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadSummary {
+    /// Tasks waiting for inputs or for a thread.
+    pub queued: u64,
+    /// Tasks running now.
+    pub running: u64,
+    /// Results held in memory.
+    pub stored: u64,
+    /// Bytes of results held in memory.
+    pub memory_used: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_records_round_trip_through_the_wire_codec() {
+        let m = MemberInfo {
+            id: NodeId("12D3KooW".into()),
+            addresses: vec!["/ip4/127.0.0.1/tcp/4001".into()],
+            nthreads: 2,
+            memory_bytes: 1 << 30,
+            functions_digest: 7,
+            functions: 3,
+            version: "0.1.0".into(),
+            protocol: PROTOCOL_VERSION,
+        };
+        let bytes = postcard::to_allocvec(&m).unwrap();
+        assert_eq!(postcard::from_bytes::<MemberInfo>(&bytes).unwrap(), m);
+    }
+}
