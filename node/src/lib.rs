@@ -1,1 +1,357 @@
-//! placeholder
+//! The rdask node: the library behind the `rdask-node` binary.
+//!
+//! Every machine of an rdask cluster runs the same node. A node accepts graphs from
+//! clients, runs their tasks on a dedicated thread pool, stores results and answers the
+//! client; later it gossips membership with its peers and shares work with them.
+//!
+//! - [`start`] starts a node inside a tokio runtime and returns a [`NodeHandle`]; the
+//!   in-process local cluster of the `rdask` crate uses it;
+//! - [`main`] is the whole program of a node binary: command line, logging, signals. A
+//!   binary that carries its own task functions is one line:
+//!
+//! ```no_run
+//! fn main() {
+//!     rdask_node::main()
+//! }
+//! ```
+
+pub mod builtins;
+pub mod codec;
+mod config;
+pub mod net;
+
+use std::path::Path;
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use ractor::ActorRef;
+use rdask_actors::protocol::NodeStatus;
+use rdask_actors::{NodeArgs, NodeMsg, spawn_node};
+use rdask_gossip::{MemberInfo, NodeId, PROTOCOL_VERSION};
+use rdask_graph::Registry;
+use tokio::sync::watch;
+
+pub use config::{Cli, NodeConfig};
+pub use net::{NetError, RemoteError, RemoteNode};
+
+/// The rdask version of this build.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The network could not be set up.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The identity file could not be read or written.
+    #[error("identity file {path}: {reason}")]
+    Identity {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The binary registers two task functions under one name.
+    #[error(
+        "task functions registered more than once: {0:?}; give one of each pair another \
+         name with #[rdask::task(name = \"…\")]"
+    )]
+    DuplicateFunctions(Vec<&'static str>),
+    /// The node actor could not start.
+    #[error("cannot start the node: {0}")]
+    Spawn(String),
+}
+
+/// A running node.
+pub struct NodeHandle {
+    peer_id: PeerId,
+    listen_addrs: Vec<Multiaddr>,
+    actor: ActorRef<NodeMsg>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    /// The node's identity.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The addresses it listened on at start (empty for a node without network).
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    /// The node actor, for in-process clients.
+    pub fn actor(&self) -> ActorRef<NodeMsg> {
+        self.actor.clone()
+    }
+
+    /// The node's status: its member record and load.
+    pub async fn status(&self) -> Option<NodeStatus> {
+        ractor::call!(self.actor, NodeMsg::Status).ok()
+    }
+
+    /// Stops the node: closes its listeners and connections and its task pool.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        self.actor.stop(Some("shutdown".into()));
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+}
+
+/// Loads the keypair in `path`, or creates it there.
+pub fn load_or_create_identity(path: &Path) -> Result<Keypair, NodeError> {
+    let err = |reason: String| NodeError::Identity {
+        path: path.display().to_string(),
+        reason,
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| err(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Keypair::generate_ed25519();
+            let bytes = key.to_protobuf_encoding().map_err(|e| err(e.to_string()))?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+            }
+            std::fs::write(path, bytes).map_err(|e| err(e.to_string()))?;
+            Ok(key)
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// Total memory of this machine in bytes (0 when unknown).
+fn machine_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Starts a node in the current tokio runtime.
+///
+/// With no listen address the node has no network at all (the in-process local cluster).
+/// Returns once every listener has its address.
+pub async fn start(config: NodeConfig, registry: &'static Registry) -> Result<NodeHandle, NodeError> {
+    if !registry.duplicates().is_empty() {
+        return Err(NodeError::DuplicateFunctions(registry.duplicates().to_vec()));
+    }
+    let keypair = match &config.identity {
+        Some(path) => load_or_create_identity(path)?,
+        None => Keypair::generate_ed25519(),
+    };
+    let peer_id = keypair.public().to_peer_id();
+    let nthreads = config.nthreads.max(1);
+    let member = MemberInfo {
+        id: NodeId(peer_id.to_string()),
+        addresses: Vec::new(),
+        nthreads: nthreads as u32,
+        memory_bytes: machine_memory(),
+        functions_digest: registry.digest(),
+        functions: registry.len() as u32,
+        version: VERSION.to_string(),
+        protocol: PROTOCOL_VERSION,
+    };
+    let (actor, actor_task) = spawn_node(NodeArgs {
+        member,
+        registry,
+        nthreads,
+    })
+    .await
+    .map_err(|e| NodeError::Spawn(e.to_string()))?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = vec![actor_task];
+    let mut listen_addrs = Vec::new();
+
+    if !config.listen.is_empty() || !config.join.is_empty() {
+        let agent = format!("rdask-node/{VERSION}");
+        let mut swarm = net::build_swarm(keypair, |k| {
+            net::node_behaviour(k, config.max_frame, agent)
+        })?;
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        // Wait for the listeners' addresses so that callers (and the printed banner) know
+        // them, e.g. the port chosen for `/tcp/0`.
+        let wanted = config.listen.len();
+        let mut ready = std::collections::HashSet::new();
+        let wait = async {
+            use futures::StreamExt;
+            while ready.len() < wanted {
+                match swarm.select_next_some().await {
+                    libp2p::swarm::SwarmEvent::NewListenAddr {
+                        listener_id,
+                        address,
+                    } => {
+                        ready.insert(listener_id);
+                        listen_addrs.push(address);
+                    }
+                    libp2p::swarm::SwarmEvent::ListenerError { error, .. }
+                    | libp2p::swarm::SwarmEvent::ListenerClosed {
+                        reason: Err(error), ..
+                    } => return Err(error.to_string()),
+                    _ => {}
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(Duration::from_secs(10), wait).await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => {
+                return Err(NetError::Listen {
+                    addr: config.listen[0].clone(),
+                    reason,
+                }
+                .into());
+            }
+            Err(_) => {
+                return Err(NetError::Listen {
+                    addr: config.listen[0].clone(),
+                    reason: "no address within 10 s".into(),
+                }
+                .into());
+            }
+        }
+        let _ = actor.send_message(NodeMsg::SetAddresses(
+            listen_addrs.iter().map(|a| a.to_string()).collect(),
+        ));
+        for addr in &config.join {
+            tracing::info!(%addr, "joining");
+            if let Err(e) = swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, error = %e, "cannot dial a join address");
+            }
+        }
+        tasks.push(tokio::spawn(net::run_node_swarm(
+            swarm,
+            actor.clone(),
+            shutdown_rx,
+        )));
+    }
+    Ok(NodeHandle {
+        peer_id,
+        listen_addrs,
+        actor,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Sets up logging through `tracing`, filtered by `RUST_LOG` (default `info`). Does nothing
+/// if a subscriber is already installed.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The whole program of a node binary: parses the command line, logs through `tracing`
+/// (`RUST_LOG`), starts the node with every task function linked into the binary, prints
+/// its identity and addresses, and stops cleanly on SIGINT or SIGTERM.
+///
+/// A crate's task functions are in the binary only if the binary names that crate: a node
+/// binary for functions defined in another crate says `use that_crate as _;`.
+pub fn main() {
+    use clap::Parser;
+    let cli = Cli::parse();
+    std::process::exit(run_cli(cli))
+}
+
+/// Runs a node from parsed command-line options; returns the process exit code.
+pub fn run_cli(cli: Cli) -> i32 {
+    init_logging();
+    let registry = Registry::global();
+    // Keep the built-in functions linked into every node binary.
+    let builtins = builtins::names();
+    if cli.list_functions {
+        for name in registry.names() {
+            println!("{name}");
+        }
+        return 0;
+    }
+    let config = match cli.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rdask-node: {e}");
+            return 2;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("rdask-io")
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rdask-node: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    let code = runtime.block_on(async move {
+        let nthreads = config.nthreads;
+        let node = match start(config, registry).await {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("rdask-node: {e}");
+                return 1;
+            }
+        };
+        println!("rdask-node {VERSION}");
+        println!("peer id: {}", node.peer_id());
+        println!(
+            "threads: {nthreads}, task functions: {} ({} built in)",
+            registry.len(),
+            builtins.len()
+        );
+        for a in node.listen_addrs() {
+            println!("listening on {a}/p2p/{}", node.peer_id());
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        node.shutdown().await;
+        0
+    });
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    code
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,103 @@
+//! Task functions built into every rdask node binary.
+//!
+//! They let a client use a stock `rdask-node` without building its own node binary, and they
+//! are what the examples and benchmarks run against a separate node process.
+
+/// `x + 1`.
+#[rdask_macros::task(crate = "::rdask_graph", name = "rdask::builtins::inc")]
+pub fn inc(x: i64) -> i64 {
+    x.wrapping_add(1)
+}
+
+/// `a + b`.
+#[rdask_macros::task(crate = "::rdask_graph", name = "rdask::builtins::add")]
+pub fn add(a: i64, b: i64) -> i64 {
+    a.wrapping_add(b)
+}
+
+/// `a * b`.
+#[rdask_macros::task(crate = "::rdask_graph", name = "rdask::builtins::mul")]
+pub fn mul(a: i64, b: i64) -> i64 {
+    a.wrapping_mul(b)
+}
+
+/// The sum of a list.
+#[rdask_macros::task(crate = "::rdask_graph", name = "rdask::builtins::sum")]
+pub fn sum(xs: Vec<i64>) -> i64 {
+    xs.into_iter().fold(0i64, i64::wrapping_add)
+}
+
+/// Returns its argument.
+#[rdask_macros::task(crate = "::rdask_graph", name = "rdask::builtins::identity")]
+pub fn identity(x: u64) -> u64 {
+    x
+}
+
+/// Sleeps `ms` milliseconds on the task thread, then returns `ms`.
+#[rdask_macros::task(crate = "::rdask_graph", name = "rdask::builtins::sleep-ms")]
+pub fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    ms
+}
+
+/// Fails with `message` (an `Err`, not a panic).
+#[rdask_macros::task(crate = "::rdask_graph", name = "rdask::builtins::fail")]
+pub fn fail(message: String) -> Result<u64, String> {
+    Err(message)
+}
+
+/// Panics with `message`.
+#[rdask_macros::task(crate = "::rdask_graph", name = "rdask::builtins::panic")]
+pub fn panic(message: String) -> u64 {
+    std::panic::panic_any(message)
+}
+
+/// The names of the built-in functions; naming them also keeps them linked into every
+/// binary that starts a node.
+pub fn names() -> [&'static str; 8] {
+    [
+        inc.name(),
+        add.name(),
+        mul.name(),
+        sum.name(),
+        identity.name(),
+        sleep_ms.name(),
+        fail.name(),
+        panic.name(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdask_graph::{Registry, value};
+
+    #[test]
+    fn builtins_stay_callable_as_plain_functions() {
+        assert_eq!(inc(1), 2);
+        assert_eq!(add(2, 3), 5);
+        assert_eq!(sum(vec![1, 2, 3]), 6);
+        assert_eq!(fail("x".into()), Err("x".to_string()));
+    }
+
+    #[test]
+    fn builtins_are_registered_under_their_names_and_run_from_bytes() {
+        let r = Registry::global();
+        for n in names() {
+            assert!(r.contains(n), "{n} is not registered");
+        }
+        let e = r.get("rdask::builtins::add").unwrap();
+        let out = e
+            .call(&[value::encode(&40i64).unwrap(), value::encode(&2i64).unwrap()])
+            .unwrap();
+        assert_eq!(value::decode::<i64>(&out).unwrap(), 42);
+        let err = r
+            .get("rdask::builtins::fail")
+            .unwrap()
+            .call(&[value::encode("no luck").unwrap()])
+            .unwrap_err();
+        assert_eq!(err.to_string(), "no luck");
+        assert_eq!(inc.prefix(), "inc");
+        assert_eq!(sleep_ms.prefix(), "sleep-ms");
+    }
+}

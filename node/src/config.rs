@@ -1,0 +1,95 @@
+use std::path::PathBuf;
+
+use clap::Parser;
+use libp2p::Multiaddr;
+
+use crate::codec::DEFAULT_MAX_FRAME;
+
+/// The `rdask-node` command line.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "rdask-node",
+    version,
+    about = "An rdask node: every machine of an rdask cluster runs the same one",
+    long_about = "An rdask node: every machine of an rdask cluster runs the same one. \
+                  It accepts graphs from clients, runs their tasks on its threads and serves \
+                  their results. Logging is controlled by RUST_LOG (e.g. RUST_LOG=debug)."
+)]
+pub struct Cli {
+    /// Address to listen on, as a multiaddr (repeatable).
+    #[arg(long, env = "RDASK_LISTEN", value_delimiter = ',', default_value = "/ip4/0.0.0.0/tcp/4001")]
+    pub listen: Vec<Multiaddr>,
+
+    /// A member of the cluster to join, as a multiaddr, e.g. /dns/seed/tcp/4001 (repeatable).
+    #[arg(long, env = "RDASK_JOIN", value_delimiter = ',')]
+    pub join: Vec<Multiaddr>,
+
+    /// Threads that run task functions [default: the machine's cores].
+    #[arg(long, env = "RDASK_NTHREADS")]
+    pub nthreads: Option<usize>,
+
+    /// File holding the node's key (created if missing): the same file gives the same
+    /// peer id on every start. Without it the node gets a new identity each time.
+    #[arg(long, env = "RDASK_IDENTITY")]
+    pub identity: Option<PathBuf>,
+
+    /// Largest message accepted or sent, in bytes.
+    #[arg(long, env = "RDASK_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME)]
+    pub max_frame_bytes: usize,
+
+    /// Print the task functions compiled into this binary and exit.
+    #[arg(long)]
+    pub list_functions: bool,
+}
+
+/// How to run a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Listen addresses; none for a node without network.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start.
+    pub join: Vec<Multiaddr>,
+    /// Threads of the task pool.
+    pub nthreads: usize,
+    /// The identity file, if any.
+    pub identity: Option<PathBuf>,
+    /// The frame limit of the client protocol.
+    pub max_frame: usize,
+}
+
+impl NodeConfig {
+    /// A node without network, with `nthreads` task threads (the local cluster).
+    pub fn in_process(nthreads: usize) -> NodeConfig {
+        NodeConfig {
+            listen: Vec::new(),
+            join: Vec::new(),
+            nthreads,
+            identity: None,
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// The machine's cores.
+pub(crate) fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Cli {
+    /// The node configuration these options describe.
+    pub fn into_config(self) -> Result<NodeConfig, String> {
+        if self.nthreads == Some(0) {
+            return Err("--nthreads must be at least 1".into());
+        }
+        if self.max_frame_bytes < 1024 {
+            return Err("--max-frame-bytes must be at least 1024".into());
+        }
+        Ok(NodeConfig {
+            listen: self.listen,
+            join: self.join,
+            nthreads: self.nthreads.unwrap_or_else(default_threads),
+            identity: self.identity,
+            max_frame: self.max_frame_bytes,
+        })
+    }
+}
