@@ -1,0 +1,523 @@
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use ractor::ActorRef;
+use rdask_actors::NodeMsg;
+use rdask_actors::protocol::{
+    ClientRequest, ClientResponse, GraphSubmission, KeyResult, NodeStatus, SubmitOutcome,
+};
+use rdask_gossip::PROTOCOL_VERSION;
+use rdask_graph::{GraphId, Key, Registry, TaskFn, TaskSpec};
+use rdask_node::{NodeConfig, NodeHandle, RemoteNode};
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::address::parse_address;
+use crate::future::{ArgContext, Args, FutureShared, IntoArg, Submitted, decode};
+use crate::{Error, Future, Result};
+
+/// How long the node may hold a gather before answering with what is ready (the client
+/// then asks again).
+const LONG_POLL_MS: u32 = 5_000;
+/// How long `connect` waits for the node.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most queued operations sent in one message.
+const MAX_BATCH: usize = 4_096;
+
+/// How the client reaches its node.
+#[derive(Clone)]
+enum Conn {
+    /// The node runs in this process: requests are messages to its actor.
+    Local(ActorRef<NodeMsg>),
+    /// The node is reached over `/rdask/client/1`.
+    Remote(RemoteNode),
+}
+
+impl Conn {
+    async fn request(&self, request: ClientRequest) -> Result<ClientResponse> {
+        let response = match self {
+            Conn::Local(actor) => {
+                let (tx, rx) = oneshot::channel();
+                actor
+                    .send_message(NodeMsg::Request(
+                        request,
+                        Box::new(move |r| {
+                            let _ = tx.send(r);
+                        }),
+                    ))
+                    .map_err(|_| Error::Closed)?;
+                rx.await.map_err(|_| Error::Closed)?
+            }
+            Conn::Remote(remote) => remote.request(request).await.map_err(|e| match e {
+                rdask_node::RemoteError::Closed => Error::Closed,
+                rdask_node::RemoteError::Lost(m) => Error::ConnectionLost(m),
+            })?,
+        };
+        match response {
+            ClientResponse::Refused(reason) => Err(Error::Refused(reason)),
+            r => Ok(r),
+        }
+    }
+}
+
+/// Operations that must reach the node in the order they were made.
+enum Op {
+    Submit(GraphSubmission, oneshot::Sender<Result<()>>),
+    Release(Key),
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+pub(crate) struct ClientInner {
+    id: u64,
+    counter: AtomicU64,
+    conn: Conn,
+    ops: mpsc::UnboundedSender<Op>,
+    live: Mutex<HashSet<Key>>,
+    closed: AtomicBool,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    local: Mutex<Option<NodeHandle>>,
+    address: String,
+    welcome: NodeStatus,
+}
+
+/// A connection to an rdask cluster: the entry point for submitting work.
+///
+/// `Client::local()` starts an in-process cluster (no separate process, no network);
+/// `Client::connect("tcp://host:4001")` talks to a running `rdask-node` through any one of
+/// its members. `submit` and `map` return [`Future`]s at once; their values are awaited
+/// with `fut.await`, [`Future::result`] or [`Client::gather`]. Dropping the client (or
+/// [`Client::close`]) releases everything it holds on the cluster.
+///
+/// ```
+/// #[rdask::task]
+/// fn double(x: i64) -> i64 {
+///     2 * x
+/// }
+///
+/// # fn main() -> rdask::Result<()> {
+/// let client = rdask::Client::local()?;
+/// let a = client.submit(double, (21,));
+/// let b = client.submit(double, (&a,)); // depends on `a`, resolved on the cluster
+/// assert_eq!(rdask::block_on(b.result())?, 84);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Client {
+    inner: Arc<ClientInner>,
+}
+
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("rdask-client")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::LocalCluster(format!("cannot start the async runtime: {e}")))
+}
+
+/// Runs `f` on `rt` and waits for it from this (non-async) thread.
+fn run_on<T: Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    rt.spawn(async move {
+        let _ = tx.send(f.await);
+    });
+    rx.recv().map_err(|_| Error::Closed)
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl Client {
+    /// Starts an in-process cluster on this machine's cores and connects to it.
+    ///
+    /// The cluster runs every `#[rdask::task]` function linked into this program.
+    pub fn local() -> Result<Client> {
+        Client::local_with_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// Starts an in-process cluster with `nthreads` task threads.
+    pub fn local_with_threads(nthreads: usize) -> Result<Client> {
+        let rt = runtime(2)?;
+        let node = run_on(&rt, async move {
+            let node = rdask_node::start(NodeConfig::in_process(nthreads), Registry::global())
+                .await
+                .map_err(|e| Error::LocalCluster(e.to_string()))?;
+            let status = node
+                .status()
+                .await
+                .ok_or_else(|| Error::LocalCluster("the node did not start".into()))?;
+            Ok::<_, Error>((node, status))
+        })??;
+        let (node, status) = node;
+        let conn = Conn::Local(node.actor());
+        Ok(Client::new(rt, conn, Some(node), "inproc://local".into(), status))
+    }
+
+    /// Connects to a running node: `tcp://host:port`, `host:port`, or a multiaddr such as
+    /// `/ip4/127.0.0.1/tcp/4001` or `/dns/seed/tcp/4001`.
+    pub fn connect(address: &str) -> Result<Client> {
+        let addr = parse_address(address)?;
+        let rt = runtime(1)?;
+        let shown = address.trim().to_string();
+        let connect_err = {
+            let shown = shown.clone();
+            move |reason: String| Error::Connect {
+                address: shown.clone(),
+                reason,
+            }
+        };
+        let (remote, status) = run_on(&rt, async move {
+            let remote = RemoteNode::connect(addr, rdask_node::codec::DEFAULT_MAX_FRAME, CONNECT_TIMEOUT)
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
+            let conn = Conn::Remote(remote.clone());
+            let hello = ClientRequest::Hello {
+                protocol: PROTOCOL_VERSION,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            match conn.request(hello).await? {
+                ClientResponse::Welcome(status) => Ok((remote, status)),
+                other => Err(Error::Protocol(format!("unexpected answer to hello: {other:?}"))),
+            }
+        })??;
+        Ok(Client::new(rt, Conn::Remote(remote), None, shown, status))
+    }
+
+    fn new(
+        rt: tokio::runtime::Runtime,
+        conn: Conn,
+        local: Option<NodeHandle>,
+        address: String,
+        welcome: NodeStatus,
+    ) -> Client {
+        let (ops, ops_rx) = mpsc::unbounded_channel();
+        rt.spawn(run_ops(conn.clone(), ops_rx));
+        let id = splitmix64(rand::random::<u64>());
+        tracing::debug!(client = id, %address, "client connected");
+        Client {
+            inner: Arc::new(ClientInner {
+                id,
+                counter: AtomicU64::new(0),
+                conn,
+                ops,
+                live: Mutex::new(HashSet::new()),
+                closed: AtomicBool::new(false),
+                runtime: Mutex::new(Some(rt)),
+                local: Mutex::new(local),
+                address,
+                welcome,
+            }),
+        }
+    }
+
+    /// Runs `task` on the cluster with `args` (a tuple with one value or future per
+    /// parameter) and returns the future of its value at once.
+    ///
+    /// Arguments that are futures make dependencies, resolved on the cluster. Errors
+    /// (a rejected graph, a failed task, an argument that cannot be encoded) come out of
+    /// the future.
+    pub fn submit<F, P, O, A: Args<P>>(&self, task: TaskFn<F, P, O>, args: A) -> Future<O> {
+        let key = self.inner.next_key(task.prefix());
+        let cx = ArgContext {
+            client: &self.inner,
+            key: &key,
+        };
+        match args.into_args(&cx) {
+            Ok(args) => {
+                let spec = TaskSpec::new(key.clone(), task.name(), args);
+                let submitted = self.inner.submit_graph(vec![spec], vec![key.clone()]);
+                Future::new(self.inner.future(key, submitted))
+            }
+            Err(e) => Future::new(self.inner.future(key, futures::future::ready(Err(e)).boxed().shared())),
+        }
+    }
+
+    /// Runs a one-parameter `task` on every item (values or futures), as one graph.
+    pub fn map<F, P, O, I>(&self, task: TaskFn<F, (P,), O>, items: I) -> Vec<Future<O>>
+    where
+        I: IntoIterator,
+        I::Item: IntoArg<P>,
+    {
+        let mut specs = Vec::new();
+        let mut keys = Vec::new();
+        let mut failed = None;
+        for item in items {
+            let key = self.inner.next_key(task.prefix());
+            let cx = ArgContext {
+                client: &self.inner,
+                key: &key,
+            };
+            match item.into_arg(&cx) {
+                Ok(arg) => specs.push(TaskSpec::new(key.clone(), task.name(), vec![arg])),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+            keys.push(key);
+        }
+        let submitted = match failed {
+            Some(e) => futures::future::ready(Err(e)).boxed().shared(),
+            None => self.inner.submit_graph(specs, keys.clone()),
+        };
+        keys.into_iter()
+            .map(|k| Future::new(self.inner.future(k, submitted.clone())))
+            .collect()
+    }
+
+    /// Waits for the values of many futures, in order. The first error is returned.
+    pub async fn gather<T: DeserializeOwned>(&self, futures: &[Future<T>]) -> Result<Vec<T>> {
+        let shared: Vec<&Arc<FutureShared>> = futures.iter().map(|f| &f.shared).collect();
+        let values = self.inner.fetch(&shared).await?;
+        futures
+            .iter()
+            .zip(values)
+            .map(|(f, b)| decode(f.key(), &b))
+            .collect()
+    }
+
+    /// The nodes of the cluster with their state and load, as the entry node knows them
+    /// (Dask's `scheduler_info()`).
+    pub async fn nodes(&self) -> Result<Vec<NodeStatus>> {
+        self.inner.check_open()?;
+        match self.inner.conn.request(ClientRequest::Info).await? {
+            ClientResponse::Info(nodes) => Ok(nodes),
+            other => Err(Error::Protocol(format!("unexpected answer to info: {other:?}"))),
+        }
+    }
+
+    /// The address the client was given (`inproc://local` for the local cluster).
+    pub fn address(&self) -> &str {
+        &self.inner.address
+    }
+
+    /// The identity of the node this client talks to.
+    pub fn node_id(&self) -> &str {
+        &self.inner.welcome.member.id.0
+    }
+
+    /// Task threads of the node this client talks to (as it said when the client connected).
+    pub fn nthreads(&self) -> u32 {
+        self.inner.welcome.member.nthreads
+    }
+
+    /// Releases everything the client holds on the cluster and closes the connection
+    /// (the in-process cluster of `Client::local()` stops). Futures of this client then
+    /// fail with [`Error::Closed`]. Dropping the client does the same.
+    pub fn close(self) {
+        drop(self)
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.inner.close();
+    }
+}
+
+impl fmt::Display for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.inner.welcome.member;
+        write!(
+            f,
+            "<Client: {} node={} nodes=1 threads={} memory={:.2} GiB>",
+            self.inner.address,
+            m.id,
+            m.nthreads,
+            m.memory_bytes as f64 / (1u64 << 30) as f64
+        )
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl ClientInner {
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn next_key(&self, prefix: &str) -> Key {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        Key::with_hash(prefix, splitmix64(self.id ^ splitmix64(n)))
+    }
+
+    fn future(self: &Arc<Self>, key: Key, submitted: Submitted) -> Arc<FutureShared> {
+        Arc::new(FutureShared {
+            key,
+            client: self.clone(),
+            submitted,
+        })
+    }
+
+    fn submit_graph(&self, tasks: Vec<TaskSpec>, keep: Vec<Key>) -> Submitted {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let id = GraphId((u128::from(self.id) << 64) | u128::from(n));
+        let (tx, rx) = oneshot::channel();
+        if self.check_open().is_ok() {
+            self.live
+                .lock()
+                .expect("live set")
+                .extend(keep.iter().cloned());
+            let _ = self.ops.send(Op::Submit(GraphSubmission { id, tasks, keep }, tx));
+        }
+        async move { rx.await.unwrap_or(Err(Error::Closed)) }
+            .boxed()
+            .shared()
+    }
+
+    pub(crate) fn release(&self, key: &Key) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        self.live.lock().expect("live set").remove(key);
+        let _ = self.ops.send(Op::Release(key.clone()));
+    }
+
+    /// The values of these futures' keys, waiting as long as they take.
+    pub(crate) async fn fetch(&self, items: &[&Arc<FutureShared>]) -> Result<Vec<Bytes>> {
+        self.check_open()?;
+        let mut last: Option<&Submitted> = None;
+        for item in items {
+            // Futures of one map share one submission: await each distinct one once.
+            if last.is_some_and(|l| l.ptr_eq(&item.submitted)) {
+                continue;
+            }
+            item.submitted.clone().await?;
+            last = Some(&item.submitted);
+        }
+        let mut out: Vec<Option<Bytes>> = vec![None; items.len()];
+        let mut pending: Vec<usize> = (0..items.len()).collect();
+        while !pending.is_empty() {
+            let keys = pending.iter().map(|&i| items[i].key.clone()).collect();
+            let request = ClientRequest::Gather {
+                keys,
+                wait_ms: LONG_POLL_MS,
+            };
+            let results = match self.conn.request(request).await? {
+                ClientResponse::Results(r) if r.len() == pending.len() => r,
+                other => {
+                    return Err(Error::Protocol(format!("unexpected answer to gather: {other:?}")));
+                }
+            };
+            let mut still = Vec::new();
+            for (i, r) in pending.into_iter().zip(results) {
+                match r {
+                    KeyResult::Value(b) => out[i] = Some(b),
+                    KeyResult::Error(e) => return Err(Error::Task(e)),
+                    KeyResult::Pending => still.push(i),
+                    KeyResult::Unknown => return Err(Error::Lost(items[i].key.clone())),
+                }
+            }
+            pending = still;
+            self.check_open()?;
+        }
+        Ok(out.into_iter().map(|b| b.expect("filled")).collect())
+    }
+
+    fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let local = self.local.lock().expect("local node").take();
+        if local.is_none() {
+            // Release what this client holds on a remote cluster, and wait (briefly) until
+            // every queued operation has reached the node.
+            let keys: Vec<Key> = self.live.lock().expect("live set").drain().collect();
+            for k in keys {
+                let _ = self.ops.send(Op::Release(k));
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            if self.ops.send(Op::Flush(tx)).is_ok() {
+                let _ = rx.recv_timeout(Duration::from_secs(5));
+            }
+        }
+        drop(local);
+        if let Some(rt) = self.runtime.lock().expect("runtime").take() {
+            rt.shutdown_background();
+        }
+        tracing::debug!(client = self.id, "client closed");
+    }
+}
+
+/// Sends queued operations to the node in order, batching consecutive ones of a kind.
+async fn run_ops(conn: Conn, mut rx: mpsc::UnboundedReceiver<Op>) {
+    let mut buf: Vec<Op> = Vec::new();
+    while let Some(op) = rx.recv().await {
+        buf.push(op);
+        while buf.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => buf.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut ops = buf.drain(..).peekable();
+        while let Some(op) = ops.next() {
+            match op {
+                Op::Submit(g, ack) => {
+                    let mut graphs = vec![g];
+                    let mut acks = vec![ack];
+                    while let Some(Op::Submit(..)) = ops.peek() {
+                        if let Some(Op::Submit(g, a)) = ops.next() {
+                            graphs.push(g);
+                            acks.push(a);
+                        }
+                    }
+                    match conn.request(ClientRequest::Submit { graphs }).await {
+                        Ok(ClientResponse::Submitted(outcomes)) if outcomes.len() == acks.len() => {
+                            for (ack, outcome) in acks.into_iter().zip(outcomes) {
+                                let _ = ack.send(match outcome {
+                                    SubmitOutcome::Accepted => Ok(()),
+                                    SubmitOutcome::Rejected(e) => Err(Error::GraphRejected(e)),
+                                });
+                            }
+                        }
+                        Ok(other) => {
+                            let e = Error::Protocol(format!("unexpected answer to submit: {other:?}"));
+                            for ack in acks {
+                                let _ = ack.send(Err(e.clone()));
+                            }
+                        }
+                        Err(e) => {
+                            for ack in acks {
+                                let _ = ack.send(Err(e.clone()));
+                            }
+                        }
+                    }
+                }
+                Op::Release(k) => {
+                    let mut keys = vec![k];
+                    while let Some(Op::Release(_)) = ops.peek() {
+                        if let Some(Op::Release(k)) = ops.next() {
+                            keys.push(k);
+                        }
+                    }
+                    if let Err(e) = conn.request(ClientRequest::Release { keys }).await {
+                        tracing::debug!(error = %e, "could not release keys");
+                    }
+                }
+                Op::Flush(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+use rdask_graph::{GraphError, Key, TaskError, TaskErrorKind};
+
+/// Everything that can go wrong for a client, with a message a user can act on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The graph was rejected by the node: nothing of it ran.
+    #[error("graph rejected: {0}")]
+    GraphRejected(GraphError),
+    /// The task, or a task it depends on, failed. The error names the task where it was
+    /// raised, the node, and carries the panic message or the `Err` value's text.
+    #[error("{0}")]
+    Task(TaskError),
+    /// The value arrived but is not of the type the future expects.
+    #[error("the result of {key} cannot be decoded as {type_name}: {reason}")]
+    Decode {
+        /// The key.
+        key: Key,
+        /// The expected Rust type.
+        type_name: &'static str,
+        /// The codec's reason.
+        reason: String,
+    },
+    /// An argument could not be encoded.
+    #[error("cannot encode an argument: {0}")]
+    Encode(String),
+    /// The node no longer knows the key (released, or the node restarted).
+    #[error("the cluster has no result for {0}: it was released or lost")]
+    Lost(Key),
+    /// The address could not be understood.
+    #[error(
+        "invalid address `{address}`: {reason} (expected tcp://host:port, host:port, \
+         /ip4/…/tcp/PORT or /dns/…/tcp/PORT)"
+    )]
+    BadAddress {
+        /// The address as given.
+        address: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The node could not be reached.
+    #[error("cannot connect to {address}: {reason}")]
+    Connect {
+        /// The address.
+        address: String,
+        /// Why.
+        reason: String,
+    },
+    /// The connection to the node was lost while a request was under way.
+    #[error("connection to the cluster lost: {0}")]
+    ConnectionLost(String),
+    /// The node refused the client (for example an incompatible version).
+    #[error("the node refused the client: {0}")]
+    Refused(String),
+    /// The node answered something the client did not expect.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The client was closed.
+    #[error("the client is closed")]
+    Closed,
+    /// A future of another client was passed as an argument.
+    #[error("a future of another client was passed as an argument of {0}")]
+    ForeignFuture(Key),
+    /// The in-process cluster could not start.
+    #[error("cannot start the local cluster: {0}")]
+    LocalCluster(String),
+}
+
+impl Error {
+    /// Whether the error is an unknown task function (on the submitted task or an input).
+    pub fn is_unknown_function(&self) -> bool {
+        matches!(
+            self,
+            Error::GraphRejected(GraphError::UnknownFunction { .. })
+                | Error::Task(TaskError {
+                    kind: TaskErrorKind::UnknownFunction,
+                    ..
+                })
+        )
+    }
+
+    /// The task error, if the error is one.
+    pub fn task_error(&self) -> Option<&TaskError> {
+        match self {
+            Error::Task(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// `Result<T, rdask::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

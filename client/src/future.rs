@@ -1,0 +1,160 @@
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use rdask_graph::{Arg, Key, value};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::client::ClientInner;
+use crate::{Error, Result};
+
+pub(crate) type Submitted = Shared<BoxFuture<'static, Result<()>>>;
+
+/// What one future handle shares with its clones. Dropping the last one releases the
+/// result on the cluster.
+pub(crate) struct FutureShared {
+    pub(crate) key: Key,
+    pub(crate) client: Arc<ClientInner>,
+    pub(crate) submitted: Submitted,
+}
+
+impl Drop for FutureShared {
+    fn drop(&mut self) {
+        self.client.release(&self.key);
+    }
+}
+
+/// A result that is being computed on the cluster: the handle of one task's value.
+///
+/// Awaiting it (`fut.await` or [`Future::result`]) gives the value, decoded as `T`, or the
+/// error of the task (or of a task it depends on). Passing it (or a reference to it) as an
+/// argument of another submission makes a dependency that is resolved on the cluster: the
+/// value never travels through the client. Clones share the handle; when the last one is
+/// dropped the cluster may free the value.
+pub struct Future<T> {
+    pub(crate) shared: Arc<FutureShared>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Future<T> {
+    fn clone(&self) -> Self {
+        Future {
+            shared: self.shared.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Future<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<Future: {} ({})>", self.shared.key, std::any::type_name::<T>())
+    }
+}
+
+impl<T> Future<T> {
+    pub(crate) fn new(shared: Arc<FutureShared>) -> Self {
+        Future {
+            shared,
+            _t: PhantomData,
+        }
+    }
+
+    /// The key of the task, e.g. `inc-5f0c…`.
+    pub fn key(&self) -> &Key {
+        &self.shared.key
+    }
+}
+
+impl<T: DeserializeOwned> Future<T> {
+    /// Waits for the value.
+    pub async fn result(&self) -> Result<T> {
+        let bytes = self.shared.client.fetch(&[&self.shared]).await?;
+        decode(&self.shared.key, &bytes[0])
+    }
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(key: &Key, bytes: &[u8]) -> Result<T> {
+    value::decode(bytes).map_err(|e| Error::Decode {
+        key: key.clone(),
+        type_name: e.type_name,
+        reason: e.reason,
+    })
+}
+
+impl<T: DeserializeOwned + Send + 'static> std::future::IntoFuture for Future<T> {
+    type Output = Result<T>;
+    type IntoFuture = Pin<Box<dyn std::future::Future<Output = Result<T>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        async move { self.result().await }.boxed()
+    }
+}
+
+/// Collects what building a task's arguments needs to know: the client they are for, and
+/// the first error met.
+#[doc(hidden)]
+pub struct ArgContext<'a> {
+    pub(crate) client: &'a Arc<ClientInner>,
+    pub(crate) key: &'a Key,
+}
+
+/// A value usable as an argument of type `T` of a task function: a `T` itself (sent to the
+/// cluster encoded), or a [`Future<T>`] (or a reference to one), whose value is used on
+/// the cluster without passing through the client.
+pub trait IntoArg<T> {
+    #[doc(hidden)]
+    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg>;
+}
+
+impl<T: Serialize> IntoArg<T> for T {
+    fn into_arg(self, _: &ArgContext<'_>) -> Result<Arg> {
+        value::encode(&self)
+            .map(Arg::Value)
+            .map_err(|e| Error::Encode(e.to_string()))
+    }
+}
+
+impl<T> IntoArg<T> for &Future<T> {
+    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
+        if !Arc::ptr_eq(&self.shared.client, cx.client) {
+            return Err(Error::ForeignFuture(cx.key.clone()));
+        }
+        Ok(Arg::Key(self.shared.key.clone()))
+    }
+}
+
+impl<T> IntoArg<T> for Future<T> {
+    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
+        (&self).into_arg(cx)
+    }
+}
+
+/// The arguments of a call of a task function whose parameters are the tuple `P`: a tuple
+/// with one [`IntoArg`] per parameter, e.g. `(1, &fut)` for `fn add(a: i64, b: i64)`.
+pub trait Args<P> {
+    #[doc(hidden)]
+    fn into_args(self, cx: &ArgContext<'_>) -> Result<Vec<Arg>>;
+}
+
+macro_rules! impl_args {
+    ($($p:ident $x:ident $i:tt),*) => {
+        impl<$($p, $x: IntoArg<$p>),*> Args<($($p,)*)> for ($($x,)*) {
+            #[allow(unused_variables)]
+            fn into_args(self, cx: &ArgContext<'_>) -> Result<Vec<Arg>> {
+                Ok(vec![$(self.$i.into_arg(cx)?),*])
+            }
+        }
+    };
+}
+impl_args!();
+impl_args!(P0 X0 0);
+impl_args!(P0 X0 0, P1 X1 1);
+impl_args!(P0 X0 0, P1 X1 1, P2 X2 2);
+impl_args!(P0 X0 0, P1 X1 1, P2 X2 2, P3 X3 3);
+impl_args!(P0 X0 0, P1 X1 1, P2 X2 2, P3 X3 3, P4 X4 4);
+impl_args!(P0 X0 0, P1 X1 1, P2 X2 2, P3 X3 3, P4 X4 4, P5 X5 5);
+impl_args!(P0 X0 0, P1 X1 1, P2 X2 2, P3 X3 3, P4 X4 4, P5 X5 5, P6 X6 6);
+impl_args!(P0 X0 0, P1 X1 1, P2 X2 2, P3 X3 3, P4 X4 4, P5 X5 5, P6 X6 6, P7 X7 7);
