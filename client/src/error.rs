@@ -1,7 +1,7 @@
 use rdask_graph::{GraphError, Key, TaskError, TaskErrorKind};
 
 /// Everything that can go wrong for a client, with a message a user can act on.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Clone, thiserror::Error)]
 pub enum Error {
     /// The graph was rejected by the node: nothing of it ran.
     #[error("graph rejected: {0}")]
@@ -89,3 +89,11 @@ impl Error {
 
 /// `Result<T, rdask::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+// `Debug` shows the message, so that `fn main() -> rdask::Result<()>` and `unwrap()` print
+// something a user can act on.
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
