@@ -33,6 +33,8 @@ use rdask_graph::Registry;
 use tokio::sync::watch;
 
 pub use config::{Cli, NodeConfig};
+/// The client protocol's messages (re-exported for tools and tests that speak it).
+pub use rdask_actors::protocol as rdask_actors_protocol;
 pub use net::{NetError, RemoteError, RemoteNode};
 
 /// The rdask version of this build.
@@ -254,7 +256,7 @@ pub async fn start(config: NodeConfig, registry: &'static Registry) -> Result<No
 /// if a subscriber is already installed.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p_swarm=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -276,6 +278,7 @@ pub fn main() {
 /// Runs a node from parsed command-line options; returns the process exit code.
 pub fn run_cli(cli: Cli) -> i32 {
     init_logging();
+    log_task_panics();
     let registry = Registry::global();
     // Keep the built-in functions linked into every node binary.
     let builtins = builtins::names();
@@ -332,6 +335,24 @@ pub fn run_cli(cli: Cli) -> i32 {
     });
     runtime.shutdown_timeout(Duration::from_secs(2));
     code
+}
+
+/// Task panics are reported to the client with their message; in the node's own output
+/// they become one log line instead of a panic report with a backtrace.
+fn log_task_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let on_worker = std::thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("rdask-worker"));
+        if on_worker {
+            let message = rdask_graph::registry::panic_message(info.payload());
+            let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+            tracing::warn!(%location, "task panicked: {message}");
+        } else {
+            default(info)
+        }
+    }));
 }
 
 async fn wait_for_signal() {

@@ -1,1 +1,7 @@
-fn main() {}
+//! A node binary carrying the test task functions: what a user's own node binary looks like.
+
+use rdask_tests as _;
+
+fn main() {
+    rdask::node_main()
+}

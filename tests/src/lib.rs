@@ -1,0 +1,124 @@
+//! Task functions of the end-to-end tests, and helpers that start real node processes.
+//!
+//! The `rdask-test-node` binary of this crate is a user's own node binary: a one-line
+//! `main` that carries these functions.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `x + 1`.
+#[rdask::task]
+pub fn inc(x: i64) -> i64 {
+    x + 1
+}
+
+/// `a + b`.
+#[rdask::task]
+pub fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+/// Panics with a message naming `x`.
+#[rdask::task]
+pub fn explode(x: i64) -> i64 {
+    panic!("exploded on {x}")
+}
+
+/// Fails with an `Err` unless `x` is even.
+#[rdask::task]
+pub fn halve(x: i64) -> Result<i64, String> {
+    if x % 2 == 0 {
+        Ok(x / 2)
+    } else {
+        Err(format!("{x} is odd"))
+    }
+}
+
+/// Concatenates strings.
+#[rdask::task]
+pub fn join(parts: Vec<String>, sep: String) -> String {
+    parts.join(&sep)
+}
+
+/// A real `rdask-node`-style process on a loopback port chosen by the system. Killed when
+/// dropped.
+pub struct NodeProcess {
+    child: Child,
+    /// The full multiaddr it listens on, `/ip4/127.0.0.1/tcp/PORT/p2p/PEER`.
+    pub multiaddr: String,
+    /// The TCP port.
+    pub port: u16,
+    /// Its peer id.
+    pub peer_id: String,
+}
+
+impl NodeProcess {
+    /// Starts `binary` with `--listen /ip4/127.0.0.1/tcp/0` and `extra` arguments, and waits
+    /// (at most 30 s) until it prints its address.
+    pub fn start(binary: &str, extra: &[&str]) -> NodeProcess {
+        let mut child = Command::new(binary)
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_string()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let multiaddr = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("{binary} did not print its address within 30 s")
+            });
+        let parts: Vec<&str> = multiaddr.split('/').collect();
+        let port = parts[4].parse().expect("a tcp port");
+        let peer_id = parts[6].to_string();
+        NodeProcess {
+            child,
+            multiaddr,
+            port,
+            peer_id,
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM and waits (at most 10 s) for the exit status.
+    pub fn terminate(mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
