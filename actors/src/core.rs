@@ -544,9 +544,15 @@ impl NodeCore {
             match t.state {
                 State::Memory(_) | State::Erred(_) => self.remove(id),
                 State::Running => {
-                    // The function is running: drop its value when it returns.
+                    // The function is running: drop its value when it returns. The key is
+                    // forgotten now, so a later graph naming it is refused instead of
+                    // waiting for a value that will never be kept.
                     let deps = t.deps.clone();
+                    let key = t.key.clone();
                     self.task_mut(id).expect("exists").cancelled = true;
+                    if self.index.get(&key) == Some(&id) {
+                        self.index.remove(&key);
+                    }
                     self.unfinished -= 1;
                     self.release_inputs(&deps, &mut work);
                 }

@@ -252,3 +252,22 @@ fn the_same_inputs_give_the_same_outputs() {
     };
     assert_eq!(trace(), trace());
 }
+
+#[test]
+fn a_key_cancelled_while_running_is_unknown_to_later_graphs() {
+    let mut c = core();
+    submit(&mut c, 1, vec![spec("inc-1", "inc", vec![lit(1)])]);
+    let jobs = c.take_jobs();
+    c.handle_release(RequestId(2), vec![Key::from("inc-1")]);
+    // a later graph naming the cancelled key is refused, not left waiting forever
+    let out = submit(&mut c, 3, vec![spec("inc-2", "inc", vec![key("inc-1")])]);
+    assert!(matches!(out, SubmitOutcome::Rejected(GraphError::MissingDependency { .. })), "{out:?}");
+    for j in jobs {
+        c.handle_task_done(TaskDone { task: j.task, result: j.entry.call(&j.args), elapsed_ns: 1 });
+    }
+    assert_eq!(c.tracked_keys(), 0);
+    // and the same key may be submitted again as a new task
+    submit(&mut c, 4, vec![spec("inc-1", "inc", vec![lit(5)])]);
+    run_all(&mut c);
+    assert_eq!(int(&gather(&mut c, &["inc-1"])[0]), 6);
+}
