@@ -1,5 +1,7 @@
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rdask_gossip::{MemberInfo, PROTOCOL_VERSION};
@@ -20,8 +22,8 @@ pub enum NodeMsg {
     Request(ClientRequest, ReplyTo),
     /// The pool has finished tasks.
     TasksDone,
-    /// A gather's wait is over.
-    WaitExpired(RequestId),
+    /// The earliest timer may have expired.
+    Timer,
     /// The node's own status.
     Status(RpcReplyPort<NodeStatus>),
     /// The node's listen addresses changed.
@@ -50,6 +52,9 @@ pub struct NodeState {
     pending: FxHashMap<RequestId, ReplyTo>,
     next_request: u64,
     member: MemberInfo,
+    /// Timers the core asked for, earliest first; one wake-up is armed for the earliest.
+    deadlines: BinaryHeap<Reverse<(Instant, RequestId)>>,
+    armed: Option<Instant>,
 }
 
 /// Starts a node actor (unnamed: several nodes may share a process).
@@ -77,11 +82,39 @@ impl NodeState {
         if !jobs.is_empty() {
             self.pool.run(jobs);
         }
-        for (id, ms) in self.core.take_timers() {
-            myself.send_after(Duration::from_millis(u64::from(ms)), move || {
-                NodeMsg::WaitExpired(id)
-            });
+        let timers = self.core.take_timers();
+        if !timers.is_empty() {
+            let now = Instant::now();
+            for (id, ms) in timers {
+                self.deadlines
+                    .push(Reverse((now + Duration::from_millis(u64::from(ms)), id)));
+            }
+            self.arm(myself, now);
         }
+    }
+
+    /// Makes sure a wake-up is armed for the earliest deadline.
+    fn arm(&mut self, myself: &ActorRef<NodeMsg>, now: Instant) {
+        if let Some(Reverse((earliest, _))) = self.deadlines.peek()
+            && self.armed.is_none_or(|a| *earliest < a)
+        {
+            self.armed = Some(*earliest);
+            myself.send_after(earliest.saturating_duration_since(now), || NodeMsg::Timer);
+        }
+    }
+
+    /// Hands every expired deadline to the core.
+    fn expire(&mut self, myself: &ActorRef<NodeMsg>) {
+        let now = Instant::now();
+        self.armed = None;
+        while let Some(Reverse((deadline, id))) = self.deadlines.peek().copied() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop();
+            self.core.handle_wait_expired(id);
+        }
+        self.arm(myself, now);
     }
 }
 
@@ -107,6 +140,8 @@ impl Actor for NodeActor {
             pending: FxHashMap::default(),
             next_request: 0,
             member: args.member,
+            deadlines: BinaryHeap::new(),
+            armed: None,
         })
     }
 
@@ -162,7 +197,7 @@ impl Actor for NodeActor {
                     }
                 }
             }
-            NodeMsg::WaitExpired(id) => state.core.handle_wait_expired(id),
+            NodeMsg::Timer => state.expire(&myself),
             NodeMsg::Status(port) => {
                 let _ = port.send(state.status());
                 return Ok(());

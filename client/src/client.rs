@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use ractor::ActorRef;
 use rdask_actors::NodeMsg;
 use rdask_actors::protocol::{
@@ -15,7 +16,7 @@ use rdask_gossip::PROTOCOL_VERSION;
 use rdask_graph::{GraphId, Key, Registry, TaskFn, TaskSpec};
 use rdask_node::{NodeConfig, NodeHandle, RemoteNode};
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::address::parse_address;
 use crate::future::{ArgContext, Args, FutureShared, IntoArg, Submitted, decode};
@@ -27,56 +28,77 @@ const LONG_POLL_MS: u32 = 5_000;
 /// How long `connect` waits for the node.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most queued operations sent in one message.
-const MAX_BATCH: usize = 4_096;
+const RELEASE_BATCH: usize = 4_096;
+/// How often dropped futures are released on the node when nothing else is sent.
+const RELEASE_INTERVAL: Duration = Duration::from_millis(50);
+/// How long submissions may wait to leave together when nothing asks for a result.
+const SUBMIT_DELAY: Duration = Duration::from_micros(200);
+/// Most tasks sent in one submission message.
+const SUBMIT_BATCH: usize = 100_000;
 
-/// How the client reaches its node.
+/// How the client reaches its node. Both ways keep the order of requests: a submission
+/// and the gather of its result may be sent back to back.
 #[derive(Clone)]
 enum Conn {
     /// The node runs in this process: requests are messages to its actor.
     Local(ActorRef<NodeMsg>),
-    /// The node is reached over `/rdask/client/1`.
+    /// The node is reached over a `/rdask/client/1` session.
     Remote(RemoteNode),
 }
 
 impl Conn {
-    async fn request(&self, request: ClientRequest) -> Result<ClientResponse> {
+    /// Queues `request` now and returns the future of its response.
+    fn send(&self, request: ClientRequest) -> BoxFuture<'static, Result<ClientResponse>> {
         let response = match self {
             Conn::Local(actor) => {
                 let (tx, rx) = oneshot::channel();
-                actor
-                    .send_message(NodeMsg::Request(
-                        request,
-                        Box::new(move |r| {
-                            let _ = tx.send(r);
-                        }),
-                    ))
-                    .map_err(|_| Error::Closed)?;
-                rx.await.map_err(|_| Error::Closed)?
+                let sent = actor.send_message(NodeMsg::Request(
+                    request,
+                    Box::new(move |r| {
+                        let _ = tx.send(r);
+                    }),
+                ));
+                async move {
+                    sent.map_err(|_| Error::Closed)?;
+                    rx.await.map_err(|_| Error::Closed)
+                }
+                .boxed()
             }
-            Conn::Remote(remote) => remote.request(request).await.map_err(|e| match e {
-                rdask_node::RemoteError::Closed => Error::Closed,
-                rdask_node::RemoteError::Lost(m) => Error::ConnectionLost(m),
-            })?,
+            Conn::Remote(remote) => remote
+                .send(request)
+                .map(|r| {
+                    r.map_err(|e| match e {
+                        rdask_node::RemoteError::Closed => Error::Closed,
+                        rdask_node::RemoteError::Lost(m) => Error::ConnectionLost(m),
+                    })
+                })
+                .boxed(),
         };
-        match response {
-            ClientResponse::Refused(reason) => Err(Error::Refused(reason)),
-            r => Ok(r),
-        }
+        response
+            .map(|r| match r {
+                Ok(ClientResponse::Refused(reason)) => Err(Error::Refused(reason)),
+                r => r,
+            })
+            .boxed()
     }
 }
 
-/// Operations that must reach the node in the order they were made.
-enum Op {
-    Submit(GraphSubmission, oneshot::Sender<Result<()>>),
-    Release(Key),
-    Flush(std::sync::mpsc::Sender<()>),
+#[derive(Default)]
+struct Outbox {
+    graphs: Vec<GraphSubmission>,
+    acks: Vec<oneshot::Sender<Result<()>>>,
+    released: Vec<Key>,
 }
 
 pub(crate) struct ClientInner {
     id: u64,
     counter: AtomicU64,
     conn: Conn,
-    ops: mpsc::UnboundedSender<Op>,
+    /// Submissions and releases not yet sent, sent together in order (see `flush`).
+    outbox: Mutex<Outbox>,
+    /// Wakes the task that flushes the outbox.
+    outbox_ready: Arc<tokio::sync::Notify>,
+    handle: tokio::runtime::Handle,
     live: Mutex<HashSet<Key>>,
     closed: AtomicBool,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
@@ -187,7 +209,7 @@ impl Client {
                 protocol: PROTOCOL_VERSION,
                 version: env!("CARGO_PKG_VERSION").to_string(),
             };
-            match conn.request(hello).await? {
+            match conn.send(hello).await? {
                 ClientResponse::Welcome(status) => Ok((remote, status)),
                 other => Err(Error::Protocol(format!("unexpected answer to hello: {other:?}"))),
             }
@@ -202,24 +224,44 @@ impl Client {
         address: String,
         welcome: NodeStatus,
     ) -> Client {
-        let (ops, ops_rx) = mpsc::unbounded_channel();
-        rt.spawn(run_ops(conn.clone(), ops_rx));
         let id = splitmix64(rand::random::<u64>());
         tracing::debug!(client = id, %address, "client connected");
-        Client {
-            inner: Arc::new(ClientInner {
+        let inner = Arc::new(ClientInner {
                 id,
                 counter: AtomicU64::new(0),
                 conn,
-                ops,
+                outbox: Mutex::new(Outbox::default()),
+                outbox_ready: Arc::new(tokio::sync::Notify::new()),
+                handle: rt.handle().clone(),
                 live: Mutex::new(HashSet::new()),
                 closed: AtomicBool::new(false),
                 runtime: Mutex::new(Some(rt)),
                 local: Mutex::new(local),
                 address,
                 welcome,
-            }),
-        }
+            });
+        // Submissions leave as soon as this task runs (many at once when they come fast);
+        // dropped futures are released with the next message, or after a short while.
+        let weak = Arc::downgrade(&inner);
+        let ready = inner.outbox_ready.clone();
+        inner.handle.spawn(async move {
+            let mut tick = tokio::time::interval(RELEASE_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = ready.notified() => {
+                        // Let submissions made in quick succession leave together; a
+                        // request for results sends them at once anyway.
+                        tokio::time::sleep(SUBMIT_DELAY).await;
+                    }
+                    _ = tick.tick() => {}
+                }
+                match weak.upgrade() {
+                    Some(inner) if !inner.closed.load(Ordering::Acquire) => inner.flush(),
+                    _ => break,
+                }
+            }
+        });
+        Client { inner }
     }
 
     /// Runs `task` on the cluster with `args` (a tuple with one value or future per
@@ -291,7 +333,8 @@ impl Client {
     /// (Dask's `scheduler_info()`).
     pub async fn nodes(&self) -> Result<Vec<NodeStatus>> {
         self.inner.check_open()?;
-        match self.inner.conn.request(ClientRequest::Info).await? {
+        self.inner.flush();
+        match self.inner.conn.send(ClientRequest::Info).await? {
             ClientResponse::Info(nodes) => Ok(nodes),
             other => Err(Error::Protocol(format!("unexpected answer to info: {other:?}"))),
         }
@@ -369,15 +412,24 @@ impl ClientInner {
     }
 
     fn submit_graph(&self, tasks: Vec<TaskSpec>, keep: Vec<Key>) -> Submitted {
+        if self.check_open().is_err() {
+            return futures::future::ready(Err(Error::Closed)).boxed().shared();
+        }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let id = GraphId((u128::from(self.id) << 64) | u128::from(n));
+        self.live
+            .lock()
+            .expect("live set")
+            .extend(keep.iter().cloned());
         let (tx, rx) = oneshot::channel();
-        if self.check_open().is_ok() {
-            self.live
-                .lock()
-                .expect("live set")
-                .extend(keep.iter().cloned());
-            let _ = self.ops.send(Op::Submit(GraphSubmission { id, tasks, keep }, tx));
+        let first = {
+            let mut outbox = self.outbox.lock().expect("outbox");
+            outbox.graphs.push(GraphSubmission { id, tasks, keep });
+            outbox.acks.push(tx);
+            outbox.graphs.len() == 1
+        };
+        if first {
+            self.outbox_ready.notify_one();
         }
         async move { rx.await.unwrap_or(Err(Error::Closed)) }
             .boxed()
@@ -389,21 +441,74 @@ impl ClientInner {
             return;
         }
         self.live.lock().expect("live set").remove(key);
-        let _ = self.ops.send(Op::Release(key.clone()));
+        let full = {
+            let mut outbox = self.outbox.lock().expect("outbox");
+            outbox.released.push(key.clone());
+            outbox.released.len() >= RELEASE_BATCH
+        };
+        if full {
+            self.flush();
+        }
+    }
+
+    /// Sends what the outbox holds: the queued graphs as one submission, then the released
+    /// keys. Called before any other request, so that every request reaches the node after
+    /// the submissions and releases made before it; the outbox stays locked while the
+    /// messages are queued on the connection, which keeps that order between threads.
+    fn flush(&self) {
+        let mut outbox = self.outbox.lock().expect("outbox");
+        while !outbox.graphs.is_empty() {
+            // Bound one message: split very large batches.
+            let mut tasks = 0;
+            let take = outbox
+                .graphs
+                .iter()
+                .take_while(|g| {
+                    tasks += g.tasks.len();
+                    tasks <= SUBMIT_BATCH
+                })
+                .count()
+                .max(1);
+            let graphs: Vec<GraphSubmission> = outbox.graphs.drain(..take).collect();
+            let acks: Vec<_> = outbox.acks.drain(..take).collect();
+            let response = self.conn.send(ClientRequest::Submit { graphs });
+            self.handle.spawn(async move {
+                let outcomes = match response.await {
+                    Ok(ClientResponse::Submitted(o)) if o.len() == acks.len() => o
+                        .into_iter()
+                        .map(|o| match o {
+                            SubmitOutcome::Accepted => Ok(()),
+                            SubmitOutcome::Rejected(e) => Err(Error::GraphRejected(e)),
+                        })
+                        .collect(),
+                    Ok(other) => {
+                        let e = Error::Protocol(format!("unexpected answer to submit: {other:?}"));
+                        vec![Err(e); acks.len()]
+                    }
+                    Err(e) => vec![Err(e); acks.len()],
+                };
+                for (ack, outcome) in acks.into_iter().zip(outcomes) {
+                    let _ = ack.send(outcome);
+                }
+            });
+        }
+        if !outbox.released.is_empty() {
+            let keys = std::mem::take(&mut outbox.released);
+            // The answer carries nothing.
+            drop(self.conn.send(ClientRequest::Release { keys }));
+        }
     }
 
     /// The values of these futures' keys, waiting as long as they take.
     pub(crate) async fn fetch(&self, items: &[&Arc<FutureShared>]) -> Result<Vec<Bytes>> {
         self.check_open()?;
-        let mut last: Option<&Submitted> = None;
+        // A future whose argument could not be encoded was never sent.
         for item in items {
-            // Futures of one map share one submission: await each distinct one once.
-            if last.is_some_and(|l| l.ptr_eq(&item.submitted)) {
-                continue;
+            if let Some(Err(e)) = item.submitted.peek() {
+                return Err(e.clone());
             }
-            item.submitted.clone().await?;
-            last = Some(&item.submitted);
         }
+        self.flush();
         let mut out: Vec<Option<Bytes>> = vec![None; items.len()];
         let mut pending: Vec<usize> = (0..items.len()).collect();
         while !pending.is_empty() {
@@ -412,7 +517,7 @@ impl ClientInner {
                 keys,
                 wait_ms: LONG_POLL_MS,
             };
-            let results = match self.conn.request(request).await? {
+            let results = match self.conn.send(request).await? {
                 ClientResponse::Results(r) if r.len() == pending.len() => r,
                 other => {
                     return Err(Error::Protocol(format!("unexpected answer to gather: {other:?}")));
@@ -424,7 +529,11 @@ impl ClientInner {
                     KeyResult::Value(b) => out[i] = Some(b),
                     KeyResult::Error(e) => return Err(Error::Task(e)),
                     KeyResult::Pending => still.push(i),
-                    KeyResult::Unknown => return Err(Error::Lost(items[i].key.clone())),
+                    KeyResult::Unknown => {
+                        // The submission may have been rejected: that is the error to report.
+                        items[i].submitted.clone().await?;
+                        return Err(Error::Lost(items[i].key.clone()));
+                    }
                 }
             }
             pending = still;
@@ -441,14 +550,19 @@ impl ClientInner {
         if local.is_none() {
             // Release what this client holds on a remote cluster, and wait (briefly) until
             // every queued operation has reached the node.
-            let keys: Vec<Key> = self.live.lock().expect("live set").drain().collect();
-            for k in keys {
-                let _ = self.ops.send(Op::Release(k));
+            let mut keys: Vec<Key> = self.live.lock().expect("live set").drain().collect();
+            {
+                let mut outbox = self.outbox.lock().expect("outbox");
+                outbox.graphs.clear();
+                outbox.acks.clear();
+                keys.append(&mut outbox.released);
             }
+            let done = self.conn.send(ClientRequest::Release { keys });
             let (tx, rx) = std::sync::mpsc::channel();
-            if self.ops.send(Op::Flush(tx)).is_ok() {
-                let _ = rx.recv_timeout(Duration::from_secs(5));
-            }
+            self.handle.spawn(async move {
+                let _ = tx.send(done.await);
+            });
+            let _ = rx.recv_timeout(Duration::from_secs(5));
         }
         drop(local);
         if let Some(rt) = self.runtime.lock().expect("runtime").take() {
@@ -458,66 +572,3 @@ impl ClientInner {
     }
 }
 
-/// Sends queued operations to the node in order, batching consecutive ones of a kind.
-async fn run_ops(conn: Conn, mut rx: mpsc::UnboundedReceiver<Op>) {
-    let mut buf: Vec<Op> = Vec::new();
-    while let Some(op) = rx.recv().await {
-        buf.push(op);
-        while buf.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => buf.push(op),
-                Err(_) => break,
-            }
-        }
-        let mut ops = buf.drain(..).peekable();
-        while let Some(op) = ops.next() {
-            match op {
-                Op::Submit(g, ack) => {
-                    let mut graphs = vec![g];
-                    let mut acks = vec![ack];
-                    while let Some(Op::Submit(..)) = ops.peek() {
-                        if let Some(Op::Submit(g, a)) = ops.next() {
-                            graphs.push(g);
-                            acks.push(a);
-                        }
-                    }
-                    match conn.request(ClientRequest::Submit { graphs }).await {
-                        Ok(ClientResponse::Submitted(outcomes)) if outcomes.len() == acks.len() => {
-                            for (ack, outcome) in acks.into_iter().zip(outcomes) {
-                                let _ = ack.send(match outcome {
-                                    SubmitOutcome::Accepted => Ok(()),
-                                    SubmitOutcome::Rejected(e) => Err(Error::GraphRejected(e)),
-                                });
-                            }
-                        }
-                        Ok(other) => {
-                            let e = Error::Protocol(format!("unexpected answer to submit: {other:?}"));
-                            for ack in acks {
-                                let _ = ack.send(Err(e.clone()));
-                            }
-                        }
-                        Err(e) => {
-                            for ack in acks {
-                                let _ = ack.send(Err(e.clone()));
-                            }
-                        }
-                    }
-                }
-                Op::Release(k) => {
-                    let mut keys = vec![k];
-                    while let Some(Op::Release(_)) = ops.peek() {
-                        if let Some(Op::Release(k)) = ops.next() {
-                            keys.push(k);
-                        }
-                    }
-                    if let Err(e) = conn.request(ClientRequest::Release { keys }).await {
-                        tracing::debug!(error = %e, "could not release keys");
-                    }
-                }
-                Op::Flush(done) => {
-                    let _ = done.send(());
-                }
-            }
-        }
-    }
-}

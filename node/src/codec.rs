@@ -1,19 +1,26 @@
-//! The wire codec of `/rdask/client/1`: length-prefixed postcard frames with a size limit.
+//! The wire format of rdask's protocols: length-prefixed postcard frames with a size limit.
 //!
 //! A frame is a 4-byte big-endian length followed by that many bytes of postcard. A frame
 //! whose announced length is over the limit is refused before any of it is read, so an
 //! oversized or hostile message costs the node nothing but a closed stream.
 
 use std::io;
-use std::marker::PhantomData;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
-use rdask_actors::protocol::{ClientRequest, ClientResponse};
-use serde::{Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// The client protocol's name.
 pub const CLIENT_PROTOCOL: StreamProtocol = StreamProtocol::new("/rdask/client/1");
+
+/// One message of a session: a request or its response, matched by `id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// Chosen by the client, echoed by the node.
+    pub id: u64,
+    /// The request or response.
+    pub body: T,
+}
 
 /// Default limit on one frame: 64 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024 * 1024;
@@ -42,8 +49,19 @@ pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
     })
 }
 
-/// Encodes a value and writes it as one frame of at most `max` bytes.
+/// Encodes a value and writes it as one frame of at most `max` bytes, then flushes.
 pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(
+    io: &mut W,
+    value: &T,
+    max: usize,
+) -> io::Result<()> {
+    write_frame_unflushed(io, value, max).await?;
+    io.flush().await
+}
+
+/// Encodes a value and writes it as one frame of at most `max` bytes, without flushing (to
+/// send several frames with one flush).
+pub async fn write_frame_unflushed<T: Serialize, W: AsyncWrite + Unpin>(
     io: &mut W,
     value: &T,
     max: usize,
@@ -60,92 +78,14 @@ pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(
         ));
     }
     io.write_all(&(buf.len() as u32).to_be_bytes()).await?;
-    io.write_all(&buf).await?;
-    io.flush().await
-}
-
-/// A request-response codec of postcard frames, bounded by `max_frame` bytes in both
-/// directions.
-#[derive(Debug)]
-pub struct FrameCodec<Req, Resp> {
-    /// The largest frame read or written.
-    pub max_frame: usize,
-    _p: PhantomData<fn() -> (Req, Resp)>,
-}
-
-impl<Req, Resp> FrameCodec<Req, Resp> {
-    /// A codec with this frame limit.
-    pub fn new(max_frame: usize) -> Self {
-        FrameCodec {
-            max_frame,
-            _p: PhantomData,
-        }
-    }
-}
-
-impl<Req, Resp> Clone for FrameCodec<Req, Resp> {
-    fn clone(&self) -> Self {
-        FrameCodec::new(self.max_frame)
-    }
-}
-
-impl<Req, Resp> Default for FrameCodec<Req, Resp> {
-    fn default() -> Self {
-        FrameCodec::new(DEFAULT_MAX_FRAME)
-    }
-}
-
-/// The client protocol's codec.
-pub type ClientCodec = FrameCodec<ClientRequest, ClientResponse>;
-
-impl<Req, Resp> libp2p::request_response::Codec for FrameCodec<Req, Resp>
-where
-    Req: Serialize + DeserializeOwned + Send + Sync + 'static,
-    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-    type Protocol = StreamProtocol;
-    type Request = Req;
-    type Response = Resp;
-
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Req> {
-        read_frame(io, self.max_frame).await
-    }
-
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Resp> {
-        read_frame(io, self.max_frame).await
-    }
-
-    async fn write_request<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Req,
-    ) -> io::Result<()> {
-        write_frame(io, &req, self.max_frame).await
-    }
-
-    async fn write_response<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        resp: Resp,
-    ) -> io::Result<()> {
-        write_frame(io, &resp, self.max_frame).await
-    }
+    io.write_all(&buf).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures::io::Cursor;
+    use rdask_actors::protocol::ClientRequest;
 
     fn block<F: std::future::Future>(f: F) -> F::Output {
         futures::executor::block_on(f)

@@ -176,9 +176,18 @@ pub async fn start(config: NodeConfig, registry: &'static Registry) -> Result<No
 
     if !config.listen.is_empty() || !config.join.is_empty() {
         let agent = format!("rdask-node/{VERSION}");
-        let mut swarm = net::build_swarm(keypair, |k| {
-            net::node_behaviour(k, config.max_frame, agent)
-        })?;
+        let mut swarm = net::build_swarm(keypair, |k| net::node_behaviour(k, agent))?;
+        let incoming = swarm
+            .behaviour()
+            .streams
+            .new_control()
+            .accept(codec::CLIENT_PROTOCOL)
+            .map_err(|e| NetError::Build(e.to_string()))?;
+        tasks.push(tokio::spawn(net::accept_sessions(
+            incoming,
+            actor.clone(),
+            config.max_frame,
+        )));
         for addr in &config.listen {
             swarm
                 .listen_on(addr.clone())
@@ -241,6 +250,7 @@ pub async fn start(config: NodeConfig, registry: &'static Registry) -> Result<No
             swarm,
             actor.clone(),
             shutdown_rx,
+            listen_addrs.clone(),
         )));
     }
     Ok(NodeHandle {

@@ -1,34 +1,35 @@
-//! libp2p plumbing: the node's swarm and event loop, and the client side of a connection.
+//! libp2p plumbing: the node's swarm and event loop, client sessions, and the client side
+//! of a connection.
 //!
-//! The swarm is owned by one event loop task (a handle plus an event loop): requests from
-//! clients are handed to the node actor with a reply closure; replies come back to the loop
-//! over a channel and are written to their streams. Nothing here makes a scheduling
-//! decision.
+//! A client opens one stream of `/rdask/client/1` (a *session*) and sends length-prefixed
+//! postcard [`Envelope`]s of requests over it; the node answers each with an envelope of the
+//! same id. One ordered stream means a client can pipeline (a submission and the request
+//! for its result leave back to back and are handled in that order) and pays no stream
+//! set-up per request. Nothing here makes a scheduling decision: requests go to the node
+//! actor with a reply closure, and replies go back out on their session.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::identity::Keypair;
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, identify, noise, ping, tcp, yamux};
 use ractor::ActorRef;
 use rdask_actors::protocol::{ClientRequest, ClientResponse};
 use rdask_actors::{NodeMsg, ReplyTo};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
-use crate::codec::{CLIENT_PROTOCOL, ClientCodec};
+use crate::codec::{CLIENT_PROTOCOL, Envelope, read_frame, write_frame_unflushed};
 
 /// The identify protocol version: peers announcing another one are refused.
-pub const IDENTIFY_PROTOCOL: &str = concat!("/rdask/", "1");
+pub const IDENTIFY_PROTOCOL: &str = "/rdask/1";
 
 /// How long a connection with no open stream stays up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-/// How long a request may take before the requester gives up on it.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
-/// Concurrent requests per connection.
-const MAX_STREAMS: usize = 1024;
+/// Requests of one session the node works on at once; further requests wait to be read.
+const MAX_IN_FLIGHT: usize = 4096;
 
 /// An error setting up the network.
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +65,8 @@ mod behaviour {
     /// The behaviours of a node.
     #[derive(NetworkBehaviour)]
     pub struct NodeBehaviour {
-        /// `/rdask/client/1`: requests from clients.
-        pub client: request_response::Behaviour<ClientCodec>,
+        /// Streams of `/rdask/client/1`: client sessions.
+        pub streams: libp2p_stream::Behaviour,
         /// Exchange of protocol versions and addresses with peers.
         pub identify: identify::Behaviour,
         /// Liveness of connections.
@@ -95,20 +96,10 @@ pub fn build_swarm<B: NetworkBehaviour>(
         .build())
 }
 
-fn client_behaviour(max_frame: usize, support: ProtocolSupport) -> request_response::Behaviour<ClientCodec> {
-    request_response::Behaviour::with_codec(
-        ClientCodec::new(max_frame),
-        [(CLIENT_PROTOCOL, support)],
-        request_response::Config::default()
-            .with_request_timeout(REQUEST_TIMEOUT)
-            .with_max_concurrent_streams(MAX_STREAMS),
-    )
-}
-
 /// Builds the node's behaviours.
-pub fn node_behaviour(key: &Keypair, max_frame: usize, agent: String) -> NodeBehaviour {
+pub fn node_behaviour(key: &Keypair, agent: String) -> NodeBehaviour {
     NodeBehaviour {
-        client: client_behaviour(max_frame, ProtocolSupport::Inbound),
+        streams: libp2p_stream::Behaviour::new(),
         identify: identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
                 .with_agent_version(agent),
@@ -117,38 +108,88 @@ pub fn node_behaviour(key: &Keypair, max_frame: usize, agent: String) -> NodeBeh
     }
 }
 
+/// Accepts client sessions and serves each on its own task.
+pub(crate) async fn accept_sessions(
+    mut incoming: libp2p_stream::IncomingStreams,
+    actor: ActorRef<NodeMsg>,
+    max_frame: usize,
+) {
+    while let Some((peer, stream)) = incoming.next().await {
+        tracing::debug!(%peer, "client session opened");
+        tokio::spawn(serve_session(peer, stream, actor.clone(), max_frame));
+    }
+}
+
+/// Reads requests of one session in order and hands them to the node actor; a writer task
+/// sends the replies, several frames per flush. A malformed or oversized frame ends the
+/// session (with a logged reason); the node and its other sessions go on.
+async fn serve_session(
+    peer: PeerId,
+    stream: libp2p::Stream,
+    actor: ActorRef<NodeMsg>,
+    max_frame: usize,
+) {
+    let (mut reader, mut writer) = stream.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Envelope<ClientResponse>>();
+    let writer_task = tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut result = write_frame_unflushed(&mut writer, &first, max_frame).await;
+            while result.is_ok() {
+                match rx.try_recv() {
+                    Ok(more) => result = write_frame_unflushed(&mut writer, &more, max_frame).await,
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = result {
+                tracing::warn!(%peer, error = %e, "cannot send a reply; ending the session");
+                return;
+            }
+            if writer.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.close().await;
+    });
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let envelope = match read_frame::<Envelope<ClientRequest>, _>(&mut reader, max_frame).await {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "dropped a malformed client frame; ending the session");
+                break;
+            }
+        };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let tx = tx.clone();
+        let id = envelope.id;
+        let reply: ReplyTo = Box::new(move |body| {
+            let _ = tx.send(Envelope { id, body });
+            drop(permit);
+        });
+        if actor.send_message(NodeMsg::Request(envelope.body, reply)).is_err() {
+            tracing::warn!("node actor is gone; ending a client session");
+            break;
+        }
+    }
+    drop(tx);
+    tracing::debug!(%peer, "client session closed");
+    // The writer ends once every reply still owed has been sent.
+    let _ = writer_task.await;
+}
+
 /// Runs the node's event loop until `shutdown` turns true.
 pub(crate) async fn run_node_swarm(
     mut swarm: Swarm<NodeBehaviour>,
     actor: ActorRef<NodeMsg>,
     mut shutdown: watch::Receiver<bool>,
+    mut addresses: Vec<Multiaddr>,
 ) {
-    type Reply = (ResponseChannel<ClientResponse>, ClientResponse);
-    let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<Reply>();
-    let mut addresses: Vec<Multiaddr> = swarm.listeners().cloned().collect();
     loop {
         tokio::select! {
             event = swarm.select_next_some() => match event {
-                SwarmEvent::Behaviour(NodeBehaviourEvent::Client(event)) => match event {
-                    request_response::Event::Message {
-                        peer,
-                        message: request_response::Message::Request { request, channel, .. },
-                        ..
-                    } => {
-                        tracing::trace!(%peer, "client request");
-                        let tx = reply_tx.clone();
-                        let reply: ReplyTo = Box::new(move |resp| {
-                            let _ = tx.send((channel, resp));
-                        });
-                        if actor.send_message(NodeMsg::Request(request, reply)).is_err() {
-                            tracing::warn!("node actor is gone; dropping a client request");
-                        }
-                    }
-                    request_response::Event::InboundFailure { peer, error, .. } => {
-                        tracing::warn!(%peer, %error, "dropped a malformed or failed client request");
-                    }
-                    other => tracing::trace!(?other, "client protocol event"),
-                },
                 SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(identify::Event::Received {
                     peer_id,
                     info,
@@ -192,11 +233,6 @@ pub(crate) async fn run_node_swarm(
                 }
                 _ => {}
             },
-            Some((channel, resp)) = reply_rx.recv() => {
-                if swarm.behaviour_mut().client.send_response(channel, resp).is_err() {
-                    tracing::debug!("a client went away before its reply was sent");
-                }
-            }
             _ = shutdown.changed() => break,
         }
     }
@@ -205,40 +241,65 @@ pub(crate) async fn run_node_swarm(
 /// Why a request to a remote node failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RemoteError {
-    /// The connection is gone or the request failed on the way.
+    /// The session is gone (the node went away, or refused a frame and closed it).
     #[error("{0}")]
     Lost(String),
-    /// The connection task has ended (the client was closed).
+    /// The connection was closed by this side.
     #[error("the connection was closed")]
     Closed,
 }
 
-enum Command {
-    Request(ClientRequest, oneshot::Sender<Result<ClientResponse, RemoteError>>),
+type Pending = Arc<Mutex<PendingState>>;
+
+#[derive(Default)]
+struct PendingState {
+    waiting: HashMap<u64, oneshot::Sender<Result<ClientResponse, RemoteError>>>,
+    /// Set when the session ended: later requests fail at once with it.
+    ended: Option<RemoteError>,
 }
 
-/// A client's connection to one node over `/rdask/client/1`.
+/// A client's session with one node over `/rdask/client/1`.
 ///
-/// Cloning it shares the connection. The connection task ends when the last clone is
-/// dropped.
-#[derive(Clone, Debug)]
+/// Requests are written in the order [`RemoteNode::send`] is called and the node handles
+/// them in that order. Cloning shares the session; it ends when the last clone is dropped.
+#[derive(Clone)]
 pub struct RemoteNode {
-    tx: mpsc::Sender<Command>,
+    inner: Arc<RemoteInner>,
+}
+
+struct RemoteInner {
+    out: mpsc::UnboundedSender<Envelope<ClientRequest>>,
+    pending: Pending,
+    next_id: std::sync::atomic::AtomicU64,
     peer: PeerId,
     addr: Multiaddr,
+    _stop: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for RemoteNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RemoteNode({} at {})", self.inner.peer, self.inner.addr)
+    }
+}
+
+fn end_session(pending: &Pending, error: RemoteError) {
+    let mut p = pending.lock().expect("pending requests");
+    p.ended.get_or_insert(error.clone());
+    for (_, waiter) in p.waiting.drain() {
+        let _ = waiter.send(Err(error.clone()));
+    }
 }
 
 impl RemoteNode {
-    /// Dials `addr` (with or without a `/p2p/<peer id>` suffix) and waits for the
-    /// connection, at most `timeout`. Must be called within a tokio runtime.
+    /// Dials `addr` (with or without a `/p2p/<peer id>` suffix), waits for the connection
+    /// (at most `timeout`) and opens a session. Must be called within a tokio runtime.
     pub async fn connect(
         addr: Multiaddr,
         max_frame: usize,
         timeout: Duration,
     ) -> Result<RemoteNode, NetError> {
-        let mut swarm = build_swarm(Keypair::generate_ed25519(), |_| {
-            client_behaviour(max_frame, ProtocolSupport::Outbound)
-        })?;
+        let mut swarm = build_swarm(Keypair::generate_ed25519(), |_| libp2p_stream::Behaviour::new())?;
+        let mut control = swarm.behaviour().new_control();
         let dial_err = |reason: String| NetError::Dial {
             addr: addr.clone(),
             reason,
@@ -257,70 +318,130 @@ impl RemoteNode {
         })
         .await
         .map_err(|_| dial_err(format!("no connection within {timeout:?}")))??;
-        swarm.add_peer_address(peer, addr.clone());
-        let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(run_client_swarm(swarm, peer, rx));
-        Ok(RemoteNode { tx, peer, addr })
+
+        let (stop, mut stopped) = watch::channel(false);
+        // The swarm must keep being polled for its connections to make progress.
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    event = swarm.select_next_some() => {
+                        if let SwarmEvent::ConnectionClosed { cause, .. } = event {
+                            tracing::debug!(?cause, "connection to the node closed");
+                        }
+                    }
+                    _ = stopped.changed() => break,
+                }
+            }
+        });
+        let stream = tokio::time::timeout(timeout, control.open_stream(peer, CLIENT_PROTOCOL))
+            .await
+            .map_err(|_| dial_err("the node did not accept a session in time".into()))?
+            .map_err(|e| dial_err(format!("the node refused a session: {e}")))?;
+        let (mut reader, mut writer) = stream.split();
+        let pending: Pending = Arc::default();
+
+        let (out, mut out_rx) = mpsc::unbounded_channel::<Envelope<ClientRequest>>();
+        let writer_pending = pending.clone();
+        tokio::spawn(async move {
+            while let Some(first) = out_rx.recv().await {
+                let mut result = write_frame_unflushed(&mut writer, &first, max_frame).await;
+                while result.is_ok() {
+                    match out_rx.try_recv() {
+                        Ok(more) => result = write_frame_unflushed(&mut writer, &more, max_frame).await,
+                        Err(_) => break,
+                    }
+                }
+                let result = match result {
+                    Ok(()) => writer.flush().await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = result {
+                    end_session(&writer_pending, RemoteError::Lost(format!("cannot send: {e}")));
+                    return;
+                }
+            }
+            let _ = writer.close().await;
+        });
+        let reader_pending = pending.clone();
+        tokio::spawn(async move {
+            loop {
+                match read_frame::<Envelope<ClientResponse>, _>(&mut reader, max_frame).await {
+                    Ok(env) => {
+                        let waiter = reader_pending
+                            .lock()
+                            .expect("pending requests")
+                            .waiting
+                            .remove(&env.id);
+                        if let Some(w) = waiter {
+                            let _ = w.send(Ok(env.body));
+                        }
+                    }
+                    Err(e) => {
+                        let reason = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                            "the node closed the session".to_string()
+                        } else {
+                            format!("session failed: {e}")
+                        };
+                        end_session(&reader_pending, RemoteError::Lost(reason));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(RemoteNode {
+            inner: Arc::new(RemoteInner {
+                out,
+                pending,
+                next_id: std::sync::atomic::AtomicU64::new(1),
+                peer,
+                addr,
+                _stop: stop,
+            }),
+        })
+    }
+
+    /// Queues a request now (so requests reach the node in call order) and returns the
+    /// future of its response.
+    pub fn send(
+        &self,
+        request: ClientRequest,
+    ) -> impl std::future::Future<Output = Result<ClientResponse, RemoteError>> + Send + 'static {
+        let id = self
+            .inner
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let queued = {
+            let mut p = self.inner.pending.lock().expect("pending requests");
+            match &p.ended {
+                Some(e) => Err(e.clone()),
+                None => {
+                    p.waiting.insert(id, tx);
+                    self.inner
+                        .out
+                        .send(Envelope { id, body: request })
+                        .map_err(|_| RemoteError::Closed)
+                }
+            }
+        };
+        async move {
+            queued?;
+            rx.await.map_err(|_| RemoteError::Closed)?
+        }
     }
 
     /// Sends a request and waits for its response.
     pub async fn request(&self, request: ClientRequest) -> Result<ClientResponse, RemoteError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Request(request, tx))
-            .await
-            .map_err(|_| RemoteError::Closed)?;
-        rx.await.map_err(|_| RemoteError::Closed)?
+        self.send(request).await
     }
 
     /// The node's identity.
     pub fn peer_id(&self) -> PeerId {
-        self.peer
+        self.inner.peer
     }
 
     /// The address it was reached at.
     pub fn address(&self) -> &Multiaddr {
-        &self.addr
-    }
-}
-
-async fn run_client_swarm(
-    mut swarm: Swarm<request_response::Behaviour<ClientCodec>>,
-    peer: PeerId,
-    mut commands: mpsc::Receiver<Command>,
-) {
-    type Pending = oneshot::Sender<Result<ClientResponse, RemoteError>>;
-    let mut pending: HashMap<OutboundRequestId, Pending> = HashMap::new();
-    loop {
-        tokio::select! {
-            command = commands.recv() => match command {
-                Some(Command::Request(request, reply)) => {
-                    let id = swarm.behaviour_mut().send_request(&peer, request);
-                    pending.insert(id, reply);
-                }
-                None => break,
-            },
-            event = swarm.select_next_some() => match event {
-                SwarmEvent::Behaviour(request_response::Event::Message {
-                    message: request_response::Message::Response { request_id, response },
-                    ..
-                }) => {
-                    if let Some(reply) = pending.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
-                    request_id, error, ..
-                }) => {
-                    if let Some(reply) = pending.remove(&request_id) {
-                        let _ = reply.send(Err(RemoteError::Lost(error.to_string())));
-                    }
-                }
-                SwarmEvent::ConnectionClosed { cause, .. } => {
-                    tracing::debug!(?cause, "connection to the node closed");
-                }
-                _ => {}
-            },
-        }
+        &self.inner.addr
     }
 }

@@ -62,7 +62,7 @@ impl NodeProcess {
             .args(extra)
             .env(
                 "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_string()),
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "error".to_string()),
             )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -1,0 +1,193 @@
+//! `rdask-bench`: the foundation's figures, on the local cluster and against a separate
+//! node process.
+//!
+//! ```text
+//! cargo run --release -p rdask-benches --bin rdask-bench
+//! cargo run --release -p rdask-benches --bin rdask-bench -- --repeats 7 --tasks 100000
+//! ```
+//!
+//! Workloads: tiny tasks through `map` + `gather` (tasks/s), sequential submit→result round
+//! trips (median and p99), a chain of dependent tasks (µs per hop). Each figure is the
+//! median of several repetitions; the min–max range is printed beside it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rdask::Client;
+use rdask::builtins::{inc, identity};
+
+#[derive(Parser, Debug)]
+#[command(about = "rdask foundation benchmarks")]
+struct Args {
+    /// Tiny tasks per map + gather run.
+    #[arg(long, default_value_t = 20_000)]
+    tasks: usize,
+    /// Sequential round trips per run.
+    #[arg(long, default_value_t = 1_000)]
+    round_trips: usize,
+    /// Length of the dependent chain.
+    #[arg(long, default_value_t = 5_000)]
+    chain: usize,
+    /// Repetitions of each workload.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Task threads of the cluster.
+    #[arg(long, default_value_t = 2)]
+    nthreads: usize,
+    /// Only the local cluster.
+    #[arg(long)]
+    local_only: bool,
+    /// Run as a node (used by the benchmark itself for the network figures).
+    #[arg(long, hide = true, num_args = 0.., allow_hyphen_values = true)]
+    node: Option<Vec<String>>,
+}
+
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn spread(mut xs: Vec<f64>) -> Spread {
+    xs.sort_by(f64::total_cmp);
+    Spread {
+        median: xs[xs.len() / 2],
+        min: xs[0],
+        max: xs[xs.len() - 1],
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Figures {
+    tasks_per_s: Spread,
+    rt_median_us: Spread,
+    rt_p99_us: Spread,
+    hop_us: Spread,
+}
+
+fn measure(client: &Client, args: &Args) -> rdask::Result<Figures> {
+    // warm up
+    let warm = client.map(inc, 0..1000i64);
+    rdask::block_on(client.gather(&warm))?;
+    drop(warm);
+
+    let mut tps = Vec::new();
+    for _ in 0..args.repeats {
+        let start = Instant::now();
+        let futs = client.map(inc, 0..args.tasks as i64);
+        let values = rdask::block_on(client.gather(&futs))?;
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(values.len(), args.tasks);
+        assert_eq!(values[args.tasks - 1], args.tasks as i64);
+        tps.push(args.tasks as f64 / secs);
+    }
+
+    let mut medians = Vec::new();
+    let mut p99s = Vec::new();
+    for _ in 0..args.repeats {
+        let mut lat = Vec::with_capacity(args.round_trips);
+        for i in 0..args.round_trips {
+            let start = Instant::now();
+            let v = rdask::block_on(client.submit(identity, (i as u64,)).result())?;
+            lat.push(start.elapsed().as_secs_f64() * 1e6);
+            assert_eq!(v, i as u64);
+        }
+        lat.sort_by(f64::total_cmp);
+        medians.push(percentile(&lat, 0.5));
+        p99s.push(percentile(&lat, 0.99));
+    }
+
+    let mut hops = Vec::new();
+    for _ in 0..args.repeats {
+        let start = Instant::now();
+        let mut f = client.submit(inc, (0i64,));
+        for _ in 1..args.chain {
+            f = client.submit(inc, (&f,));
+        }
+        let v = rdask::block_on(f.result())?;
+        assert_eq!(v, args.chain as i64);
+        hops.push(start.elapsed().as_secs_f64() * 1e6 / args.chain as f64);
+    }
+    Ok(Figures {
+        tasks_per_s: spread(tps),
+        rt_median_us: spread(medians),
+        rt_p99_us: spread(p99s),
+        hop_us: spread(hops),
+    })
+}
+
+fn print(label: &str, f: &Figures, args: &Args) {
+    let row = |name: String, s: &Spread, unit: &str| {
+        println!(
+            "{label:<8} {name:<36} {:>12.1} {unit:<8} ({:.1} – {:.1})",
+            s.median, s.min, s.max
+        );
+    };
+    row(format!("{} tiny tasks, map + gather", args.tasks), &f.tasks_per_s, "tasks/s");
+    row(format!("{} round trips, median", args.round_trips), &f.rt_median_us, "µs");
+    row(format!("{} round trips, p99", args.round_trips), &f.rt_p99_us, "µs");
+    row(format!("chain of {}, per hop", args.chain), &f.hop_us, "µs");
+}
+
+struct NodeProcess(Child);
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_node(nthreads: usize) -> (NodeProcess, String) {
+    let exe = std::env::current_exe().expect("own path");
+    let mut child = Command::new(exe)
+        .args(["--node", "--listen", "/ip4/127.0.0.1/tcp/0", "--nthreads", &nthreads.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start a node process");
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(a) = line.strip_prefix("listening on ") {
+                let _ = tx.send(a.to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the node prints its address");
+    (NodeProcess(child), addr)
+}
+
+fn main() -> rdask::Result<()> {
+    let args = Args::parse();
+    if let Some(node_args) = args.node {
+        let cli = rdask_node::Cli::parse_from(std::iter::once("rdask-node".to_string()).chain(node_args));
+        std::process::exit(rdask_node::run_cli(cli));
+    }
+    println!(
+        "rdask {} — {} task threads, {} repetitions each, median (min – max)",
+        env!("CARGO_PKG_VERSION"),
+        args.nthreads,
+        args.repeats
+    );
+    {
+        let client = Client::local_with_threads(args.nthreads)?;
+        let f = measure(&client, &args)?;
+        print("local", &f, &args);
+    }
+    if !args.local_only {
+        let (_node, addr) = start_node(args.nthreads);
+        let client = Client::connect(&addr)?;
+        let f = measure(&client, &args)?;
+        print("network", &f, &args);
+    }
+    Ok(())
+}
