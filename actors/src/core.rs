@@ -224,7 +224,8 @@ impl NodeCore {
         }
         if remaining == 0 || wait_ms == 0 {
             let results = self.results(&ids);
-            self.replies.push((request, ClientResponse::Results(results)));
+            self.replies
+                .push((request, ClientResponse::Results(results)));
             return;
         }
         for id in ids.iter().flatten() {
@@ -242,7 +243,8 @@ impl NodeCore {
     pub fn handle_wait_expired(&mut self, request: RequestId) {
         if let Some(w) = self.waiters.remove(&request) {
             let results = self.results(&w.ids);
-            self.replies.push((request, ClientResponse::Results(results)));
+            self.replies
+                .push((request, ClientResponse::Results(results)));
         }
     }
 
@@ -351,8 +353,8 @@ impl NodeCore {
             .filter(|t| !self.index.contains_key(&t.key))
             .collect();
         let registry = self.registry;
-        let valid = Graph::new(tasks)
-            .validate(|k| self.index.contains_key(k), |f| registry.contains(f))?;
+        let valid =
+            Graph::new(tasks).validate(|k| self.index.contains_key(k), |f| registry.contains(f))?;
         let mut failed = Vec::new();
         for spec in valid.into_tasks() {
             let entry = registry
@@ -601,7 +603,8 @@ impl NodeCore {
         if w.remaining == 0 {
             let w = self.waiters.remove(&request).expect("present");
             let results = self.results(&w.ids);
-            self.replies.push((request, ClientResponse::Results(results)));
+            self.replies
+                .push((request, ClientResponse::Results(results)));
         }
     }
 

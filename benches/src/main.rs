@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use rdask::Client;
-use rdask::builtins::{inc, identity};
+use rdask::builtins::{identity, inc};
 
 #[derive(Parser, Debug)]
 #[command(about = "rdask foundation benchmarks")]
@@ -128,9 +128,21 @@ fn print(label: &str, f: &Figures, args: &Args) {
             s.median, s.min, s.max
         );
     };
-    row(format!("{} tiny tasks, map + gather", args.tasks), &f.tasks_per_s, "tasks/s");
-    row(format!("{} round trips, median", args.round_trips), &f.rt_median_us, "µs");
-    row(format!("{} round trips, p99", args.round_trips), &f.rt_p99_us, "µs");
+    row(
+        format!("{} tiny tasks, map + gather", args.tasks),
+        &f.tasks_per_s,
+        "tasks/s",
+    );
+    row(
+        format!("{} round trips, median", args.round_trips),
+        &f.rt_median_us,
+        "µs",
+    );
+    row(
+        format!("{} round trips, p99", args.round_trips),
+        &f.rt_p99_us,
+        "µs",
+    );
     row(format!("chain of {}, per hop", args.chain), &f.hop_us, "µs");
 }
 
@@ -146,7 +158,13 @@ impl Drop for NodeProcess {
 fn start_node(nthreads: usize) -> (NodeProcess, String) {
     let exe = std::env::current_exe().expect("own path");
     let mut child = Command::new(exe)
-        .args(["--node", "--listen", "/ip4/127.0.0.1/tcp/0", "--nthreads", &nthreads.to_string()])
+        .args([
+            "--node",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--nthreads",
+            &nthreads.to_string(),
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -169,7 +187,8 @@ fn start_node(nthreads: usize) -> (NodeProcess, String) {
 fn main() -> rdask::Result<()> {
     let args = Args::parse();
     if let Some(node_args) = args.node {
-        let cli = rdask_node::Cli::parse_from(std::iter::once("rdask-node".to_string()).chain(node_args));
+        let cli =
+            rdask_node::Cli::parse_from(std::iter::once("rdask-node".to_string()).chain(node_args));
         std::process::exit(rdask_node::run_cli(cli));
     }
     println!(

@@ -14,7 +14,10 @@ fn main() -> rdask::Result<()> {
     let client = rdask::Client::connect(&address)?;
     println!("{client}");
     let fibs = client.map(tasks::fib, 20..30u64);
-    let words = client.submit(tasks::word_count, ("one node binary per project".to_string(),));
+    let words = client.submit(
+        tasks::word_count,
+        ("one node binary per project".to_string(),),
+    );
     println!("fib(20..30) = {:?}", rdask::block_on(client.gather(&fibs))?);
     println!("words = {}", rdask::block_on(words.result())?);
     Ok(())

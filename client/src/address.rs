@@ -13,8 +13,13 @@ pub fn parse_address(address: &str) -> Result<Multiaddr, Error> {
     };
     let s = address.trim();
     if s.starts_with('/') {
-        let m: Multiaddr = s.parse().map_err(|e: libp2p::multiaddr::Error| bad(&e.to_string()))?;
-        if !m.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_))) {
+        let m: Multiaddr = s
+            .parse()
+            .map_err(|e: libp2p::multiaddr::Error| bad(&e.to_string()))?;
+        if !m
+            .iter()
+            .any(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_)))
+        {
             return Err(bad("a multiaddr needs a /tcp/PORT part"));
         }
         return Ok(m);
@@ -26,7 +31,9 @@ pub fn parse_address(address: &str) -> Result<Multiaddr, Error> {
     };
     let rest = rest.trim_end_matches('/');
     let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad("missing :port"))?;
-    let port: u16 = port.parse().map_err(|_| bad("the port is not a number from 0 to 65535"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad("the port is not a number from 0 to 65535"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(bad("missing host"));
@@ -44,7 +51,8 @@ pub fn parse_address(address: &str) -> Result<Multiaddr, Error> {
             format!("/dns/{host}/tcp/{port}")
         }
     };
-    text.parse().map_err(|e: libp2p::multiaddr::Error| bad(&e.to_string()))
+    text.parse()
+        .map_err(|e: libp2p::multiaddr::Error| bad(&e.to_string()))
 }
 
 #[cfg(test)]
@@ -68,7 +76,16 @@ mod tests {
 
     #[test]
     fn malformed_addresses_are_clear_errors() {
-        for bad in ["", "tcp://", "host", "host:99999", "http://x:1", "/ip4/1.2.3.4", "/nonsense", "a b:1"] {
+        for bad in [
+            "",
+            "tcp://",
+            "host",
+            "host:99999",
+            "http://x:1",
+            "/ip4/1.2.3.4",
+            "/nonsense",
+            "a b:1",
+        ] {
             let e = parse_address(bad).unwrap_err();
             assert!(matches!(e, Error::BadAddress { .. }), "{bad}: {e}");
             assert!(e.to_string().contains("expected tcp://host:port"), "{e}");

@@ -184,7 +184,13 @@ impl Client {
         })??;
         let (node, status) = node;
         let conn = Conn::Local(node.actor());
-        Ok(Client::new(rt, conn, Some(node), "inproc://local".into(), status))
+        Ok(Client::new(
+            rt,
+            conn,
+            Some(node),
+            "inproc://local".into(),
+            status,
+        ))
     }
 
     /// Connects to a running node: `tcp://host:port`, `host:port`, or a multiaddr such as
@@ -201,9 +207,10 @@ impl Client {
             }
         };
         let (remote, status) = run_on(&rt, async move {
-            let remote = RemoteNode::connect(addr, rdask_node::codec::DEFAULT_MAX_FRAME, CONNECT_TIMEOUT)
-                .await
-                .map_err(|e| connect_err(e.to_string()))?;
+            let remote =
+                RemoteNode::connect(addr, rdask_node::codec::DEFAULT_MAX_FRAME, CONNECT_TIMEOUT)
+                    .await
+                    .map_err(|e| connect_err(e.to_string()))?;
             let conn = Conn::Remote(remote.clone());
             let hello = ClientRequest::Hello {
                 protocol: PROTOCOL_VERSION,
@@ -211,7 +218,9 @@ impl Client {
             };
             match conn.send(hello).await? {
                 ClientResponse::Welcome(status) => Ok((remote, status)),
-                other => Err(Error::Protocol(format!("unexpected answer to hello: {other:?}"))),
+                other => Err(Error::Protocol(format!(
+                    "unexpected answer to hello: {other:?}"
+                ))),
             }
         })??;
         Ok(Client::new(rt, Conn::Remote(remote), None, shown, status))
@@ -227,19 +236,19 @@ impl Client {
         let id = splitmix64(rand::random::<u64>());
         tracing::debug!(client = id, %address, "client connected");
         let inner = Arc::new(ClientInner {
-                id,
-                counter: AtomicU64::new(0),
-                conn,
-                outbox: Mutex::new(Outbox::default()),
-                outbox_ready: Arc::new(tokio::sync::Notify::new()),
-                handle: rt.handle().clone(),
-                live: Mutex::new(HashSet::new()),
-                closed: AtomicBool::new(false),
-                runtime: Mutex::new(Some(rt)),
-                local: Mutex::new(local),
-                address,
-                welcome,
-            });
+            id,
+            counter: AtomicU64::new(0),
+            conn,
+            outbox: Mutex::new(Outbox::default()),
+            outbox_ready: Arc::new(tokio::sync::Notify::new()),
+            handle: rt.handle().clone(),
+            live: Mutex::new(HashSet::new()),
+            closed: AtomicBool::new(false),
+            runtime: Mutex::new(Some(rt)),
+            local: Mutex::new(local),
+            address,
+            welcome,
+        });
         // Submissions leave as soon as this task runs (many at once when they come fast);
         // dropped futures are released with the next message, or after a short while.
         let weak = Arc::downgrade(&inner);
@@ -282,7 +291,10 @@ impl Client {
                 let submitted = self.inner.submit_graph(vec![spec], vec![key.clone()]);
                 Future::new(self.inner.future(key, submitted))
             }
-            Err(e) => Future::new(self.inner.future(key, futures::future::ready(Err(e)).boxed().shared())),
+            Err(e) => Future::new(
+                self.inner
+                    .future(key, futures::future::ready(Err(e)).boxed().shared()),
+            ),
         }
     }
 
@@ -336,7 +348,9 @@ impl Client {
         self.inner.flush();
         match self.inner.conn.send(ClientRequest::Info).await? {
             ClientResponse::Info(nodes) => Ok(nodes),
-            other => Err(Error::Protocol(format!("unexpected answer to info: {other:?}"))),
+            other => Err(Error::Protocol(format!(
+                "unexpected answer to info: {other:?}"
+            ))),
         }
     }
 
@@ -520,7 +534,9 @@ impl ClientInner {
             let results = match self.conn.send(request).await? {
                 ClientResponse::Results(r) if r.len() == pending.len() => r,
                 other => {
-                    return Err(Error::Protocol(format!("unexpected answer to gather: {other:?}")));
+                    return Err(Error::Protocol(format!(
+                        "unexpected answer to gather: {other:?}"
+                    )));
                 }
             };
             let mut still = Vec::new();
@@ -571,4 +587,3 @@ impl ClientInner {
         tracing::debug!(client = self.id, "client closed");
     }
 }
-

@@ -50,7 +50,12 @@ impl<T> Clone for Future<T> {
 
 impl<T> std::fmt::Debug for Future<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "<Future: {} ({})>", self.shared.key, std::any::type_name::<T>())
+        write!(
+            f,
+            "<Future: {} ({})>",
+            self.shared.key,
+            std::any::type_name::<T>()
+        )
     }
 }
 

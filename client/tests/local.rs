@@ -43,7 +43,8 @@ fn bounded<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
         let _ = tx.send(body());
     });
-    rx.recv_timeout(Duration::from_secs(60)).expect("test finished within 60 s")
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("test finished within 60 s")
 }
 
 #[test]
@@ -69,7 +70,10 @@ fn futures_can_be_awaited_on_any_executor() {
     bounded(|| {
         let client = Client::local().unwrap();
         let f = client.submit(add, (1, 2));
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         assert_eq!(rt.block_on(async { f.clone().await }).unwrap(), 3);
         assert_eq!(futures::executor::block_on(f.result()).unwrap(), 3);
     });
@@ -104,14 +108,18 @@ fn a_panic_fails_the_task_and_its_dependents_and_the_cluster_goes_on() {
         assert_eq!(rdask::block_on(xs[2].result()).unwrap(), 0);
         // gather returns the first error
         assert!(rdask::block_on(client.gather(&xs)).is_err());
-        assert_eq!(rdask::block_on(client.submit(inc, (1,)).result()).unwrap(), 2);
+        assert_eq!(
+            rdask::block_on(client.submit(inc, (1,)).result()).unwrap(),
+            2
+        );
     });
 }
 
 #[test]
 fn an_unregistered_function_is_rejected_with_a_clear_error() {
     // A handle whose name no function is registered under.
-    const GHOST: TaskFn<fn(i64) -> i64, (i64,), i64> = TaskFn::new("nowhere::ghost", "ghost", |x| x);
+    const GHOST: TaskFn<fn(i64) -> i64, (i64,), i64> =
+        TaskFn::new("nowhere::ghost", "ghost", |x| x);
     bounded(|| {
         let client = Client::local().unwrap();
         let err = rdask::block_on(client.submit(GHOST, (1,)).result()).unwrap_err();
@@ -127,7 +135,10 @@ fn futures_of_one_client_cannot_be_used_by_another() {
         let b = Client::local().unwrap();
         let x = a.submit(inc, (1,));
         let y = b.submit(inc, (&x,));
-        assert!(matches!(rdask::block_on(y.result()), Err(Error::ForeignFuture(_))));
+        assert!(matches!(
+            rdask::block_on(y.result()),
+            Err(Error::ForeignFuture(_))
+        ));
     });
 }
 

@@ -81,8 +81,8 @@ impl Graph {
         dep_start.push(deps.len() as u32);
         drop(index);
 
-        let order = post_order(n, &dep_start, &deps, &has_dependent)
-            .map_err(|i| GraphError::Cycle {
+        let order =
+            post_order(n, &dep_start, &deps, &has_dependent).map_err(|i| GraphError::Cycle {
                 key: self.tasks[i as usize].key.clone(),
             })?;
 
@@ -188,7 +188,12 @@ mod tests {
     #[test]
     fn a_duplicate_key_is_rejected_naming_it() {
         let err = validate(vec![task("a-1", vec![]), task("a-1", vec![])]).unwrap_err();
-        assert_eq!(err, GraphError::DuplicateKey { key: Key::from("a-1") });
+        assert_eq!(
+            err,
+            GraphError::DuplicateKey {
+                key: Key::from("a-1")
+            }
+        );
     }
 
     #[test]
@@ -196,7 +201,10 @@ mod tests {
         let err = validate(vec![task("a-1", vec![dep("nope-2")])]).unwrap_err();
         assert_eq!(
             err,
-            GraphError::MissingDependency { key: Key::from("a-1"), missing: Key::from("nope-2") }
+            GraphError::MissingDependency {
+                key: Key::from("a-1"),
+                missing: Key::from("nope-2")
+            }
         );
     }
 
@@ -231,7 +239,12 @@ mod tests {
         assert!(matches!(err, GraphError::Cycle { .. }));
         // and a task depending on itself
         let err = validate(vec![task("a-1", vec![dep("a-1")])]).unwrap_err();
-        assert_eq!(err, GraphError::Cycle { key: Key::from("a-1") });
+        assert_eq!(
+            err,
+            GraphError::Cycle {
+                key: Key::from("a-1")
+            }
+        );
     }
 
     #[test]
@@ -243,14 +256,21 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err,
-            GraphError::UnknownFunction { key: Key::from("b-1"), function: "missing::g".into() }
+            GraphError::UnknownFunction {
+                key: Key::from("b-1"),
+                function: "missing::g".into()
+            }
         );
         assert!(err.to_string().contains("missing::g"));
     }
 
     #[test]
     fn independent_tasks_keep_submission_order() {
-        let order = validate((0..5).map(|i| task(&format!("t-{i}"), vec![lit(i)])).collect());
+        let order = validate(
+            (0..5)
+                .map(|i| task(&format!("t-{i}"), vec![lit(i)]))
+                .collect(),
+        );
         assert_eq!(order.unwrap(), ["t-0", "t-1", "t-2", "t-3", "t-4"]);
     }
 
@@ -269,7 +289,9 @@ mod tests {
         .unwrap();
         assert_eq!(
             order,
-            ["leaf-0", "leaf-1", "mid-0", "leaf-2", "leaf-3", "mid-1", "root-0"]
+            [
+                "leaf-0", "leaf-1", "mid-0", "leaf-2", "leaf-3", "mid-1", "root-0"
+            ]
         );
     }
 
@@ -278,7 +300,11 @@ mod tests {
         let make = || {
             (0..200)
                 .map(|i| {
-                    let args = if i > 0 { vec![dep(&format!("c-{}", i / 2))] } else { vec![] };
+                    let args = if i > 0 {
+                        vec![dep(&format!("c-{}", i / 2))]
+                    } else {
+                        vec![]
+                    };
                     task(&format!("c-{i}"), args)
                 })
                 .collect::<Vec<_>>()
@@ -291,7 +317,11 @@ mod tests {
         let n = 200_000;
         let tasks: Vec<_> = (0..n)
             .map(|i| {
-                let args = if i > 0 { vec![dep(&format!("c-{}", i - 1))] } else { vec![] };
+                let args = if i > 0 {
+                    vec![dep(&format!("c-{}", i - 1))]
+                } else {
+                    vec![]
+                };
                 task(&format!("c-{i}"), args)
             })
             .collect();

@@ -202,9 +202,21 @@ mod tests {
     fn boom(_: &[Bytes]) -> Result<Vec<u8>, TaskFailure> {
         panic!("boom {}", 7)
     }
-    static ADD: TaskEntry = TaskEntry { name: "t::add", arity: 2, invoke: add };
-    static ADD_AGAIN: TaskEntry = TaskEntry { name: "t::add", arity: 2, invoke: add };
-    static BOOM: TaskEntry = TaskEntry { name: "t::boom", arity: 0, invoke: boom };
+    static ADD: TaskEntry = TaskEntry {
+        name: "t::add",
+        arity: 2,
+        invoke: add,
+    };
+    static ADD_AGAIN: TaskEntry = TaskEntry {
+        name: "t::add",
+        arity: 2,
+        invoke: add,
+    };
+    static BOOM: TaskEntry = TaskEntry {
+        name: "t::boom",
+        arity: 0,
+        invoke: boom,
+    };
 
     fn args(vals: &[i64]) -> Vec<Bytes> {
         vals.iter().map(|v| value::encode(v).unwrap()).collect()
@@ -229,9 +241,18 @@ mod tests {
     #[test]
     fn wrong_arguments_are_failures_not_panics() {
         let e = ADD.call(&args(&[1])).unwrap_err();
-        assert_eq!(e, TaskFailure::WrongArity { expected: 2, got: 1 });
+        assert_eq!(
+            e,
+            TaskFailure::WrongArity {
+                expected: 2,
+                got: 1
+            }
+        );
         let bad = vec![value::encode("x").unwrap(), value::encode(&1i64).unwrap()];
-        assert!(matches!(ADD.call(&bad).unwrap_err(), TaskFailure::BadArgument { index: 0, .. }));
+        assert!(matches!(
+            ADD.call(&bad).unwrap_err(),
+            TaskFailure::BadArgument { index: 0, .. }
+        ));
     }
 
     #[test]
@@ -241,6 +262,9 @@ mod tests {
         assert_eq!(a.digest(), b.digest());
         assert_ne!(a.digest(), Registry::from_entries([&ADD]).digest());
         assert!(a.duplicates().is_empty());
-        assert_eq!(Registry::from_entries([&ADD, &ADD_AGAIN]).duplicates(), ["t::add"]);
+        assert_eq!(
+            Registry::from_entries([&ADD, &ADD_AGAIN]).duplicates(),
+            ["t::add"]
+        );
     }
 }

@@ -71,7 +71,11 @@ mod tests {
         rt(String::from("héllo"));
         rt(vec![1u32, 2, 3]);
         rt((1u8, "a".to_string(), Some(2.0f32)));
-        rt(Point { x: 1.0, label: "p".into(), tags: vec![1, 2] });
+        rt(Point {
+            x: 1.0,
+            label: "p".into(),
+            tags: vec![1, 2],
+        });
         rt(BTreeMap::from([(1, "a".to_string())]));
         rt(Result::<i32, String>::Err("no".into()));
         rt(());

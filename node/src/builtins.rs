@@ -88,7 +88,10 @@ mod tests {
         }
         let e = r.get("rdask::builtins::add").unwrap();
         let out = e
-            .call(&[value::encode(&40i64).unwrap(), value::encode(&2i64).unwrap()])
+            .call(&[
+                value::encode(&40i64).unwrap(),
+                value::encode(&2i64).unwrap(),
+            ])
             .unwrap();
         assert_eq!(value::decode::<i64>(&out).unwrap(), 42);
         let err = r

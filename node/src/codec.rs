@@ -127,9 +127,15 @@ mod tests {
                 state ^= state << 17;
                 buf.push(state as u8);
             }
-            let _ = block(read_frame::<ClientRequest, _>(&mut Cursor::new(buf), 1 << 20));
+            let _ = block(read_frame::<ClientRequest, _>(
+                &mut Cursor::new(buf),
+                1 << 20,
+            ));
         }
-        let err = block(read_frame::<ClientRequest, _>(&mut Cursor::new(vec![0, 0]), 1024));
+        let err = block(read_frame::<ClientRequest, _>(
+            &mut Cursor::new(vec![0, 0]),
+            1024,
+        ));
         assert!(err.is_err());
     }
 }

@@ -17,7 +17,12 @@ use crate::codec::DEFAULT_MAX_FRAME;
 )]
 pub struct Cli {
     /// Address to listen on, as a multiaddr (repeatable).
-    #[arg(long, env = "RDASK_LISTEN", value_delimiter = ',', default_value = "/ip4/0.0.0.0/tcp/4001")]
+    #[arg(
+        long,
+        env = "RDASK_LISTEN",
+        value_delimiter = ',',
+        default_value = "/ip4/0.0.0.0/tcp/4001"
+    )]
     pub listen: Vec<Multiaddr>,
 
     /// A member of the cluster to join, as a multiaddr, e.g. /dns/seed/tcp/4001 (repeatable).

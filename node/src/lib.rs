@@ -8,12 +8,7 @@
 //!   in-process local cluster of the `rdask` crate uses it;
 //! - [`main`] is the whole program of a node binary: command line, logging, signals. A
 //!   binary that carries its own task functions is one line:
-//!
-//! ```no_run
-//! fn main() {
-//!     rdask_node::main()
-//! }
-//! ```
+//!   `fn main() { rdask_node::main() }` (or `rdask::node_main()` through the client crate).
 
 pub mod builtins;
 pub mod codec;
@@ -33,9 +28,9 @@ use rdask_graph::Registry;
 use tokio::sync::watch;
 
 pub use config::{Cli, NodeConfig};
+pub use net::{NetError, RemoteError, RemoteNode};
 /// The client protocol's messages (re-exported for tools and tests that speak it).
 pub use rdask_actors::protocol as rdask_actors_protocol;
-pub use net::{NetError, RemoteError, RemoteNode};
 
 /// The rdask version of this build.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -143,9 +138,14 @@ fn machine_memory() -> u64 {
 ///
 /// With no listen address the node has no network at all (the in-process local cluster).
 /// Returns once every listener has its address.
-pub async fn start(config: NodeConfig, registry: &'static Registry) -> Result<NodeHandle, NodeError> {
+pub async fn start(
+    config: NodeConfig,
+    registry: &'static Registry,
+) -> Result<NodeHandle, NodeError> {
     if !registry.duplicates().is_empty() {
-        return Err(NodeError::DuplicateFunctions(registry.duplicates().to_vec()));
+        return Err(NodeError::DuplicateFunctions(
+            registry.duplicates().to_vec(),
+        ));
     }
     let keypair = match &config.identity {
         Some(path) => load_or_create_identity(path)?,

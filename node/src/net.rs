@@ -152,7 +152,8 @@ async fn serve_session(
     });
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
-        let envelope = match read_frame::<Envelope<ClientRequest>, _>(&mut reader, max_frame).await {
+        let envelope = match read_frame::<Envelope<ClientRequest>, _>(&mut reader, max_frame).await
+        {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
             Err(e) => {
@@ -169,7 +170,10 @@ async fn serve_session(
             let _ = tx.send(Envelope { id, body });
             drop(permit);
         });
-        if actor.send_message(NodeMsg::Request(envelope.body, reply)).is_err() {
+        if actor
+            .send_message(NodeMsg::Request(envelope.body, reply))
+            .is_err()
+        {
             tracing::warn!("node actor is gone; ending a client session");
             break;
         }
@@ -298,13 +302,17 @@ impl RemoteNode {
         max_frame: usize,
         timeout: Duration,
     ) -> Result<RemoteNode, NetError> {
-        let mut swarm = build_swarm(Keypair::generate_ed25519(), |_| libp2p_stream::Behaviour::new())?;
+        let mut swarm = build_swarm(Keypair::generate_ed25519(), |_| {
+            libp2p_stream::Behaviour::new()
+        })?;
         let mut control = swarm.behaviour().new_control();
         let dial_err = |reason: String| NetError::Dial {
             addr: addr.clone(),
             reason,
         };
-        swarm.dial(addr.clone()).map_err(|e| dial_err(e.to_string()))?;
+        swarm
+            .dial(addr.clone())
+            .map_err(|e| dial_err(e.to_string()))?;
         let peer = tokio::time::timeout(timeout, async {
             loop {
                 match swarm.select_next_some().await {
@@ -347,7 +355,9 @@ impl RemoteNode {
                 let mut result = write_frame_unflushed(&mut writer, &first, max_frame).await;
                 while result.is_ok() {
                     match out_rx.try_recv() {
-                        Ok(more) => result = write_frame_unflushed(&mut writer, &more, max_frame).await,
+                        Ok(more) => {
+                            result = write_frame_unflushed(&mut writer, &more, max_frame).await
+                        }
                         Err(_) => break,
                     }
                 }
@@ -356,7 +366,10 @@ impl RemoteNode {
                     Err(e) => Err(e),
                 };
                 if let Err(e) = result {
-                    end_session(&writer_pending, RemoteError::Lost(format!("cannot send: {e}")));
+                    end_session(
+                        &writer_pending,
+                        RemoteError::Lost(format!("cannot send: {e}")),
+                    );
                     return;
                 }
             }
@@ -405,7 +418,8 @@ impl RemoteNode {
     pub fn send(
         &self,
         request: ClientRequest,
-    ) -> impl std::future::Future<Output = Result<ClientResponse, RemoteError>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<ClientResponse, RemoteError>> + Send + 'static
+    {
         let id = self
             .inner
             .next_id

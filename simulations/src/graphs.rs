@@ -37,10 +37,26 @@ fn fail(args: &[Bytes]) -> Result<Vec<u8>, TaskFailure> {
     Err(TaskFailure::Failed(format!("injected failure {x}")))
 }
 
-static LEAF: TaskEntry = TaskEntry { name: "sim::leaf", arity: 1, invoke: leaf };
-static COMBINE2: TaskEntry = TaskEntry { name: "sim::combine2", arity: 2, invoke: combine2 };
-static COMBINE3: TaskEntry = TaskEntry { name: "sim::combine3", arity: 3, invoke: combine3 };
-static FAIL: TaskEntry = TaskEntry { name: "sim::fail", arity: 1, invoke: fail };
+static LEAF: TaskEntry = TaskEntry {
+    name: "sim::leaf",
+    arity: 1,
+    invoke: leaf,
+};
+static COMBINE2: TaskEntry = TaskEntry {
+    name: "sim::combine2",
+    arity: 2,
+    invoke: combine2,
+};
+static COMBINE3: TaskEntry = TaskEntry {
+    name: "sim::combine3",
+    arity: 3,
+    invoke: combine3,
+};
+static FAIL: TaskEntry = TaskEntry {
+    name: "sim::fail",
+    arity: 1,
+    invoke: fail,
+};
 
 fn registry() -> &'static Registry {
     static R: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
@@ -135,7 +151,8 @@ impl Sim {
     fn at(&mut self, delay: u64, e: Event) {
         self.seq += 1;
         self.events.push(Some(e));
-        self.queue.push(Reverse((self.now + delay, self.seq, self.events.len() - 1)));
+        self.queue
+            .push(Reverse((self.now + delay, self.seq, self.events.len() - 1)));
     }
 
     fn note(&mut self, what: &str) {
@@ -155,7 +172,9 @@ impl Sim {
             self.note(&format!("reply {}", id.0));
             if let ClientResponse::Results(results) = resp {
                 let Some((graph, keys)) = self.gathers.remove(&id) else {
-                    self.report.violations.push(format!("a gather was answered twice or never asked: {id:?}"));
+                    self.report.violations.push(format!(
+                        "a gather was answered twice or never asked: {id:?}"
+                    ));
                     continue;
                 };
                 // As a client does: ask again while something is pending, release the
@@ -171,11 +190,15 @@ impl Sim {
         for job in self.core.take_jobs() {
             self.note(&format!("start {}", job.key));
             if !self.started.insert(job.key.clone()) {
-                self.report.violations.push(format!("{} started twice", job.key));
+                self.report
+                    .violations
+                    .push(format!("{} started twice", job.key));
             }
             for d in self.deps.get(&job.key).into_iter().flatten() {
                 if !self.finished.contains(d) {
-                    self.report.violations.push(format!("{} started before its input {d}", job.key));
+                    self.report
+                        .violations
+                        .push(format!("{} started before its input {d}", job.key));
                 }
             }
             self.pool_queue.push_back(job);
@@ -184,7 +207,9 @@ impl Sim {
             self.at(u64::from(ms) * 1000, Event::Expire(id));
         }
         while self.idle_threads > 0 {
-            let Some(job) = self.pool_queue.pop_front() else { break };
+            let Some(job) = self.pool_queue.pop_front() else {
+                break;
+            };
             self.idle_threads -= 1;
             let duration = 1 + mix(self.trace ^ job.task_hash()) % 2_000;
             self.running.push(Some(job));
@@ -200,7 +225,9 @@ impl Sim {
             match (r, self.expected.get(k)) {
                 (KeyResult::Value(b), Some(Expected::Value(v))) => {
                     if value::decode::<u64>(b).ok() != Some(*v) {
-                        self.report.violations.push(format!("{k} has a wrong value"));
+                        self.report
+                            .violations
+                            .push(format!("{k} has a wrong value"));
                     }
                 }
                 (KeyResult::Error(e), Some(Expected::Error(cause))) => {
@@ -214,7 +241,9 @@ impl Sim {
                 }
                 (KeyResult::Error(e), Some(Expected::ErrorAmong(causes))) => {
                     if !causes.contains(&e.key) {
-                        self.report.violations.push(format!("{k} failed with an unrelated cause {}", e.key));
+                        self.report
+                            .violations
+                            .push(format!("{k} failed with an unrelated cause {}", e.key));
                     }
                     self.report.errors += 1;
                 }
@@ -222,7 +251,10 @@ impl Sim {
                     self.report.partial_gathers += 1;
                     complete = false;
                 }
-                (other, _) => self.report.violations.push(format!("{k}: unexpected {other:?}")),
+                (other, _) => self
+                    .report
+                    .violations
+                    .push(format!("{k}: unexpected {other:?}")),
             }
         }
         complete
@@ -234,15 +266,22 @@ trait TaskHash {
 }
 impl TaskHash for Job {
     fn task_hash(&self) -> u64 {
-        self.key.as_str().bytes().fold(0, |h, b| mix(h ^ u64::from(b)))
+        self.key
+            .as_str()
+            .bytes()
+            .fold(0, |h, b| mix(h ^ u64::from(b)))
     }
 }
 
+/// The graphs of a run, each task's inputs, and each task's expected result.
+type Plan = (
+    Vec<GraphSubmission>,
+    BTreeMap<Key, Vec<Key>>,
+    BTreeMap<Key, Expected>,
+);
+
 /// Builds the random graphs of a run and their expected results.
-fn make_graphs(
-    rng: &mut StdRng,
-    cfg: &SimConfig,
-) -> (Vec<GraphSubmission>, BTreeMap<Key, Vec<Key>>, BTreeMap<Key, Expected>) {
+fn make_graphs(rng: &mut StdRng, cfg: &SimConfig) -> Plan {
     let mut graphs = Vec::new();
     let mut deps = BTreeMap::new();
     let mut expected: BTreeMap<Key, Expected> = BTreeMap::new();
@@ -255,11 +294,19 @@ fn make_graphs(
         for i in 0..n {
             let key = Key::from(format!("t{g}x{i}-{g}"));
             let pool_len = local.len() + shared.len().min(8);
-            let arity = if pool_len == 0 { 0 } else { rng.random_range(0..=3usize.min(pool_len)) };
+            let arity = if pool_len == 0 {
+                0
+            } else {
+                rng.random_range(0..=3usize.min(pool_len))
+            };
             let mut inputs = Vec::new();
             for _ in 0..arity {
                 let j = rng.random_range(0..pool_len);
-                let k = if j < local.len() { local[j].clone() } else { shared[shared.len() - 1 - (j - local.len())].clone() };
+                let k = if j < local.len() {
+                    local[j].clone()
+                } else {
+                    shared[shared.len() - 1 - (j - local.len())].clone()
+                };
                 inputs.push(k);
             }
             let fails = rng.random_bool(cfg.fail_rate);
@@ -323,14 +370,22 @@ fn make_graphs(
         }
         let keep: Vec<Key> = local.clone();
         shared.extend(local.iter().rev().take(4).cloned());
-        graphs.push(GraphSubmission { id: GraphId(g as u128 + 1), tasks, keep });
+        graphs.push(GraphSubmission {
+            id: GraphId(g as u128 + 1),
+            tasks,
+            keep,
+        });
     }
     (graphs, deps, expected)
 }
 
 /// The failing tasks a key depends on (itself included). With two or more, whichever fails
 /// first (a race the user cannot control) becomes the reported cause.
-fn failure_causes(key: &Key, deps: &BTreeMap<Key, Vec<Key>>, expected: &BTreeMap<Key, Expected>) -> BTreeSet<Key> {
+fn failure_causes(
+    key: &Key,
+    deps: &BTreeMap<Key, Vec<Key>>,
+    expected: &BTreeMap<Key, Expected>,
+) -> BTreeSet<Key> {
     let mut causes = BTreeSet::new();
     let mut stack = vec![key.clone()];
     let mut seen = BTreeSet::new();
@@ -425,7 +480,10 @@ pub fn node_graphs(seed: u64, cfg: &SimConfig) -> SimReport {
                         }
                         // Depends on a key of an earlier graph already released: refused.
                         ClientResponse::Submitted(o) => sim.note(&format!("rejected {o:?}")),
-                        other => sim.report.violations.push(format!("submit answered {other:?}")),
+                        other => sim
+                            .report
+                            .violations
+                            .push(format!("submit answered {other:?}")),
                     }
                 }
             }
@@ -453,23 +511,38 @@ pub fn node_graphs(seed: u64, cfg: &SimConfig) -> SimReport {
                 sim.note(&format!("finish {}", job.key));
                 sim.finished.insert(job.key.clone());
                 let result = job.entry.call(&job.args);
-                sim.core.handle_task_done(TaskDone { task: job.task, result, elapsed_ns: 1_000 });
+                sim.core.handle_task_done(TaskDone {
+                    task: job.task,
+                    result,
+                    elapsed_ns: 1_000,
+                });
             }
         }
         sim.drain();
     }
     // Every graph was released: the node must hold nothing.
     if sim.core.tracked_keys() != 0 {
-        sim.report.violations.push(format!("{} keys left after every release", sim.core.tracked_keys()));
+        sim.report.violations.push(format!(
+            "{} keys left after every release",
+            sim.core.tracked_keys()
+        ));
     }
     let load = sim.core.load();
     if load.stored != 0 || load.memory_used != 0 || load.queued != 0 || load.running != 0 {
-        sim.report.violations.push(format!("load left after every release: {load:?}"));
+        sim.report
+            .violations
+            .push(format!("load left after every release: {load:?}"));
     }
     if !sim.gathers.is_empty() {
-        sim.report.violations.push(format!("{} gathers never answered", sim.gathers.len()));
+        sim.report
+            .violations
+            .push(format!("{} gathers never answered", sim.gathers.len()));
     }
-    let total: usize = sim.accepted.iter().map(|&g| sim.graphs[g].tasks.len()).sum();
+    let total: usize = sim
+        .accepted
+        .iter()
+        .map(|&g| sim.graphs[g].tasks.len())
+        .sum();
     sim.report.not_run = total as u64 - sim.started.len() as u64;
     sim.report.virtual_us = sim.now;
     sim.report.trace_hash = sim.trace;

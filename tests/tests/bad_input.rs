@@ -42,7 +42,9 @@ async fn node_still_serves(addr: &Multiaddr) {
     let mut tasks = vec![rdask_graph::TaskSpec::new(
         "inc-0".into(),
         inc,
-        vec![rdask_graph::Arg::Value(rdask_graph::value::encode(&0i64).unwrap())],
+        vec![rdask_graph::Arg::Value(
+            rdask_graph::value::encode(&0i64).unwrap(),
+        )],
     )];
     for i in 1..10 {
         tasks.push(rdask_graph::TaskSpec::new(
@@ -54,12 +56,20 @@ async fn node_still_serves(addr: &Multiaddr) {
     let id = rdask_graph::GraphId(rand::random());
     let keep = vec!["inc-9".into()];
     let resp = remote
-        .request(ClientRequest::Submit { graphs: vec![GraphSubmission { id, tasks, keep }] })
+        .request(ClientRequest::Submit {
+            graphs: vec![GraphSubmission { id, tasks, keep }],
+        })
         .await
         .unwrap();
-    assert_eq!(resp, ClientResponse::Submitted(vec![SubmitOutcome::Accepted]));
+    assert_eq!(
+        resp,
+        ClientResponse::Submitted(vec![SubmitOutcome::Accepted])
+    );
     let resp = remote
-        .request(ClientRequest::Gather { keys: vec!["inc-9".into()], wait_ms: 10_000 })
+        .request(ClientRequest::Gather {
+            keys: vec!["inc-9".into()],
+            wait_ms: 10_000,
+        })
         .await
         .unwrap();
     match resp {
@@ -69,7 +79,12 @@ async fn node_still_serves(addr: &Multiaddr) {
         },
         other => panic!("unexpected {other:?}"),
     }
-    remote.request(ClientRequest::Release { keys: vec!["inc-9".into()] }).await.unwrap();
+    remote
+        .request(ClientRequest::Release {
+            keys: vec!["inc-9".into()],
+        })
+        .await
+        .unwrap();
 }
 
 #[test]
@@ -79,7 +94,11 @@ fn random_bytes_on_the_node_port_do_not_crash_it() {
     for i in 0..50 {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", node.port)).unwrap();
         s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
-        let len = if i % 10 == 0 { 1 << 20 } else { rng.random_range(1..4096) };
+        let len = if i % 10 == 0 {
+            1 << 20
+        } else {
+            rng.random_range(1..4096)
+        };
         let mut bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
         if i % 3 == 0 {
             // a plausible start of a libp2p handshake, then garbage
@@ -102,9 +121,14 @@ fn an_oversized_frame_is_refused_and_the_node_keeps_serving() {
     let addr: Multiaddr = node.multiaddr.parse().unwrap();
     bounded(120, async {
         // A client whose own limit is far larger than the node's.
-        let big = RemoteNode::connect(addr.clone(), 1 << 30, Duration::from_secs(10)).await.unwrap();
+        let big = RemoteNode::connect(addr.clone(), 1 << 30, Duration::from_secs(10))
+            .await
+            .unwrap();
         let keys = (0..4096).map(|i| format!("{i:01000}").into()).collect();
-        let err = big.request(ClientRequest::Release { keys }).await.unwrap_err();
+        let err = big
+            .request(ClientRequest::Release { keys })
+            .await
+            .unwrap_err();
         assert!(matches!(err, RemoteError::Lost(_)), "{err}");
         node_still_serves(&addr).await;
     });
@@ -117,7 +141,10 @@ fn malformed_frames_end_the_session_and_the_node_keeps_serving() {
     let addr: Multiaddr = node.multiaddr.parse().unwrap();
     let peer: PeerId = node.peer_id.parse().unwrap();
     bounded(120, async {
-        let mut swarm = build_swarm(Keypair::generate_ed25519(), |_| libp2p_stream::Behaviour::new()).unwrap();
+        let mut swarm = build_swarm(Keypair::generate_ed25519(), |_| {
+            libp2p_stream::Behaviour::new()
+        })
+        .unwrap();
         let mut control = swarm.behaviour().new_control();
         swarm.dial(addr.clone()).unwrap();
         loop {
@@ -170,13 +197,20 @@ fn a_graph_with_an_unknown_function_is_rejected_whole_and_nothing_of_it_runs() {
         let keep = vec!["inc-a".into(), "nope-b".into()];
         let resp = remote
             .request(ClientRequest::Submit {
-                graphs: vec![GraphSubmission { id: rdask_graph::GraphId(1), tasks, keep }],
+                graphs: vec![GraphSubmission {
+                    id: rdask_graph::GraphId(1),
+                    tasks,
+                    keep,
+                }],
             })
             .await
             .unwrap();
         match resp {
             ClientResponse::Submitted(o) => match &o[0] {
-                SubmitOutcome::Rejected(rdask_graph::GraphError::UnknownFunction { key, function }) => {
+                SubmitOutcome::Rejected(rdask_graph::GraphError::UnknownFunction {
+                    key,
+                    function,
+                }) => {
                     assert_eq!(key.as_str(), "nope-b");
                     assert_eq!(&**function, "no::such::function");
                 }
@@ -185,10 +219,17 @@ fn a_graph_with_an_unknown_function_is_rejected_whole_and_nothing_of_it_runs() {
             other => panic!("unexpected {other:?}"),
         }
         let resp = remote
-            .request(ClientRequest::Gather { keys: vec!["inc-a".into()], wait_ms: 0 })
+            .request(ClientRequest::Gather {
+                keys: vec!["inc-a".into()],
+                wait_ms: 0,
+            })
             .await
             .unwrap();
-        assert_eq!(resp, ClientResponse::Results(vec![KeyResult::Unknown]), "nothing ran");
+        assert_eq!(
+            resp,
+            ClientResponse::Results(vec![KeyResult::Unknown]),
+            "nothing ran"
+        );
         match remote.request(ClientRequest::Info).await.unwrap() {
             ClientResponse::Info(nodes) => {
                 assert_eq!(nodes[0].load.stored, 0);
@@ -204,13 +245,20 @@ fn a_client_with_another_protocol_version_is_refused_with_a_reason() {
     let node = NodeProcess::start(NODE, &[]);
     let addr: Multiaddr = node.multiaddr.parse().unwrap();
     bounded(60, async {
-        let remote = RemoteNode::connect(addr, DEFAULT_MAX_FRAME, Duration::from_secs(10)).await.unwrap();
+        let remote = RemoteNode::connect(addr, DEFAULT_MAX_FRAME, Duration::from_secs(10))
+            .await
+            .unwrap();
         let resp = remote
-            .request(ClientRequest::Hello { protocol: 9999, version: "9.9.9".into() })
+            .request(ClientRequest::Hello {
+                protocol: 9999,
+                version: "9.9.9".into(),
+            })
             .await
             .unwrap();
         match resp {
-            ClientResponse::Refused(reason) => assert!(reason.contains("protocol version"), "{reason}"),
+            ClientResponse::Refused(reason) => {
+                assert!(reason.contains("protocol version"), "{reason}")
+            }
             other => panic!("expected a refusal, got {other:?}"),
         }
     });

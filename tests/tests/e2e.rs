@@ -42,8 +42,15 @@ fn the_client_connects_with_every_address_form() {
             assert_eq!(client.node_id(), peer);
             assert_eq!(client.nthreads(), 2);
             let shown = client.to_string();
-            assert!(shown.contains(&address) && shown.contains("threads=2"), "{shown}");
-            assert_eq!(block(client.submit(inc, (41,)).result()).unwrap(), 42, "{address}");
+            assert!(
+                shown.contains(&address) && shown.contains("threads=2"),
+                "{shown}"
+            );
+            assert_eq!(
+                block(client.submit(inc, (41,)).result()).unwrap(),
+                42,
+                "{address}"
+            );
         }
     });
 }
@@ -68,7 +75,10 @@ fn a_thousand_tasks_with_dependencies_give_the_right_values() {
         let values = block(client.gather(&leaves)).unwrap();
         assert_eq!(values, (1..=512).collect::<Vec<i64>>());
         // values of any serde type, and literal arguments mixed with futures
-        let s = client.submit(join, (vec!["a".to_string(), "b".to_string()], "-".to_string()));
+        let s = client.submit(
+            join,
+            (vec!["a".to_string(), "b".to_string()], "-".to_string()),
+        );
         assert_eq!(block(s.result()).unwrap(), "a-b");
         let mixed = client.submit(add, (100, &level[0]));
         assert_eq!(block(mixed.result()).unwrap(), total + 100);
@@ -87,10 +97,16 @@ fn a_panicking_task_fails_its_dependents_with_its_message_and_the_node_keeps_ser
         let grandchild = client.submit(add, (&child, 1));
         for f in [&bad, &child, &grandchild] {
             let err = block(f.result()).unwrap_err();
-            let task = err.task_error().unwrap_or_else(|| panic!("not a task error: {err}"));
+            let task = err
+                .task_error()
+                .unwrap_or_else(|| panic!("not a task error: {err}"));
             assert_eq!(task.kind, TaskErrorKind::Panicked);
             assert_eq!(&*task.message, "exploded on 7");
-            assert_eq!(task.key, *bad.key(), "the cause names the task that panicked");
+            assert_eq!(
+                task.key,
+                *bad.key(),
+                "the cause names the task that panicked"
+            );
             assert_eq!(task.node.as_deref(), Some(peer.as_str()));
             assert!(err.to_string().contains("exploded on 7"), "{err}");
         }
@@ -101,7 +117,10 @@ fn a_panicking_task_fails_its_dependents_with_its_message_and_the_node_keeps_ser
         assert!(err.to_string().contains("3 is odd"), "{err}");
         // and the node still runs a new graph
         let xs = client.map(halve, (0..100).map(|i| i * 2));
-        assert_eq!(block(client.gather(&xs)).unwrap(), (0..100).collect::<Vec<i64>>());
+        assert_eq!(
+            block(client.gather(&xs)).unwrap(),
+            (0..100).collect::<Vec<i64>>()
+        );
         node
     });
     assert!(node.is_running());
@@ -122,7 +141,10 @@ fn an_unknown_function_is_a_clear_error_and_nothing_runs() {
         let err = block(f.result()).unwrap_err();
         assert!(err.is_unknown_function(), "{err}");
         let text = err.to_string();
-        assert!(text.contains("only_here") && text.contains("unknown function"), "{text}");
+        assert!(
+            text.contains("only_here") && text.contains("unknown function"),
+            "{text}"
+        );
         // a task depending on it is rejected too, naming the missing input
         let g = client.submit(inc, (&f,));
         assert!(matches!(block(g.result()), Err(Error::GraphRejected(_))));
@@ -155,7 +177,11 @@ fn dropped_futures_and_a_closed_client_release_their_results() {
         block(client.gather(&kept)).unwrap();
         assert_eq!(stored(), 51);
         client.close();
-        assert_eq!(stored(), 0, "closing the client releases everything it held");
+        assert_eq!(
+            stored(),
+            0,
+            "closing the client releases everything it held"
+        );
         assert!(matches!(block(kept[0].result()), Err(Error::Closed)));
     });
 }
@@ -163,15 +189,26 @@ fn dropped_futures_and_a_closed_client_release_their_results() {
 #[test]
 fn a_node_stops_cleanly_on_sigterm() {
     let node = NodeProcess::start(NODE, &[]);
-    let status = node.terminate().expect("the node exits within 10 s of SIGTERM");
+    let status = node
+        .terminate()
+        .expect("the node exits within 10 s of SIGTERM");
     assert!(status.success(), "{status:?}");
 }
 
 #[test]
 fn connecting_to_nothing_is_a_clear_error() {
     // Bind and drop to find a port with no listener.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let err = bounded(30, move || Client::connect(&format!("127.0.0.1:{port}")).unwrap_err());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = bounded(30, move || {
+        Client::connect(&format!("127.0.0.1:{port}")).unwrap_err()
+    });
     assert!(matches!(err, Error::Connect { .. }), "{err}");
-    assert!(matches!(Client::connect("not an address"), Err(Error::BadAddress { .. })));
+    assert!(matches!(
+        Client::connect("not an address"),
+        Err(Error::BadAddress { .. })
+    ));
 }

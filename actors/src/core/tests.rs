@@ -11,9 +11,21 @@ fn add(args: &[Bytes]) -> Result<Vec<u8>, TaskFailure> {
 fn boom(_: &[Bytes]) -> Result<Vec<u8>, TaskFailure> {
     Err(TaskFailure::Panicked("boom".into()))
 }
-static INC: TaskEntry = TaskEntry { name: "inc", arity: 1, invoke: inc };
-static ADD: TaskEntry = TaskEntry { name: "add", arity: 2, invoke: add };
-static BOOM: TaskEntry = TaskEntry { name: "boom", arity: 1, invoke: boom };
+static INC: TaskEntry = TaskEntry {
+    name: "inc",
+    arity: 1,
+    invoke: inc,
+};
+static ADD: TaskEntry = TaskEntry {
+    name: "add",
+    arity: 2,
+    invoke: add,
+};
+static BOOM: TaskEntry = TaskEntry {
+    name: "boom",
+    arity: 1,
+    invoke: boom,
+};
 
 fn core() -> NodeCore {
     let registry = Box::leak(Box::new(Registry::from_entries([&INC, &ADD, &BOOM])));
@@ -30,7 +42,14 @@ fn spec(k: &str, f: &str, args: Vec<Arg>) -> TaskSpec {
 }
 fn submit(core: &mut NodeCore, id: u128, tasks: Vec<TaskSpec>) -> SubmitOutcome {
     let keep = tasks.iter().map(|t| t.key.clone()).collect();
-    core.handle_submit(RequestId(id as u64), vec![GraphSubmission { id: GraphId(id), tasks, keep }]);
+    core.handle_submit(
+        RequestId(id as u64),
+        vec![GraphSubmission {
+            id: GraphId(id),
+            tasks,
+            keep,
+        }],
+    );
     match core.take_replies().pop() {
         Some((_, ClientResponse::Submitted(mut o))) => o.pop().unwrap(),
         other => panic!("unexpected reply {other:?}"),
@@ -48,12 +67,20 @@ fn run_all(core: &mut NodeCore) -> Vec<String> {
         for j in jobs {
             ran.push(j.key.to_string());
             let result = j.entry.call(&j.args);
-            core.handle_task_done(TaskDone { task: j.task, result, elapsed_ns: 10_000 });
+            core.handle_task_done(TaskDone {
+                task: j.task,
+                result,
+                elapsed_ns: 10_000,
+            });
         }
     }
 }
 fn gather(core: &mut NodeCore, keys: &[&str]) -> Vec<KeyResult> {
-    core.handle_gather(RequestId(999), keys.iter().map(|k| Key::from(*k)).collect(), 0);
+    core.handle_gather(
+        RequestId(999),
+        keys.iter().map(|k| Key::from(*k)).collect(),
+        0,
+    );
     match core.take_replies().pop() {
         Some((RequestId(999), ClientResponse::Results(r))) => r,
         other => panic!("unexpected reply {other:?}"),
@@ -71,7 +98,11 @@ fn a_chain_of_dependent_tasks_runs_in_order_and_gives_its_value() {
     let mut c = core();
     let mut tasks = vec![spec("inc-0", "inc", vec![lit(0)])];
     for i in 1..100 {
-        tasks.push(spec(&format!("inc-{i}"), "inc", vec![key(&format!("inc-{}", i - 1))]));
+        tasks.push(spec(
+            &format!("inc-{i}"),
+            "inc",
+            vec![key(&format!("inc-{}", i - 1))],
+        ));
     }
     tasks.reverse();
     assert_eq!(submit(&mut c, 1, tasks), SubmitOutcome::Accepted);
@@ -97,7 +128,10 @@ fn a_failed_task_fails_its_dependents_with_the_same_cause_and_the_node_keeps_ser
         ],
     );
     let ran = run_all(&mut c);
-    assert!(!ran.contains(&"inc-1".to_string()), "a dependent of a failed task must not run");
+    assert!(
+        !ran.contains(&"inc-1".to_string()),
+        "a dependent of a failed task must not run"
+    );
     let r = gather(&mut c, &["boom-1", "inc-1", "add-1", "inc-2"]);
     for e in &r[..3] {
         match e {
@@ -114,7 +148,9 @@ fn a_failed_task_fails_its_dependents_with_the_same_cause_and_the_node_keeps_ser
     // a new graph depending on the failed key fails at once with the same cause
     submit(&mut c, 2, vec![spec("inc-3", "inc", vec![key("boom-1")])]);
     assert!(run_all(&mut c).is_empty());
-    assert!(matches!(&gather(&mut c, &["inc-3"])[0], KeyResult::Error(e) if e.key.as_str() == "boom-1"));
+    assert!(
+        matches!(&gather(&mut c, &["inc-3"])[0], KeyResult::Error(e) if e.key.as_str() == "boom-1")
+    );
     // and an unrelated graph runs
     submit(&mut c, 3, vec![spec("inc-4", "inc", vec![lit(1)])]);
     run_all(&mut c);
@@ -127,13 +163,22 @@ fn a_rejected_graph_runs_nothing_and_changes_nothing() {
     let out = submit(
         &mut c,
         1,
-        vec![spec("inc-1", "inc", vec![lit(1)]), spec("x-1", "nope::missing", vec![])],
+        vec![
+            spec("inc-1", "inc", vec![lit(1)]),
+            spec("x-1", "nope::missing", vec![]),
+        ],
     );
-    assert!(matches!(out, SubmitOutcome::Rejected(GraphError::UnknownFunction { .. })));
+    assert!(matches!(
+        out,
+        SubmitOutcome::Rejected(GraphError::UnknownFunction { .. })
+    ));
     assert!(c.take_jobs().is_empty());
     assert_eq!(c.tracked_keys(), 0);
     let out = submit(&mut c, 2, vec![spec("inc-1", "inc", vec![key("gone-1")])]);
-    assert!(matches!(out, SubmitOutcome::Rejected(GraphError::MissingDependency { .. })));
+    assert!(matches!(
+        out,
+        SubmitOutcome::Rejected(GraphError::MissingDependency { .. })
+    ));
     assert_eq!(c.tracked_keys(), 0);
     assert_eq!(gather(&mut c, &["inc-1"]), vec![KeyResult::Unknown]);
 }
@@ -146,21 +191,39 @@ fn resubmitting_a_graph_id_is_a_no_op_and_reusing_it_for_another_graph_is_refuse
     assert_eq!(submit(&mut c, 7, g), SubmitOutcome::Accepted);
     assert_eq!(run_all(&mut c), ["inc-1"]);
     let other = vec![spec("inc-9", "inc", vec![lit(1)])];
-    assert!(matches!(submit(&mut c, 7, other), SubmitOutcome::Rejected(GraphError::GraphIdReused { .. })));
+    assert!(matches!(
+        submit(&mut c, 7, other),
+        SubmitOutcome::Rejected(GraphError::GraphIdReused { .. })
+    ));
 }
 
 #[test]
 fn a_gather_waits_for_unfinished_keys_and_a_timer_answers_with_what_is_ready() {
     let mut c = core();
-    submit(&mut c, 1, vec![spec("inc-1", "inc", vec![lit(1)]), spec("inc-2", "inc", vec![key("inc-1")])]);
+    submit(
+        &mut c,
+        1,
+        vec![
+            spec("inc-1", "inc", vec![lit(1)]),
+            spec("inc-2", "inc", vec![key("inc-1")]),
+        ],
+    );
     c.handle_gather(RequestId(50), vec![Key::from("inc-2")], 1000);
     assert!(c.take_replies().is_empty());
     assert_eq!(c.take_timers(), vec![(RequestId(50), 1000)]);
-    c.handle_gather(RequestId(51), vec![Key::from("inc-1"), Key::from("inc-2")], 1000);
+    c.handle_gather(
+        RequestId(51),
+        vec![Key::from("inc-1"), Key::from("inc-2")],
+        1000,
+    );
     let jobs = c.take_jobs();
     assert_eq!(jobs.len(), 1);
     let j = &jobs[0];
-    c.handle_task_done(TaskDone { task: j.task, result: j.entry.call(&j.args), elapsed_ns: 1 });
+    c.handle_task_done(TaskDone {
+        task: j.task,
+        result: j.entry.call(&j.args),
+        elapsed_ns: 1,
+    });
     c.handle_wait_expired(RequestId(51));
     match c.take_replies().as_slice() {
         [(RequestId(51), ClientResponse::Results(r))] => {
@@ -190,7 +253,11 @@ fn intermediate_values_are_freed_once_their_dependents_finish() {
     // the client keeps only the last one
     c.handle_submit(
         RequestId(1),
-        vec![GraphSubmission { id: GraphId(1), tasks, keep: vec![Key::from("add-3")] }],
+        vec![GraphSubmission {
+            id: GraphId(1),
+            tasks,
+            keep: vec![Key::from("add-3")],
+        }],
     );
     c.take_replies();
     run_all(&mut c);
@@ -205,13 +272,22 @@ fn intermediate_values_are_freed_once_their_dependents_finish() {
 #[test]
 fn releasing_unfinished_work_cancels_it() {
     let mut c = core();
-    let tasks: Vec<_> = (0..50).map(|i| spec(&format!("inc-{i}"), "inc", vec![lit(i)])).collect();
+    let tasks: Vec<_> = (0..50)
+        .map(|i| spec(&format!("inc-{i}"), "inc", vec![lit(i)]))
+        .collect();
     submit(&mut c, 1, tasks);
     let started = c.take_jobs();
     assert!(!started.is_empty() && started.len() < 50);
-    c.handle_release(RequestId(2), (0..50).map(|i| Key::from(format!("inc-{i}"))).collect());
+    c.handle_release(
+        RequestId(2),
+        (0..50).map(|i| Key::from(format!("inc-{i}"))).collect(),
+    );
     for j in started {
-        c.handle_task_done(TaskDone { task: j.task, result: j.entry.call(&j.args), elapsed_ns: 1 });
+        c.handle_task_done(TaskDone {
+            task: j.task,
+            result: j.entry.call(&j.args),
+            elapsed_ns: 1,
+        });
     }
     assert!(c.take_jobs().is_empty(), "released tasks must not start");
     assert_eq!(c.tracked_keys(), 0);
@@ -221,14 +297,24 @@ fn releasing_unfinished_work_cancels_it() {
 #[test]
 fn ready_tasks_start_in_priority_order_and_the_pool_is_not_flooded() {
     let mut c = core();
-    let tasks: Vec<_> = (0..1000).map(|i| spec(&format!("inc-{i}"), "inc", vec![lit(i)])).collect();
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| spec(&format!("inc-{i}"), "inc", vec![lit(i)]))
+        .collect();
     submit(&mut c, 1, tasks);
     let first = c.take_jobs();
-    assert_eq!(first.len(), 4, "before any measurement: two tasks per thread");
+    assert_eq!(
+        first.len(),
+        4,
+        "before any measurement: two tasks per thread"
+    );
     assert_eq!(first[0].key.as_str(), "inc-0");
     assert_eq!(first[3].key.as_str(), "inc-3");
     for j in first {
-        c.handle_task_done(TaskDone { task: j.task, result: j.entry.call(&j.args), elapsed_ns: 1_000 });
+        c.handle_task_done(TaskDone {
+            task: j.task,
+            result: j.entry.call(&j.args),
+            elapsed_ns: 1_000,
+        });
     }
     // tiny tasks: the pool gets a deeper queue
     let next = c.take_jobs();
@@ -245,7 +331,14 @@ fn the_same_inputs_give_the_same_outputs() {
             tasks.push(spec(&format!("leaf-{i}"), "inc", vec![lit(i)]));
         }
         for i in 0..32 {
-            tasks.push(spec(&format!("add-{i}"), "add", vec![key(&format!("leaf-{}", 2 * i)), key(&format!("leaf-{}", 2 * i + 1))]));
+            tasks.push(spec(
+                &format!("add-{i}"),
+                "add",
+                vec![
+                    key(&format!("leaf-{}", 2 * i)),
+                    key(&format!("leaf-{}", 2 * i + 1)),
+                ],
+            ));
         }
         submit(&mut c, 1, tasks);
         run_all(&mut c)
@@ -261,9 +354,19 @@ fn a_key_cancelled_while_running_is_unknown_to_later_graphs() {
     c.handle_release(RequestId(2), vec![Key::from("inc-1")]);
     // a later graph naming the cancelled key is refused, not left waiting forever
     let out = submit(&mut c, 3, vec![spec("inc-2", "inc", vec![key("inc-1")])]);
-    assert!(matches!(out, SubmitOutcome::Rejected(GraphError::MissingDependency { .. })), "{out:?}");
+    assert!(
+        matches!(
+            out,
+            SubmitOutcome::Rejected(GraphError::MissingDependency { .. })
+        ),
+        "{out:?}"
+    );
     for j in jobs {
-        c.handle_task_done(TaskDone { task: j.task, result: j.entry.call(&j.args), elapsed_ns: 1 });
+        c.handle_task_done(TaskDone {
+            task: j.task,
+            result: j.entry.call(&j.args),
+            elapsed_ns: 1,
+        });
     }
     assert_eq!(c.tracked_keys(), 0);
     // and the same key may be submitted again as a new task

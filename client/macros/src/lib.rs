@@ -141,7 +141,9 @@ fn expand(opts: Options, func: ItemFn) -> syn::Result<proc_macro2::TokenStream> 
     let inputs = &sig.inputs;
     let block = &func.block;
     let arity = tys.len();
-    let arg_idents: Vec<_> = (0..arity).map(|i| format_ident!("__rdask_arg{}", i)).collect();
+    let arg_idents: Vec<_> = (0..arity)
+        .map(|i| format_ident!("__rdask_arg{}", i))
+        .collect();
     let indices = 0..arity;
     let finish = if fallible {
         quote! {

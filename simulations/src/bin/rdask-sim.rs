@@ -14,7 +14,9 @@ fn main() {
             .and_then(|v| v.parse::<u64>().ok())
     };
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: rdask-sim [--seeds N (default 1000)] [--from FIRST_SEED] [--seed ONE_SEED]");
+        println!(
+            "usage: rdask-sim [--seeds N (default 1000)] [--from FIRST_SEED] [--seed ONE_SEED]"
+        );
         return;
     }
     let (from, count) = match get("--seed") {
