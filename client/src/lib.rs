@@ -108,3 +108,8 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 pub mod __private {
     pub use rdask_graph::__private::*;
 }
+
+/// The README's examples, compiled and run as doctests so that they stay true.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
