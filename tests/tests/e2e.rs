@@ -212,3 +212,19 @@ fn connecting_to_nothing_is_a_clear_error() {
         Err(Error::BadAddress { .. })
     ));
 }
+
+#[test]
+fn an_identity_file_gives_the_same_peer_id_on_every_start() {
+    let dir = std::env::temp_dir().join(format!("rdask-identity-{}", std::process::id()));
+    let file = dir.join("node.key");
+    let file = file.to_str().unwrap();
+    let first = NodeProcess::start(NODE, &["--identity", file]);
+    let id = first.peer_id.clone();
+    drop(first);
+    let second = NodeProcess::start(NODE, &["--identity", file]);
+    assert_eq!(second.peer_id, id);
+    drop(second);
+    let other = NodeProcess::start(NODE, &[]);
+    assert_ne!(other.peer_id, id, "without the file a node gets a new identity");
+    let _ = std::fs::remove_dir_all(dir);
+}
