@@ -31,8 +31,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RELEASE_BATCH: usize = 4_096;
 /// How often dropped futures are released on the node when nothing else is sent.
 const RELEASE_INTERVAL: Duration = Duration::from_millis(50);
-/// How long submissions may wait to leave together when nothing asks for a result.
-const SUBMIT_DELAY: Duration = Duration::from_micros(200);
+/// How often the flusher looks at the outbox while submissions keep coming. A request for
+/// results sends the outbox at once; this only bounds how long a submission nobody waits
+/// for may wait to leave.
+const FLUSH_TICK: Duration = Duration::from_millis(1);
+/// Empty looks after which the flusher sleeps until the next submission wakes it.
+const QUIET_TICKS: u32 = 20;
 /// Most tasks sent in one submission message.
 const SUBMIT_BATCH: usize = 100_000;
 
@@ -98,6 +102,8 @@ pub(crate) struct ClientInner {
     outbox: Mutex<Outbox>,
     /// Wakes the task that flushes the outbox.
     outbox_ready: Arc<tokio::sync::Notify>,
+    /// Whether the flusher waits to be woken (rather than looking by itself).
+    flusher_idle: AtomicBool,
     handle: tokio::runtime::Handle,
     live: Mutex<HashSet<Key>>,
     closed: AtomicBool,
@@ -241,6 +247,7 @@ impl Client {
             conn,
             outbox: Mutex::new(Outbox::default()),
             outbox_ready: Arc::new(tokio::sync::Notify::new()),
+            flusher_idle: AtomicBool::new(true),
             handle: rt.handle().clone(),
             live: Mutex::new(HashSet::new()),
             closed: AtomicBool::new(false),
@@ -249,25 +256,36 @@ impl Client {
             address,
             welcome,
         });
-        // Submissions leave as soon as this task runs (many at once when they come fast);
-        // dropped futures are released with the next message, or after a short while.
+        // The flusher sends what the outbox holds when no request of the user does it
+        // first: woken by the first submission after a quiet spell, it then looks every
+        // FLUSH_TICK until the outbox stays empty for a while, so a busy client pays no
+        // wake-up per submission. Released keys also leave every RELEASE_INTERVAL.
         let weak = Arc::downgrade(&inner);
         let ready = inner.outbox_ready.clone();
         inner.handle.spawn(async move {
             let mut tick = tokio::time::interval(RELEASE_INTERVAL);
             loop {
-                tokio::select! {
-                    _ = ready.notified() => {
-                        // Let submissions made in quick succession leave together; a
-                        // request for results sends them at once anyway.
-                        tokio::time::sleep(SUBMIT_DELAY).await;
+                let woken = tokio::select! {
+                    _ = ready.notified() => true,
+                    _ = tick.tick() => false,
+                };
+                let Some(inner) = weak.upgrade() else { break };
+                if inner.closed.load(Ordering::Acquire) {
+                    break;
+                }
+                if woken {
+                    let mut quiet = 0;
+                    while quiet < QUIET_TICKS {
+                        tokio::time::sleep(FLUSH_TICK).await;
+                        if inner.closed.load(Ordering::Acquire) {
+                            return;
+                        }
+                        if inner.flush() { quiet = 0 } else { quiet += 1 }
                     }
-                    _ = tick.tick() => {}
+                    // A submission made before this store did not wake us: send it now.
+                    inner.flusher_idle.store(true, Ordering::SeqCst);
                 }
-                match weak.upgrade() {
-                    Some(inner) if !inner.closed.load(Ordering::Acquire) => inner.flush(),
-                    _ => break,
-                }
+                inner.flush();
             }
         });
         Client { inner }
@@ -442,7 +460,7 @@ impl ClientInner {
             outbox.acks.push(tx);
             outbox.graphs.len() == 1
         };
-        if first {
+        if first && self.flusher_idle.swap(false, Ordering::SeqCst) {
             self.outbox_ready.notify_one();
         }
         async move { rx.await.unwrap_or(Err(Error::Closed)) }
@@ -469,8 +487,11 @@ impl ClientInner {
     /// keys. Called before any other request, so that every request reaches the node after
     /// the submissions and releases made before it; the outbox stays locked while the
     /// messages are queued on the connection, which keeps that order between threads.
-    fn flush(&self) {
+    ///
+    /// Returns whether anything was sent.
+    fn flush(&self) -> bool {
         let mut outbox = self.outbox.lock().expect("outbox");
+        let sent = !outbox.graphs.is_empty() || !outbox.released.is_empty();
         while !outbox.graphs.is_empty() {
             // Bound one message: split very large batches.
             let mut tasks = 0;
@@ -511,6 +532,7 @@ impl ClientInner {
             // The answer carries nothing.
             drop(self.conn.send(ClientRequest::Release { keys }));
         }
+        sent
     }
 
     /// The values of these futures' keys, waiting as long as they take.

@@ -225,6 +225,9 @@ fn an_identity_file_gives_the_same_peer_id_on_every_start() {
     assert_eq!(second.peer_id, id);
     drop(second);
     let other = NodeProcess::start(NODE, &[]);
-    assert_ne!(other.peer_id, id, "without the file a node gets a new identity");
+    assert_ne!(
+        other.peer_id, id,
+        "without the file a node gets a new identity"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
