@@ -92,13 +92,34 @@ impl Drop for TaskPool {
     }
 }
 
+/// How long an idle task thread keeps looking for work before it sleeps. Waking a sleeping
+/// thread costs tens of microseconds on virtual machines, more than most tiny tasks take;
+/// a short look-out keeps chains of dependent tasks and bursts of small ones from paying it
+/// at every step, and costs an idle node nothing once it passes.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
+fn next_job(jobs: &Receiver<Job>) -> Option<Job> {
+    let start = Instant::now();
+    loop {
+        match jobs.try_recv() {
+            Ok(job) => return Some(job),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
+            Err(crossbeam_channel::TryRecvError::Empty) => {}
+        }
+        if start.elapsed() > SPIN {
+            return jobs.recv().ok();
+        }
+        std::hint::spin_loop();
+    }
+}
+
 fn worker(
     jobs: Receiver<Job>,
     done: Sender<TaskDone>,
     pending_wake: Arc<AtomicBool>,
     notify: Arc<dyn Fn() + Send + Sync>,
 ) {
-    for job in jobs.iter() {
+    while let Some(job) = next_job(&jobs) {
         let start = Instant::now();
         let result = job.entry.call(&job.args);
         let elapsed_ns = start.elapsed().as_nanos() as u64;

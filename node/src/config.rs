@@ -38,6 +38,11 @@ pub struct Cli {
     #[arg(long, env = "RDASK_IDENTITY")]
     pub identity: Option<PathBuf>,
 
+    /// Threads of the async runtime that serves the network and the node's own loop (task
+    /// functions run on their own --nthreads threads).
+    #[arg(long, env = "RDASK_IO_THREADS", default_value_t = 1)]
+    pub io_threads: usize,
+
     /// Largest message accepted or sent, in bytes.
     #[arg(long, env = "RDASK_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME)]
     pub max_frame_bytes: usize,

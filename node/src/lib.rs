@@ -298,6 +298,7 @@ pub fn run_cli(cli: Cli) -> i32 {
         }
         return 0;
     }
+    let io_threads = cli.io_threads.max(1);
     let config = match cli.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -306,7 +307,7 @@ pub fn run_cli(cli: Cli) -> i32 {
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(io_threads)
         .thread_name("rdask-io")
         .enable_all()
         .build()
