@@ -209,7 +209,7 @@ pub(crate) async fn run_node_swarm(
                         );
                         let _ = swarm.disconnect_peer_id(peer_id);
                     } else {
-                        tracing::debug!(peer = %peer_id, agent = %info.agent_version, "identified peer");
+                        tracing::info!(peer = %peer_id, agent = %info.agent_version, "connected to a peer");
                     }
                 }
                 SwarmEvent::Behaviour(_) => {}
