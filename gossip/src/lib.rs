@@ -1,11 +1,18 @@
 //! Membership and the replicated cluster state of rdask (pure, sans-IO).
 //!
-//! This crate will hold the SWIM-style failure detector and the CRDT cluster state merged
-//! by anti-entropy. For now it defines the identity and the self-description every node
-//! carries from its first start, so that the later membership protocol gossips the same
-//! records the node already publishes to clients.
+//! - [`Membership`]: SWIM-style failure detection and membership (probes, indirect probes
+//!   through k peers, suspicion with incarnation numbers, refutation), done by `foca` and
+//!   driven like every core of rdask: inputs in (`handle_*`), outputs out (`take_*`), time
+//!   and randomness handed in. Nothing here does I/O, reads a clock or spawns.
+//! - [`NodeId`], [`MemberInfo`], [`LoadSummary`]: what a node says about itself.
+//!
+//! The CRDT cluster state merged by anti-entropy is the next part of this crate.
+
+mod membership;
 
 use std::fmt;
+
+pub use membership::{Event, Membership, MembershipConfig, MembershipError, Peer, Timer};
 
 use serde::{Deserialize, Serialize};
 

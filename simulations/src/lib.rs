@@ -15,8 +15,12 @@
 //! - a gather is answered exactly once, with finished values or `Pending`;
 //! - once everything is released, the node holds nothing.
 //!
-//! Membership and multi-node scenarios join this crate as those state machines are built.
+//! The membership scenarios ([`membership`]) run many nodes' [`rdask_gossip::Membership`]
+//! cores over a simulated network with latency, reordering, duplication, loss, partitions,
+//! crashes and restarts, encoding every message through the real codec.
 
 mod graphs;
+pub mod membership;
 
 pub use graphs::{SimConfig, SimReport, node_graphs};
+pub use membership::{MembershipReport, SCENARIOS, run_membership};

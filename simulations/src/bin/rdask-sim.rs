@@ -1,51 +1,117 @@
-//! The seed runner: `rdask-sim [--seeds N] [--from S] [--seed S]`.
+//! The seed runner.
 //!
-//! Runs the simulation scenarios over many seeds, prints a summary, and for a failing seed
-//! prints the command that replays it.
+//! ```text
+//! rdask-sim [--scenario NAME] [--seed S] [--seeds N] [--nodes N]
+//! ```
+//!
+//! Runs a scenario for one seed (or `--seeds N` seeds from `--seed`), prints a summary and,
+//! last, a line `trace <hex>` hashing every event of the runs: the same arguments always
+//! give the same hash. A broken invariant prints the steps and the command that replays it,
+//! and exits non-zero. Scenarios: `node-graphs` (one node's task state machine) and the
+//! membership scenarios `join`, `crash`, `loss`, `partition`, `restart`,
+//! `membership-chaos` (the default).
 
-use rdask_sim::{SimConfig, node_graphs};
+use rdask_sim::{SCENARIOS, SimConfig, node_graphs, run_membership};
+
+fn usage() -> String {
+    format!(
+        "usage: rdask-sim [--scenario NAME] [--seed S (default 0)] [--seeds N (default 1)] [--nodes N (default 8)]\n\
+         scenarios: node-graphs, {} (default membership-chaos)",
+        SCENARIOS.join(", ")
+    )
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{}", usage());
+        return;
+    }
     let get = |flag: &str| {
         args.iter()
             .position(|a| a == flag)
             .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse::<u64>().ok())
+            .map(String::as_str)
     };
-    if args.iter().any(|a| a == "--help" || a == "-h") {
+    let num = |flag: &str, default: u64| match get(flag) {
+        None => default,
+        Some(v) => v.parse().unwrap_or_else(|_| {
+            eprintln!("{flag} takes a number\n{}", usage());
+            std::process::exit(2)
+        }),
+    };
+    let scenario = get("--scenario").unwrap_or("membership-chaos");
+    let from = num("--seed", 0);
+    let count = num("--seeds", 1);
+    let nodes = num("--nodes", 8).max(2) as usize;
+    let mut trace: u64 = 0;
+    let mut failed = 0u64;
+
+    if scenario == "node-graphs" {
+        let cfg = SimConfig::default();
+        let (mut tasks, mut errors, mut partial, mut not_run) = (0, 0, 0, 0);
+        for seed in from..from + count {
+            let r = node_graphs(seed, &cfg);
+            trace = trace.rotate_left(5) ^ r.trace_hash;
+            tasks += r.tasks_run;
+            errors += r.errors;
+            partial += r.partial_gathers;
+            not_run += r.not_run;
+            if !r.violations.is_empty() {
+                failed += 1;
+                eprintln!("seed {seed} FAILED: {:?}", r.violations);
+                eprintln!(
+                    "  replay: cargo run -p rdask-sim --bin rdask-sim -- --scenario node-graphs --seed {seed}"
+                );
+            }
+        }
         println!(
-            "usage: rdask-sim [--seeds N (default 1000)] [--from FIRST_SEED] [--seed ONE_SEED]"
+            "node-graphs: {count} seeds from {from}: {} passed, {failed} failed; tasks run {tasks}, \
+             error results {errors}, partial gathers {partial}, tasks not run {not_run}",
+            count - failed
         );
-        return;
-    }
-    let (from, count) = match get("--seed") {
-        Some(s) => (s, 1),
-        None => (get("--from").unwrap_or(0), get("--seeds").unwrap_or(1000)),
-    };
-    let cfg = SimConfig::default();
-    let mut failed = 0;
-    let (mut tasks, mut errors, mut partial, mut cancelled) = (0, 0, 0, 0);
-    for seed in from..from + count {
-        let r = node_graphs(seed, &cfg);
-        tasks += r.tasks_run;
-        errors += r.errors;
-        partial += r.partial_gathers;
-        cancelled += r.not_run;
-        if count == 1 {
-            println!("{r:#?}");
+    } else {
+        let Some(&name) = SCENARIOS.iter().find(|s| **s == scenario) else {
+            eprintln!("unknown scenario `{scenario}`\n{}", usage());
+            std::process::exit(2)
+        };
+        let started = std::time::Instant::now();
+        let mut virtual_s = 0.0;
+        for seed in from..from + count {
+            let r = run_membership(name, seed, nodes);
+            trace = trace.rotate_left(5) ^ r.trace_hash;
+            virtual_s += r.virtual_s;
+            if count == 1 {
+                println!(
+                    "{name}: seed {seed}, {nodes} nodes: join converged in {}, crash seen by all in {}, \
+                     {} live nodes declared down, {} messages ({} bytes) in {:.1} virtual s",
+                    r.join_converged_s
+                        .map_or("-".into(), |s| format!("{s:.2} s")),
+                    r.crash_detected_s
+                        .map_or("-".into(), |s| format!("{s:.2} s")),
+                    r.false_downs,
+                    r.messages,
+                    r.bytes,
+                    r.virtual_s
+                );
+            }
+            if !r.violations.is_empty() {
+                failed += 1;
+                eprintln!("{name} seed {seed} FAILED: {:?}", r.violations);
+                eprintln!(
+                    "  replay: cargo run -p rdask-sim --bin rdask-sim -- --scenario {name} --seed {seed} --nodes {nodes}"
+                );
+            }
         }
-        if !r.violations.is_empty() {
-            failed += 1;
-            eprintln!("seed {seed} FAILED: {:?}", r.violations);
-            eprintln!("  replay: cargo run -p rdask-sim --bin rdask-sim -- --seed {seed}");
-        }
+        let real = started.elapsed().as_secs_f64();
+        println!(
+            "{name}: {count} seeds from {from}, {nodes} nodes: {} passed, {failed} failed; \
+             {virtual_s:.0} virtual s in {real:.2} real s ({:.0}x real time)",
+            count - failed,
+            virtual_s / real.max(1e-9)
+        );
     }
-    println!(
-        "node-graphs: {count} seeds from {from}: {} passed, {failed} failed; tasks run {tasks}, \
-         error results {errors}, partial gathers {partial}, tasks not run {cancelled}",
-        count - failed
-    );
+    println!("trace {trace:016x}");
     if failed > 0 {
         std::process::exit(1);
     }
