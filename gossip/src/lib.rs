@@ -6,13 +6,17 @@
 //!   and randomness handed in. Nothing here does I/O, reads a clock or spawns.
 //! - [`NodeId`], [`MemberInfo`], [`LoadSummary`]: what a node says about itself.
 //!
-//! The CRDT cluster state merged by anti-entropy is the next part of this crate.
+//! - [`ClusterState`]: the replicated member records and load summaries, merged as CRDTs
+//!   (`crdts::LWWReg` per entry) and spread by push-pull anti-entropy whose steady-state
+//!   cost is one hash per round ([`state`]).
 
 mod membership;
+pub mod state;
 
 use std::fmt;
 
 pub use membership::{Event, Membership, MembershipConfig, MembershipError, Peer, Timer};
+pub use state::{ClusterState, Delta, StateMsg, Version};
 
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,476 @@
+//! The replicated cluster state: member records and load summaries, merged as CRDTs and
+//! spread by push-pull anti-entropy with bounded payloads.
+//!
+//! Every entry has a single writer (the node it describes), so each is an `LWWReg` whose
+//! marker is a [`Version`]: the writer's generation (raised on every restart) and a counter.
+//! Merging keeps the higher version, which makes merges commutative, associative and
+//! idempotent whatever order gossip delivers them in. A removed member leaves a tombstone
+//! (its last version) so that stale gossip cannot bring it back; tombstones are dropped
+//! after a grace period so the state does not grow forever.
+//!
+//! Anti-entropy round (initiator A, random live peer B):
+//! 1. A → B `Hash(h)`: one 8-byte hash of A's versions. Equal states stop here, so a
+//!    converged cluster pays a few bytes per round whatever its size.
+//! 2. B → A `Digest`: B's versions (node → record version, load version).
+//! 3. A → B `Delta`: A's entries newer than B's (at most `max_entries`), plus the nodes
+//!    where B is newer (`want`); B answers with those entries in its own `Delta`.
+
+use std::collections::BTreeMap;
+
+use crdts::{CvRDT, LWWReg};
+use serde::{Deserialize, Serialize};
+
+use crate::{LoadSummary, MemberInfo, NodeId};
+
+/// The version of one entry: its writer's generation, then a counter.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Version {
+    /// Raised on every restart of the writer.
+    pub generation: u64,
+    /// Raised on every write within a generation.
+    pub counter: u64,
+}
+
+/// Versions of the entries of one node: (record, load).
+pub type DigestEntry = (NodeId, Version, Version);
+
+/// Entries sent to a peer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    /// Member records.
+    pub members: Vec<(NodeId, LWWReg<MemberInfo, Version>)>,
+    /// Load summaries.
+    pub loads: Vec<(NodeId, LWWReg<LoadSummary, Version>)>,
+    /// Removed members, with the version they were removed at.
+    pub removed: Vec<(NodeId, Version)>,
+}
+
+impl Delta {
+    /// Whether it carries nothing.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.loads.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// An anti-entropy message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum StateMsg {
+    /// Round start: the initiator's state hash.
+    Hash(u64),
+    /// The answer when hashes differ: every version the sender holds.
+    Digest(Vec<DigestEntry>),
+    /// Entries the receiver lacks, and the nodes whose entries the sender wants back.
+    Delta {
+        /// The entries.
+        delta: Delta,
+        /// Nodes whose newer entries the sender wants.
+        want: Vec<NodeId>,
+    },
+}
+
+/// The replicated state as one node holds it.
+#[derive(Clone, Debug)]
+pub struct ClusterState {
+    me: NodeId,
+    generation: u64,
+    counter: u64,
+    members: BTreeMap<NodeId, LWWReg<MemberInfo, Version>>,
+    loads: BTreeMap<NodeId, LWWReg<LoadSummary, Version>>,
+    /// Removed members: their last version, and when (ms) the tombstone was made.
+    removed: BTreeMap<NodeId, (Version, u64)>,
+}
+
+impl ClusterState {
+    /// The state of a node that starts with `me`, in its `generation`.
+    pub fn new(me: MemberInfo, generation: u64) -> ClusterState {
+        let mut s = ClusterState {
+            me: me.id.clone(),
+            generation,
+            counter: 0,
+            members: BTreeMap::new(),
+            loads: BTreeMap::new(),
+            removed: BTreeMap::new(),
+        };
+        s.set_info(me);
+        s.set_load(LoadSummary::default());
+        s
+    }
+
+    fn next_version(&mut self) -> Version {
+        self.counter += 1;
+        Version {
+            generation: self.generation,
+            counter: self.counter,
+        }
+    }
+
+    /// Publishes a new record of this node.
+    pub fn set_info(&mut self, info: MemberInfo) {
+        let v = self.next_version();
+        self.members.insert(
+            self.me.clone(),
+            LWWReg {
+                val: info,
+                marker: v,
+            },
+        );
+    }
+
+    /// Publishes this node's load, if it changed.
+    pub fn set_load(&mut self, load: LoadSummary) {
+        if self.loads.get(&self.me).is_some_and(|r| r.val == load) {
+            return;
+        }
+        let v = self.next_version();
+        self.loads.insert(
+            self.me.clone(),
+            LWWReg {
+                val: load,
+                marker: v,
+            },
+        );
+    }
+
+    /// The member records, by node.
+    pub fn members(&self) -> impl Iterator<Item = (&NodeId, &MemberInfo)> {
+        self.members.iter().map(|(k, r)| (k, &r.val))
+    }
+
+    /// A member's record.
+    pub fn member(&self, node: &NodeId) -> Option<&MemberInfo> {
+        self.members.get(node).map(|r| &r.val)
+    }
+
+    /// A member's last published load.
+    pub fn load(&self, node: &NodeId) -> Option<LoadSummary> {
+        self.loads.get(node).map(|r| r.val)
+    }
+
+    /// Number of member records held.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether no record is held (never true: a node holds its own).
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Forgets a member declared dead, leaving a tombstone made at `now_ms`. This node's
+    /// own record is never removed.
+    pub fn remove(&mut self, node: &NodeId, now_ms: u64) {
+        if node == &self.me {
+            return;
+        }
+        let v = self
+            .members
+            .get(node)
+            .map(|r| r.marker)
+            .into_iter()
+            .chain(self.loads.get(node).map(|r| r.marker))
+            .max()
+            .unwrap_or_default();
+        self.members.remove(node);
+        self.loads.remove(node);
+        let entry = self.removed.entry(node.clone()).or_insert((v, now_ms));
+        if v > entry.0 {
+            *entry = (v, now_ms);
+        }
+    }
+
+    /// Drops tombstones older than `grace_ms`.
+    pub fn collect_garbage(&mut self, now_ms: u64, grace_ms: u64) {
+        self.removed
+            .retain(|_, (_, at)| now_ms.saturating_sub(*at) < grace_ms);
+    }
+
+    fn tombstoned(&self, node: &NodeId, v: Version) -> bool {
+        self.removed.get(node).is_some_and(|(dead, _)| v <= *dead)
+    }
+
+    /// Merges entries from a peer. Returns whether anything changed.
+    pub fn merge(&mut self, delta: Delta, now_ms: u64) -> bool {
+        let mut changed = false;
+        for (node, v) in delta.removed {
+            if node == self.me {
+                continue;
+            }
+            let newer_alive = self.members.get(&node).is_some_and(|r| r.marker > v);
+            if !newer_alive && !self.tombstoned(&node, v) {
+                self.remove(&node, now_ms);
+                if let Some(t) = self.removed.get_mut(&node) {
+                    t.0 = t.0.max(v);
+                }
+                changed = true;
+            }
+        }
+        for (node, reg) in delta.members {
+            if node == self.me || self.tombstoned(&node, reg.marker) {
+                continue;
+            }
+            changed |= merge_reg(&mut self.members, node, reg);
+        }
+        for (node, reg) in delta.loads {
+            if node == self.me || self.tombstoned(&node, reg.marker) {
+                continue;
+            }
+            changed |= merge_reg(&mut self.loads, node, reg);
+        }
+        changed
+    }
+
+    /// Every version held.
+    pub fn digest(&self) -> Vec<DigestEntry> {
+        let mut nodes: Vec<&NodeId> = self.members.keys().chain(self.loads.keys()).collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+            .into_iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    self.members.get(n).map(|r| r.marker).unwrap_or_default(),
+                    self.loads.get(n).map(|r| r.marker).unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// A hash of every version held (and of the tombstones): equal states hash equal.
+    pub fn hash(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |x: u64| {
+            for b in x.to_le_bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        for (node, rv, lv) in self.digest() {
+            for b in node.0.bytes() {
+                eat(u64::from(b));
+            }
+            eat(rv.generation);
+            eat(rv.counter);
+            eat(lv.generation);
+            eat(lv.counter);
+        }
+        for (node, (v, _)) in &self.removed {
+            for b in node.0.bytes() {
+                eat(u64::from(b) ^ 0xff);
+            }
+            eat(v.generation);
+            eat(v.counter);
+        }
+        h
+    }
+
+    /// What a peer with `theirs` lacks (at most `max_entries` entries), and the nodes where
+    /// the peer holds newer entries.
+    pub fn delta_for(&self, theirs: &[DigestEntry], max_entries: usize) -> (Delta, Vec<NodeId>) {
+        let theirs: BTreeMap<&NodeId, (Version, Version)> =
+            theirs.iter().map(|(n, r, l)| (n, (*r, *l))).collect();
+        let mut delta = Delta::default();
+        let mut budget = max_entries;
+        for (node, reg) in &self.members {
+            if budget == 0 {
+                break;
+            }
+            if theirs.get(node).is_none_or(|(r, _)| reg.marker > *r) {
+                delta.members.push((node.clone(), reg.clone()));
+                budget -= 1;
+            }
+        }
+        for (node, reg) in &self.loads {
+            if budget == 0 {
+                break;
+            }
+            if theirs.get(node).is_none_or(|(_, l)| reg.marker > *l) {
+                delta.loads.push((node.clone(), reg.clone()));
+                budget -= 1;
+            }
+        }
+        for (node, (v, _)) in &self.removed {
+            if theirs.get(node).is_some_and(|(r, l)| r.max(l) <= v) {
+                delta.removed.push((node.clone(), *v));
+            }
+        }
+        let want = theirs
+            .iter()
+            .filter(|(node, (r, l))| {
+                !self.tombstoned(node, *r.max(l))
+                    && (self.members.get(*node).is_none_or(|m| m.marker < *r)
+                        || self.loads.get(*node).is_none_or(|m| m.marker < *l))
+            })
+            .map(|(n, _)| (*n).clone())
+            .take(max_entries)
+            .collect();
+        (delta, want)
+    }
+
+    /// The entries of these nodes (an answer to `want`).
+    pub fn entries_of(&self, nodes: &[NodeId]) -> Delta {
+        let mut delta = Delta::default();
+        for n in nodes {
+            if let Some(r) = self.members.get(n) {
+                delta.members.push((n.clone(), r.clone()));
+            }
+            if let Some(r) = self.loads.get(n) {
+                delta.loads.push((n.clone(), r.clone()));
+            }
+        }
+        delta
+    }
+}
+
+fn merge_reg<V: PartialEq + Clone>(
+    map: &mut BTreeMap<NodeId, LWWReg<V, Version>>,
+    node: NodeId,
+    reg: LWWReg<V, Version>,
+) -> bool {
+    match map.get_mut(&node) {
+        Some(mine) if mine.marker >= reg.marker => false,
+        Some(mine) => {
+            mine.merge(reg);
+            true
+        }
+        None => {
+            map.insert(node, reg);
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PROTOCOL_VERSION;
+
+    fn info(i: u32, threads: u32) -> MemberInfo {
+        MemberInfo {
+            id: NodeId(format!("n{i}")),
+            addresses: vec![format!("/mem/{i}")],
+            nthreads: threads,
+            memory_bytes: 1 << 30,
+            functions_digest: 7,
+            functions: 3,
+            version: "0.1.0".into(),
+            protocol: PROTOCOL_VERSION,
+        }
+    }
+
+    /// One full anti-entropy round from `a` to `b`, as the messages would go.
+    fn round(a: &mut ClusterState, b: &mut ClusterState) {
+        if a.hash() == b.hash() {
+            return;
+        }
+        let digest_b = b.digest();
+        let (delta, want) = a.delta_for(&digest_b, 1000);
+        b.merge(delta, 0);
+        let back = b.entries_of(&want);
+        a.merge(back, 0);
+    }
+
+    #[test]
+    fn two_states_converge_in_one_round_and_then_exchange_only_a_hash() {
+        let mut a = ClusterState::new(info(0, 2), 1);
+        let mut b = ClusterState::new(info(1, 4), 1);
+        round(&mut a, &mut b);
+        assert_eq!(a.hash(), b.hash());
+        assert_eq!(a.member(&NodeId("n1".into())).unwrap().nthreads, 4);
+        assert_eq!(b.member(&NodeId("n0".into())).unwrap().nthreads, 2);
+        let (delta, want) = a.delta_for(&b.digest(), 1000);
+        assert!(delta.is_empty() && want.is_empty());
+    }
+
+    #[test]
+    fn merging_is_order_independent_and_idempotent() {
+        let mut writers: Vec<ClusterState> = (0..4)
+            .map(|i| ClusterState::new(info(i, i + 1), 1))
+            .collect();
+        writers[2].set_load(LoadSummary {
+            queued: 5,
+            ..Default::default()
+        });
+        writers[2].set_info(info(2, 9));
+        let deltas: Vec<Delta> = writers
+            .iter()
+            .map(|w| w.entries_of(&[w.me.clone()]))
+            .collect();
+        let mut x = ClusterState::new(info(9, 1), 1);
+        let mut y = ClusterState::new(info(9, 1), 1);
+        for d in deltas.iter() {
+            x.merge(d.clone(), 0);
+        }
+        for d in deltas.iter().rev() {
+            y.merge(d.clone(), 0);
+            y.merge(d.clone(), 0);
+        }
+        assert_eq!(x.hash(), y.hash());
+        assert_eq!(x.member(&NodeId("n2".into())).unwrap().nthreads, 9);
+        assert_eq!(x.load(&NodeId("n2".into())).unwrap().queued, 5);
+        // an older version never overwrites a newer one
+        let old = ClusterState::new(info(2, 1), 1).entries_of(&[NodeId("n2".into())]);
+        assert!(!x.merge(old, 0));
+        assert_eq!(x.member(&NodeId("n2".into())).unwrap().nthreads, 9);
+    }
+
+    #[test]
+    fn a_restart_wins_over_the_old_life_and_a_removal_is_not_undone_by_stale_gossip() {
+        let mut a = ClusterState::new(info(0, 1), 1);
+        let old_life = ClusterState::new(info(1, 2), 1);
+        a.merge(old_life.entries_of(&[NodeId("n1".into())]), 0);
+        a.remove(&NodeId("n1".into()), 10);
+        assert!(a.member(&NodeId("n1".into())).is_none());
+        // stale gossip of the old life is ignored
+        assert!(!a.merge(old_life.entries_of(&[NodeId("n1".into())]), 20));
+        assert!(a.member(&NodeId("n1".into())).is_none());
+        // the restarted node (a higher generation) comes back
+        let new_life = ClusterState::new(info(1, 8), 2);
+        assert!(a.merge(new_life.entries_of(&[NodeId("n1".into())]), 30));
+        assert_eq!(a.member(&NodeId("n1".into())).unwrap().nthreads, 8);
+    }
+
+    #[test]
+    fn tombstones_are_collected_after_the_grace_period() {
+        let mut a = ClusterState::new(info(0, 1), 1);
+        a.merge(
+            ClusterState::new(info(1, 2), 1).entries_of(&[NodeId("n1".into())]),
+            0,
+        );
+        a.remove(&NodeId("n1".into()), 1_000);
+        a.collect_garbage(5_000, 10_000);
+        assert_eq!(a.removed.len(), 1);
+        a.collect_garbage(11_001, 10_000);
+        assert!(a.removed.is_empty());
+    }
+
+    #[test]
+    fn a_removal_spreads_to_peers_that_still_hold_the_member() {
+        let mut a = ClusterState::new(info(0, 1), 1);
+        let mut b = ClusterState::new(info(1, 1), 1);
+        let c = ClusterState::new(info(2, 1), 1);
+        a.merge(c.entries_of(&[NodeId("n2".into())]), 0);
+        b.merge(c.entries_of(&[NodeId("n2".into())]), 0);
+        round(&mut a, &mut b);
+        a.remove(&NodeId("n2".into()), 5);
+        round(&mut a, &mut b);
+        assert!(b.member(&NodeId("n2".into())).is_none());
+        assert_eq!(a.hash(), b.hash());
+    }
+
+    #[test]
+    fn deltas_are_bounded() {
+        let mut a = ClusterState::new(info(0, 1), 1);
+        for i in 1..100 {
+            a.merge(
+                ClusterState::new(info(i, 1), 1).entries_of(&[NodeId(format!("n{i}"))]),
+                0,
+            );
+        }
+        let fresh = ClusterState::new(info(500, 1), 1);
+        let (delta, _) = a.delta_for(&fresh.digest(), 16);
+        assert_eq!(delta.members.len() + delta.loads.len(), 16);
+    }
+}
