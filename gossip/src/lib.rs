@@ -10,11 +10,13 @@
 //!   (`crdts::LWWReg` per entry) and spread by push-pull anti-entropy whose steady-state
 //!   cost is one hash per round ([`state`]).
 
+mod gossip;
 mod membership;
 pub mod state;
 
 use std::fmt;
 
+pub use gossip::{Gossip, GossipConfig, GossipError, GossipTimer, MemberState, MemberView, Wire};
 pub use membership::{Event, Membership, MembershipConfig, MembershipError, Peer, Timer};
 pub use state::{ClusterState, Delta, StateMsg, Version};
 

@@ -106,6 +106,30 @@ impl ClusterState {
         }
     }
 
+    /// Starts a new generation of this node's entries (the node rejoined after being
+    /// declared dead): its record and load are published again with versions that beat
+    /// every tombstone of its earlier generation.
+    pub fn renew(&mut self, generation: u64) {
+        if generation <= self.generation {
+            return;
+        }
+        self.generation = generation;
+        self.counter = 0;
+        if let Some(info) = self.members.get(&self.me).map(|r| r.val.clone()) {
+            self.set_info(info);
+        }
+        if let Some(load) = self.loads.get(&self.me).map(|r| r.val) {
+            let v = self.next_version();
+            self.loads.insert(
+                self.me.clone(),
+                LWWReg {
+                    val: load,
+                    marker: v,
+                },
+            );
+        }
+    }
+
     /// Publishes a new record of this node.
     pub fn set_info(&mut self, info: MemberInfo) {
         let v = self.next_version();
@@ -190,11 +214,36 @@ impl ClusterState {
         self.removed.get(node).is_some_and(|(dead, _)| v <= *dead)
     }
 
-    /// Merges entries from a peer. Returns whether anything changed.
+    /// Merges entries from a peer. Returns whether anything changed. A removal of this node
+    /// itself is refuted by publishing its entries again.
     pub fn merge(&mut self, delta: Delta, now_ms: u64) -> bool {
         let mut changed = false;
         for (node, v) in delta.removed {
             if node == self.me {
+                // Others removed this node while it lives (it was cut off for a while):
+                // publish its entries again with versions that beat the tombstone.
+                let mine = self
+                    .members
+                    .get(&self.me)
+                    .map(|r| r.marker)
+                    .unwrap_or_default();
+                if v >= mine {
+                    self.counter = self.counter.max(v.counter);
+                    if let Some(info) = self.members.get(&self.me).map(|r| r.val.clone()) {
+                        self.set_info(info);
+                    }
+                    if let Some(load) = self.loads.get(&self.me).map(|r| r.val) {
+                        let nv = self.next_version();
+                        self.loads.insert(
+                            self.me.clone(),
+                            LWWReg {
+                                val: load,
+                                marker: nv,
+                            },
+                        );
+                    }
+                    changed = true;
+                }
                 continue;
             }
             let newer_alive = self.members.get(&node).is_some_and(|r| r.marker > v);
@@ -396,7 +445,7 @@ mod tests {
         writers[2].set_info(info(2, 9));
         let deltas: Vec<Delta> = writers
             .iter()
-            .map(|w| w.entries_of(&[w.me.clone()]))
+            .map(|w| w.entries_of(std::slice::from_ref(&w.me)))
             .collect();
         let mut x = ClusterState::new(info(9, 1), 1);
         let mut y = ClusterState::new(info(9, 1), 1);

@@ -8,7 +8,10 @@ use std::fmt;
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use rdask_gossip::{Event, Membership, MembershipConfig, NodeId, Peer, Timer};
+use rdask_gossip::{
+    Event, Gossip, GossipConfig, GossipTimer, MemberInfo, MembershipConfig, NodeId,
+    PROTOCOL_VERSION, Peer,
+};
 
 /// Virtual time in microseconds.
 pub type Micros = u64;
@@ -84,14 +87,16 @@ enum What {
     Timer {
         node: usize,
         life: u64,
-        timer: Timer,
+        timer: GossipTimer,
     },
 }
 
 struct Node {
-    core: Option<Membership>,
+    core: Option<Gossip>,
     peer: Peer,
     life: u64,
+    /// This node's clock minus virtual time, in milliseconds.
+    clock_offset_ms: u64,
 }
 
 /// A cluster of simulated nodes.
@@ -103,7 +108,7 @@ pub struct Cluster {
     queue: BinaryHeap<Reverse<(Micros, u64)>>,
     pending: BTreeMap<u64, What>,
     nodes: Vec<Node>,
-    config: MembershipConfig,
+    config: GossipConfig,
     net: NetConfig,
     loss: f64,
     cut: BTreeSet<(usize, usize)>,
@@ -130,7 +135,7 @@ fn mix(x: u64) -> u64 {
 impl Cluster {
     /// `n` nodes (not started), one seed for everything.
     pub fn new(seed: u64, n: usize, net: NetConfig) -> Cluster {
-        let config = MembershipConfig::lan(n as u32);
+        let config = GossipConfig::lan(n as u32);
         let nodes = (0..n)
             .map(|i| Node {
                 core: None,
@@ -140,6 +145,7 @@ impl Cluster {
                     generation: 0,
                 },
                 life: 0,
+                clock_offset_ms: mix(seed ^ i as u64) % 3_600_000,
             })
             .collect();
         Cluster {
@@ -175,7 +181,11 @@ impl Cluster {
 
     /// The membership config every node uses.
     pub fn config(&self) -> &MembershipConfig {
-        &self.config
+        &self.config.membership
+    }
+
+    fn clock(&self, i: usize) -> u64 {
+        self.now / 1000 + self.nodes[i].clock_offset_ms
     }
 
     fn note(&mut self, x: u64) {
@@ -265,8 +275,9 @@ impl Cluster {
             Op::Start(i) => self.start(*i),
             Op::Join(i, via) => {
                 let seed = self.nodes[*via].peer.clone();
+                let now = self.clock(*i);
                 if let Some(core) = self.nodes[*i].core.as_mut() {
-                    let _ = core.join(seed);
+                    let _ = core.join(seed, now);
                 }
                 self.drain(*i);
             }
@@ -280,8 +291,9 @@ impl Cluster {
                 self.apply(&Op::Join(*i, *via));
             }
             Op::Leave(i) => {
+                let now = self.clock(*i);
                 if let Some(core) = self.nodes[*i].core.as_mut() {
-                    let _ = core.leave();
+                    let _ = core.leave(now);
                 }
                 self.drain(*i);
                 self.nodes[*i].core = None;
@@ -304,13 +316,18 @@ impl Cluster {
     fn start(&mut self, i: usize) {
         self.nodes[i].life += 1;
         let seed = mix(self.seed ^ mix(i as u64) ^ self.nodes[i].life);
-        let n = self.nodes.len() as u32;
-        self.nodes[i].core = Some(Membership::new(
-            self.nodes[i].peer.clone(),
-            &self.config,
-            n,
-            seed,
-        ));
+        let peer = self.nodes[i].peer.clone();
+        let info = MemberInfo {
+            id: peer.node.clone(),
+            addresses: vec![peer.addr.clone()],
+            nthreads: 1 + (i as u32 % 8),
+            memory_bytes: 1 << 30,
+            functions_digest: 7,
+            functions: 8,
+            version: "sim".into(),
+            protocol: PROTOCOL_VERSION,
+        };
+        self.nodes[i].core = Some(Gossip::new(peer, info, self.config.clone(), seed));
         self.drain(i);
     }
 
@@ -331,9 +348,10 @@ impl Cluster {
                         continue;
                     }
                     self.note(data.len() as u64 ^ to as u64);
+                    let now = self.clock(to);
                     if let Some(core) = self.nodes[to].core.as_mut() {
                         // Malformed data is refused by the core; nothing to do here.
-                        let _ = core.handle_data(&data);
+                        let _ = core.handle_message(&data, now);
                     }
                     self.drain(to);
                 }
@@ -342,8 +360,9 @@ impl Cluster {
                         continue;
                     }
                     self.note(0x7153 ^ node as u64);
+                    let now = self.clock(node);
                     if let Some(core) = self.nodes[node].core.as_mut() {
-                        let _ = core.handle_timer(timer);
+                        core.handle_timer(timer, now);
                     }
                     self.drain(node);
                 }
@@ -366,14 +385,27 @@ impl Cluster {
             .unwrap_or_default()
     }
 
-    /// Whether every running node sees exactly the other running nodes.
+    /// Whether every running node sees exactly the other running nodes as alive, and holds
+    /// the record of each (with its current generation).
     pub fn converged(&self) -> bool {
         let running: BTreeSet<usize> = (0..self.nodes.len()).filter(|&i| self.running(i)).collect();
         running.iter().all(|&i| {
             let mut expected = running.clone();
             expected.remove(&i);
+            let state = self.nodes[i].core.as_ref().map(|c| c.state());
             self.view(i) == expected
+                && running
+                    .iter()
+                    .all(|&j| state.is_some_and(|s| s.member(&self.nodes[j].peer.node).is_some()))
         })
+    }
+
+    /// Whether node `i` holds a record of node `j`.
+    pub fn holds_record(&self, i: usize, j: usize) -> bool {
+        self.nodes[i]
+            .core
+            .as_ref()
+            .is_some_and(|c| c.state().member(&self.nodes[j].peer.node).is_some())
     }
 
     /// Runs until converged, checking every `step`; returns the time it took, or `None`

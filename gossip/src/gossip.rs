@@ -1,0 +1,359 @@
+//! One node's gossip: membership, the replicated state, and anti-entropy between them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::state::StateMsg;
+use crate::{
+    ClusterState, Event, LoadSummary, MemberInfo, Membership, MembershipConfig, NodeId, Peer, Timer,
+};
+
+/// A gossip message between nodes, as it goes on the wire (postcard).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Wire {
+    /// A membership datagram (foca's own encoding inside).
+    Swim(Bytes),
+    /// An anti-entropy message and who sent it.
+    State {
+        /// The sender.
+        from: Peer,
+        /// The message.
+        msg: StateMsg,
+    },
+}
+
+/// A gossip timer: schedule it as asked, hand it back to [`Gossip::handle_timer`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum GossipTimer {
+    /// A membership timer.
+    Swim(Timer),
+    /// Time for an anti-entropy round with a random live member.
+    AntiEntropy,
+    /// Time to forget members dead for longer than the grace period.
+    CollectGarbage,
+}
+
+/// Settings of a node's gossip.
+#[derive(Clone, Debug)]
+pub struct GossipConfig {
+    /// Membership timing.
+    pub membership: MembershipConfig,
+    /// How often a round of anti-entropy starts.
+    pub anti_entropy_every: Duration,
+    /// Most entries in one anti-entropy message.
+    pub max_delta_entries: usize,
+    /// How long a dead member's record is kept (shown as down) before it is forgotten.
+    pub dead_grace: Duration,
+    /// The cluster size the timing is tuned for.
+    pub expected_members: u32,
+}
+
+impl GossipConfig {
+    /// LAN settings for about `expected_members` nodes.
+    pub fn lan(expected_members: u32) -> GossipConfig {
+        let membership = MembershipConfig::lan(expected_members);
+        GossipConfig {
+            anti_entropy_every: membership.probe_period,
+            membership,
+            max_delta_entries: 64,
+            dead_grace: Duration::from_secs(60),
+            expected_members,
+        }
+    }
+}
+
+/// Whether a member is alive, as this node sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberState {
+    /// Alive (or this node itself).
+    Alive,
+    /// Declared dead (left, or failed to answer); forgotten after the grace period.
+    Down,
+}
+
+/// A member as this node knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    /// Its record.
+    pub info: MemberInfo,
+    /// Its last published load.
+    pub load: LoadSummary,
+    /// Alive or down.
+    pub state: MemberState,
+    /// Milliseconds (of this node's clock) since it was last heard of as alive; 0 for
+    /// alive members.
+    pub down_for_ms: u64,
+}
+
+/// Why a gossip input was refused. The state is unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum GossipError {
+    /// The bytes are not a gossip message.
+    #[error("malformed gossip message: {0}")]
+    Malformed(String),
+    /// The membership core refused the datagram.
+    #[error(transparent)]
+    Membership(#[from] crate::MembershipError),
+}
+
+/// The gossip of one node: SWIM membership plus the replicated cluster state.
+///
+/// Driving it: feed one input ([`Gossip::handle_message`], [`Gossip::handle_timer`],
+/// [`Gossip::join`], [`Gossip::leave`], [`Gossip::set_load`]) with the current time in
+/// milliseconds of the node's clock, then drain [`Gossip::take_sends`],
+/// [`Gossip::take_timers`] and [`Gossip::take_events`]. Randomness comes from the seed.
+pub struct Gossip {
+    membership: Membership,
+    state: ClusterState,
+    rng: StdRng,
+    config: GossipConfig,
+    sends: Vec<(Peer, Bytes)>,
+    timers: Vec<(Duration, GossipTimer)>,
+    events: Vec<Event>,
+    /// Members declared down, and when.
+    down_since: BTreeMap<NodeId, u64>,
+}
+
+impl Gossip {
+    /// The gossip of node `me` describing itself with `info`.
+    pub fn new(me: Peer, info: MemberInfo, config: GossipConfig, seed: u64) -> Gossip {
+        let membership = Membership::new(
+            me.clone(),
+            &config.membership,
+            config.expected_members,
+            seed,
+        );
+        let state = ClusterState::new(info, me.generation);
+        let mut g = Gossip {
+            membership,
+            state,
+            rng: StdRng::seed_from_u64(seed ^ 0x0005_eed0_fa7e),
+            sends: Vec::new(),
+            timers: Vec::new(),
+            events: Vec::new(),
+            down_since: BTreeMap::new(),
+            config,
+        };
+        g.timers
+            .push((g.config.anti_entropy_every, GossipTimer::AntiEntropy));
+        g.timers
+            .push((g.config.dead_grace / 4, GossipTimer::CollectGarbage));
+        g
+    }
+
+    /// This node's identity.
+    pub fn me(&self) -> &Peer {
+        self.membership.me()
+    }
+
+    /// Asks `seed` to let this node in.
+    pub fn join(&mut self, seed: Peer, now_ms: u64) -> Result<(), GossipError> {
+        self.membership.join(seed)?;
+        self.collect_membership(now_ms);
+        Ok(())
+    }
+
+    /// Tells the others this node leaves.
+    pub fn leave(&mut self, now_ms: u64) -> Result<(), GossipError> {
+        self.membership.leave()?;
+        self.collect_membership(now_ms);
+        Ok(())
+    }
+
+    /// Publishes this node's current load.
+    pub fn set_load(&mut self, load: LoadSummary) {
+        self.state.set_load(load);
+    }
+
+    /// Publishes a new record of this node (e.g. its addresses changed).
+    pub fn set_info(&mut self, info: MemberInfo) {
+        self.state.set_info(info);
+    }
+
+    /// A message from another node.
+    pub fn handle_message(&mut self, data: &[u8], now_ms: u64) -> Result<(), GossipError> {
+        let wire: Wire =
+            postcard::from_bytes(data).map_err(|e| GossipError::Malformed(e.to_string()))?;
+        match wire {
+            Wire::Swim(bytes) => {
+                let r = self.membership.handle_data(&bytes);
+                self.collect_membership(now_ms);
+                r?;
+            }
+            Wire::State { from, msg } => self.handle_state(from, msg, now_ms),
+        }
+        Ok(())
+    }
+
+    /// A timer that fired.
+    pub fn handle_timer(&mut self, timer: GossipTimer, now_ms: u64) {
+        match timer {
+            GossipTimer::Swim(t) => {
+                // A stale or refused timer changes nothing.
+                let _ = self.membership.handle_timer(t);
+                self.collect_membership(now_ms);
+            }
+            GossipTimer::AntiEntropy => {
+                let live: Vec<Peer> = self.membership.live().cloned().collect();
+                if !live.is_empty() {
+                    let to = live[self.rng.random_range(0..live.len())].clone();
+                    self.send_state(to, StateMsg::Hash(self.state.hash()));
+                }
+                self.timers
+                    .push((self.config.anti_entropy_every, GossipTimer::AntiEntropy));
+            }
+            GossipTimer::CollectGarbage => {
+                let grace = self.config.dead_grace.as_millis() as u64;
+                let expired: Vec<NodeId> = self
+                    .down_since
+                    .iter()
+                    .filter(|(_, at)| now_ms.saturating_sub(**at) >= grace)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for n in expired {
+                    self.down_since.remove(&n);
+                    self.state.remove(&n, now_ms);
+                }
+                self.state.collect_garbage(now_ms, 4 * grace);
+                self.timers
+                    .push((self.config.dead_grace / 4, GossipTimer::CollectGarbage));
+            }
+        }
+    }
+
+    /// Messages to send.
+    pub fn take_sends(&mut self) -> Vec<(Peer, Bytes)> {
+        std::mem::take(&mut self.sends)
+    }
+
+    /// Timers to schedule.
+    pub fn take_timers(&mut self) -> Vec<(Duration, GossipTimer)> {
+        std::mem::take(&mut self.timers)
+    }
+
+    /// Member list changes since the last call.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The members this node knows, itself included, by node id.
+    pub fn members(&self, now_ms: u64) -> Vec<MemberView> {
+        let me = &self.membership.me().node;
+        let live: std::collections::BTreeSet<&NodeId> =
+            self.membership.live().map(|p| &p.node).collect();
+        self.state
+            .members()
+            .map(|(node, info)| {
+                let alive = node == me || live.contains(node);
+                MemberView {
+                    info: info.clone(),
+                    load: self.state.load(node).unwrap_or_default(),
+                    state: if alive {
+                        MemberState::Alive
+                    } else {
+                        MemberState::Down
+                    },
+                    down_for_ms: if alive {
+                        0
+                    } else {
+                        self.down_since
+                            .get(node)
+                            .map_or(0, |at| now_ms.saturating_sub(*at))
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// The members held alive (itself excluded).
+    pub fn live(&self) -> impl Iterator<Item = &Peer> {
+        self.membership.live()
+    }
+
+    /// The replicated state.
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    fn send_state(&mut self, to: Peer, msg: StateMsg) {
+        let wire = Wire::State {
+            from: self.membership.me().clone(),
+            msg,
+        };
+        if let Ok(bytes) = postcard::to_allocvec(&wire) {
+            self.sends.push((to, Bytes::from(bytes)));
+        }
+    }
+
+    fn handle_state(&mut self, from: Peer, msg: StateMsg, now_ms: u64) {
+        match msg {
+            StateMsg::Hash(h) => {
+                if h != self.state.hash() {
+                    self.send_state(from, StateMsg::Digest(self.state.digest()));
+                }
+            }
+            StateMsg::Digest(theirs) => {
+                let (delta, want) = self.state.delta_for(&theirs, self.config.max_delta_entries);
+                if !delta.is_empty() || !want.is_empty() {
+                    self.send_state(from, StateMsg::Delta { delta, want });
+                }
+            }
+            StateMsg::Delta { mut delta, want } => {
+                // A removal made elsewhere does not apply to a member this node sees alive:
+                // that member refutes it when it hears of it.
+                let live: std::collections::BTreeSet<NodeId> =
+                    self.membership.live().map(|p| p.node.clone()).collect();
+                delta.removed.retain(|(n, _)| !live.contains(n));
+                self.state.merge(delta, now_ms);
+                if !want.is_empty() {
+                    let back = self.state.entries_of(&want);
+                    if !back.is_empty() {
+                        self.send_state(
+                            from,
+                            StateMsg::Delta {
+                                delta: back,
+                                want: Vec::new(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn collect_membership(&mut self, now_ms: u64) {
+        for (to, data) in self.membership.take_sends() {
+            if let Ok(bytes) = postcard::to_allocvec(&Wire::Swim(data)) {
+                self.sends.push((to, Bytes::from(bytes)));
+            }
+        }
+        for (after, t) in self.membership.take_timers() {
+            self.timers.push((after, GossipTimer::Swim(t)));
+        }
+        for e in self.membership.take_events() {
+            match &e {
+                Event::Up(p) => {
+                    self.down_since.remove(&p.node);
+                    // A new member learns the state at once instead of at a random round.
+                    let h = self.state.hash();
+                    self.send_state(p.clone(), StateMsg::Hash(h));
+                }
+                Event::Down(p) => {
+                    self.down_since.entry(p.node.clone()).or_insert(now_ms);
+                }
+                Event::Rejoined(me) => {
+                    // Declared dead by the others (a partition, a pause): this node's entries
+                    // start a new generation, which beats the tombstones they made.
+                    self.state.renew(me.generation);
+                }
+                _ => {}
+            }
+            self.events.push(e);
+        }
+    }
+}
