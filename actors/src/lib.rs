@@ -8,14 +8,20 @@
 //! - [`TaskPool`] runs task functions on dedicated OS threads, never on the async runtime.
 //! - [`NodeActor`] is the thin ractor shell that feeds the core from client requests and
 //!   finished tasks, and drains its outputs to the pool and to the reply channels.
+//! - [`GossipActor`] is the ractor shell of the gossip core (membership and the replicated
+//!   cluster state): it hands it datagrams, timers and the clock, and sends what it asks.
 //! - [`protocol`] holds the client protocol's messages, shared by the in-process client and
 //!   the network codec.
 
 mod core;
+mod gossip_shell;
 mod pool;
 pub mod protocol;
 mod shell;
 
 pub use crate::core::{Job, NodeCore, RequestId, TaskDone};
+pub use gossip_shell::{
+    GossipActor, GossipArgs, GossipMsg, GossipSend, LOAD_EVERY, now_ms, spawn_gossip,
+};
 pub use pool::{Completions, TaskPool};
 pub use shell::{NodeActor, NodeArgs, NodeMsg, ReplyTo, spawn_node};

@@ -1,7 +1,7 @@
 //! Messages between a client and the node it talks to (`/rdask/client/1`).
 
 use bytes::Bytes;
-use rdask_gossip::{LoadSummary, MemberInfo};
+use rdask_gossip::{LoadSummary, MemberInfo, MemberState};
 use rdask_graph::{GraphError, GraphId, Key, TaskError, TaskSpec};
 use serde::{Deserialize, Serialize};
 
@@ -75,8 +75,12 @@ pub enum KeyResult {
 pub struct NodeStatus {
     /// Its member record.
     pub member: MemberInfo,
-    /// Its current load.
+    /// Its load (for other nodes: as last gossiped).
     pub load: LoadSummary,
+    /// Alive, or declared down (kept for a grace period, then forgotten).
+    pub state: MemberState,
+    /// For a down member: milliseconds since it was declared down.
+    pub down_for_ms: u64,
 }
 
 /// A reply to a [`ClientRequest`].
@@ -90,7 +94,7 @@ pub enum ClientResponse {
     Results(Vec<KeyResult>),
     /// Answer to `Release`.
     Released,
-    /// Answer to `Info`: the nodes this node knows, itself first.
+    /// Answer to `Info`: the members of the cluster this node knows, itself first.
     Info(Vec<NodeStatus>),
     /// The request could not be served (e.g. an incompatible protocol version).
     Refused(String),

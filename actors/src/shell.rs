@@ -4,11 +4,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use rdask_gossip::{MemberInfo, PROTOCOL_VERSION};
+use rdask_gossip::{MemberInfo, MemberState, PROTOCOL_VERSION};
 use rdask_graph::Registry;
 use rustc_hash::FxHashMap;
 
 use crate::core::{NodeCore, RequestId};
+use crate::gossip_shell::{GossipMsg, LOAD_EVERY};
 use crate::pool::{Completions, TaskPool};
 use crate::protocol::{ClientRequest, ClientResponse, NodeStatus};
 
@@ -28,6 +29,10 @@ pub enum NodeMsg {
     Status(RpcReplyPort<NodeStatus>),
     /// The node's listen addresses changed.
     SetAddresses(Vec<String>),
+    /// The node now gossips with a cluster through this actor.
+    SetGossip(ActorRef<GossipMsg>),
+    /// Time to publish the load into the gossiped state.
+    PublishLoad,
 }
 
 /// What a node actor starts with.
@@ -55,6 +60,7 @@ pub struct NodeState {
     /// Timers the core asked for, earliest first; one wake-up is armed for the earliest.
     deadlines: BinaryHeap<Reverse<(Instant, RequestId)>>,
     armed: Option<Instant>,
+    gossip: Option<ActorRef<GossipMsg>>,
 }
 
 /// Starts a node actor (unnamed: several nodes may share a process).
@@ -69,6 +75,8 @@ impl NodeState {
         NodeStatus {
             member: self.member.clone(),
             load: self.core.load(),
+            state: MemberState::Alive,
+            down_for_ms: 0,
         }
     }
 
@@ -142,6 +150,7 @@ impl Actor for NodeActor {
             member: args.member,
             deadlines: BinaryHeap::new(),
             armed: None,
+            gossip: None,
         })
     }
 
@@ -180,7 +189,34 @@ impl Actor for NodeActor {
                         return Ok(());
                     }
                     ClientRequest::Info => {
-                        reply(ClientResponse::Info(vec![state.status()]));
+                        let me = state.status();
+                        match &state.gossip {
+                            None => reply(ClientResponse::Info(vec![me])),
+                            Some(gossip) => {
+                                // The gossip actor knows the cluster; this node's own entry
+                                // is fresh from here.
+                                let ask = GossipMsg::Members(Box::new(move |members| {
+                                    let mut nodes = vec![me.clone()];
+                                    nodes.extend(
+                                        members
+                                            .into_iter()
+                                            .filter(|m| m.info.id != me.member.id)
+                                            .map(|m| NodeStatus {
+                                                member: m.info,
+                                                load: m.load,
+                                                state: m.state,
+                                                down_for_ms: m.down_for_ms,
+                                            }),
+                                    );
+                                    reply(ClientResponse::Info(nodes));
+                                }));
+                                if let Err(ractor::MessagingErr::SendErr(GossipMsg::Members(f))) =
+                                    gossip.send_message(ask)
+                                {
+                                    f(Vec::new());
+                                }
+                            }
+                        }
                         return Ok(());
                     }
                     ClientRequest::Submit { graphs } => {
@@ -204,6 +240,21 @@ impl Actor for NodeActor {
             }
             NodeMsg::SetAddresses(addrs) => {
                 state.member.addresses = addrs;
+                if let Some(g) = &state.gossip {
+                    let _ = g.send_message(GossipMsg::SetInfo(state.member.clone()));
+                }
+                return Ok(());
+            }
+            NodeMsg::SetGossip(gossip) => {
+                let _ = gossip.send_message(GossipMsg::SetInfo(state.member.clone()));
+                state.gossip = Some(gossip);
+                myself.send_interval(LOAD_EVERY, || NodeMsg::PublishLoad);
+                return Ok(());
+            }
+            NodeMsg::PublishLoad => {
+                if let Some(g) = &state.gossip {
+                    let _ = g.send_message(GossipMsg::SetLoad(state.core.load()));
+                }
                 return Ok(());
             }
         }

@@ -111,6 +111,8 @@ pub(crate) struct ClientInner {
     local: Mutex<Option<NodeHandle>>,
     address: String,
     welcome: NodeStatus,
+    /// The cluster as last seen (at connect, and by every `nodes()`), for `Display`.
+    cluster: Mutex<Vec<NodeStatus>>,
 }
 
 /// A connection to an rdask cluster: the entry point for submitting work.
@@ -229,7 +231,10 @@ impl Client {
                 ))),
             }
         })??;
-        Ok(Client::new(rt, Conn::Remote(remote), None, shown, status))
+        let client = Client::new(rt, Conn::Remote(remote), None, shown, status);
+        // Learn the cluster for `Display`; a failure here shows up on the next request.
+        let _ = futures::executor::block_on(client.nodes());
+        Ok(client)
     }
 
     fn new(
@@ -254,6 +259,7 @@ impl Client {
             runtime: Mutex::new(Some(rt)),
             local: Mutex::new(local),
             address,
+            cluster: Mutex::new(vec![welcome.clone()]),
             welcome,
         });
         // The flusher sends what the outbox holds when no request of the user does it
@@ -365,7 +371,10 @@ impl Client {
         self.inner.check_open()?;
         self.inner.flush();
         match self.inner.conn.send(ClientRequest::Info).await? {
-            ClientResponse::Info(nodes) => Ok(nodes),
+            ClientResponse::Info(nodes) => {
+                *self.inner.cluster.lock().expect("cluster") = nodes.clone();
+                Ok(nodes)
+            }
             other => Err(Error::Protocol(format!(
                 "unexpected answer to info: {other:?}"
             ))),
@@ -403,14 +412,19 @@ impl Drop for Client {
 
 impl fmt::Display for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = &self.inner.welcome.member;
+        let cluster = self.inner.cluster.lock().expect("cluster");
+        let alive = cluster
+            .iter()
+            .filter(|n| n.state == rdask_gossip::MemberState::Alive);
+        let (nodes, threads, memory) = alive.fold((0, 0, 0u64), |(n, t, m), s| {
+            (n + 1, t + s.member.nthreads, m + s.member.memory_bytes)
+        });
         write!(
             f,
-            "<Client: {} node={} nodes=1 threads={} memory={:.2} GiB>",
+            "<Client: {} node={} nodes={nodes} threads={threads} memory={:.2} GiB>",
             self.inner.address,
-            m.id,
-            m.nthreads,
-            m.memory_bytes as f64 / (1u64 << 30) as f64
+            self.inner.welcome.member.id,
+            memory as f64 / (1u64 << 30) as f64
         )
     }
 }

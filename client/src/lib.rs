@@ -45,7 +45,7 @@ pub use client::Client;
 pub use error::{Error, Result};
 pub use future::{Args, Future, IntoArg};
 pub use rdask_actors::protocol::NodeStatus;
-pub use rdask_gossip::{LoadSummary, MemberInfo};
+pub use rdask_gossip::{LoadSummary, MemberInfo, MemberState};
 pub use rdask_graph::{GraphError, Key, TaskError, TaskErrorKind, TaskFn};
 
 /// Registers a plain Rust function as a task function that the cluster can run.

@@ -29,6 +29,11 @@ pub struct Cli {
     #[arg(long, env = "RDASK_JOIN", value_delimiter = ',')]
     pub join: Vec<Multiaddr>,
 
+    /// The address other nodes should dial to reach this one [default: a listen address,
+    /// preferring one that is not loopback].
+    #[arg(long, env = "RDASK_ADVERTISE")]
+    pub advertise: Option<Multiaddr>,
+
     /// Threads that run task functions [default: the machine's cores].
     #[arg(long, env = "RDASK_NTHREADS")]
     pub nthreads: Option<usize>,
@@ -57,8 +62,10 @@ pub struct Cli {
 pub struct NodeConfig {
     /// Listen addresses; none for a node without network.
     pub listen: Vec<Multiaddr>,
-    /// Peers to dial at start.
+    /// Members to join through (dialed at start, and again until reached).
     pub join: Vec<Multiaddr>,
+    /// The address advertised to other nodes.
+    pub advertise: Option<Multiaddr>,
     /// Threads of the task pool.
     pub nthreads: usize,
     /// The identity file, if any.
@@ -73,6 +80,7 @@ impl NodeConfig {
         NodeConfig {
             listen: Vec::new(),
             join: Vec::new(),
+            advertise: None,
             nthreads,
             identity: None,
             max_frame: DEFAULT_MAX_FRAME,
@@ -97,6 +105,7 @@ impl Cli {
         Ok(NodeConfig {
             listen: self.listen,
             join: self.join,
+            advertise: self.advertise,
             nthreads: self.nthreads.unwrap_or_else(default_threads),
             identity: self.identity,
             max_frame: self.max_frame_bytes,

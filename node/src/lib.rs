@@ -65,6 +65,7 @@ pub struct NodeHandle {
     peer_id: PeerId,
     listen_addrs: Vec<Multiaddr>,
     actor: ActorRef<NodeMsg>,
+    gossip: Option<ActorRef<rdask_actors::GossipMsg>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -90,8 +91,21 @@ impl NodeHandle {
         ractor::call!(self.actor, NodeMsg::Status).ok()
     }
 
-    /// Stops the node: closes its listeners and connections and its task pool.
+    /// Stops the node: tells the cluster it leaves, then closes its listeners, connections
+    /// and task pool.
     pub async fn shutdown(self) {
+        if let Some(gossip) = &self.gossip {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let leave = rdask_actors::GossipMsg::Leave(Box::new(move || {
+                let _ = tx.send(());
+            }));
+            if gossip.send_message(leave).is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), rx).await;
+                // Let the network loop hand the leave notices to the peers.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            gossip.stop(None);
+        }
         let _ = self.shutdown.send(true);
         self.actor.stop(Some("shutdown".into()));
         for t in self.tasks {
@@ -134,6 +148,66 @@ fn machine_memory() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// The listen address to advertise to peers: a concrete (not unspecified) one, preferring
+/// one that is not loopback.
+fn pick_advertised(addrs: &[Multiaddr]) -> Option<Multiaddr> {
+    use libp2p::multiaddr::Protocol;
+    let concrete = |a: &&Multiaddr| {
+        !a.iter().any(|p| match p {
+            Protocol::Ip4(ip) => ip.is_unspecified(),
+            Protocol::Ip6(ip) => ip.is_unspecified(),
+            _ => false,
+        })
+    };
+    let loopback = |a: &&Multiaddr| {
+        a.iter().any(|p| match p {
+            Protocol::Ip4(ip) => ip.is_loopback(),
+            Protocol::Ip6(ip) => ip.is_loopback(),
+            _ => false,
+        })
+    };
+    addrs
+        .iter()
+        .filter(concrete)
+        .find(|a| !loopback(a))
+        .or_else(|| addrs.iter().find(concrete))
+        .cloned()
+}
+
+fn member_info(
+    me: &rdask_gossip::Peer,
+    nthreads: usize,
+    registry: &Registry,
+    listen: &[Multiaddr],
+) -> MemberInfo {
+    let mut addresses = vec![me.addr.clone()];
+    addresses.extend(
+        listen
+            .iter()
+            .map(|a| a.to_string())
+            .filter(|a| *a != me.addr),
+    );
+    MemberInfo {
+        id: me.node.clone(),
+        addresses,
+        nthreads: nthreads as u32,
+        memory_bytes: machine_memory(),
+        functions_digest: registry.digest(),
+        functions: registry.len() as u32,
+        version: VERSION.to_string(),
+        protocol: PROTOCOL_VERSION,
+    }
+}
+
+/// Seed of a node's gossip choices: from the OS, as a production node has no reason to be
+/// reproducible (the simulator seeds the same core itself).
+fn rand_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(rdask_actors::now_ms());
+    h.finish()
+}
+
 /// Starts a node in the current tokio runtime.
 ///
 /// With no listen address the node has no network at all (the in-process local cluster).
@@ -173,6 +247,7 @@ pub async fn start(
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = vec![actor_task];
     let mut listen_addrs = Vec::new();
+    let mut gossip_actor = None;
 
     if !config.listen.is_empty() || !config.join.is_empty() {
         let agent = format!("rdask-node/{VERSION}");
@@ -240,23 +315,52 @@ pub async fn start(
         let _ = actor.send_message(NodeMsg::SetAddresses(
             listen_addrs.iter().map(|a| a.to_string()).collect(),
         ));
-        for addr in &config.join {
-            tracing::info!(%addr, "joining");
-            if let Err(e) = swarm.dial(addr.clone()) {
-                tracing::warn!(%addr, error = %e, "cannot dial a join address");
-            }
-        }
+        // This node as a member: an address others can dial, and a generation that a
+        // restart with the same identity raises.
+        let advertised = config
+            .advertise
+            .clone()
+            .or_else(|| pick_advertised(&listen_addrs))
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let me = rdask_gossip::Peer {
+            node: NodeId(peer_id.to_string()),
+            addr: advertised,
+            generation: rdask_actors::now_ms(),
+        };
+        let (gossip_tx, gossip_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (gossip, gossip_task) = rdask_actors::spawn_gossip(rdask_actors::GossipArgs {
+            me: me.clone(),
+            info: member_info(&me, nthreads, registry, &listen_addrs),
+            config: rdask_gossip::GossipConfig::lan(16),
+            seed: rand_seed(),
+            send: Box::new(move |to, data| {
+                let _ = gossip_tx.send((to, data));
+            }),
+        })
+        .await
+        .map_err(|e| NodeError::Spawn(e.to_string()))?;
+        tasks.push(gossip_task);
+        let _ = actor.send_message(NodeMsg::SetGossip(gossip.clone()));
+        gossip_actor = Some(gossip.clone());
+        let wiring = net::GossipWiring {
+            actor: gossip,
+            outgoing: gossip_rx,
+            joins: config.join.clone(),
+        };
         tasks.push(tokio::spawn(net::run_node_swarm(
             swarm,
             actor.clone(),
             shutdown_rx,
             listen_addrs.clone(),
+            wiring,
         )));
     }
     Ok(NodeHandle {
         peer_id,
         listen_addrs,
         actor,
+        gossip: gossip_actor,
         shutdown,
         tasks,
     })

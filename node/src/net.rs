@@ -12,13 +12,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::StreamProtocol;
 use libp2p::identity::Keypair;
+use libp2p::request_response;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, identify, noise, ping, tcp, yamux};
 use ractor::ActorRef;
 use rdask_actors::protocol::{ClientRequest, ClientResponse};
-use rdask_actors::{NodeMsg, ReplyTo};
+use rdask_actors::{GossipMsg, NodeMsg, ReplyTo};
+use rdask_gossip::Peer;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::codec::{CLIENT_PROTOCOL, Envelope, read_frame, write_frame_unflushed};
@@ -67,6 +71,8 @@ mod behaviour {
     pub struct NodeBehaviour {
         /// Streams of `/rdask/client/1`: client sessions.
         pub streams: libp2p_stream::Behaviour,
+        /// `/rdask/gossip/1`: membership and state datagrams between nodes.
+        pub gossip: request_response::Behaviour<GossipCodec>,
         /// Exchange of protocol versions and addresses with peers.
         pub identify: identify::Behaviour,
         /// Liveness of connections.
@@ -96,10 +102,66 @@ pub fn build_swarm<B: NetworkBehaviour>(
         .build())
 }
 
+/// The gossip protocol's name.
+pub const GOSSIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/rdask/gossip/1");
+/// How often an unreachable `--join` address is tried again.
+const JOIN_RETRY: Duration = Duration::from_secs(2);
+/// Largest gossip datagram.
+const MAX_GOSSIP_FRAME: usize = 1 << 20;
+
+/// The codec of `/rdask/gossip/1`: one bounded frame of bytes, answered by nothing.
+#[derive(Clone, Default)]
+pub struct GossipCodec;
+
+impl request_response::Codec for GossipCodec {
+    type Protocol = StreamProtocol;
+    type Request = Bytes;
+    type Response = ();
+
+    async fn read_request<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<Bytes> {
+        read_frame::<Bytes, _>(io, MAX_GOSSIP_FRAME).await
+    }
+
+    async fn read_response<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+    ) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Bytes,
+    ) -> std::io::Result<()> {
+        crate::codec::write_frame(io, &req, MAX_GOSSIP_FRAME).await
+    }
+
+    async fn write_response<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+        _: (),
+    ) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Builds the node's behaviours.
 pub fn node_behaviour(key: &Keypair, agent: String) -> NodeBehaviour {
     NodeBehaviour {
         streams: libp2p_stream::Behaviour::new(),
+        gossip: request_response::Behaviour::with_codec(
+            GossipCodec,
+            [(GOSSIP_PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+        ),
         identify: identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
                 .with_agent_version(agent),
@@ -184,16 +246,77 @@ async fn serve_session(
     let _ = writer_task.await;
 }
 
+/// The gossip side of the node's event loop.
+pub(crate) struct GossipWiring {
+    /// The gossip actor.
+    pub actor: ActorRef<GossipMsg>,
+    /// Datagrams it wants sent.
+    pub outgoing: mpsc::UnboundedReceiver<(Peer, Bytes)>,
+    /// Addresses given with `--join`: once a connection to one is up, that peer is asked
+    /// to let this node in.
+    pub joins: Vec<Multiaddr>,
+}
+
+fn without_p2p(a: &Multiaddr) -> Multiaddr {
+    a.iter()
+        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .collect()
+}
+
 /// Runs the node's event loop until `shutdown` turns true.
 pub(crate) async fn run_node_swarm(
     mut swarm: Swarm<NodeBehaviour>,
     actor: ActorRef<NodeMsg>,
     mut shutdown: watch::Receiver<bool>,
     mut addresses: Vec<Multiaddr>,
+    mut gossip: GossipWiring,
 ) {
+    // Join addresses not joined yet, and the dials under way to them. A failed dial is
+    // retried: seeds may start after this node.
+    let mut unjoined: Vec<Multiaddr> = std::mem::take(&mut gossip.joins);
+    let mut dialing: HashMap<libp2p::swarm::ConnectionId, Multiaddr> = HashMap::new();
+    let mut retry = tokio::time::interval(JOIN_RETRY);
     loop {
         tokio::select! {
+            _ = retry.tick(), if !unjoined.is_empty() => {
+                for addr in &unjoined {
+                    if dialing.values().any(|a| a == addr) {
+                        continue;
+                    }
+                    let opts = libp2p::swarm::dial_opts::DialOpts::unknown_peer_id()
+                        .address(addr.clone())
+                        .build();
+                    let id = opts.connection_id();
+                    tracing::info!(%addr, "joining");
+                    match swarm.dial(opts) {
+                        Ok(()) => {
+                            dialing.insert(id, addr.clone());
+                        }
+                        Err(e) => tracing::warn!(%addr, error = %e, "cannot dial a join address"),
+                    }
+                }
+            }
+            Some((to, data)) = gossip.outgoing.recv() => {
+                match (to.node.0.parse::<PeerId>(), to.addr.parse::<Multiaddr>()) {
+                    (Ok(peer), Ok(addr)) => {
+                        swarm.behaviour_mut().gossip.send_request_with_addresses(&peer, data, vec![addr]);
+                    }
+                    _ => tracing::debug!(peer = %to.node, addr = %to.addr, "cannot address a gossip peer"),
+                }
+            }
             event = swarm.select_next_some() => match event {
+                SwarmEvent::Behaviour(NodeBehaviourEvent::Gossip(request_response::Event::Message {
+                    message: request_response::Message::Request { request, channel, .. },
+                    ..
+                })) => {
+                    let _ = gossip.actor.send_message(GossipMsg::Incoming(request));
+                    let _ = swarm.behaviour_mut().gossip.send_response(channel, ());
+                }
+                SwarmEvent::Behaviour(NodeBehaviourEvent::Gossip(request_response::Event::OutboundFailure {
+                    peer, error, ..
+                })) => {
+                    tracing::debug!(%peer, %error, "a gossip datagram was not delivered");
+                }
                 SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(identify::Event::Received {
                     peer_id,
                     info,
@@ -223,8 +346,17 @@ pub(crate) async fn run_node_swarm(
                 SwarmEvent::ExpiredListenAddr { address, .. } => {
                     addresses.retain(|a| a != &address);
                 }
-                SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                SwarmEvent::ConnectionEstablished { peer_id, endpoint, connection_id, .. } => {
                     tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connection established");
+                    if let Some(join) = dialing.remove(&connection_id) {
+                        unjoined.retain(|a| a != &join);
+                        let seed = Peer {
+                            node: rdask_gossip::NodeId(peer_id.to_string()),
+                            addr: without_p2p(&join).to_string(),
+                            generation: 0,
+                        };
+                        let _ = gossip.actor.send_message(GossipMsg::Join(seed));
+                    }
                 }
                 SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
                     tracing::debug!(peer = %peer_id, ?cause, "connection closed");
@@ -232,8 +364,12 @@ pub(crate) async fn run_node_swarm(
                 SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
                     tracing::info!(from = %send_back_addr, %error, "refused an incoming connection");
                 }
-                SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                    tracing::warn!(?peer_id, %error, "could not connect to a peer");
+                SwarmEvent::OutgoingConnectionError { peer_id, error, connection_id } => {
+                    if let Some(join) = dialing.remove(&connection_id) {
+                        tracing::warn!(addr = %join, %error, "cannot reach a join address; retrying");
+                    } else {
+                        tracing::debug!(?peer_id, %error, "could not connect to a peer");
+                    }
                 }
                 _ => {}
             },

@@ -1,0 +1,155 @@
+//! The ractor shell around the gossip core ([`rdask_gossip::Gossip`]).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rdask_gossip::{
+    Event, Gossip, GossipConfig, GossipTimer, LoadSummary, MemberInfo, MemberView, Peer,
+};
+
+/// Where the gossip shell sends datagrams: the network layer.
+pub type GossipSend = Box<dyn Fn(Peer, Bytes) + Send + Sync>;
+
+/// Messages of the [`GossipActor`].
+pub enum GossipMsg {
+    /// A datagram from another node.
+    Incoming(Bytes),
+    /// A timer of the core fired.
+    Timer(GossipTimer),
+    /// Ask `seed` to let this node in.
+    Join(Peer),
+    /// Announce that this node leaves; the closure is called once the messages are handed
+    /// to the network.
+    Leave(Box<dyn FnOnce() + Send>),
+    /// This node's load changed.
+    SetLoad(LoadSummary),
+    /// This node's record changed (e.g. its addresses).
+    SetInfo(MemberInfo),
+    /// The members this node knows, itself included.
+    Members(Box<dyn FnOnce(Vec<MemberView>) + Send>),
+}
+
+/// What a gossip actor starts with.
+pub struct GossipArgs {
+    /// This node as a member.
+    pub me: Peer,
+    /// Its record.
+    pub info: MemberInfo,
+    /// Protocol settings.
+    pub config: GossipConfig,
+    /// Seed of the core's random choices.
+    pub seed: u64,
+    /// The network.
+    pub send: GossipSend,
+}
+
+/// The shell: feeds the gossip core with datagrams, timers and the clock, and sends what it
+/// asks to send.
+pub struct GossipActor;
+
+/// The state of a running [`GossipActor`].
+pub struct GossipState {
+    core: Gossip,
+    send: GossipSend,
+}
+
+/// Milliseconds of the wall clock: the shell's clock, handed to the core.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl GossipState {
+    fn drain(&mut self, myself: &ActorRef<GossipMsg>) {
+        for (to, data) in self.core.take_sends() {
+            (self.send)(to, data);
+        }
+        for (after, timer) in self.core.take_timers() {
+            myself.send_after(after, move || GossipMsg::Timer(timer));
+        }
+        for e in self.core.take_events() {
+            match e {
+                Event::Up(p) => tracing::info!(peer = %p.node, addr = %p.addr, "member up"),
+                Event::Down(p) => tracing::info!(peer = %p.node, "member down"),
+                Event::Rejoined(p) => {
+                    tracing::warn!(
+                        generation = p.generation,
+                        "declared down by the cluster; rejoined"
+                    )
+                }
+                Event::Isolated => tracing::warn!("no live peer left"),
+                Event::Connected => tracing::debug!("connected to the cluster"),
+            }
+        }
+    }
+}
+
+impl Actor for GossipActor {
+    type Msg = GossipMsg;
+    type State = GossipState;
+    type Arguments = GossipArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<GossipMsg>,
+        args: GossipArgs,
+    ) -> Result<GossipState, ActorProcessingErr> {
+        let mut state = GossipState {
+            core: Gossip::new(args.me, args.info, args.config, args.seed),
+            send: args.send,
+        };
+        state.drain(&myself);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<GossipMsg>,
+        message: GossipMsg,
+        state: &mut GossipState,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = now_ms();
+        match message {
+            GossipMsg::Incoming(data) => {
+                if let Err(e) = state.core.handle_message(&data, now) {
+                    tracing::debug!(error = %e, "dropped a gossip message");
+                }
+            }
+            GossipMsg::Timer(t) => state.core.handle_timer(t, now),
+            GossipMsg::Join(seed) => {
+                tracing::info!(seed = %seed.node, addr = %seed.addr, "asking to join");
+                if let Err(e) = state.core.join(seed, now) {
+                    tracing::warn!(error = %e, "cannot join");
+                }
+            }
+            GossipMsg::Leave(done) => {
+                if let Err(e) = state.core.leave(now) {
+                    tracing::warn!(error = %e, "cannot announce the leave");
+                }
+                state.drain(&myself);
+                done();
+                return Ok(());
+            }
+            GossipMsg::SetLoad(load) => state.core.set_load(load),
+            GossipMsg::SetInfo(info) => state.core.set_info(info),
+            GossipMsg::Members(reply) => {
+                reply(state.core.members(now));
+                return Ok(());
+            }
+        }
+        state.drain(&myself);
+        Ok(())
+    }
+}
+
+/// Starts a gossip actor (unnamed).
+pub async fn spawn_gossip(
+    args: GossipArgs,
+) -> Result<(ActorRef<GossipMsg>, tokio::task::JoinHandle<()>), ractor::SpawnErr> {
+    Actor::spawn(None, GossipActor, args).await
+}
+
+/// How often the node publishes its load into the gossiped state.
+pub const LOAD_EVERY: Duration = Duration::from_secs(1);

@@ -1,0 +1,94 @@
+//! `rdask`: a small command line for an rdask cluster.
+//!
+//! ```text
+//! rdask status ADDR [--json]
+//! ```
+//!
+//! Any node answers for the whole cluster: members, their state, threads, memory, load.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "rdask", version, about = "Command line for an rdask cluster")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Shows the members of the cluster, asking the node at ADDR.
+    Status {
+        /// Any member: tcp://host:port, host:port, /ip4/…/tcp/…, /dns/…/tcp/…
+        address: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Status { address, json } => {
+            let result =
+                rdask::Client::connect(&address).and_then(|client| rdask::block_on(client.nodes()));
+            let nodes = match result {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("rdask: {e}");
+                    std::process::exit(1);
+                }
+            };
+            if json {
+                match serde_json::to_string_pretty(&nodes) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("rdask: {e}");
+                        std::process::exit(1);
+                    }
+                }
+                return;
+            }
+            let alive = nodes
+                .iter()
+                .filter(|n| n.state == rdask::MemberState::Alive)
+                .count();
+            let threads: u32 = nodes
+                .iter()
+                .filter(|n| n.state == rdask::MemberState::Alive)
+                .map(|n| n.member.nthreads)
+                .sum();
+            println!("{} members ({alive} alive), {threads} threads", nodes.len());
+            println!(
+                "{:<54} {:<6} {:>7} {:>10} {:>7} {:>7} {:>7}  {}",
+                "NODE", "STATE", "THREADS", "MEMORY", "QUEUED", "RUNNING", "STORED", "ADDRESS"
+            );
+            for n in &nodes {
+                let state = match n.state {
+                    rdask::MemberState::Alive => "alive",
+                    rdask::MemberState::Down => "down",
+                };
+                println!(
+                    "{:<54} {:<6} {:>7} {:>10} {:>7} {:>7} {:>7}  {}",
+                    n.member.id.0,
+                    state,
+                    n.member.nthreads,
+                    gib(n.member.memory_bytes),
+                    n.load.queued,
+                    n.load.running,
+                    n.load.stored,
+                    n.member
+                        .addresses
+                        .first()
+                        .map(String::as_str)
+                        .unwrap_or("-")
+                );
+            }
+        }
+    }
+}
