@@ -65,8 +65,8 @@ fn main() {
                 .sum();
             println!("{} members ({alive} alive), {threads} threads", nodes.len());
             println!(
-                "{:<54} {:<6} {:>7} {:>10} {:>7} {:>7} {:>7}  {}",
-                "NODE", "STATE", "THREADS", "MEMORY", "QUEUED", "RUNNING", "STORED", "ADDRESS"
+                "{:<54} {:<6} {:>7} {:>10} {:>7} {:>7} {:>7}  ADDRESS",
+                "NODE", "STATE", "THREADS", "MEMORY", "QUEUED", "RUNNING", "STORED"
             );
             for n in &nodes {
                 let state = match n.state {
