@@ -270,6 +270,16 @@ impl Gossip {
             .collect()
     }
 
+    /// Whether this node holds `node` for alive.
+    pub fn is_live(&self, node: &NodeId) -> bool {
+        self.membership.is_live(node)
+    }
+
+    /// How many members this node holds for alive (itself excluded).
+    pub fn live_count(&self) -> usize {
+        self.membership.live_count()
+    }
+
     /// The members held alive (itself excluded).
     pub fn live(&self) -> impl Iterator<Item = &Peer> {
         self.membership.live()

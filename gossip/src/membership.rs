@@ -214,6 +214,11 @@ impl Membership {
         self.up.values()
     }
 
+    /// Whether this node holds `node` for alive.
+    pub fn is_live(&self, node: &NodeId) -> bool {
+        self.up.contains_key(node)
+    }
+
     /// How many members this node holds for alive (itself excluded).
     pub fn live_count(&self) -> usize {
         self.up.len()

@@ -80,6 +80,8 @@ pub struct ClusterState {
     loads: BTreeMap<NodeId, LWWReg<LoadSummary, Version>>,
     /// Removed members: their last version, and when (ms) the tombstone was made.
     removed: BTreeMap<NodeId, (Version, u64)>,
+    /// [`ClusterState::hash`], computed when first asked after a change.
+    hash_cache: std::cell::Cell<Option<u64>>,
 }
 
 impl ClusterState {
@@ -92,6 +94,7 @@ impl ClusterState {
             members: BTreeMap::new(),
             loads: BTreeMap::new(),
             removed: BTreeMap::new(),
+            hash_cache: std::cell::Cell::new(None),
         };
         s.set_info(me);
         s.set_load(LoadSummary::default());
@@ -99,6 +102,7 @@ impl ClusterState {
     }
 
     fn next_version(&mut self) -> Version {
+        self.hash_cache.set(None);
         self.counter += 1;
         Version {
             generation: self.generation,
@@ -196,6 +200,7 @@ impl ClusterState {
             .chain(self.loads.get(node).map(|r| r.marker))
             .max()
             .unwrap_or_default();
+        self.hash_cache.set(None);
         self.members.remove(node);
         self.loads.remove(node);
         let entry = self.removed.entry(node.clone()).or_insert((v, now_ms));
@@ -206,8 +211,12 @@ impl ClusterState {
 
     /// Drops tombstones older than `grace_ms`.
     pub fn collect_garbage(&mut self, now_ms: u64, grace_ms: u64) {
+        let before = self.removed.len();
         self.removed
             .retain(|_, (_, at)| now_ms.saturating_sub(*at) < grace_ms);
+        if self.removed.len() != before {
+            self.hash_cache.set(None);
+        }
     }
 
     fn tombstoned(&self, node: &NodeId, v: Version) -> bool {
@@ -267,6 +276,9 @@ impl ClusterState {
             }
             changed |= merge_reg(&mut self.loads, node, reg);
         }
+        if changed {
+            self.hash_cache.set(None);
+        }
         changed
     }
 
@@ -289,6 +301,15 @@ impl ClusterState {
 
     /// A hash of every version held (and of the tombstones): equal states hash equal.
     pub fn hash(&self) -> u64 {
+        if let Some(h) = self.hash_cache.get() {
+            return h;
+        }
+        let h = self.compute_hash();
+        self.hash_cache.set(Some(h));
+        h
+    }
+
+    fn compute_hash(&self) -> u64 {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         let mut eat = |x: u64| {
             for b in x.to_le_bytes() {

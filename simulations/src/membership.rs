@@ -371,6 +371,32 @@ impl Cluster {
         self.now = self.now.max(end);
     }
 
+    /// Adds a node (not started) and returns its index.
+    pub fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        self.nodes.push(Node {
+            core: None,
+            peer: Peer {
+                node: NodeId(format!("n{i}")),
+                addr: format!("/sim/{i}"),
+                generation: 0,
+            },
+            life: 0,
+            clock_offset_ms: mix(self.seed ^ i as u64) % 3_600_000,
+        });
+        i
+    }
+
+    /// Number of nodes (running or not).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether there are no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
     /// Whether node `i` runs.
     pub fn running(&self, i: usize) -> bool {
         self.nodes[i].core.is_some()
@@ -386,18 +412,25 @@ impl Cluster {
     }
 
     /// Whether every running node sees exactly the other running nodes as alive, and holds
-    /// the record of each (with its current generation).
+    /// the record of each.
     pub fn converged(&self) -> bool {
-        let running: BTreeSet<usize> = (0..self.nodes.len()).filter(|&i| self.running(i)).collect();
+        let running: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.running(i)).collect();
         running.iter().all(|&i| {
-            let mut expected = running.clone();
-            expected.remove(&i);
-            let state = self.nodes[i].core.as_ref().map(|c| c.state());
-            self.view(i) == expected
-                && running
-                    .iter()
-                    .all(|&j| state.is_some_and(|s| s.member(&self.nodes[j].peer.node).is_some()))
+            let Some(core) = self.nodes[i].core.as_ref() else { return false };
+            core.live_count() == running.len() - 1
+                && running.iter().all(|&j| {
+                    let node = &self.nodes[j].peer.node;
+                    (i == j || core.is_live(node)) && core.state().member(node).is_some()
+                })
         })
+    }
+
+    /// Whether node `i` holds node `j` for alive.
+    pub fn sees(&self, i: usize, j: usize) -> bool {
+        self.nodes[i]
+            .core
+            .as_ref()
+            .is_some_and(|c| c.is_live(&self.nodes[j].peer.node))
     }
 
     /// Whether node `i` holds a record of node `j`.
