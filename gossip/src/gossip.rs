@@ -170,6 +170,11 @@ impl Gossip {
         self.state.set_load(load);
     }
 
+    /// Records who owns a graph (for the scheduling layer).
+    pub fn set_owner(&mut self, graph: u128, ownership: crate::state::Ownership) -> bool {
+        self.state.set_owner(graph, ownership)
+    }
+
     /// Publishes a new record of this node (e.g. its addresses changed).
     pub fn set_info(&mut self, info: MemberInfo) {
         self.state.set_info(info);
@@ -308,26 +313,39 @@ impl Gossip {
                 }
             }
             StateMsg::Digest(theirs) => {
-                let (delta, want) = self.state.delta_for(&theirs, self.config.max_delta_entries);
-                if !delta.is_empty() || !want.is_empty() {
-                    self.send_state(from, StateMsg::Delta { delta, want });
+                let (delta, want, want_owners) =
+                    self.state.delta_for(&theirs, self.config.max_delta_entries);
+                if !delta.is_empty() || !want.is_empty() || !want_owners.is_empty() {
+                    self.send_state(
+                        from,
+                        StateMsg::Delta {
+                            delta,
+                            want,
+                            want_owners,
+                        },
+                    );
                 }
             }
-            StateMsg::Delta { mut delta, want } => {
+            StateMsg::Delta {
+                mut delta,
+                want,
+                want_owners,
+            } => {
                 // A removal made elsewhere does not apply to a member this node sees alive:
                 // that member refutes it when it hears of it.
                 let live: std::collections::BTreeSet<NodeId> =
                     self.membership.live().map(|p| p.node.clone()).collect();
                 delta.removed.retain(|(n, _)| !live.contains(n));
                 self.state.merge(delta, now_ms);
-                if !want.is_empty() {
-                    let back = self.state.entries_of(&want);
+                if !want.is_empty() || !want_owners.is_empty() {
+                    let back = self.state.entries_of_all(&want, &want_owners);
                     if !back.is_empty() {
                         self.send_state(
                             from,
                             StateMsg::Delta {
                                 delta: back,
                                 want: Vec::new(),
+                                want_owners: Vec::new(),
                             },
                         );
                     }

@@ -18,7 +18,7 @@ use std::fmt;
 
 pub use gossip::{Gossip, GossipConfig, GossipError, GossipTimer, MemberState, MemberView, Wire};
 pub use membership::{Event, Membership, MembershipConfig, MembershipError, Peer, Timer};
-pub use state::{ClusterState, Delta, StateMsg, Version};
+pub use state::{ClusterState, Delta, Digest, OwnerMark, Ownership, StateMsg, Version};
 
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +29,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// A node's identity: the bytes of its libp2p `PeerId`, shown in its base58 text form.
 ///
 /// Pure crates cannot depend on libp2p, so the identity is carried as its text form.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct NodeId(pub String);
 
 impl fmt::Display for NodeId {

@@ -36,6 +36,36 @@ pub struct Version {
 /// Versions of the entries of one node: (record, load).
 pub type DigestEntry = (NodeId, Version, Version);
 
+/// Who runs a graph: filled by the scheduling layer, replicated here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ownership {
+    /// The node that schedules the graph.
+    pub owner: NodeId,
+    /// Raised by every take-over.
+    pub epoch: u64,
+    /// Nodes that hold copies of the graph's spec and state.
+    pub backups: Vec<NodeId>,
+}
+
+/// The marker of an ownership entry: a higher epoch wins; within an epoch, the owner's id
+/// breaks ties, so two claims of one epoch converge to the same winner everywhere.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OwnerMark {
+    /// The epoch.
+    pub epoch: u64,
+    /// The claiming owner.
+    pub owner: NodeId,
+}
+
+/// The versions a node holds, sent when hashes differ.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Digest {
+    /// Member entries.
+    pub members: Vec<DigestEntry>,
+    /// Ownership entries by graph id.
+    pub owners: Vec<(u128, OwnerMark)>,
+}
+
 /// Entries sent to a peer.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Delta {
@@ -45,12 +75,17 @@ pub struct Delta {
     pub loads: Vec<(NodeId, LWWReg<LoadSummary, Version>)>,
     /// Removed members, with the version they were removed at.
     pub removed: Vec<(NodeId, Version)>,
+    /// Ownership entries by graph id.
+    pub owners: Vec<(u128, LWWReg<Ownership, OwnerMark>)>,
 }
 
 impl Delta {
     /// Whether it carries nothing.
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty() && self.loads.is_empty() && self.removed.is_empty()
+        self.members.is_empty()
+            && self.loads.is_empty()
+            && self.removed.is_empty()
+            && self.owners.is_empty()
     }
 }
 
@@ -60,13 +95,15 @@ pub enum StateMsg {
     /// Round start: the initiator's state hash.
     Hash(u64),
     /// The answer when hashes differ: every version the sender holds.
-    Digest(Vec<DigestEntry>),
-    /// Entries the receiver lacks, and the nodes whose entries the sender wants back.
+    Digest(Digest),
+    /// Entries the receiver lacks, and the entries the sender wants back.
     Delta {
         /// The entries.
         delta: Delta,
         /// Nodes whose newer entries the sender wants.
         want: Vec<NodeId>,
+        /// Graphs whose newer ownership entries the sender wants.
+        want_owners: Vec<u128>,
     },
 }
 
@@ -80,6 +117,8 @@ pub struct ClusterState {
     loads: BTreeMap<NodeId, LWWReg<LoadSummary, Version>>,
     /// Removed members: their last version, and when (ms) the tombstone was made.
     removed: BTreeMap<NodeId, (Version, u64)>,
+    /// The ownership table: graph id → owner, epoch, backups.
+    owners: BTreeMap<u128, LWWReg<Ownership, OwnerMark>>,
     /// [`ClusterState::hash`], computed when first asked after a change.
     hash_cache: std::cell::Cell<Option<u64>>,
 }
@@ -94,6 +133,7 @@ impl ClusterState {
             members: BTreeMap::new(),
             loads: BTreeMap::new(),
             removed: BTreeMap::new(),
+            owners: BTreeMap::new(),
             hash_cache: std::cell::Cell::new(None),
         };
         s.set_info(me);
@@ -174,6 +214,39 @@ impl ClusterState {
     /// A member's last published load.
     pub fn load(&self, node: &NodeId) -> Option<LoadSummary> {
         self.loads.get(node).map(|r| r.val)
+    }
+
+    /// Records who owns `graph`. An entry with a lower (epoch, owner) than the one held is
+    /// ignored; returns whether the entry was taken.
+    pub fn set_owner(&mut self, graph: u128, ownership: Ownership) -> bool {
+        let mark = OwnerMark {
+            epoch: ownership.epoch,
+            owner: ownership.owner.clone(),
+        };
+        let taken = merge_keyed(
+            &mut self.owners,
+            graph,
+            LWWReg {
+                val: ownership,
+                marker: mark,
+            },
+        );
+        if taken {
+            self.hash_cache.set(None);
+        }
+        taken
+    }
+
+    /// Who owns `graph`, as far as this node knows.
+    pub fn owner(&self, graph: u128) -> Option<&Ownership> {
+        self.owners.get(&graph).map(|r| &r.val)
+    }
+
+    /// Forgets the ownership entry of a finished graph.
+    pub fn forget_owner(&mut self, graph: u128) {
+        if self.owners.remove(&graph).is_some() {
+            self.hash_cache.set(None);
+        }
     }
 
     /// Number of member records held.
@@ -276,6 +349,9 @@ impl ClusterState {
             }
             changed |= merge_reg(&mut self.loads, node, reg);
         }
+        for (graph, reg) in delta.owners {
+            changed |= merge_keyed(&mut self.owners, graph, reg);
+        }
         if changed {
             self.hash_cache.set(None);
         }
@@ -283,7 +359,18 @@ impl ClusterState {
     }
 
     /// Every version held.
-    pub fn digest(&self) -> Vec<DigestEntry> {
+    pub fn digest(&self) -> Digest {
+        Digest {
+            members: self.member_digest(),
+            owners: self
+                .owners
+                .iter()
+                .map(|(g, r)| (*g, r.marker.clone()))
+                .collect(),
+        }
+    }
+
+    fn member_digest(&self) -> Vec<DigestEntry> {
         let mut nodes: Vec<&NodeId> = self.members.keys().chain(self.loads.keys()).collect();
         nodes.sort();
         nodes.dedup();
@@ -317,7 +404,7 @@ impl ClusterState {
                 h = h.wrapping_mul(0x0100_0000_01b3);
             }
         };
-        for (node, rv, lv) in self.digest() {
+        for (node, rv, lv) in self.member_digest() {
             for b in node.0.bytes() {
                 eat(u64::from(b));
             }
@@ -333,14 +420,31 @@ impl ClusterState {
             eat(v.generation);
             eat(v.counter);
         }
+        for (graph, r) in &self.owners {
+            eat(*graph as u64);
+            eat((*graph >> 64) as u64);
+            eat(r.marker.epoch);
+            for b in r.marker.owner.0.bytes() {
+                eat(u64::from(b) ^ 0x7f);
+            }
+        }
         h
     }
 
-    /// What a peer with `theirs` lacks (at most `max_entries` entries), and the nodes where
-    /// the peer holds newer entries.
-    pub fn delta_for(&self, theirs: &[DigestEntry], max_entries: usize) -> (Delta, Vec<NodeId>) {
-        let theirs: BTreeMap<&NodeId, (Version, Version)> =
-            theirs.iter().map(|(n, r, l)| (n, (*r, *l))).collect();
+    /// What a peer with digest `digest` lacks (at most `max_entries` entries), the nodes
+    /// where the peer holds newer entries, and the graphs whose ownership it knows better.
+    pub fn delta_for(
+        &self,
+        digest: &Digest,
+        max_entries: usize,
+    ) -> (Delta, Vec<NodeId>, Vec<u128>) {
+        let their_owners: BTreeMap<u128, &OwnerMark> =
+            digest.owners.iter().map(|(g, m)| (*g, m)).collect();
+        let theirs: BTreeMap<&NodeId, (Version, Version)> = digest
+            .members
+            .iter()
+            .map(|(n, r, l)| (n, (*r, *l)))
+            .collect();
         let mut delta = Delta::default();
         let mut budget = max_entries;
         for (node, reg) in &self.members {
@@ -376,7 +480,33 @@ impl ClusterState {
             .map(|(n, _)| (*n).clone())
             .take(max_entries)
             .collect();
-        (delta, want)
+        for (graph, reg) in &self.owners {
+            if budget == 0 {
+                break;
+            }
+            if their_owners.get(graph).is_none_or(|m| reg.marker > **m) {
+                delta.owners.push((*graph, reg.clone()));
+                budget -= 1;
+            }
+        }
+        let want_owners = their_owners
+            .iter()
+            .filter(|(g, m)| self.owners.get(*g).is_none_or(|r| &r.marker < *m))
+            .map(|(g, _)| *g)
+            .take(max_entries)
+            .collect();
+        (delta, want, want_owners)
+    }
+
+    /// The entries of these nodes and graphs (an answer to `want` and `want_owners`).
+    pub fn entries_of_all(&self, nodes: &[NodeId], graphs: &[u128]) -> Delta {
+        let mut delta = self.entries_of(nodes);
+        for g in graphs {
+            if let Some(r) = self.owners.get(g) {
+                delta.owners.push((*g, r.clone()));
+            }
+        }
+        delta
     }
 
     /// The entries of these nodes (an answer to `want`).
@@ -398,6 +528,14 @@ fn merge_reg<V: PartialEq + Clone>(
     map: &mut BTreeMap<NodeId, LWWReg<V, Version>>,
     node: NodeId,
     reg: LWWReg<V, Version>,
+) -> bool {
+    merge_keyed(map, node, reg)
+}
+
+fn merge_keyed<K: Ord, V: PartialEq, M: Ord>(
+    map: &mut BTreeMap<K, LWWReg<V, M>>,
+    node: K,
+    reg: LWWReg<V, M>,
 ) -> bool {
     match map.get_mut(&node) {
         Some(mine) if mine.marker >= reg.marker => false,
@@ -436,9 +574,9 @@ mod tests {
             return;
         }
         let digest_b = b.digest();
-        let (delta, want) = a.delta_for(&digest_b, 1000);
+        let (delta, want, want_owners) = a.delta_for(&digest_b, 1000);
         b.merge(delta, 0);
-        let back = b.entries_of(&want);
+        let back = b.entries_of_all(&want, &want_owners);
         a.merge(back, 0);
     }
 
@@ -450,8 +588,8 @@ mod tests {
         assert_eq!(a.hash(), b.hash());
         assert_eq!(a.member(&NodeId("n1".into())).unwrap().nthreads, 4);
         assert_eq!(b.member(&NodeId("n0".into())).unwrap().nthreads, 2);
-        let (delta, want) = a.delta_for(&b.digest(), 1000);
-        assert!(delta.is_empty() && want.is_empty());
+        let (delta, want, want_owners) = a.delta_for(&b.digest(), 1000);
+        assert!(delta.is_empty() && want.is_empty() && want_owners.is_empty());
     }
 
     #[test]
@@ -531,6 +669,27 @@ mod tests {
     }
 
     #[test]
+    fn ownership_converges_to_the_highest_epoch_and_ties_break_the_same_everywhere() {
+        let own = |owner: &str, epoch| Ownership {
+            owner: NodeId(owner.into()),
+            epoch,
+            backups: vec![NodeId("n9".into())],
+        };
+        let mut a = ClusterState::new(info(0, 1), 1);
+        let mut b = ClusterState::new(info(1, 1), 1);
+        assert!(a.set_owner(7, own("n0", 1)));
+        assert!(b.set_owner(7, own("n1", 1))); // a competing claim in the same epoch
+        round(&mut a, &mut b);
+        assert_eq!(a.owner(7), b.owner(7));
+        assert_eq!(a.owner(7).unwrap().owner.0, "n1");
+        assert!(a.set_owner(7, own("n0", 2))); // a take-over
+        assert!(!a.set_owner(7, own("n1", 1)), "a stale claim is ignored");
+        round(&mut b, &mut a);
+        assert_eq!(b.owner(7).unwrap().epoch, 2);
+        assert_eq!(a.hash(), b.hash());
+    }
+
+    #[test]
     fn deltas_are_bounded() {
         let mut a = ClusterState::new(info(0, 1), 1);
         for i in 1..100 {
@@ -540,7 +699,7 @@ mod tests {
             );
         }
         let fresh = ClusterState::new(info(500, 1), 1);
-        let (delta, _) = a.delta_for(&fresh.digest(), 16);
+        let (delta, _, _) = a.delta_for(&fresh.digest(), 16);
         assert_eq!(delta.members.len() + delta.loads.len(), 16);
     }
 }

@@ -35,6 +35,10 @@ pub enum Op {
     Loss(f64),
     /// Messages between the two groups are dropped (both ways).
     Partition(Vec<usize>, Vec<usize>),
+    /// Messages from the first group to the second are dropped (one way).
+    CutOneWay(Vec<usize>, Vec<usize>),
+    /// Node `i` becomes slow: every message to or from it takes this much longer (µs).
+    Slow(usize, Micros),
     /// All partitions end.
     Heal,
     /// Let virtual time pass.
@@ -51,6 +55,8 @@ impl fmt::Display for Op {
             Op::Leave(i) => write!(f, "n{i} leaves"),
             Op::Loss(p) => write!(f, "loss {:.1}%", p * 100.0),
             Op::Partition(a, b) => write!(f, "partition {a:?} | {b:?}"),
+            Op::CutOneWay(a, b) => write!(f, "cut {a:?} -> {b:?}"),
+            Op::Slow(i, t) => write!(f, "n{i} slow by {:.1} ms", *t as f64 / 1000.0),
             Op::Heal => write!(f, "heal"),
             Op::Wait(t) => write!(f, "wait {:.1} s", *t as f64 / SECOND as f64),
         }
@@ -112,7 +118,10 @@ pub struct Cluster {
     net: NetConfig,
     loss: f64,
     cut: BTreeSet<(usize, usize)>,
+    slow: BTreeMap<usize, Micros>,
     trace: u64,
+    /// Invariants broken after some step.
+    pub violations: Vec<String>,
     /// Every node that was declared down while it was running, with who said it.
     pub false_downs: u64,
     /// Down events seen, per observer, for each node: (observer, subject) → time.
@@ -160,7 +169,9 @@ impl Cluster {
             net,
             loss: 0.0,
             cut: BTreeSet::new(),
+            slow: BTreeMap::new(),
             trace: seed,
+            violations: Vec::new(),
             false_downs: 0,
             downs: BTreeMap::new(),
             messages: 0,
@@ -267,8 +278,34 @@ impl Cluster {
         }
     }
 
-    /// Applies one scenario step.
+    /// Applies one scenario step, then checks the invariants.
     pub fn apply(&mut self, op: &Op) {
+        self.step(op);
+        self.check_invariants(op);
+    }
+
+    /// What must hold after every step: no node counts itself among its peers, and every
+    /// running node holds its own record, as the node it is.
+    fn check_invariants(&mut self, op: &Op) {
+        for i in 0..self.nodes.len() {
+            let Some(core) = self.nodes[i].core.as_ref() else {
+                continue;
+            };
+            let me = &self.nodes[i].peer.node;
+            if core.is_live(me) {
+                self.violations
+                    .push(format!("after `{op}`: n{i} lists itself as a peer"));
+            }
+            match core.state().member(me) {
+                Some(info) if &info.id == me => {}
+                _ => self
+                    .violations
+                    .push(format!("after `{op}`: n{i} lost its own record")),
+            }
+        }
+    }
+
+    fn step(&mut self, op: &Op) {
         self.log
             .push(format!("{:>10.3} s  {op}", self.now as f64 / SECOND as f64));
         match op {
@@ -288,7 +325,7 @@ impl Cluster {
             Op::Restart(i, via) => {
                 self.nodes[*i].peer.generation += 1;
                 self.start(*i);
-                self.apply(&Op::Join(*i, *via));
+                self.step(&Op::Join(*i, *via));
             }
             Op::Leave(i) => {
                 let now = self.clock(*i);
@@ -307,6 +344,16 @@ impl Cluster {
                         self.cut.insert((y, x));
                     }
                 }
+            }
+            Op::CutOneWay(a, b) => {
+                for &x in a {
+                    for &y in b {
+                        self.cut.insert((x, y));
+                    }
+                }
+            }
+            Op::Slow(i, t) => {
+                self.slow.insert(*i, *t);
             }
             Op::Heal => self.cut.clear(),
             Op::Wait(t) => self.run_until(self.now + t),
@@ -416,7 +463,9 @@ impl Cluster {
     pub fn converged(&self) -> bool {
         let running: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.running(i)).collect();
         running.iter().all(|&i| {
-            let Some(core) = self.nodes[i].core.as_ref() else { return false };
+            let Some(core) = self.nodes[i].core.as_ref() else {
+                return false;
+            };
             core.live_count() == running.len() - 1
                 && running.iter().all(|&j| {
                     let node = &self.nodes[j].peer.node;
@@ -594,9 +643,17 @@ pub fn run_membership(scenario: &'static str, seed: u64, n: usize) -> Membership
                 let wait = rng.random_range(period..10 * period);
                 c.apply(&Op::Wait(wait));
             }
+            let slow = rng.random_range(1..n);
+            c.apply(&Op::Slow(slow, 300_000));
             let cut = rng.random_range(1..n);
             c.apply(&Op::Partition((0..cut).collect(), (cut..n).collect()));
             c.apply(&Op::Wait(5 * period));
+            c.apply(&Op::Heal);
+            c.apply(&Op::CutOneWay(
+                vec![cut % n],
+                (0..n).filter(|&x| x != cut % n).collect(),
+            ));
+            c.apply(&Op::Wait(3 * period));
             c.apply(&Op::Heal);
             c.apply(&Op::Loss(0.0));
             for i in 0..n {
@@ -609,6 +666,7 @@ pub fn run_membership(scenario: &'static str, seed: u64, n: usize) -> Membership
             }
         }
     }
+    violations.extend(c.violations.iter().cloned());
     let report = MembershipReport {
         scenario,
         seed,

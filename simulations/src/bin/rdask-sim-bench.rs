@@ -56,7 +56,8 @@ fn measure(n: usize, seed: u64) -> Row {
     // Steady state: bytes per node per period.
     let (b0, t0) = (c.bytes, c.now());
     c.apply(&Op::Wait(20 * period));
-    let bytes_per_node_period = (c.bytes - b0) as f64 / n as f64 / ((c.now() - t0) as f64 / period as f64);
+    let bytes_per_node_period =
+        (c.bytes - b0) as f64 / n as f64 / ((c.now() - t0) as f64 / period as f64);
 
     // A join known to all.
     let newcomer = c.add_node();
@@ -64,13 +65,17 @@ fn measure(n: usize, seed: u64) -> Row {
     let via = rng.random_range(0..n);
     c.apply(&Op::Join(newcomer, via));
     let join_periods = periods_until(&mut c, period, 400, |c| {
-        (0..c.len()).filter(|&i| i != newcomer && c.running(i)).all(|i| c.sees(i, newcomer))
+        (0..c.len())
+            .filter(|&i| i != newcomer && c.running(i))
+            .all(|i| c.sees(i, newcomer))
     });
 
     // A leave known to all.
     c.apply(&Op::Leave(newcomer));
     let leave_periods = periods_until(&mut c, period, 400, |c| {
-        (0..c.len()).filter(|&i| c.running(i)).all(|i| !c.sees(i, newcomer))
+        (0..c.len())
+            .filter(|&i| c.running(i))
+            .all(|i| !c.sees(i, newcomer))
     });
 
     // A crash: first detection, and known to all.
@@ -78,7 +83,9 @@ fn measure(n: usize, seed: u64) -> Row {
     let crash_at = c.now();
     c.apply(&Op::Crash(victim));
     let all_detection_periods = periods_until(&mut c, period, 2 * n as u64 + 400, |c| {
-        (0..c.len()).filter(|&i| c.running(i)).all(|i| !c.sees(i, victim))
+        (0..c.len())
+            .filter(|&i| c.running(i))
+            .all(|i| !c.sees(i, victim))
     });
     let first = (0..c.len())
         .filter_map(|i| c.downs.get(&(i, victim)))
@@ -118,10 +125,23 @@ fn main() {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let sizes = if sizes.is_empty() { vec![10, 100, 1000] } else { sizes };
+    let sizes = if sizes.is_empty() {
+        vec![10, 100, 1000]
+    } else {
+        sizes
+    };
     println!(
         "{:>6} {:>12} {:>9} {:>12} {:>14} {:>14} {:>10} {:>10} {:>14} {:>10}",
-        "nodes", "join→all", "/ ln N", "leave→all", "crash: first", "crash: all", "FP‰ @1%", "FP‰ @5%", "B/node/period", "sim/real"
+        "nodes",
+        "join→all",
+        "/ ln N",
+        "leave→all",
+        "crash: first",
+        "crash: all",
+        "FP‰ @1%",
+        "FP‰ @5%",
+        "B/node/period",
+        "sim/real"
     );
     for n in sizes {
         let r = measure(n, 42);
@@ -140,5 +160,7 @@ fn main() {
             r.speedup
         );
     }
-    println!("periods are protocol periods (1 s of virtual time); FP‰: live nodes declared down per 1,000 node-periods");
+    println!(
+        "periods are protocol periods (1 s of virtual time); FP‰: live nodes declared down per 1,000 node-periods"
+    );
 }
