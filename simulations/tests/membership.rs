@@ -7,7 +7,7 @@ fn seeds() -> u64 {
     std::env::var("RDASK_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .map_or(8, |n: u64| n / 20 + 1)
+        .map_or(25, |n: u64| n / 20 + 1)
 }
 
 fn check(scenario: &'static str, n: usize) {
