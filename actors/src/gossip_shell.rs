@@ -81,6 +81,9 @@ impl GossipState {
                 }
                 Event::Isolated => tracing::warn!("no live peer left"),
                 Event::Connected => tracing::debug!("connected to the cluster"),
+                Event::ProbeFailed(p) => {
+                    tracing::debug!(peer = %p.node, "a probe failed; suspected")
+                }
             }
         }
     }

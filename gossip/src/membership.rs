@@ -61,6 +61,9 @@ pub enum Event {
     Isolated,
     /// This node has live peers again.
     Connected,
+    /// A probe of this member went unanswered, directly and indirectly: it is suspected
+    /// (it is declared down unless it refutes in time).
+    ProbeFailed(Peer),
 }
 
 /// Timing of the protocol.
@@ -247,6 +250,9 @@ impl Membership {
                 OwnedNotification::Idle => Event::Isolated,
                 OwnedNotification::Active => Event::Connected,
                 OwnedNotification::Defunct => Event::Isolated,
+                OwnedNotification::ProbeFailed(_, p) => Event::ProbeFailed(p),
+                // Every datagram in and out: not a member list change.
+                OwnedNotification::DataReceived(_) | OwnedNotification::DataSent(_) => continue,
             };
             self.events.push(event);
         }

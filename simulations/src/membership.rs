@@ -126,6 +126,8 @@ pub struct Cluster {
     pub false_downs: u64,
     /// Down events seen, per observer, for each node: (observer, subject) → time.
     pub downs: BTreeMap<(usize, usize), Micros>,
+    /// First failed probe of each node, by anyone: subject → time.
+    pub suspected: BTreeMap<usize, Micros>,
     /// Messages sent and their bytes.
     pub messages: u64,
     /// Bytes sent.
@@ -174,6 +176,7 @@ impl Cluster {
             violations: Vec::new(),
             false_downs: 0,
             downs: BTreeMap::new(),
+            suspected: BTreeMap::new(),
             messages: 0,
             bytes: 0,
             log: Vec::new(),
@@ -270,6 +273,10 @@ impl Cluster {
                 if running {
                     self.false_downs += 1;
                 }
+            }
+            if let Event::ProbeFailed(p) = &e {
+                let j = self.index(&p.node);
+                self.suspected.entry(j).or_insert(self.now);
             }
             if let Event::Up(p) = &e {
                 let j = self.index(&p.node);
