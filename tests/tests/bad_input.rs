@@ -263,3 +263,39 @@ fn a_client_with_another_protocol_version_is_refused_with_a_reason() {
         }
     });
 }
+
+#[test]
+fn a_peer_of_another_protocol_version_is_refused() {
+    use libp2p::{identify, ping};
+
+    #[derive(libp2p::swarm::NetworkBehaviour)]
+    struct Stranger {
+        identify: identify::Behaviour,
+        ping: ping::Behaviour,
+    }
+
+    let mut node = NodeProcess::start(NODE, &[]);
+    let addr: Multiaddr = node.multiaddr.parse().unwrap();
+    bounded(60, async {
+        let mut swarm = build_swarm(Keypair::generate_ed25519(), |k| Stranger {
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/rdask/999".into(),
+                k.public(),
+            )),
+            ping: ping::Behaviour::default(),
+        })
+        .unwrap();
+        swarm.dial(addr.clone()).unwrap();
+        let mut connected = false;
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { .. } => connected = true,
+                SwarmEvent::ConnectionClosed { .. } if connected => break,
+                _ => {}
+            }
+        }
+        // and a compatible client still gets in
+        node_still_serves(&addr).await;
+    });
+    assert!(node.is_running());
+}
