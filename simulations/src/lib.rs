@@ -1,6 +1,6 @@
 //! Deterministic simulation of rdask's state machines.
 //!
-//! The simulator drives the same [`NodeCore`] the node runs in production, with virtual
+//! The simulator drives the same [`rdask_actors::NodeCore`] the node runs in production, with virtual
 //! time, a virtual pool of task threads and a seeded random number generator. Nothing reads
 //! the clock or draws unseeded randomness, so the same seed gives the same run, bit for bit;
 //! [`SimReport::trace_hash`] proves it.

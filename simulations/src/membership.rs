@@ -1,4 +1,4 @@
-//! Membership under a simulated network: the same [`Membership`] core the node runs, many
+//! Membership under a simulated network: the same [`Gossip`] core the node runs, many
 //! nodes, virtual time, seeded faults.
 
 use std::cmp::Reverse;
