@@ -204,10 +204,13 @@ impl Gossip {
                 self.collect_membership(now_ms);
             }
             GossipTimer::AntiEntropy => {
-                let live: Vec<Peer> = self.membership.live().cloned().collect();
-                if !live.is_empty() {
-                    let to = live[self.rng.random_range(0..live.len())].clone();
-                    self.send_state(to, StateMsg::Hash(self.state.hash()));
+                let n = self.membership.live_count();
+                if n > 0 {
+                    let pick = self.rng.random_range(0..n);
+                    let to = self.membership.live().nth(pick).cloned();
+                    if let Some(to) = to {
+                        self.send_state(to, StateMsg::Hash(self.state.hash()));
+                    }
                 }
                 self.timers
                     .push((self.config.anti_entropy_every, GossipTimer::AntiEntropy));
@@ -333,9 +336,7 @@ impl Gossip {
             } => {
                 // A removal made elsewhere does not apply to a member this node sees alive:
                 // that member refutes it when it hears of it.
-                let live: std::collections::BTreeSet<NodeId> =
-                    self.membership.live().map(|p| p.node.clone()).collect();
-                delta.removed.retain(|(n, _)| !live.contains(n));
+                delta.removed.retain(|(n, _)| !self.membership.is_live(n));
                 self.state.merge(delta, now_ms);
                 if !want.is_empty() || !want_owners.is_empty() {
                     let back = self.state.entries_of_all(&want, &want_owners);

@@ -469,6 +469,15 @@ impl Cluster {
     /// the record of each.
     pub fn converged(&self) -> bool {
         let running: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.running(i)).collect();
+        // Cheap counts first: the full check below is quadratic.
+        let counts_match = running.iter().all(|&i| {
+            self.nodes[i].core.as_ref().is_some_and(|c| {
+                c.live_count() == running.len() - 1 && c.state().len() >= running.len()
+            })
+        });
+        if !counts_match {
+            return false;
+        }
         running.iter().all(|&i| {
             let Some(core) = self.nodes[i].core.as_ref() else {
                 return false;
