@@ -159,6 +159,11 @@ impl ClusterState {
         }
         self.generation = generation;
         self.counter = 0;
+        self.republish();
+    }
+
+    /// Writes this node's record and load again under new versions.
+    fn republish(&mut self) {
         if let Some(info) = self.members.get(&self.me).map(|r| r.val.clone()) {
             self.set_info(info);
         }
@@ -311,19 +316,7 @@ impl ClusterState {
                     .unwrap_or_default();
                 if v >= mine {
                     self.counter = self.counter.max(v.counter);
-                    if let Some(info) = self.members.get(&self.me).map(|r| r.val.clone()) {
-                        self.set_info(info);
-                    }
-                    if let Some(load) = self.loads.get(&self.me).map(|r| r.val) {
-                        let nv = self.next_version();
-                        self.loads.insert(
-                            self.me.clone(),
-                            LWWReg {
-                                val: load,
-                                marker: nv,
-                            },
-                        );
-                    }
+                    self.republish();
                     changed = true;
                 }
                 continue;

@@ -175,20 +175,13 @@ fn pick_advertised(addrs: &[Multiaddr]) -> Option<Multiaddr> {
 }
 
 fn member_info(
-    me: &rdask_gossip::Peer,
+    id: NodeId,
+    addresses: Vec<String>,
     nthreads: usize,
     registry: &Registry,
-    listen: &[Multiaddr],
 ) -> MemberInfo {
-    let mut addresses = vec![me.addr.clone()];
-    addresses.extend(
-        listen
-            .iter()
-            .map(|a| a.to_string())
-            .filter(|a| *a != me.addr),
-    );
     MemberInfo {
-        id: me.node.clone(),
+        id,
         addresses,
         nthreads: nthreads as u32,
         memory_bytes: machine_memory(),
@@ -227,16 +220,7 @@ pub async fn start(
     };
     let peer_id = keypair.public().to_peer_id();
     let nthreads = config.nthreads.max(1);
-    let member = MemberInfo {
-        id: NodeId(peer_id.to_string()),
-        addresses: Vec::new(),
-        nthreads: nthreads as u32,
-        memory_bytes: machine_memory(),
-        functions_digest: registry.digest(),
-        functions: registry.len() as u32,
-        version: VERSION.to_string(),
-        protocol: PROTOCOL_VERSION,
-    };
+    let member = member_info(NodeId(peer_id.to_string()), Vec::new(), nthreads, registry);
     let (actor, actor_task) = spawn_node(NodeArgs {
         member,
         registry,
@@ -331,7 +315,19 @@ pub async fn start(
         let (gossip_tx, gossip_rx) = tokio::sync::mpsc::unbounded_channel();
         let (gossip, gossip_task) = rdask_actors::spawn_gossip(rdask_actors::GossipArgs {
             me: me.clone(),
-            info: member_info(&me, nthreads, registry, &listen_addrs),
+            info: member_info(
+                me.node.clone(),
+                std::iter::once(me.addr.clone())
+                    .chain(
+                        listen_addrs
+                            .iter()
+                            .map(|a| a.to_string())
+                            .filter(|a| *a != me.addr),
+                    )
+                    .collect(),
+                nthreads,
+                registry,
+            ),
             config: rdask_gossip::GossipConfig::lan(16),
             seed: rand_seed(),
             send: Box::new(move |to, data| {
