@@ -15,6 +15,7 @@ mod membership;
 pub mod state;
 
 use std::fmt;
+use std::sync::Arc;
 
 pub use gossip::{Gossip, GossipConfig, GossipError, GossipTimer, MemberState, MemberView, Wire};
 pub use membership::{Event, Membership, MembershipConfig, MembershipError, Peer, Timer};
@@ -26,11 +27,18 @@ use serde::{Deserialize, Serialize};
 /// each other with a clear reason.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// A node's identity: the bytes of its libp2p `PeerId`, shown in its base58 text form.
+/// A node's identity: its libp2p `PeerId` in its base58 text form.
 ///
-/// Pure crates cannot depend on libp2p, so the identity is carried as its text form.
-#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct NodeId(pub String);
+/// Pure crates cannot depend on libp2p, so the identity is carried as its text form, shared
+/// (membership copies identities often).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeId(pub Arc<str>);
+
+impl Default for NodeId {
+    fn default() -> Self {
+        NodeId(Arc::from(""))
+    }
+}
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -20,7 +20,7 @@ pub struct Peer {
     /// The node (its libp2p peer id).
     pub node: NodeId,
     /// An address it listens on (a multiaddr as text).
-    pub addr: String,
+    pub addr: std::sync::Arc<str>,
     /// Raised on every restart.
     pub generation: u64,
 }
@@ -265,8 +265,8 @@ mod tests {
 
     fn peer(i: u32) -> Peer {
         Peer {
-            node: NodeId(format!("n{i}")),
-            addr: format!("/mem/{i}"),
+            node: NodeId(format!("n{i}").into()),
+            addr: format!("/mem/{i}").into(),
             generation: 0,
         }
     }

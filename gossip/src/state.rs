@@ -550,7 +550,7 @@ mod tests {
 
     fn info(i: u32, threads: u32) -> MemberInfo {
         MemberInfo {
-            id: NodeId(format!("n{i}")),
+            id: NodeId(format!("n{i}").into()),
             addresses: vec![format!("/mem/{i}")],
             nthreads: threads,
             memory_bytes: 1 << 30,
@@ -674,7 +674,7 @@ mod tests {
         assert!(b.set_owner(7, own("n1", 1))); // a competing claim in the same epoch
         round(&mut a, &mut b);
         assert_eq!(a.owner(7), b.owner(7));
-        assert_eq!(a.owner(7).unwrap().owner.0, "n1");
+        assert_eq!(&*a.owner(7).unwrap().owner.0, "n1");
         assert!(a.set_owner(7, own("n0", 2))); // a take-over
         assert!(!a.set_owner(7, own("n1", 1)), "a stale claim is ignored");
         round(&mut b, &mut a);
@@ -687,7 +687,7 @@ mod tests {
         let mut a = ClusterState::new(info(0, 1), 1);
         for i in 1..100 {
             a.merge(
-                ClusterState::new(info(i, 1), 1).entries_of(&[NodeId(format!("n{i}"))]),
+                ClusterState::new(info(i, 1), 1).entries_of(&[NodeId(format!("n{i}").into())]),
                 0,
             );
         }

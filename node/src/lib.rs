@@ -220,7 +220,12 @@ pub async fn start(
     };
     let peer_id = keypair.public().to_peer_id();
     let nthreads = config.nthreads.max(1);
-    let member = member_info(NodeId(peer_id.to_string()), Vec::new(), nthreads, registry);
+    let member = member_info(
+        NodeId(peer_id.to_string().into()),
+        Vec::new(),
+        nthreads,
+        registry,
+    );
     let (actor, actor_task) = spawn_node(NodeArgs {
         member,
         registry,
@@ -308,8 +313,8 @@ pub async fn start(
             .map(|a| a.to_string())
             .unwrap_or_default();
         let me = rdask_gossip::Peer {
-            node: NodeId(peer_id.to_string()),
-            addr: advertised,
+            node: NodeId(peer_id.to_string().into()),
+            addr: advertised.into(),
             generation: rdask_actors::now_ms(),
         };
         let (gossip_tx, gossip_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -317,12 +322,12 @@ pub async fn start(
             me: me.clone(),
             info: member_info(
                 me.node.clone(),
-                std::iter::once(me.addr.clone())
+                std::iter::once(me.addr.to_string())
                     .chain(
                         listen_addrs
                             .iter()
                             .map(|a| a.to_string())
-                            .filter(|a| *a != me.addr),
+                            .filter(|a| **a != *me.addr),
                     )
                     .collect(),
                 nthreads,

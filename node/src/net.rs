@@ -351,8 +351,8 @@ pub(crate) async fn run_node_swarm(
                     if let Some(join) = dialing.remove(&connection_id) {
                         unjoined.retain(|a| a != &join);
                         let seed = Peer {
-                            node: rdask_gossip::NodeId(peer_id.to_string()),
-                            addr: without_p2p(&join).to_string(),
+                            node: rdask_gossip::NodeId(peer_id.to_string().into()),
+                            addr: without_p2p(&join).to_string().into(),
                             generation: 0,
                         };
                         let _ = gossip.actor.send_message(GossipMsg::Join(seed));

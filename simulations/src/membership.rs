@@ -151,8 +151,8 @@ impl Cluster {
             .map(|i| Node {
                 core: None,
                 peer: Peer {
-                    node: NodeId(format!("n{i}")),
-                    addr: format!("/sim/{i}"),
+                    node: NodeId(format!("n{i}").into()),
+                    addr: format!("/sim/{i}").into(),
                     generation: 0,
                 },
                 life: 0,
@@ -373,7 +373,7 @@ impl Cluster {
         let peer = self.nodes[i].peer.clone();
         let info = MemberInfo {
             id: peer.node.clone(),
-            addresses: vec![peer.addr.clone()],
+            addresses: vec![peer.addr.to_string()],
             nthreads: 1 + (i as u32 % 8),
             memory_bytes: 1 << 30,
             functions_digest: 7,
@@ -431,8 +431,8 @@ impl Cluster {
         self.nodes.push(Node {
             core: None,
             peer: Peer {
-                node: NodeId(format!("n{i}")),
-                addr: format!("/sim/{i}"),
+                node: NodeId(format!("n{i}").into()),
+                addr: format!("/sim/{i}").into(),
                 generation: 0,
             },
             life: 0,

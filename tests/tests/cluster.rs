@@ -32,7 +32,7 @@ fn alive(nodes: &[NodeStatus]) -> Vec<String> {
     let mut ids: Vec<String> = nodes
         .iter()
         .filter(|n| n.state == MemberState::Alive)
-        .map(|n| n.member.id.0.clone())
+        .map(|n| n.member.id.0.to_string())
         .collect();
     ids.sort();
     ids
@@ -127,7 +127,7 @@ fn a_restarted_node_with_the_same_identity_rejoins() {
     assert_eq!(again.peer_id, id);
     wait_for(&seed.multiaddr, 60, "the member back", |v| {
         v.iter()
-            .any(|m| m.member.id.0 == id && m.state == MemberState::Alive)
+            .any(|m| *m.member.id.0 == *id && m.state == MemberState::Alive)
             && alive(v).len() == 2
     });
     let _ = std::fs::remove_dir_all(dir);
