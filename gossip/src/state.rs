@@ -364,16 +364,13 @@ impl ClusterState {
     }
 
     fn member_digest(&self) -> Vec<DigestEntry> {
-        let mut nodes: Vec<&NodeId> = self.members.keys().chain(self.loads.keys()).collect();
-        nodes.sort();
-        nodes.dedup();
-        nodes
+        self.entries_sorted()
             .into_iter()
-            .map(|n| {
+            .map(|(n, r, l)| {
                 (
                     n.clone(),
-                    self.members.get(n).map(|r| r.marker).unwrap_or_default(),
-                    self.loads.get(n).map(|r| r.marker).unwrap_or_default(),
+                    r.map(|r| r.marker).unwrap_or_default(),
+                    l.map(|l| l.marker).unwrap_or_default(),
                 )
             })
             .collect()
@@ -431,48 +428,72 @@ impl ClusterState {
         digest: &Digest,
         max_entries: usize,
     ) -> (Delta, Vec<NodeId>, Vec<u128>) {
-        let their_owners: BTreeMap<u128, &OwnerMark> =
-            digest.owners.iter().map(|(g, m)| (*g, m)).collect();
-        let theirs: BTreeMap<&NodeId, (Version, Version)> = digest
-            .members
-            .iter()
-            .map(|(n, r, l)| (n, (*r, *l)))
-            .collect();
+        use std::cmp::Ordering;
         let mut delta = Delta::default();
+        let mut want = Vec::new();
         let mut budget = max_entries;
-        for (node, reg) in &self.members {
-            if budget == 0 {
-                break;
-            }
-            if theirs.get(node).is_none_or(|(r, _)| reg.marker > *r) {
+        // One linear pass over both sides, sorted by node id (digests are sent sorted; an
+        // unsorted one only makes this answer less complete, never wrong).
+        let mine = self.entries_sorted();
+        let theirs = &digest.members;
+        let (mut a, mut b) = (0, 0);
+        while a < mine.len() || b < theirs.len() {
+            let order = match (mine.get(a), theirs.get(b)) {
+                (Some(m), Some(t)) => m.0.cmp(&t.0),
+                (Some(_), None) => Ordering::Less,
+                _ => Ordering::Greater,
+            };
+            let (node, my_rec, my_load, their_rec, their_load) = match order {
+                Ordering::Less => {
+                    let m = mine[a];
+                    a += 1;
+                    (m.0, m.1, m.2, None, None)
+                }
+                Ordering::Greater => {
+                    let t = &theirs[b];
+                    b += 1;
+                    (&t.0, None, None, Some(t.1), Some(t.2))
+                }
+                Ordering::Equal => {
+                    let (m, t) = (mine[a], &theirs[b]);
+                    a += 1;
+                    b += 1;
+                    (m.0, m.1, m.2, Some(t.1), Some(t.2))
+                }
+            };
+            if let Some(reg) = my_rec
+                && budget > 0
+                && their_rec.is_none_or(|r| reg.marker > r)
+            {
                 delta.members.push((node.clone(), reg.clone()));
                 budget -= 1;
             }
-        }
-        for (node, reg) in &self.loads {
-            if budget == 0 {
-                break;
-            }
-            if theirs.get(node).is_none_or(|(_, l)| reg.marker > *l) {
+            if let Some(reg) = my_load
+                && budget > 0
+                && their_load.is_none_or(|l| reg.marker > l)
+            {
                 delta.loads.push((node.clone(), reg.clone()));
                 budget -= 1;
             }
-        }
-        for (node, (v, _)) in &self.removed {
-            if theirs.get(node).is_some_and(|(r, l)| r.max(l) <= v) {
-                delta.removed.push((node.clone(), *v));
+            if let (Some(r), Some(l)) = (their_rec, their_load)
+                && want.len() < max_entries
+                && !self.tombstoned(node, r.max(l))
+                && (my_rec.is_none_or(|m| m.marker < r) || my_load.is_none_or(|m| m.marker < l))
+            {
+                want.push(node.clone());
             }
         }
-        let want = theirs
-            .iter()
-            .filter(|(node, (r, l))| {
-                !self.tombstoned(node, *r.max(l))
-                    && (self.members.get(*node).is_none_or(|m| m.marker < *r)
-                        || self.loads.get(*node).is_none_or(|m| m.marker < *l))
-            })
-            .map(|(n, _)| (*n).clone())
-            .take(max_entries)
-            .collect();
+        if !self.removed.is_empty() {
+            let theirs: BTreeMap<&NodeId, (Version, Version)> =
+                theirs.iter().map(|(n, r, l)| (n, (*r, *l))).collect();
+            for (node, (v, _)) in &self.removed {
+                if theirs.get(node).is_some_and(|(r, l)| r.max(l) <= v) {
+                    delta.removed.push((node.clone(), *v));
+                }
+            }
+        }
+        let their_owners: BTreeMap<u128, &OwnerMark> =
+            digest.owners.iter().map(|(g, m)| (*g, m)).collect();
         for (graph, reg) in &self.owners {
             if budget == 0 {
                 break;
@@ -489,6 +510,42 @@ impl ClusterState {
             .take(max_entries)
             .collect();
         (delta, want, want_owners)
+    }
+
+    /// Every node with an entry, sorted, with its record and load registers.
+    #[allow(clippy::type_complexity)]
+    fn entries_sorted(
+        &self,
+    ) -> Vec<(
+        &NodeId,
+        Option<&LWWReg<MemberInfo, Version>>,
+        Option<&LWWReg<LoadSummary, Version>>,
+    )> {
+        let mut out = Vec::with_capacity(self.members.len().max(self.loads.len()));
+        let mut m = self.members.iter().peekable();
+        let mut l = self.loads.iter().peekable();
+        loop {
+            match (m.peek(), l.peek()) {
+                (None, None) => return out,
+                (Some((mk, _)), Some((lk, _))) if mk == lk => {
+                    let (k, mr) = m.next().expect("peeked");
+                    let (_, lr) = l.next().expect("peeked");
+                    out.push((k, Some(mr), Some(lr)));
+                }
+                (Some((mk, _)), Some((lk, _))) if mk < lk => {
+                    let (k, mr) = m.next().expect("peeked");
+                    out.push((k, Some(mr), None));
+                }
+                (Some(_), None) => {
+                    let (k, mr) = m.next().expect("peeked");
+                    out.push((k, Some(mr), None));
+                }
+                _ => {
+                    let (k, lr) = l.next().expect("peeked");
+                    out.push((k, None, Some(lr)));
+                }
+            }
+        }
     }
 
     /// The entries of these nodes and graphs (an answer to `want` and `want_owners`).

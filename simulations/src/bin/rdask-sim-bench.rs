@@ -60,24 +60,33 @@ fn measure(n: usize, seed: u64) -> Row {
     let bytes_per_node_period =
         (c.bytes - b0) as f64 / n as f64 / ((c.now() - t0) as f64 / period as f64);
 
-    // A join known to all.
-    let newcomer = c.add_node();
-    c.apply(&Op::Start(newcomer));
-    let via = rng.random_range(0..n);
-    c.apply(&Op::Join(newcomer, via));
-    let join_periods = periods_until(&mut c, period, 400, |c| {
-        (0..c.len())
-            .filter(|&i| i != newcomer && c.running(i))
-            .all(|i| c.sees(i, newcomer))
-    });
-
-    // A leave known to all.
-    c.apply(&Op::Leave(newcomer));
-    let leave_periods = periods_until(&mut c, period, 400, |c| {
-        (0..c.len())
-            .filter(|&i| c.running(i))
-            .all(|i| !c.sees(i, newcomer))
-    });
+    // Joins and leaves known to all (means over five newcomers).
+    let (mut join_sum, mut leave_sum) = (0.0, 0.0);
+    let samples = 5;
+    for _ in 0..samples {
+        let newcomer = c.add_node();
+        c.apply(&Op::Start(newcomer));
+        let via = loop {
+            let v = rng.random_range(0..c.len());
+            if c.running(v) && v != newcomer {
+                break v;
+            }
+        };
+        c.apply(&Op::Join(newcomer, via));
+        join_sum += periods_until(&mut c, period, 400, |c| {
+            (0..c.len())
+                .filter(|&i| i != newcomer && c.running(i))
+                .all(|i| c.sees(i, newcomer))
+        });
+        c.apply(&Op::Leave(newcomer));
+        leave_sum += periods_until(&mut c, period, 400, |c| {
+            (0..c.len())
+                .filter(|&i| c.running(i))
+                .all(|i| !c.sees(i, newcomer))
+        });
+    }
+    let join_periods = join_sum / samples as f64;
+    let leave_periods = leave_sum / samples as f64;
 
     // Crashes, one after the other: first failed probe (SWIM's detection), declared down by
     // someone, and known to all.
@@ -85,7 +94,7 @@ fn measure(n: usize, seed: u64) -> Row {
     let crashes = 5;
     for _ in 0..crashes {
         let victim = loop {
-            let v = rng.random_range(1..n);
+            let v = rng.random_range(1..c.len());
             if c.running(v) {
                 break v;
             }
@@ -183,7 +192,7 @@ fn main() {
         );
     }
     println!(
-        "periods are protocol periods (1 s of virtual time), means over 5 crashes; crash:probe = first \
+        "periods are protocol periods (1 s of virtual time), means over 5 joins, leaves and crashes; crash:probe = first \
          failed probe of the dead node (SWIM's detection), crash:down = first node to declare it \
          down (after the suspicion timeout), crash:all = every node; FP‰: live nodes declared down \
          per 1,000 node-periods"
