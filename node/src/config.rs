@@ -34,6 +34,11 @@ pub struct Cli {
     #[arg(long, env = "RDASK_ADVERTISE")]
     pub advertise: Option<Multiaddr>,
 
+    /// The cluster size the failure detector is tuned for: suspicion lasts longer in larger
+    /// clusters (fewer false alarms), shorter in small ones (faster detection).
+    #[arg(long, env = "RDASK_CLUSTER_SIZE", default_value_t = 16)]
+    pub cluster_size: u32,
+
     /// Threads that run task functions [default: the machine's cores].
     #[arg(long, env = "RDASK_NTHREADS")]
     pub nthreads: Option<usize>,
@@ -66,6 +71,8 @@ pub struct NodeConfig {
     pub join: Vec<Multiaddr>,
     /// The address advertised to other nodes.
     pub advertise: Option<Multiaddr>,
+    /// The cluster size the failure detector is tuned for.
+    pub cluster_size: u32,
     /// Threads of the task pool.
     pub nthreads: usize,
     /// The identity file, if any.
@@ -81,6 +88,7 @@ impl NodeConfig {
             listen: Vec::new(),
             join: Vec::new(),
             advertise: None,
+            cluster_size: 16,
             nthreads,
             identity: None,
             max_frame: DEFAULT_MAX_FRAME,
@@ -106,6 +114,7 @@ impl Cli {
             listen: self.listen,
             join: self.join,
             advertise: self.advertise,
+            cluster_size: self.cluster_size.max(1),
             nthreads: self.nthreads.unwrap_or_else(default_threads),
             identity: self.identity,
             max_frame: self.max_frame_bytes,

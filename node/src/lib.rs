@@ -333,7 +333,7 @@ pub async fn start(
                 nthreads,
                 registry,
             ),
-            config: rdask_gossip::GossipConfig::lan(16),
+            config: rdask_gossip::GossipConfig::lan(config.cluster_size),
             seed: rand_seed(),
             send: Box::new(move |to, data| {
                 let _ = gossip_tx.send((to, data));
