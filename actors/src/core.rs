@@ -99,6 +99,8 @@ struct Task {
     waiters: Vec<RequestId>,
     /// Nobody needs the value any more: drop it when the running function returns.
     cancelled: bool,
+    /// Position in the node's run order: lower runs first.
+    priority: u64,
     state: State,
 }
 
@@ -137,7 +139,6 @@ pub struct NodeCore {
     index: FxHashMap<Key, TaskId>,
     /// Ready tasks by (priority, slot, generation); stale entries are skipped when popped.
     ready: BinaryHeap<Reverse<(u64, u32, u32)>>,
-    priorities: FxHashMap<TaskId, u64>,
     graphs: FxHashMap<GraphId, u64>,
     graph_order: VecDeque<GraphId>,
     waiters: FxHashMap<RequestId, Waiter>,
@@ -164,7 +165,6 @@ impl NodeCore {
             free: Vec::new(),
             index: FxHashMap::default(),
             ready: BinaryHeap::new(),
-            priorities: FxHashMap::default(),
             graphs: FxHashMap::default(),
             graph_order: VecDeque::new(),
             waiters: FxHashMap::default(),
@@ -448,6 +448,7 @@ impl NodeCore {
             client_refs: 0,
             waiters: Vec::new(),
             cancelled: false,
+            priority,
             state: State::Waiting,
         });
         self.unfinished += 1;
@@ -455,16 +456,15 @@ impl NodeCore {
             return Some((id, e));
         }
         if waiting_on == 0 {
-            self.make_ready(id, priority);
-        } else {
-            self.priorities.insert(id, priority);
+            self.make_ready(id);
         }
         None
     }
 
-    fn make_ready(&mut self, id: TaskId, priority: u64) {
+    fn make_ready(&mut self, id: TaskId) {
         if let Some(t) = self.task_mut(id) {
             t.state = State::Ready;
+            let priority = t.priority;
             self.ready.push(Reverse((priority, id.idx, id.generation)));
         }
     }
@@ -482,7 +482,8 @@ impl NodeCore {
             }
             let dependents = std::mem::take(&mut task.dependents);
             let waiters = std::mem::take(&mut task.waiters);
-            let deps = task.deps.clone();
+            // A finished task no longer needs its inputs' ids.
+            let deps = std::mem::take(&mut task.deps);
             let error = match outcome {
                 Ok(bytes) => {
                     let len = bytes.len() as u64;
@@ -504,8 +505,7 @@ impl NodeCore {
                         {
                             dt.waiting_on -= 1;
                             if dt.waiting_on == 0 {
-                                let p = self.priorities.remove(&d).unwrap_or(0);
-                                self.make_ready(d, p);
+                                self.make_ready(d);
                             }
                         }
                     }
@@ -517,10 +517,6 @@ impl NodeCore {
                 }
             }
             self.unfinished -= 1;
-            self.priorities.remove(&id);
-            if let Some(t) = self.task_mut(id) {
-                t.dependents = dependents;
-            }
             for w in waiters {
                 self.waiter_progress(w);
             }
@@ -582,7 +578,6 @@ impl NodeCore {
         let Some(task) = slot.task.take() else { return };
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(id.idx);
-        self.priorities.remove(&id);
         if let State::Memory(b) = &task.state {
             self.stored -= 1;
             self.memory_used -= b.len() as u64;

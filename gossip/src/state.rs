@@ -168,27 +168,21 @@ impl ClusterState {
             self.set_info(info);
         }
         if let Some(load) = self.loads.get(&self.me).map(|r| r.val) {
-            let v = self.next_version();
-            self.loads.insert(
-                self.me.clone(),
-                LWWReg {
-                    val: load,
-                    marker: v,
-                },
-            );
+            self.write_load(load);
         }
+    }
+
+    fn write_load(&mut self, load: LoadSummary) {
+        let marker = self.next_version();
+        self.loads
+            .insert(self.me.clone(), LWWReg { val: load, marker });
     }
 
     /// Publishes a new record of this node.
     pub fn set_info(&mut self, info: MemberInfo) {
-        let v = self.next_version();
-        self.members.insert(
-            self.me.clone(),
-            LWWReg {
-                val: info,
-                marker: v,
-            },
-        );
+        let marker = self.next_version();
+        self.members
+            .insert(self.me.clone(), LWWReg { val: info, marker });
     }
 
     /// Publishes this node's load, if it changed.
@@ -196,14 +190,7 @@ impl ClusterState {
         if self.loads.get(&self.me).is_some_and(|r| r.val == load) {
             return;
         }
-        let v = self.next_version();
-        self.loads.insert(
-            self.me.clone(),
-            LWWReg {
-                val: load,
-                marker: v,
-            },
-        );
+        self.write_load(load);
     }
 
     /// The member records, by node.

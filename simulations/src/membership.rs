@@ -105,6 +105,22 @@ struct Node {
     clock_offset_ms: u64,
 }
 
+impl Node {
+    /// Node `i` of a run seeded with `seed`, not started; its clock is off by up to an hour.
+    fn new(seed: u64, i: usize) -> Node {
+        Node {
+            core: None,
+            peer: Peer {
+                node: NodeId(format!("n{i}").into()),
+                addr: format!("/sim/{i}").into(),
+                generation: 0,
+            },
+            life: 0,
+            clock_offset_ms: mix(seed ^ i as u64) % 3_600_000,
+        }
+    }
+}
+
 /// A cluster of simulated nodes.
 pub struct Cluster {
     rng: StdRng,
@@ -147,18 +163,7 @@ impl Cluster {
     /// `n` nodes (not started), one seed for everything.
     pub fn new(seed: u64, n: usize, net: NetConfig) -> Cluster {
         let config = GossipConfig::lan(n as u32);
-        let nodes = (0..n)
-            .map(|i| Node {
-                core: None,
-                peer: Peer {
-                    node: NodeId(format!("n{i}").into()),
-                    addr: format!("/sim/{i}").into(),
-                    generation: 0,
-                },
-                life: 0,
-                clock_offset_ms: mix(seed ^ i as u64) % 3_600_000,
-            })
-            .collect();
+        let nodes = (0..n).map(|i| Node::new(seed, i)).collect();
         Cluster {
             rng: StdRng::seed_from_u64(seed),
             seed,
@@ -428,16 +433,7 @@ impl Cluster {
     /// Adds a node (not started) and returns its index.
     pub fn add_node(&mut self) -> usize {
         let i = self.nodes.len();
-        self.nodes.push(Node {
-            core: None,
-            peer: Peer {
-                node: NodeId(format!("n{i}").into()),
-                addr: format!("/sim/{i}").into(),
-                generation: 0,
-            },
-            life: 0,
-            clock_offset_ms: mix(self.seed ^ i as u64) % 3_600_000,
-        });
+        self.nodes.push(Node::new(self.seed, i));
         i
     }
 

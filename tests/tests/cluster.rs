@@ -97,33 +97,21 @@ fn a_restarted_node_with_the_same_identity_rejoins() {
     let key = dir.join("node.key");
     let key = key.to_str().unwrap().to_string();
     let seed = NodeProcess::start(NODE, &["--nthreads", "1"]);
-    let member = NodeProcess::start(
-        NODE,
-        &[
-            "--nthreads",
-            "1",
-            "--identity",
-            &key,
-            "--join",
-            &seed.multiaddr,
-        ],
-    );
+    let args = [
+        "--nthreads",
+        "1",
+        "--identity",
+        &key,
+        "--join",
+        &seed.multiaddr,
+    ];
+    let member = NodeProcess::start(NODE, &args);
     let id = member.peer_id.clone();
     wait_for(&seed.multiaddr, 30, "the member", |v| {
         alive(v).contains(&id)
     });
     drop(member); // SIGKILL
-    let again = NodeProcess::start(
-        NODE,
-        &[
-            "--nthreads",
-            "1",
-            "--identity",
-            &key,
-            "--join",
-            &seed.multiaddr,
-        ],
-    );
+    let again = NodeProcess::start(NODE, &args);
     assert_eq!(again.peer_id, id);
     wait_for(&seed.multiaddr, 60, "the member back", |v| {
         v.iter()
