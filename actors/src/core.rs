@@ -1,4 +1,19 @@
-//! The pure state machine of one node.
+//! The pure state machine of one node: owner of the graphs its clients submit, and worker
+//! for every owner in the cluster.
+//!
+//! - **Owner.** A graph belongs to the node that accepted it. For each of its tasks the
+//!   owner keeps the state (waiting, ready here, running here, placed on a peer, finished
+//!   with its value here and/or on holders, erred), places every task that becomes ready,
+//!   learns completions and answers the client.
+//! - **Worker.** A node runs tasks placed on it by owners (its own ones straight from its
+//!   owner role, other owners' through [`PeerMsg::Assign`]), fetches their inputs from the
+//!   holders, keeps their results until the owner releases them, and serves them to peers.
+//! - **Stealing.** An idle node asks a loaded peer for work; the victim hands over up to
+//!   half of its queued, not-started tasks worth moving and tells their owners where they
+//!   went.
+//!
+//! Messages between nodes are idempotent and the owner retries what is not answered, so a
+//! lost, late, duplicated or reordered message never loses a task nor runs one twice.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -6,21 +21,51 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rdask_gossip::LoadSummary;
+use rdask_gossip::{LoadSummary, NodeId};
 use rdask_graph::{
     Arg, Graph, GraphError, GraphId, Key, Registry, TaskEntry, TaskError, TaskErrorKind,
     TaskFailure,
 };
 use rustc_hash::{FxHashMap, FxHasher};
 
-use crate::protocol::{ClientResponse, GraphSubmission, KeyResult, SubmitOutcome};
+use crate::protocol::{
+    AssignArg, Assignment, ClientResponse, GraphSubmission, KeyResult, LoadHint, PeerBatch,
+    PeerMsg, SubmitOutcome,
+};
 
 /// How many graph ids a node remembers to recognise resubmissions.
 const REMEMBERED_GRAPHS: usize = 65_536;
 /// Queued work per thread the core aims to keep handed to the pool, in nanoseconds of
 /// estimated run time: enough to keep threads busy between two turns of the node's loop,
-/// little enough that priorities still matter and that later work stealing finds work.
+/// little enough that priorities still matter and that thieves find work.
 const TARGET_QUEUED_NS: f64 = 1_000_000.0;
+/// How long an owner waits for news of a task placed on a peer before it sends the
+/// assignment again (doubling up to [`MAX_RETRY_MS`]).
+const RETRY_MS: u64 = 2_000;
+const MAX_RETRY_MS: u64 = 32_000;
+/// How long a fetch waits for its data before it asks again (another holder if any).
+const FETCH_RETRY_MS: u64 = 2_000;
+/// How long a worker remembers tasks it released, handed away or saw fail, so that a late
+/// or repeated assignment is recognised.
+const TOMBSTONE_MS: u64 = 120_000;
+/// How long a thief waits for the answer to a steal request.
+const STEAL_TIMEOUT_MS: u64 = 1_000;
+/// Longest pause between steal attempts of an idle node that found nothing.
+const MAX_STEAL_BACKOFF_MS: u64 = 100;
+/// How long after its last task an idle node probes random peers for work.
+const PROBE_WINDOW_MS: u64 = 1_000;
+/// Empty answers to steal requests after which an idle node slows down.
+const STEAL_PROBES: u32 = 4;
+/// Run time assumed for a task prefix never measured.
+const DEFAULT_TASK_NS: f64 = 1_000_000.0;
+/// Cost of moving a task to another node, in nanoseconds, beside its input bytes.
+const MOVE_COST_NS: f64 = 200_000.0;
+/// Bytes per nanosecond assumed for moving inputs between nodes (1 GB/s).
+const BYTES_PER_NS: f64 = 1.0;
+/// Inputs at least this large pin a task to their holder, however busy.
+const HEAVY_INPUT_BYTES: u64 = 1 << 20;
+/// Bit of [`TaskId::idx`] marking a task run for another owner.
+const FOREIGN: u32 = 1 << 31;
 
 /// Identifies a client request whose reply the core may produce later.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -32,6 +77,15 @@ pub struct RequestId(pub u64);
 pub struct TaskId {
     idx: u32,
     generation: u32,
+}
+
+impl TaskId {
+    fn foreign(self) -> bool {
+        self.idx & FOREIGN != 0
+    }
+    fn slot(self) -> usize {
+        (self.idx & !FOREIGN) as usize
+    }
 }
 
 /// A task the core started: to be run by the pool, which answers with a [`TaskDone`].
@@ -58,6 +112,42 @@ pub struct TaskDone {
     pub elapsed_ns: u64,
 }
 
+/// What the shell knows of one member of the cluster (from the gossiped state).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerUpdate {
+    /// The member.
+    pub node: NodeId,
+    /// Threads of its pool.
+    pub nthreads: u32,
+    /// Digest of its task functions: tasks are placed only where the functions are.
+    pub functions_digest: u64,
+    /// Whether membership considers it alive.
+    pub alive: bool,
+    /// Its load as last gossiped.
+    pub load: LoadSummary,
+}
+
+/// Counters of what the core did, for tests, simulations and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Tasks that ran here (for any owner).
+    pub tasks_run: u64,
+    /// Tasks of this node's graphs placed on a peer.
+    pub placed_remote: u64,
+    /// Steal requests sent.
+    pub steal_requests: u64,
+    /// Tasks received from victims.
+    pub stolen: u64,
+    /// Tasks handed to thieves.
+    pub given: u64,
+    /// Values fetched from peers.
+    pub fetched: u64,
+    /// Bytes of values fetched from peers.
+    pub fetched_bytes: u64,
+    /// Assignments sent again after no news.
+    pub retries: u64,
+}
+
 enum ArgSlot {
     Value(Bytes),
     Dep(TaskId),
@@ -66,19 +156,33 @@ enum ArgSlot {
 enum State {
     /// Some dependency is not finished.
     Waiting,
-    /// All dependencies are in memory; in the ready queue.
+    /// Placed here; some inputs are being fetched from peers (`waiting_on` counts them).
+    Fetching,
+    /// All inputs are here; in the ready queue.
     Ready,
     /// Handed to the pool.
     Running,
-    /// Finished with a value.
-    Memory(Bytes),
+    /// Placed on a peer (or moved there by stealing); no news yet. `hops` counts the
+    /// hand-overs the owner knows of.
+    Remote {
+        node: u32,
+        due_ms: u64,
+        tries: u32,
+        hops: u32,
+    },
+    /// Finished with a value: a copy here and/or on remote holders.
+    Memory {
+        value: Option<Bytes>,
+        holders: Vec<u32>,
+        size: u64,
+    },
     /// Finished with an error (its own or a dependency's).
     Erred(Arc<TaskError>),
 }
 
 impl State {
     fn finished(&self) -> bool {
-        matches!(self, State::Memory(_) | State::Erred(_))
+        matches!(self, State::Memory { .. } | State::Erred(_))
     }
 }
 
@@ -89,7 +193,7 @@ struct Task {
     /// Distinct dependencies.
     deps: Vec<TaskId>,
     dependents: Vec<TaskId>,
-    /// Dependencies not yet in memory.
+    /// Dependencies not yet finished (then: inputs not yet fetched).
     waiting_on: u32,
     /// Dependents not yet finished: the value must stay while this is above zero.
     pending_dependents: u32,
@@ -101,12 +205,14 @@ struct Task {
     cancelled: bool,
     /// Position in the node's run order: lower runs first.
     priority: u64,
+    /// Hand-overs so far (see [`Assignment::hops`]).
+    hops: u32,
     state: State,
 }
 
-struct Slot {
+struct Slot<T> {
     generation: u32,
-    task: Option<Task>,
+    item: Option<T>,
 }
 
 struct Waiter {
@@ -114,40 +220,145 @@ struct Waiter {
     remaining: u32,
 }
 
-type Outcome = Result<Bytes, Arc<TaskError>>;
+type Outcome = Result<(Option<Bytes>, Vec<u32>, u64), Arc<TaskError>>;
 
-/// The state machine of one node: graphs in, tasks to run out, results stored and served.
+/// A task of another owner, run here.
+struct Foreign {
+    owner: u32,
+    key: Key,
+    entry: &'static TaskEntry,
+    args: Vec<ForeignArg>,
+    missing: u32,
+    priority: u64,
+    hops: u32,
+    state: ForeignState,
+    cancelled: bool,
+}
+
+enum ForeignArg {
+    Value(Bytes),
+    Input {
+        key: Key,
+        size: u64,
+        holders: Vec<u32>,
+        value: Option<Bytes>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ForeignState {
+    Fetching,
+    Queued,
+    Running,
+}
+
+/// What a worker remembers of a task of another owner that is no longer here.
+enum Gone {
+    Released,
+    Moved(u32, u32),
+    Erred(TaskError),
+}
+
+/// Who waits for a fetched value.
+#[derive(Clone, Copy)]
+enum FetchWaiter {
+    /// A task of this node's graphs placed here.
+    Own(TaskId),
+    /// A gather request of this node's client.
+    Gather(RequestId),
+    /// Argument `usize` of a task of another owner.
+    Foreign(TaskId, u32),
+}
+
+struct Fetch {
+    holders: Vec<u32>,
+    next: usize,
+    due_ms: u64,
+    waiters: Vec<FetchWaiter>,
+}
+
+/// What this node knows of a peer (index 0 is the node itself).
+struct Peer {
+    node: NodeId,
+    nthreads: u32,
+    eligible: bool,
+    alive: bool,
+    /// Queued + running at its last report (batch or gossip).
+    reported: u64,
+    /// Its stealable queue at its last report.
+    queued: u64,
+    /// Tasks this node assigned to it since that report.
+    assigned_since: u64,
+    outbox: Vec<PeerMsg>,
+}
+
+/// The state machine of one node: graphs in, tasks to run and messages to peers out,
+/// results stored and served.
 ///
 /// Driving it (what [`crate::NodeActor`] does, and what a simulator does):
 ///
 /// 1. feed one input: [`NodeCore::handle_submit`], [`NodeCore::handle_gather`],
-///    [`NodeCore::handle_release`], [`NodeCore::handle_task_done`] or
-///    [`NodeCore::handle_wait_expired`];
+///    [`NodeCore::handle_release`], [`NodeCore::handle_task_done`],
+///    [`NodeCore::handle_wait_expired`], [`NodeCore::handle_peer`] (a batch from another
+///    node), [`NodeCore::handle_members`] (the cluster as gossiped) or
+///    [`NodeCore::handle_tick`] (the clock, a few tens of times per second);
 /// 2. drain the outputs in this order: [`NodeCore::take_replies`] (answers to requests),
-///    [`NodeCore::take_jobs`] (tasks to start; this is also when ready tasks are chosen),
+///    [`NodeCore::take_jobs`] (tasks to start; this is also when ready tasks are chosen and
+///    an idle node asks for work), [`NodeCore::take_sends`] (batches for peers),
 ///    [`NodeCore::take_timers`] (wake-ups to schedule: call `handle_wait_expired` when one
 ///    fires).
 ///
-/// Nothing in it reads a clock, draws randomness or does I/O; iteration orders are
+/// Nothing in it reads a clock, draws unseeded randomness or does I/O; iteration orders are
 /// deterministic, so the same inputs give the same outputs.
 pub struct NodeCore {
     node: Arc<str>,
     registry: &'static Registry,
     nthreads: u32,
-    slots: Vec<Slot>,
+    slots: Vec<Slot<Task>>,
     free: Vec<u32>,
     index: FxHashMap<Key, TaskId>,
-    /// Ready tasks by (priority, slot, generation); stale entries are skipped when popped.
+    /// Ready tasks by (priority, task id); stale entries are skipped when popped.
     ready: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    /// Live entries of `ready`.
+    ready_count: u32,
     graphs: FxHashMap<GraphId, u64>,
     graph_order: VecDeque<GraphId>,
     waiters: FxHashMap<RequestId, Waiter>,
     next_priority: u64,
     in_flight: u32,
     avg_ns: Option<f64>,
+    prefix_ns: FxHashMap<Box<str>, f64>,
     unfinished: u64,
     stored: u64,
     memory_used: u64,
+
+    // worker role
+    foreign: Vec<Slot<Foreign>>,
+    foreign_free: Vec<u32>,
+    foreign_index: FxHashMap<(u32, Key), TaskId>,
+    foreign_pending: u64,
+    held: FxHashMap<(u32, Key), Bytes>,
+    gone: FxHashMap<(u32, Key), (Gone, u64)>,
+    gone_order: VecDeque<(u64, u32, Key)>,
+    fetches: FxHashMap<(u32, Key), Fetch>,
+
+    // the cluster
+    peers: Vec<Peer>,
+    peer_index: FxHashMap<NodeId, u32>,
+    /// Peers that may run tasks (eligible and alive), this node first.
+    candidates: Vec<u32>,
+    dirty: Vec<u32>,
+    retry: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    rng: u64,
+    now_ms: u64,
+    steal_due_ms: u64,
+    steal_backoff_ms: u64,
+    steal_pending: Option<u64>,
+    steal_misses: u32,
+    /// When this node last started a task.
+    last_work_ms: u64,
+    stats: CoreStats,
+
     replies: Vec<(RequestId, ClientResponse)>,
     jobs: Vec<Job>,
     timers: Vec<(RequestId, u32)>,
@@ -155,47 +366,99 @@ pub struct NodeCore {
 
 impl NodeCore {
     /// A core for the node named `node`, running functions of `registry` on `nthreads`
-    /// threads.
+    /// threads. Alone until [`NodeCore::handle_members`] tells it of peers.
     pub fn new(node: &str, registry: &'static Registry, nthreads: u32) -> NodeCore {
+        let me = NodeId(Arc::from(node));
+        let mut seed = FxHasher::default();
+        node.hash(&mut seed);
+        let mut peer_index = FxHashMap::default();
+        peer_index.insert(me.clone(), 0);
         NodeCore {
-            node: Arc::from(node),
+            node: me.0.clone(),
             registry,
             nthreads: nthreads.max(1),
             slots: Vec::new(),
             free: Vec::new(),
             index: FxHashMap::default(),
             ready: BinaryHeap::new(),
+            ready_count: 0,
             graphs: FxHashMap::default(),
             graph_order: VecDeque::new(),
             waiters: FxHashMap::default(),
             next_priority: 0,
             in_flight: 0,
             avg_ns: None,
+            prefix_ns: FxHashMap::default(),
             unfinished: 0,
             stored: 0,
             memory_used: 0,
+            foreign: Vec::new(),
+            foreign_free: Vec::new(),
+            foreign_index: FxHashMap::default(),
+            foreign_pending: 0,
+            held: FxHashMap::default(),
+            gone: FxHashMap::default(),
+            gone_order: VecDeque::new(),
+            fetches: FxHashMap::default(),
+            peers: vec![Peer {
+                node: me,
+                nthreads: nthreads.max(1),
+                eligible: true,
+                alive: true,
+                reported: 0,
+                queued: 0,
+                assigned_since: 0,
+                outbox: Vec::new(),
+            }],
+            peer_index,
+            candidates: vec![0],
+            dirty: Vec::new(),
+            retry: BinaryHeap::new(),
+            rng: seed.finish() | 1,
+            now_ms: 0,
+            steal_due_ms: 0,
+            steal_backoff_ms: 0,
+            steal_pending: None,
+            steal_misses: 0,
+            last_work_ms: 0,
+            stats: CoreStats::default(),
             replies: Vec::new(),
             jobs: Vec::new(),
             timers: Vec::new(),
         }
     }
 
+    /// The node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// The node's current load.
     pub fn load(&self) -> LoadSummary {
         LoadSummary {
-            queued: self.unfinished - u64::from(self.in_flight),
+            queued: u64::from(self.ready_count),
             running: u64::from(self.in_flight),
             stored: self.stored,
             memory_used: self.memory_used,
         }
     }
 
-    /// Number of keys the node tracks (unfinished tasks and stored results).
+    /// Number of keys the node tracks (unfinished tasks and stored results of its graphs).
     pub fn tracked_keys(&self) -> usize {
         self.index.len()
     }
 
-    // ----- inputs -------------------------------------------------------------------
+    /// Results of other owners' graphs held here, and tasks of theirs not finished.
+    pub fn foreign_keys(&self) -> (usize, u64) {
+        (self.held.len(), self.foreign_pending)
+    }
+
+    /// What the core did so far.
+    pub fn stats(&self) -> CoreStats {
+        self.stats
+    }
+
+    // ----- inputs: the client -------------------------------------------------------
 
     /// Graphs from a client, in order. Replies `Submitted` with one outcome per graph.
     pub fn handle_submit(&mut self, request: RequestId, graphs: Vec<GraphSubmission>) {
@@ -210,16 +473,26 @@ impl NodeCore {
             .push((request, ClientResponse::Submitted(outcomes)));
     }
 
-    /// The client wants the results of `keys`: replied when all are finished, at once when
-    /// `wait_ms` is 0, otherwise after a timer of `wait_ms` (see [`NodeCore::take_timers`]).
+    /// The client wants the results of `keys`: replied when all are finished (and their
+    /// values fetched here from their holders), at once when `wait_ms` is 0, otherwise after
+    /// a timer of `wait_ms` (see [`NodeCore::take_timers`]).
     pub fn handle_gather(&mut self, request: RequestId, keys: Vec<Key>, wait_ms: u32) {
         let ids: Vec<Option<TaskId>> = keys.iter().map(|k| self.index.get(k).copied()).collect();
-        let mut remaining = 0;
+        let mut unfinished = Vec::new();
+        let mut remote = Vec::new();
         for id in ids.iter().flatten() {
-            if let Some(t) = self.task(*id)
-                && !t.state.finished()
-            {
-                remaining += 1;
+            if let Some(t) = self.task(*id) {
+                match &t.state {
+                    State::Memory { value: None, .. } => remote.push(*id),
+                    s if !s.finished() => unfinished.push(*id),
+                    _ => {}
+                }
+            }
+        }
+        let remaining = (unfinished.len() + remote.len()) as u32;
+        if remaining > 0 {
+            for id in &remote {
+                self.fetch_own(*id, FetchWaiter::Gather(request));
             }
         }
         if remaining == 0 || wait_ms == 0 {
@@ -228,10 +501,8 @@ impl NodeCore {
                 .push((request, ClientResponse::Results(results)));
             return;
         }
-        for id in ids.iter().flatten() {
-            if let Some(t) = self.task_mut(*id)
-                && !t.state.finished()
-            {
+        for id in unfinished {
+            if let Some(t) = self.task_mut(id) {
                 t.waiters.push(request);
             }
         }
@@ -263,8 +534,14 @@ impl NodeCore {
         self.replies.push((request, ClientResponse::Released));
     }
 
+    // ----- inputs: the pool, the clock, the cluster ----------------------------------
+
     /// The pool finished a task.
     pub fn handle_task_done(&mut self, done: TaskDone) {
+        if done.task.foreign() {
+            self.foreign_done(done);
+            return;
+        }
         let Some(task) = self.task_mut(done.task) else {
             return;
         };
@@ -272,24 +549,199 @@ impl NodeCore {
             return;
         }
         self.in_flight -= 1;
-        let x = done.elapsed_ns as f64;
-        self.avg_ns = Some(match self.avg_ns {
-            None => x,
-            Some(a) => a * 0.9 + x * 0.1,
-        });
+        self.stats.tasks_run += 1;
+        self.measure(done.task, done.elapsed_ns);
         let task = self.task_mut(done.task).expect("checked above");
         if task.cancelled {
             self.remove(done.task);
             return;
         }
         let outcome = match done.result {
-            Ok(v) => Ok(Bytes::from(v)),
+            Ok(v) => {
+                let v = Bytes::from(v);
+                let len = v.len() as u64;
+                Ok((Some(v), Vec::new(), len))
+            }
             Err(f) => {
                 let key = task.key.clone();
                 Err(Arc::new(self.task_error(key, f)))
             }
         };
         self.finish(done.task, outcome);
+    }
+
+    /// The clock: retries what peers did not answer, forgets old tombstones and lets an
+    /// idle node ask for work again. `now_ms` is any monotonic millisecond count.
+    pub fn handle_tick(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        let now = self.now_ms;
+        // Placed tasks with no news.
+        while let Some(&Reverse((due, idx, generation))) = self.retry.peek() {
+            if due > now {
+                break;
+            }
+            self.retry.pop();
+            let id = TaskId { idx, generation };
+            let Some(t) = self.task(id) else { continue };
+            let State::Remote {
+                node,
+                due_ms,
+                tries,
+                hops,
+            } = t.state
+            else {
+                continue;
+            };
+            if due_ms != due {
+                continue;
+            }
+            let tries = tries + 1;
+            let next = now + (RETRY_MS << tries.min(4)).min(MAX_RETRY_MS);
+            self.task_mut(id).expect("exists").state = State::Remote {
+                node,
+                due_ms: next,
+                tries,
+                hops,
+            };
+            self.retry.push(Reverse((next, idx, generation)));
+            self.stats.retries += 1;
+            let a = self.assignment(id);
+            self.send(node, PeerMsg::Assign(a));
+        }
+        // Fetches with no answer.
+        let mut due: Vec<(u32, Key)> = self
+            .fetches
+            .iter()
+            .filter(|(_, f)| f.due_ms <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        due.sort();
+        for k in due {
+            if !self.fetch_needed(&k) {
+                self.fetches.remove(&k);
+                continue;
+            }
+            let f = self.fetches.get_mut(&k).expect("listed");
+            f.next = (f.next + 1) % f.holders.len().max(1);
+            f.due_ms = now + FETCH_RETRY_MS;
+            let to = f.holders.get(f.next).copied();
+            if let Some(to) = to {
+                let owner = self.peers[k.0 as usize].node.clone();
+                self.send(to, PeerMsg::Fetch { owner, key: k.1 });
+            }
+        }
+        // Tombstones.
+        while let Some((at, _, _)) = self.gone_order.front() {
+            if at + TOMBSTONE_MS > now {
+                break;
+            }
+            let (at, owner, key) = self.gone_order.pop_front().expect("peeked");
+            let k = (owner, key);
+            if self.gone.get(&k).is_some_and(|(_, t)| *t == at) {
+                self.gone.remove(&k);
+            }
+        }
+        if let Some(sent) = self.steal_pending
+            && sent + STEAL_TIMEOUT_MS <= now
+        {
+            self.steal_pending = None;
+        }
+    }
+
+    /// The cluster as the gossiped state shows it. Tasks are placed only on live members
+    /// with the same task functions as this node.
+    pub fn handle_members(&mut self, members: &[PeerUpdate]) {
+        let digest = self.registry.digest();
+        for m in members {
+            if m.node.0 == self.node {
+                continue;
+            }
+            let p = self.intern(&m.node);
+            let peer = &mut self.peers[p as usize];
+            peer.nthreads = m.nthreads.max(1);
+            peer.alive = m.alive;
+            peer.eligible = m.functions_digest == digest;
+            if peer.assigned_since == 0 {
+                peer.reported = m.load.queued + m.load.running;
+                peer.queued = m.load.queued;
+            }
+        }
+        self.candidates = (0..self.peers.len() as u32)
+            .filter(|&p| {
+                p == 0 || (self.peers[p as usize].alive && self.peers[p as usize].eligible)
+            })
+            .collect();
+    }
+
+    /// A batch of messages from the peer `from`. Messages that make no sense (unknown
+    /// tasks, unknown functions, stale news) are ignored or answered with an error; none
+    /// panics the node.
+    pub fn handle_peer(&mut self, from: &NodeId, batch: PeerBatch) {
+        if from.0 == self.node {
+            return;
+        }
+        let p = self.intern(from);
+        {
+            let peer = &mut self.peers[p as usize];
+            peer.reported = u64::from(batch.load.queued) + u64::from(batch.load.running);
+            peer.queued = u64::from(batch.load.queued);
+            peer.nthreads = batch.load.nthreads.max(1);
+            peer.assigned_since = 0;
+        }
+        for msg in batch.msgs {
+            match msg {
+                PeerMsg::Assign(a) => self.accept(a, false),
+                PeerMsg::Done {
+                    key,
+                    size,
+                    error,
+                    elapsed_ns,
+                } => self.remote_done(p, key, size, error, elapsed_ns),
+                PeerMsg::Holding { key, .. } => self.holding(p, key),
+                PeerMsg::Moved { key, to, hops } => {
+                    let to = self.intern(&to);
+                    self.moved(key, to, hops);
+                }
+                PeerMsg::Fetch { owner, key } => self.serve(p, owner, key),
+                PeerMsg::Data { owner, key, value } => self.data(p, owner, key, value),
+                PeerMsg::Forgotten { key } => self.forgotten(p, key),
+                PeerMsg::Release { owner, keys } => {
+                    let o = self.intern(&owner);
+                    if o != 0 {
+                        for k in keys {
+                            self.release_foreign(o, k);
+                        }
+                    }
+                }
+                PeerMsg::Steal { want } => self.give(p, want),
+                PeerMsg::Stolen { tasks, busiest } => {
+                    self.steal_pending = None;
+                    if let Some((node, queued)) = busiest {
+                        let b = self.intern(&node);
+                        if b != 0 && self.peers[b as usize].alive {
+                            let peer = &mut self.peers[b as usize];
+                            peer.queued = peer.queued.max(u64::from(queued));
+                        }
+                    }
+                    if tasks.is_empty() {
+                        // Look elsewhere at once a few times, then slow down.
+                        self.steal_misses += 1;
+                        if self.steal_misses > STEAL_PROBES {
+                            self.steal_backoff_ms =
+                                (self.steal_backoff_ms * 2).clamp(10, MAX_STEAL_BACKOFF_MS);
+                            self.steal_due_ms = self.now_ms + self.steal_backoff_ms;
+                        }
+                    } else {
+                        self.steal_misses = 0;
+                        self.steal_backoff_ms = 0;
+                        self.stats.stolen += tasks.len() as u64;
+                    }
+                    for a in tasks {
+                        self.accept(a, true);
+                    }
+                }
+            }
+        }
     }
 
     // ----- outputs ------------------------------------------------------------------
@@ -299,10 +751,33 @@ impl NodeCore {
         std::mem::take(&mut self.replies)
     }
 
-    /// Tasks to start now, highest priority first.
+    /// Tasks to start now, highest priority first. An idle node asks a peer for work here.
     pub fn take_jobs(&mut self) -> Vec<Job> {
         self.dispatch();
+        self.maybe_steal();
         std::mem::take(&mut self.jobs)
+    }
+
+    /// Batches for peers, one per peer with something to say.
+    pub fn take_sends(&mut self) -> Vec<(NodeId, PeerBatch)> {
+        if self.dirty.is_empty() {
+            return Vec::new();
+        }
+        let load = LoadHint {
+            queued: self.ready_count,
+            running: self.in_flight,
+            nthreads: self.nthreads,
+        };
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty
+            .into_iter()
+            .map(|p| {
+                let peer = &mut self.peers[p as usize];
+                let msgs = std::mem::take(&mut peer.outbox);
+                (peer.node.clone(), PeerBatch { load, msgs })
+            })
+            .collect()
     }
 
     /// Timers to set: call [`NodeCore::handle_wait_expired`] with the request after the
@@ -311,22 +786,28 @@ impl NodeCore {
         std::mem::take(&mut self.timers)
     }
 
-    // ----- internals ----------------------------------------------------------------
+    // ----- internals: tasks of this node's graphs -------------------------------------
 
     fn task(&self, id: TaskId) -> Option<&Task> {
-        let slot = self.slots.get(id.idx as usize)?;
+        if id.foreign() {
+            return None;
+        }
+        let slot = self.slots.get(id.slot())?;
         if slot.generation != id.generation {
             return None;
         }
-        slot.task.as_ref()
+        slot.item.as_ref()
     }
 
     fn task_mut(&mut self, id: TaskId) -> Option<&mut Task> {
-        let slot = self.slots.get_mut(id.idx as usize)?;
+        if id.foreign() {
+            return None;
+        }
+        let slot = self.slots.get_mut(id.slot())?;
         if slot.generation != id.generation {
             return None;
         }
-        slot.task.as_mut()
+        slot.item.as_mut()
     }
 
     fn submit(&mut self, g: GraphSubmission) -> Result<(), GraphError> {
@@ -356,12 +837,15 @@ impl NodeCore {
         let valid =
             Graph::new(tasks).validate(|k| self.index.contains_key(k), |f| registry.contains(f))?;
         let mut failed = Vec::new();
+        let mut ready = Vec::new();
         for spec in valid.into_tasks() {
             let entry = registry
                 .get(&spec.function)
                 .expect("validated against the registry");
-            if let Some(f) = self.insert(spec.key, entry, spec.args) {
-                failed.push(f);
+            match self.insert(spec.key, entry, spec.args) {
+                Inserted::Failed(id, e) => failed.push((id, e)),
+                Inserted::Ready(id) => ready.push(id),
+                Inserted::Waiting => {}
             }
         }
         for k in &g.keep {
@@ -376,6 +860,9 @@ impl NodeCore {
         for (id, e) in failed {
             self.finish(id, Err(e));
         }
+        for id in ready {
+            self.place(id);
+        }
         self.graphs.insert(g.id, fingerprint);
         self.graph_order.push_back(g.id);
         if self.graph_order.len() > REMEMBERED_GRAPHS
@@ -386,13 +873,8 @@ impl NodeCore {
         Ok(())
     }
 
-    /// Adds a task; returns it with the error of a failed input, if one had failed.
-    fn insert(
-        &mut self,
-        key: Key,
-        entry: &'static TaskEntry,
-        spec_args: Vec<Arg>,
-    ) -> Option<(TaskId, Arc<TaskError>)> {
+    /// Adds a task.
+    fn insert(&mut self, key: Key, entry: &'static TaskEntry, spec_args: Vec<Arg>) -> Inserted {
         let mut args = Vec::with_capacity(spec_args.len());
         let mut deps = Vec::new();
         for a in spec_args {
@@ -413,7 +895,7 @@ impl NodeCore {
             None => {
                 self.slots.push(Slot {
                     generation: 0,
-                    task: None,
+                    item: None,
                 });
                 (self.slots.len() - 1) as u32
             }
@@ -429,7 +911,7 @@ impl NodeCore {
             dt.dependents.push(id);
             dt.pending_dependents += 1;
             match &dt.state {
-                State::Memory(_) => {}
+                State::Memory { .. } => {}
                 State::Erred(e) => failed = Some(e.clone()),
                 _ => waiting_on += 1,
             }
@@ -437,7 +919,7 @@ impl NodeCore {
         let priority = self.next_priority;
         self.next_priority += 1;
         self.index.insert(key.clone(), id);
-        self.slots[idx as usize].task = Some(Task {
+        self.slots[idx as usize].item = Some(Task {
             key,
             entry,
             args,
@@ -449,16 +931,187 @@ impl NodeCore {
             waiters: Vec::new(),
             cancelled: false,
             priority,
+            hops: 0,
             state: State::Waiting,
         });
         self.unfinished += 1;
-        if let Some(e) = failed {
-            return Some((id, e));
+        match failed {
+            Some(e) => Inserted::Failed(id, e),
+            None if waiting_on == 0 => Inserted::Ready(id),
+            None => Inserted::Waiting,
         }
-        if waiting_on == 0 {
+    }
+
+    /// Chooses where a task whose dependencies are finished runs, and sends it there.
+    fn place(&mut self, id: TaskId) {
+        let target = if self.candidates.len() <= 1 {
+            0
+        } else {
+            self.choose(id)
+        };
+        if target == 0 {
+            self.place_here(id);
+        } else {
+            self.place_remote(id, target);
+        }
+    }
+
+    fn choose(&mut self, id: TaskId) -> u32 {
+        let t = self.task(id).expect("placing a live task");
+        // Bytes of its inputs per holder.
+        let mut bytes: Vec<(u32, u64)> = Vec::new();
+        for d in &t.deps {
+            if let Some(State::Memory {
+                value,
+                holders,
+                size,
+            }) = self.task(*d).map(|t| &t.state)
+            {
+                let here = value.is_some().then_some(0u32);
+                for h in here.into_iter().chain(holders.iter().copied()) {
+                    match bytes.iter_mut().find(|(p, _)| *p == h) {
+                        Some((_, b)) => *b += size,
+                        None => bytes.push((h, *size)),
+                    }
+                }
+            }
+        }
+        let usable = |p: u32| p == 0 || self.candidates.contains(&p);
+        let best = bytes
+            .iter()
+            .filter(|(p, _)| usable(*p))
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+            .copied();
+        if let Some((holder, b)) = best {
+            if b >= HEAVY_INPUT_BYTES || self.has_room(holder) {
+                return holder;
+            }
+        } else if self.has_room(0) {
+            return 0;
+        }
+        // Two random choices over the load; this node wins ties.
+        let n = self.candidates.len() as u64;
+        let ia = self.next_random() % n;
+        let ib = (ia + 1 + self.next_random() % (n - 1)) % n;
+        let (a, b) = (self.candidates[ia as usize], self.candidates[ib as usize]);
+        let (la, lb) = (self.load_per_thread(a), self.load_per_thread(b));
+        if la < lb || (la == lb && a < b) { a } else { b }
+    }
+
+    /// Whether `p` has a thread (by this node's estimate) for one more task.
+    fn has_room(&self, p: u32) -> bool {
+        if p == 0 {
+            self.in_flight + self.ready_count < self.capacity()
+        } else {
+            let peer = &self.peers[p as usize];
+            peer.reported + peer.assigned_since < u64::from(peer.nthreads)
+        }
+    }
+
+    fn load_per_thread(&self, p: u32) -> f64 {
+        if p == 0 {
+            f64::from(self.in_flight + self.ready_count) / f64::from(self.nthreads)
+        } else {
+            let peer = &self.peers[p as usize];
+            (peer.reported + peer.assigned_since) as f64 / f64::from(peer.nthreads)
+        }
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: seeded from the node's name; deterministic.
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Runs a task here: ready now when its inputs are here, otherwise once fetched.
+    fn place_here(&mut self, id: TaskId) {
+        let t = self.task(id).expect("placing a live task");
+        let missing: Vec<TaskId> = t
+            .deps
+            .iter()
+            .copied()
+            .filter(|d| {
+                matches!(
+                    self.task(*d).map(|t| &t.state),
+                    Some(State::Memory { value: None, .. })
+                )
+            })
+            .collect();
+        if missing.is_empty() {
             self.make_ready(id);
+            return;
         }
-        None
+        let t = self.task_mut(id).expect("exists");
+        t.state = State::Fetching;
+        t.waiting_on = missing.len() as u32;
+        for d in missing {
+            self.fetch_own(d, FetchWaiter::Own(id));
+        }
+    }
+
+    fn place_remote(&mut self, id: TaskId, node: u32) {
+        let due_ms = self.now_ms + RETRY_MS;
+        let t = self.task_mut(id).expect("placing a live task");
+        t.hops = t.hops.saturating_add(1);
+        t.state = State::Remote {
+            node,
+            due_ms,
+            tries: 0,
+            hops: t.hops,
+        };
+        self.retry.push(Reverse((due_ms, id.idx, id.generation)));
+        self.peers[node as usize].assigned_since += 1;
+        self.stats.placed_remote += 1;
+        let a = self.assignment(id);
+        self.send(node, PeerMsg::Assign(a));
+    }
+
+    /// The assignment of a task whose inputs are finished.
+    fn assignment(&self, id: TaskId) -> Assignment {
+        let t = self.task(id).expect("assigning a live task");
+        let args = t
+            .args
+            .iter()
+            .map(|a| match a {
+                ArgSlot::Value(b) => AssignArg::Value(b.clone()),
+                ArgSlot::Dep(d) => {
+                    let dt = self.task(*d).expect("inputs of a live task are kept");
+                    let (size, holders) = match &dt.state {
+                        State::Memory {
+                            value,
+                            holders,
+                            size,
+                        } => {
+                            let here = value.is_some().then_some(0u32);
+                            let holders = here
+                                .into_iter()
+                                .chain(holders.iter().copied())
+                                .map(|h| self.peers[h as usize].node.clone())
+                                .collect();
+                            (*size, holders)
+                        }
+                        _ => (0, Vec::new()),
+                    };
+                    AssignArg::Input {
+                        key: dt.key.clone(),
+                        size,
+                        holders,
+                    }
+                }
+            })
+            .collect();
+        Assignment {
+            owner: self.peers[0].node.clone(),
+            key: t.key.clone(),
+            function: Arc::from(t.entry.name),
+            args,
+            priority: t.priority,
+            hops: t.hops,
+        }
     }
 
     fn make_ready(&mut self, id: TaskId) {
@@ -466,10 +1119,11 @@ impl NodeCore {
             t.state = State::Ready;
             let priority = t.priority;
             self.ready.push(Reverse((priority, id.idx, id.generation)));
+            self.ready_count += 1;
         }
     }
 
-    /// Marks a task finished and propagates: dependents become ready or, on error, fail
+    /// Marks a task finished and propagates: dependents are placed or, on error, fail
     /// with the same cause; waiters progress; values nobody needs are dropped.
     fn finish(&mut self, root: TaskId, outcome: Outcome) {
         let mut work = vec![(root, outcome)];
@@ -484,12 +1138,20 @@ impl NodeCore {
             let waiters = std::mem::take(&mut task.waiters);
             // A finished task no longer needs its inputs' ids.
             let deps = std::mem::take(&mut task.deps);
+            let mut remote_only = false;
+            let mut local = None;
             let error = match outcome {
-                Ok(bytes) => {
-                    let len = bytes.len() as u64;
-                    task.state = State::Memory(bytes);
-                    self.stored += 1;
-                    self.memory_used += len;
+                Ok((value, holders, size)) => {
+                    if value.is_some() {
+                        local = Some(size);
+                    } else {
+                        remote_only = true;
+                    }
+                    task.state = State::Memory {
+                        value,
+                        holders,
+                        size,
+                    };
                     None
                 }
                 Err(e) => {
@@ -497,6 +1159,11 @@ impl NodeCore {
                     Some(e)
                 }
             };
+            if let Some(size) = local {
+                self.stored += 1;
+                self.memory_used += size;
+            }
+            self.unfinished -= 1;
             match error {
                 None => {
                     for &d in &dependents {
@@ -505,7 +1172,7 @@ impl NodeCore {
                         {
                             dt.waiting_on -= 1;
                             if dt.waiting_on == 0 {
-                                self.make_ready(d);
+                                self.place(d);
                             }
                         }
                     }
@@ -516,9 +1183,12 @@ impl NodeCore {
                     }
                 }
             }
-            self.unfinished -= 1;
             for w in waiters {
-                self.waiter_progress(w);
+                if remote_only {
+                    self.fetch_own(id, FetchWaiter::Gather(w));
+                } else {
+                    self.waiter_progress(w);
+                }
             }
             for d in deps {
                 if let Some(dt) = self.task_mut(d) {
@@ -530,8 +1200,8 @@ impl NodeCore {
         }
     }
 
-    /// Drops a task nobody needs: a finished one's value is freed, an unfinished one is
-    /// cancelled (and so are inputs only it needed).
+    /// Drops a task nobody needs: a finished one's value is freed (here and on its
+    /// holders), an unfinished one is cancelled (and so are inputs only it needed).
     fn maybe_forget(&mut self, root: TaskId) {
         let mut work = vec![root];
         while let Some(id) = work.pop() {
@@ -540,7 +1210,7 @@ impl NodeCore {
                 continue;
             }
             match t.state {
-                State::Memory(_) | State::Erred(_) => self.remove(id),
+                State::Memory { .. } | State::Erred(_) => self.remove(id),
                 State::Running => {
                     // The function is running: drop its value when it returns. The key is
                     // forgotten now, so a later graph naming it is refused instead of
@@ -554,8 +1224,19 @@ impl NodeCore {
                     self.unfinished -= 1;
                     self.release_inputs(&deps, &mut work);
                 }
-                State::Waiting | State::Ready => {
+                State::Remote { node, .. } => {
                     let deps = t.deps.clone();
+                    let key = t.key.clone();
+                    self.release_at(node, key);
+                    self.unfinished -= 1;
+                    self.remove(id);
+                    self.release_inputs(&deps, &mut work);
+                }
+                State::Waiting | State::Ready | State::Fetching => {
+                    let deps = t.deps.clone();
+                    if matches!(t.state, State::Ready) {
+                        self.ready_count -= 1;
+                    }
                     self.unfinished -= 1;
                     self.remove(id);
                     self.release_inputs(&deps, &mut work);
@@ -574,13 +1255,23 @@ impl NodeCore {
     }
 
     fn remove(&mut self, id: TaskId) {
-        let slot = &mut self.slots[id.idx as usize];
-        let Some(task) = slot.task.take() else { return };
+        let slot = &mut self.slots[id.slot()];
+        let Some(task) = slot.item.take() else { return };
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(id.idx);
-        if let State::Memory(b) = &task.state {
-            self.stored -= 1;
-            self.memory_used -= b.len() as u64;
+        if let State::Memory {
+            value,
+            holders,
+            size,
+        } = &task.state
+        {
+            if value.is_some() {
+                self.stored -= 1;
+                self.memory_used -= size;
+            }
+            for &h in holders {
+                self.release_at(h, task.key.clone());
+            }
         }
         if self.index.get(&task.key) == Some(&id) {
             self.index.remove(&task.key);
@@ -608,7 +1299,7 @@ impl NodeCore {
             .map(|id| match id.and_then(|id| self.task(id)) {
                 None => KeyResult::Unknown,
                 Some(t) => match &t.state {
-                    State::Memory(b) => KeyResult::Value(b.clone()),
+                    State::Memory { value: Some(b), .. } => KeyResult::Value(b.clone()),
                     State::Erred(e) => KeyResult::Error((**e).clone()),
                     _ if t.cancelled => KeyResult::Unknown,
                     _ => KeyResult::Pending,
@@ -634,6 +1325,292 @@ impl NodeCore {
         }
     }
 
+    /// A peer finished (or failed) a task of this node's graphs.
+    fn remote_done(
+        &mut self,
+        from: u32,
+        key: Key,
+        size: u64,
+        error: Option<TaskError>,
+        elapsed_ns: u64,
+    ) {
+        let id = self.index.get(&key).copied();
+        let state = id.and_then(|id| self.task(id)).map(|t| &t.state);
+        match state {
+            Some(State::Remote { node, .. }) => {
+                let node = *node;
+                let id = id.expect("found");
+                self.peers[node as usize].assigned_since =
+                    self.peers[node as usize].assigned_since.saturating_sub(1);
+                self.measure_prefix(key.prefix(), elapsed_ns);
+                let outcome = match error {
+                    None => Ok((None, vec![from], size)),
+                    Some(e) => Err(Arc::new(e)),
+                };
+                self.finish(id, outcome);
+            }
+            Some(State::Memory { holders, .. }) if holders.contains(&from) => {}
+            Some(State::Erred(_)) if error.is_some() => {}
+            _ => {
+                // Nobody here needs it (released, or already computed elsewhere).
+                if error.is_none() {
+                    self.release_at(from, key);
+                }
+            }
+        }
+    }
+
+    /// A peer keeps a copy of a result of this node's graphs.
+    fn holding(&mut self, from: u32, key: Key) {
+        if let Some(&id) = self.index.get(&key)
+            && let Some(t) = self.task_mut(id)
+            && let State::Memory { holders, .. } = &mut t.state
+        {
+            if !holders.contains(&from) {
+                holders.push(from);
+            }
+            return;
+        }
+        self.release_at(from, key);
+    }
+
+    /// A task of this node's graphs was stolen from the node it was placed on.
+    fn moved(&mut self, key: Key, to: u32, hops: u32) {
+        let Some(&id) = self.index.get(&key) else {
+            return;
+        };
+        let now = self.now_ms;
+        let Some(t) = self.task_mut(id) else { return };
+        let State::Remote { hops: known, .. } = t.state else {
+            return;
+        };
+        if hops <= known {
+            return;
+        }
+        t.hops = hops;
+        if to == 0 {
+            // Handed to this node, and that hand-over was lost: nobody runs it.
+            self.place_here(id);
+            return;
+        }
+        let due_ms = now + RETRY_MS;
+        t.state = State::Remote {
+            node: to,
+            due_ms,
+            tries: 0,
+            hops,
+        };
+        self.retry.push(Reverse((due_ms, id.idx, id.generation)));
+    }
+
+    /// Asks a holder for a result of this node's graphs, for `waiter`.
+    fn fetch_own(&mut self, id: TaskId, waiter: FetchWaiter) {
+        let Some(t) = self.task(id) else { return };
+        let State::Memory { holders, .. } = &t.state else {
+            return;
+        };
+        let holders = holders.clone();
+        let key = t.key.clone();
+        self.fetch(0, key, holders, waiter);
+    }
+
+    fn fetch(&mut self, owner: u32, key: Key, mut holders: Vec<u32>, waiter: FetchWaiter) {
+        holders.retain(|&h| h != 0);
+        if owner != 0 && !holders.contains(&owner) {
+            // Last resort: the owner knows more (and says so when the result is forgotten).
+            holders.push(owner);
+        }
+        let k = (owner, key);
+        if let Some(f) = self.fetches.get_mut(&k) {
+            f.waiters.push(waiter);
+            return;
+        }
+        // Prefer a holder other than the owner: owners are busy answering clients.
+        let start = if holders.len() > 1 && holders[0] == owner {
+            1
+        } else {
+            0
+        };
+        let Some(&to) = holders.get(start) else {
+            return;
+        };
+        let owner_id = self.peers[owner as usize].node.clone();
+        self.send(
+            to,
+            PeerMsg::Fetch {
+                owner: owner_id,
+                key: k.1.clone(),
+            },
+        );
+        self.fetches.insert(
+            k,
+            Fetch {
+                holders,
+                next: start,
+                due_ms: self.now_ms + FETCH_RETRY_MS,
+                waiters: vec![waiter],
+            },
+        );
+    }
+
+    /// The owner of a result this node fetches no longer knows it: the tasks of that owner
+    /// waiting for it were released (the release was lost or is late).
+    fn forgotten(&mut self, owner: u32, key: Key) {
+        let Some(f) = self.fetches.remove(&(owner, key)) else {
+            return;
+        };
+        for w in f.waiters {
+            if let FetchWaiter::Foreign(id, _) = w
+                && let Some(t) = self.foreign_ref(id)
+                && t.owner == owner
+            {
+                let key = t.key.clone();
+                self.release_foreign(owner, key);
+            }
+        }
+    }
+
+    /// Whether someone still waits for a fetch (waiters may have been released since).
+    fn fetch_needed(&self, k: &(u32, Key)) -> bool {
+        let Some(f) = self.fetches.get(k) else {
+            return false;
+        };
+        f.waiters.iter().any(|w| match *w {
+            FetchWaiter::Own(id) => self
+                .task(id)
+                .is_some_and(|t| matches!(t.state, State::Fetching)),
+            FetchWaiter::Gather(r) => self.waiters.contains_key(&r),
+            FetchWaiter::Foreign(id, _) => self
+                .foreign_ref(id)
+                .is_some_and(|f| f.state == ForeignState::Fetching),
+        })
+    }
+
+    /// A peer asks for a value held here.
+    fn serve(&mut self, from: u32, owner: NodeId, key: Key) {
+        let value = if owner.0 == self.node {
+            match self.index.get(&key).and_then(|id| self.task(*id)) {
+                Some(Task {
+                    state: State::Memory { value, .. },
+                    ..
+                }) => value.clone(),
+                Some(_) => None,
+                None => {
+                    self.send(from, PeerMsg::Forgotten { key });
+                    return;
+                }
+            }
+        } else {
+            let o = self.intern(&owner);
+            self.held.get(&(o, key.clone())).cloned()
+        };
+        self.send(from, PeerMsg::Data { owner, key, value });
+    }
+
+    /// A value (or the news that the peer has none) arrived.
+    fn data(&mut self, from: u32, owner: NodeId, key: Key, value: Option<Bytes>) {
+        let o = self.intern(&owner);
+        let k = (o, key);
+        let Some(value) = value else {
+            if !self.fetch_needed(&k) {
+                self.fetches.remove(&k);
+                return;
+            }
+            // Ask the next holder.
+            if let Some(f) = self.fetches.get_mut(&k)
+                && f.holders.get(f.next) == Some(&from)
+            {
+                f.next = (f.next + 1) % f.holders.len().max(1);
+                f.due_ms = self.now_ms + FETCH_RETRY_MS;
+                let to = f.holders[f.next];
+                if to != from {
+                    self.send(
+                        to,
+                        PeerMsg::Fetch {
+                            owner,
+                            key: k.1.clone(),
+                        },
+                    );
+                }
+            }
+            return;
+        };
+        let Some(f) = self.fetches.remove(&k) else {
+            return;
+        };
+        self.stats.fetched += 1;
+        self.stats.fetched_bytes += value.len() as u64;
+        let (o, key) = k;
+        if o == 0 {
+            if let Some(&id) = self.index.get(&key)
+                && let Some(t) = self.task_mut(id)
+                && let State::Memory {
+                    value: v @ None, ..
+                } = &mut t.state
+            {
+                let len = value.len() as u64;
+                *v = Some(value.clone());
+                self.stored += 1;
+                self.memory_used += len;
+            }
+        } else {
+            self.keep_foreign(o, key.clone(), value.clone());
+        }
+        for w in f.waiters {
+            match w {
+                FetchWaiter::Gather(r) => self.waiter_progress(r),
+                FetchWaiter::Own(id) => {
+                    if let Some(t) = self.task_mut(id)
+                        && matches!(t.state, State::Fetching)
+                    {
+                        t.waiting_on -= 1;
+                        if t.waiting_on == 0 {
+                            self.make_ready(id);
+                        }
+                    }
+                }
+                FetchWaiter::Foreign(id, i) => self.foreign_input(id, i, &value),
+            }
+        }
+    }
+
+    fn measure(&mut self, id: TaskId, elapsed_ns: u64) {
+        let x = elapsed_ns as f64;
+        self.avg_ns = Some(match self.avg_ns {
+            None => x,
+            Some(a) => a * 0.9 + x * 0.1,
+        });
+        if self.peers.len() <= 1 {
+            return;
+        }
+        let key = if id.foreign() {
+            self.foreign_ref(id).map(|f| f.key.clone())
+        } else {
+            self.task(id).map(|t| t.key.clone())
+        };
+        if let Some(k) = key {
+            self.measure_prefix(k.prefix(), elapsed_ns);
+        }
+    }
+
+    fn measure_prefix(&mut self, prefix: &str, elapsed_ns: u64) {
+        let x = elapsed_ns as f64;
+        match self.prefix_ns.get_mut(prefix) {
+            Some(a) => *a = *a * 0.8 + x * 0.2,
+            None => {
+                self.prefix_ns.insert(prefix.into(), x);
+            }
+        }
+    }
+
+    fn estimate_ns(&self, key: &Key) -> f64 {
+        self.prefix_ns
+            .get(key.prefix())
+            .copied()
+            .or(self.avg_ns)
+            .unwrap_or(DEFAULT_TASK_NS)
+    }
+
     /// How many tasks the pool should hold at once: the threads, plus enough queued work
     /// (by the measured average run time) to keep them busy between turns of the loop.
     fn capacity(&self) -> u32 {
@@ -651,6 +1628,15 @@ impl NodeCore {
                 break;
             };
             let id = TaskId { idx, generation };
+            if id.foreign() {
+                if let Some(job) = self.start_foreign(id) {
+                    self.ready_count -= 1;
+                    self.in_flight += 1;
+                    self.jobs.push(job);
+                    self.last_work_ms = self.now_ms;
+                }
+                continue;
+            }
             let Some(task) = self.task(id) else { continue };
             if !matches!(task.state, State::Ready) {
                 continue;
@@ -661,8 +1647,8 @@ impl NodeCore {
                 .map(|a| match a {
                     ArgSlot::Value(b) => b.clone(),
                     ArgSlot::Dep(d) => match self.task(*d).map(|t| &t.state) {
-                        Some(State::Memory(b)) => b.clone(),
-                        _ => unreachable!("a ready task's inputs are in memory"),
+                        Some(State::Memory { value: Some(b), .. }) => b.clone(),
+                        _ => unreachable!("a ready task's inputs are here"),
                     },
                 })
                 .collect();
@@ -673,10 +1659,600 @@ impl NodeCore {
                 args,
             };
             self.task_mut(id).expect("exists").state = State::Running;
+            self.ready_count -= 1;
             self.in_flight += 1;
             self.jobs.push(job);
+            self.last_work_ms = self.now_ms;
         }
     }
+
+    // ----- internals: the cluster ---------------------------------------------------
+
+    fn intern(&mut self, node: &NodeId) -> u32 {
+        if let Some(&p) = self.peer_index.get(node) {
+            return p;
+        }
+        let p = self.peers.len() as u32;
+        self.peers.push(Peer {
+            node: node.clone(),
+            nthreads: 1,
+            eligible: false,
+            alive: false,
+            reported: 0,
+            queued: 0,
+            assigned_since: 0,
+            outbox: Vec::new(),
+        });
+        self.peer_index.insert(node.clone(), p);
+        p
+    }
+
+    fn send(&mut self, to: u32, msg: PeerMsg) {
+        debug_assert!(to != 0, "a node does not message itself");
+        let peer = &mut self.peers[to as usize];
+        if peer.outbox.is_empty() {
+            self.dirty.push(to);
+        }
+        peer.outbox.push(msg);
+    }
+
+    /// An idle node (free threads, nothing queued) asks a loaded peer for work.
+    fn maybe_steal(&mut self) {
+        if self.candidates.len() <= 1
+            || self.steal_pending.is_some()
+            || self.ready_count > 0
+            || self.in_flight >= self.nthreads
+            || self.steal_due_ms > self.now_ms
+        {
+            return;
+        }
+        // Victims: peers with queued work, chosen at random in proportion to it.
+        let total: u64 = self.candidates[1..]
+            .iter()
+            .map(|&p| self.peers[p as usize].queued)
+            .sum();
+        if total == 0 && self.now_ms > self.last_work_ms + PROBE_WINDOW_MS {
+            // Idle for a while and nobody is known to have work: wait for the gossiped
+            // loads rather than chatter.
+            self.steal_due_ms = self.now_ms + MAX_STEAL_BACKOFF_MS;
+            return;
+        }
+        let victim = if total == 0 {
+            // Nobody is known to have work (what this node heard may be old): probe a
+            // random peer; its answer carries its load.
+            let n = self.candidates.len() as u64 - 1;
+            let i = 1 + (self.next_random() % n) as usize;
+            self.candidates[i]
+        } else {
+            let mut pick = self.next_random() % total;
+            let mut victim = self.candidates[1];
+            for &p in &self.candidates[1..] {
+                let q = self.peers[p as usize].queued;
+                if pick < q {
+                    victim = p;
+                    break;
+                }
+                pick -= q;
+            }
+            victim
+        };
+        // Ask for as much as the victim can spare: it gives half of its queue at most.
+        let want = u32::MAX;
+        self.steal_pending = Some(self.now_ms);
+        self.stats.steal_requests += 1;
+        self.send(victim, PeerMsg::Steal { want });
+    }
+
+    /// A thief asks for work: hand over up to half of the queued, not-started tasks worth
+    /// moving (the last to run here first), and tell their owners.
+    fn give(&mut self, thief: u32, want: u32) {
+        let mut tasks = Vec::new();
+        let stealable = self.ready_count;
+        let busy = self.in_flight >= self.nthreads;
+        let mut n = (stealable / 2).min(want);
+        if n == 0 && stealable > 0 && busy {
+            n = 1;
+        }
+        if n > 0 && self.peers[thief as usize].eligible {
+            let mut all = std::mem::take(&mut self.ready).into_vec();
+            // Highest priority value (last to run) first.
+            all.sort_unstable_by(|a, b| b.cmp(a));
+            let mut keep = Vec::with_capacity(all.len());
+            for Reverse((prio, idx, generation)) in all {
+                let id = TaskId { idx, generation };
+                if tasks.len() as u32 >= n || !self.worth_moving(id) {
+                    keep.push(Reverse((prio, idx, generation)));
+                    continue;
+                }
+                match self.hand_over(id, thief) {
+                    Some(a) => tasks.push(a),
+                    None => continue,
+                }
+            }
+            self.ready = BinaryHeap::from(keep);
+        }
+        self.stats.given += tasks.len() as u64;
+        let busiest = self.candidates[1..]
+            .iter()
+            .filter(|&&p| p != thief)
+            .map(|&p| (self.peers[p as usize].queued, p))
+            .filter(|&(q, _)| q > 0)
+            .max()
+            .map(|(q, p)| {
+                (
+                    self.peers[p as usize].node.clone(),
+                    q.min(u64::from(u32::MAX)) as u32,
+                )
+            });
+        self.send(thief, PeerMsg::Stolen { tasks, busiest });
+    }
+
+    fn worth_moving(&self, id: TaskId) -> bool {
+        let (key, bytes) = if id.foreign() {
+            let Some(f) = self.foreign_ref(id) else {
+                return true;
+            };
+            let bytes = f
+                .args
+                .iter()
+                .map(|a| match a {
+                    ForeignArg::Input { size, .. } => *size,
+                    ForeignArg::Value(_) => 0,
+                })
+                .sum::<u64>();
+            (&f.key, bytes)
+        } else {
+            let Some(t) = self.task(id) else { return true };
+            let bytes = t
+                .deps
+                .iter()
+                .filter_map(|d| match self.task(*d).map(|t| &t.state) {
+                    Some(State::Memory { size, .. }) => Some(*size),
+                    _ => None,
+                })
+                .sum::<u64>();
+            (&t.key, bytes)
+        };
+        self.estimate_ns(key) > MOVE_COST_NS + bytes as f64 / BYTES_PER_NS
+    }
+
+    /// Takes a queued task out of this node's queue for `thief`; `None` for a stale entry.
+    fn hand_over(&mut self, id: TaskId, thief: u32) -> Option<Assignment> {
+        if id.foreign() {
+            let f = self.foreign_ref(id)?;
+            if f.state != ForeignState::Queued {
+                return None;
+            }
+            let owner = f.owner;
+            let key = f.key.clone();
+            let mut a = self.foreign_assignment(id);
+            a.hops = a.hops.saturating_add(1);
+            let hops = a.hops;
+            self.remove_foreign(id);
+            self.ready_count -= 1;
+            self.tombstone(owner, key.clone(), Gone::Moved(thief, hops));
+            if owner != thief {
+                let to = self.peers[thief as usize].node.clone();
+                self.send(owner, PeerMsg::Moved { key, to, hops });
+            }
+            Some(a)
+        } else {
+            let t = self.task(id)?;
+            if !matches!(t.state, State::Ready) {
+                return None;
+            }
+            let due_ms = self.now_ms + RETRY_MS;
+            let t = self.task_mut(id).expect("exists");
+            t.hops = t.hops.saturating_add(1);
+            let hops = t.hops;
+            t.state = State::Remote {
+                node: thief,
+                due_ms,
+                tries: 0,
+                hops,
+            };
+            let a = self.assignment(id);
+            self.retry.push(Reverse((due_ms, id.idx, id.generation)));
+            self.ready_count -= 1;
+            Some(a)
+        }
+    }
+
+    // ----- internals: tasks of other owners -----------------------------------------
+
+    fn foreign_ref(&self, id: TaskId) -> Option<&Foreign> {
+        let slot = self.foreign.get(id.slot())?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        slot.item.as_ref()
+    }
+
+    fn foreign_mut(&mut self, id: TaskId) -> Option<&mut Foreign> {
+        let slot = self.foreign.get_mut(id.slot())?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        slot.item.as_mut()
+    }
+
+    fn remove_foreign(&mut self, id: TaskId) -> Option<Foreign> {
+        let slot = self.foreign.get_mut(id.slot())?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        let f = slot.item.take()?;
+        slot.generation = slot.generation.wrapping_add(1);
+        self.foreign_free.push(id.slot() as u32);
+        let k = (f.owner, f.key.clone());
+        if self.foreign_index.get(&k) == Some(&id) {
+            self.foreign_index.remove(&k);
+        }
+        self.foreign_pending -= 1;
+        Some(f)
+    }
+
+    fn tombstone(&mut self, owner: u32, key: Key, gone: Gone) {
+        let now = self.now_ms;
+        self.gone.insert((owner, key.clone()), (gone, now));
+        self.gone_order.push_back((now, owner, key));
+    }
+
+    /// An assignment from an owner (or, `stolen`, from a victim).
+    fn accept(&mut self, a: Assignment, stolen: bool) {
+        let owner = self.intern(&a.owner);
+        if owner == 0 {
+            // One of this node's own tasks, stolen back from a peer it was placed on.
+            // A copy with no more hops than the owner knows of is a stale duplicate.
+            if let Some(&id) = self.index.get(&a.key)
+                && let Some(t) = self.task_mut(id)
+                && let State::Remote { node, hops, .. } = t.state
+                && a.hops > hops
+            {
+                t.hops = a.hops;
+                self.peers[node as usize].assigned_since =
+                    self.peers[node as usize].assigned_since.saturating_sub(1);
+                self.place_here(id);
+            }
+            return;
+        }
+        let k = (owner, a.key.clone());
+        if self.foreign_index.contains_key(&k) {
+            return;
+        }
+        if let Some(v) = self.held.get(&k) {
+            let size = v.len() as u64;
+            self.send(
+                owner,
+                PeerMsg::Done {
+                    key: a.key,
+                    size,
+                    error: None,
+                    elapsed_ns: 0,
+                },
+            );
+            return;
+        }
+        if let Some((gone, _)) = self.gone.get(&k) {
+            let moved = match gone {
+                Gone::Released => None,
+                Gone::Moved(to, hops) => Some((*to, *hops)),
+                Gone::Erred(e) => {
+                    let e = e.clone();
+                    self.send(
+                        owner,
+                        PeerMsg::Done {
+                            key: a.key,
+                            size: 0,
+                            error: Some(e),
+                            elapsed_ns: 0,
+                        },
+                    );
+                    return;
+                }
+            };
+            match moved {
+                // A task handed away and stolen back (with more hops) is this node's again.
+                Some((_, hops)) if stolen && a.hops > hops => {
+                    self.gone.remove(&k);
+                }
+                // The owner lost track of it: say where it went.
+                Some((to, hops)) if !stolen => {
+                    let to = self.peers[to as usize].node.clone();
+                    self.send(
+                        owner,
+                        PeerMsg::Moved {
+                            key: a.key,
+                            to,
+                            hops,
+                        },
+                    );
+                    return;
+                }
+                _ => return,
+            }
+        }
+        let Some(entry) = self.registry.get(&a.function) else {
+            let e = TaskError {
+                kind: TaskErrorKind::BadArgument,
+                message: Arc::from(format!(
+                    "unknown function {:?} on node {}: it is not compiled into this node",
+                    a.function, self.node
+                )),
+                key: a.key.clone(),
+                node: Some(self.node.clone()),
+            };
+            self.tombstone(owner, a.key.clone(), Gone::Erred(e.clone()));
+            self.send(
+                owner,
+                PeerMsg::Done {
+                    key: a.key,
+                    size: 0,
+                    error: Some(e),
+                    elapsed_ns: 0,
+                },
+            );
+            return;
+        };
+        let mut args = Vec::with_capacity(a.args.len());
+        let mut fetch = Vec::new();
+        for (i, arg) in a.args.into_iter().enumerate() {
+            match arg {
+                AssignArg::Value(b) => args.push(ForeignArg::Value(b)),
+                AssignArg::Input { key, size, holders } => {
+                    let value = self.held.get(&(owner, key.clone())).cloned();
+                    // Only members are asked: a name nobody gossips is not a holder.
+                    let holders: Vec<u32> = holders.iter().map(|h| self.intern(h)).collect();
+                    let holders: Vec<u32> = holders
+                        .into_iter()
+                        .filter(|&h| h == owner || self.peers[h as usize].alive)
+                        .collect();
+                    if value.is_none() {
+                        fetch.push((i as u32, key.clone(), holders.clone()));
+                    }
+                    args.push(ForeignArg::Input {
+                        key,
+                        size,
+                        holders,
+                        value,
+                    });
+                }
+            }
+        }
+        let idx = match self.foreign_free.pop() {
+            Some(i) => i,
+            None => {
+                self.foreign.push(Slot {
+                    generation: 0,
+                    item: None,
+                });
+                (self.foreign.len() - 1) as u32
+            }
+        };
+        let id = TaskId {
+            idx: idx | FOREIGN,
+            generation: self.foreign[idx as usize].generation,
+        };
+        let missing = fetch.len() as u32;
+        self.foreign[idx as usize].item = Some(Foreign {
+            owner,
+            key: a.key.clone(),
+            entry,
+            args,
+            missing,
+            priority: a.priority,
+            hops: a.hops,
+            state: if missing == 0 {
+                ForeignState::Queued
+            } else {
+                ForeignState::Fetching
+            },
+            cancelled: false,
+        });
+        self.foreign_index.insert(k, id);
+        self.foreign_pending += 1;
+        if missing == 0 {
+            self.ready
+                .push(Reverse((a.priority, id.idx, id.generation)));
+            self.ready_count += 1;
+        }
+        for (i, key, holders) in fetch {
+            self.fetch(owner, key, holders, FetchWaiter::Foreign(id, i));
+        }
+    }
+
+    /// A fetched input of a task of another owner arrived.
+    fn foreign_input(&mut self, id: TaskId, i: u32, value: &Bytes) {
+        let Some(f) = self.foreign_mut(id) else {
+            return;
+        };
+        if let Some(ForeignArg::Input {
+            value: v @ None, ..
+        }) = f.args.get_mut(i as usize)
+        {
+            *v = Some(value.clone());
+            f.missing -= 1;
+            if f.missing == 0 && f.state == ForeignState::Fetching {
+                f.state = ForeignState::Queued;
+                let prio = f.priority;
+                self.ready.push(Reverse((prio, id.idx, id.generation)));
+                self.ready_count += 1;
+            }
+        }
+    }
+
+    /// Keeps a result of another owner here, and tells the owner when it is a copy.
+    fn keep_foreign(&mut self, owner: u32, key: Key, value: Bytes) {
+        let k = (owner, key);
+        if self.held.contains_key(&k) {
+            return;
+        }
+        let size = value.len() as u64;
+        self.stored += 1;
+        self.memory_used += size;
+        self.held.insert(k.clone(), value);
+        self.send(owner, PeerMsg::Holding { key: k.1, size });
+    }
+
+    fn start_foreign(&mut self, id: TaskId) -> Option<Job> {
+        let f = self.foreign_mut(id)?;
+        if f.state != ForeignState::Queued {
+            return None;
+        }
+        f.state = ForeignState::Running;
+        let args = f
+            .args
+            .iter()
+            .map(|a| match a {
+                ForeignArg::Value(b) => b.clone(),
+                ForeignArg::Input { value, .. } => value.clone().unwrap_or_default(),
+            })
+            .collect();
+        Some(Job {
+            task: id,
+            key: f.key.clone(),
+            entry: f.entry,
+            args,
+        })
+    }
+
+    fn foreign_assignment(&self, id: TaskId) -> Assignment {
+        let f = self.foreign_ref(id).expect("live foreign task");
+        let args = f
+            .args
+            .iter()
+            .map(|a| match a {
+                ForeignArg::Value(b) => AssignArg::Value(b.clone()),
+                ForeignArg::Input {
+                    key, size, holders, ..
+                } => {
+                    let mut names: Vec<NodeId> = Vec::with_capacity(holders.len() + 1);
+                    if self.held.contains_key(&(f.owner, key.clone())) {
+                        names.push(self.peers[0].node.clone());
+                    }
+                    names.extend(holders.iter().map(|&h| self.peers[h as usize].node.clone()));
+                    AssignArg::Input {
+                        key: key.clone(),
+                        size: *size,
+                        holders: names,
+                    }
+                }
+            })
+            .collect();
+        Assignment {
+            owner: self.peers[f.owner as usize].node.clone(),
+            key: f.key.clone(),
+            function: Arc::from(f.entry.name),
+            args,
+            priority: f.priority,
+            hops: f.hops,
+        }
+    }
+
+    fn foreign_done(&mut self, done: TaskDone) {
+        let Some(f) = self.foreign_ref(done.task) else {
+            return;
+        };
+        if f.state != ForeignState::Running {
+            return;
+        }
+        self.in_flight -= 1;
+        self.stats.tasks_run += 1;
+        self.measure(done.task, done.elapsed_ns);
+        let f = self.remove_foreign(done.task).expect("checked above");
+        if f.cancelled {
+            return;
+        }
+        match done.result {
+            Ok(v) => {
+                let size = v.len() as u64;
+                let k = (f.owner, f.key.clone());
+                self.stored += 1;
+                self.memory_used += size;
+                self.held.insert(k, Bytes::from(v));
+                self.send(
+                    f.owner,
+                    PeerMsg::Done {
+                        key: f.key,
+                        size,
+                        error: None,
+                        elapsed_ns: done.elapsed_ns,
+                    },
+                );
+            }
+            Err(failure) => {
+                let e = self.task_error(f.key.clone(), failure);
+                self.tombstone(f.owner, f.key.clone(), Gone::Erred(e.clone()));
+                self.send(
+                    f.owner,
+                    PeerMsg::Done {
+                        key: f.key,
+                        size: 0,
+                        error: Some(e),
+                        elapsed_ns: done.elapsed_ns,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Tells `node` that a result (or task) of this node's graphs is needed no more.
+    fn release_at(&mut self, node: u32, key: Key) {
+        let owner = self.peers[0].node.clone();
+        self.send(
+            node,
+            PeerMsg::Release {
+                owner,
+                keys: vec![key],
+            },
+        );
+    }
+
+    /// The owner `owner` needs `key` no more: drop its value, or do not run it. A task
+    /// handed to a thief has its release forwarded there.
+    fn release_foreign(&mut self, owner: u32, key: Key) {
+        let k = (owner, key);
+        if let Some((Gone::Moved(thief, _), _)) = self.gone.get(&k) {
+            let thief = *thief;
+            if thief != 0 && thief != owner {
+                let owner = self.peers[owner as usize].node.clone();
+                self.send(
+                    thief,
+                    PeerMsg::Release {
+                        owner,
+                        keys: vec![k.1.clone()],
+                    },
+                );
+            }
+        }
+        if let Some(v) = self.held.remove(&k) {
+            self.stored -= 1;
+            self.memory_used -= v.len() as u64;
+        }
+        if let Some(&id) = self.foreign_index.get(&k) {
+            let f = self.foreign_mut(id).expect("indexed");
+            match f.state {
+                ForeignState::Running => {
+                    f.cancelled = true;
+                    self.foreign_index.remove(&k);
+                }
+                ForeignState::Queued => {
+                    self.ready_count -= 1;
+                    self.remove_foreign(id);
+                }
+                ForeignState::Fetching => {
+                    self.remove_foreign(id);
+                }
+            }
+        }
+        self.tombstone(k.0, k.1, Gone::Released);
+    }
+}
+
+enum Inserted {
+    Waiting,
+    Ready(TaskId),
+    Failed(TaskId, Arc<TaskError>),
 }
 
 #[cfg(test)]

@@ -6,12 +6,13 @@
 //!   `handle_*` methods, outputs leave through `take_*` methods, in the order documented on
 //!   the type.
 //! - [`TaskPool`] runs task functions on dedicated OS threads, never on the async runtime.
-//! - [`NodeActor`] is the thin ractor shell that feeds the core from client requests and
-//!   finished tasks, and drains its outputs to the pool and to the reply channels.
+//! - [`NodeActor`] is the thin ractor shell that feeds the core from client requests,
+//!   finished tasks, batches from other nodes, the gossiped members and a 25 ms clock, and
+//!   drains its outputs to the reply channels, the pool and the network ([`PeerSend`]).
 //! - [`GossipActor`] is the ractor shell of the gossip core (membership and the replicated
 //!   cluster state): it hands it datagrams, timers and the clock, and sends what it asks.
-//! - [`protocol`] holds the client protocol's messages, shared by the in-process client and
-//!   the network codec.
+//! - [`protocol`] holds the messages of the client protocol and of the node-to-node
+//!   protocol, shared by the in-process client and the network codecs.
 
 mod core;
 mod gossip_shell;
@@ -19,9 +20,9 @@ mod pool;
 pub mod protocol;
 mod shell;
 
-pub use crate::core::{Job, NodeCore, RequestId, TaskDone};
+pub use crate::core::{CoreStats, Job, NodeCore, PeerUpdate, RequestId, TaskDone};
 pub use gossip_shell::{
     GossipActor, GossipArgs, GossipMsg, GossipSend, LOAD_EVERY, now_ms, spawn_gossip,
 };
 pub use pool::{Completions, TaskPool};
-pub use shell::{NodeActor, NodeArgs, NodeMsg, ReplyTo, spawn_node};
+pub use shell::{NodeActor, NodeArgs, NodeMsg, PeerSend, ReplyTo, spawn_node};

@@ -1,7 +1,10 @@
-//! Messages between a client and the node it talks to (`/rdask/client/1`).
+//! Messages between a client and the node it talks to (`/rdask/client/1`), and between
+//! nodes (`/rdask/node/1`).
+
+use std::sync::Arc;
 
 use bytes::Bytes;
-use rdask_gossip::{LoadSummary, MemberInfo, MemberState};
+use rdask_gossip::{LoadSummary, MemberInfo, MemberState, NodeId};
 use rdask_graph::{GraphError, GraphId, Key, TaskError, TaskSpec};
 use serde::{Deserialize, Serialize};
 
@@ -98,4 +101,140 @@ pub enum ClientResponse {
     Info(Vec<NodeStatus>),
     /// The request could not be served (e.g. an incompatible protocol version).
     Refused(String),
+}
+
+// ----- between nodes (`/rdask/node/1`) ------------------------------------------------------
+
+/// One argument of an [`Assignment`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AssignArg {
+    /// An encoded literal value.
+    Value(Bytes),
+    /// The result of another task of the same owner, to be fetched from one of its holders.
+    Input {
+        /// Its key.
+        key: Key,
+        /// Its size in bytes.
+        size: u64,
+        /// Nodes that hold it (the owner's best knowledge).
+        holders: Vec<NodeId>,
+    },
+}
+
+/// A task handed to a node to run: by its owner (placement) or by a victim of work stealing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The node that owns the task's graph: completions go there.
+    pub owner: NodeId,
+    /// The task's key.
+    pub key: Key,
+    /// The registered function to call.
+    pub function: Arc<str>,
+    /// Its arguments.
+    pub args: Vec<AssignArg>,
+    /// Position in the owner's run order (lower runs first).
+    pub priority: u64,
+    /// How many times the task changed hands (placement and each steal count one): a
+    /// copy with no more hops than one already seen is a stale duplicate.
+    pub hops: u32,
+}
+
+/// A message from one node to another. Every message is idempotent: a message delivered
+/// twice, late or not at all never makes a task run twice; lost ones are made good by the
+/// sender's retries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMsg {
+    /// Run this task (owner or steal victim → worker).
+    Assign(Assignment),
+    /// A task of the receiver's graphs finished here (worker → owner).
+    Done {
+        /// The task.
+        key: Key,
+        /// Size of the value kept here, in bytes.
+        size: u64,
+        /// Its error, when it failed (no value is kept).
+        error: Option<TaskError>,
+        /// How long the function ran, in nanoseconds.
+        elapsed_ns: u64,
+    },
+    /// This node now holds a copy of a result of the receiver's graphs (worker → owner).
+    Holding {
+        /// The result.
+        key: Key,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// A task of the receiver's graphs was handed to another node by work stealing
+    /// (victim → owner).
+    Moved {
+        /// The task.
+        key: Key,
+        /// Where it went.
+        to: NodeId,
+        /// Its [`Assignment::hops`] there.
+        hops: u32,
+    },
+    /// Send me this result (any node → holder).
+    Fetch {
+        /// Owner of the result's graph.
+        owner: NodeId,
+        /// The result.
+        key: Key,
+    },
+    /// The answer to a [`PeerMsg::Fetch`]: the value, or `None` when not held here.
+    Data {
+        /// Owner of the result's graph.
+        owner: NodeId,
+        /// The result.
+        key: Key,
+        /// The encoded value.
+        value: Option<Bytes>,
+    },
+    /// The answer of an owner asked for a result it no longer knows: whatever waits for it
+    /// was released (owner → worker).
+    Forgotten {
+        /// The result.
+        key: Key,
+    },
+    /// The owner needs these results no more: drop them, or do not run them (owner →
+    /// worker; a worker that handed a task to a thief forwards its release there).
+    Release {
+        /// The owner of the tasks.
+        owner: NodeId,
+        /// The tasks.
+        keys: Vec<Key>,
+    },
+    /// This node is idle: hand over up to `want` queued tasks (thief → victim).
+    Steal {
+        /// Most tasks the thief can take.
+        want: u32,
+    },
+    /// The answer to a [`PeerMsg::Steal`]: the tasks handed over (possibly none).
+    Stolen {
+        /// The tasks, now the thief's to run.
+        tasks: Vec<Assignment>,
+        /// The peer the victim knows to have the most queued work, and how much: where the
+        /// thief may look next.
+        busiest: Option<(NodeId, u32)>,
+    },
+}
+
+/// The sender's load, carried by every batch so that peers place and steal on fresh figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadHint {
+    /// Tasks queued and not started (what a thief could take).
+    pub queued: u32,
+    /// Tasks handed to the thread pool.
+    pub running: u32,
+    /// Threads of its pool.
+    pub nthreads: u32,
+}
+
+/// Messages from one node to another, sent together.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerBatch {
+    /// The sender's load when it sent the batch.
+    pub load: LoadHint,
+    /// The messages, in order.
+    pub msgs: Vec<PeerMsg>,
 }

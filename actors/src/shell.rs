@@ -4,18 +4,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use rdask_gossip::{MemberInfo, MemberState, PROTOCOL_VERSION};
+use rdask_gossip::{MemberInfo, MemberState, MemberView, NodeId, PROTOCOL_VERSION};
 use rdask_graph::Registry;
 use rustc_hash::FxHashMap;
 
-use crate::core::{NodeCore, RequestId};
+use crate::core::{NodeCore, PeerUpdate, RequestId};
 use crate::gossip_shell::{GossipMsg, LOAD_EVERY};
 use crate::pool::{Completions, TaskPool};
-use crate::protocol::{ClientRequest, ClientResponse, NodeStatus};
+use crate::protocol::{ClientRequest, ClientResponse, NodeStatus, PeerBatch};
+
+/// How often the core is handed the clock ([`NodeCore::handle_tick`]).
+const TICK_EVERY: Duration = Duration::from_millis(25);
 
 /// Where the answer to a request goes: a closure that sends it (over a oneshot channel for
 /// an in-process client, back to the network loop for a remote one).
 pub type ReplyTo = Box<dyn FnOnce(ClientResponse) + Send>;
+
+/// Where a node sends batches for other nodes: the network layer (`/rdask/node/1`). It
+/// must not block; a batch it cannot deliver is dropped (the core retries what is lost).
+pub type PeerSend = Box<dyn Fn(NodeId, PeerBatch) + Send + Sync>;
 
 /// Messages of the [`NodeActor`].
 pub enum NodeMsg {
@@ -31,8 +38,14 @@ pub enum NodeMsg {
     SetAddresses(Vec<String>),
     /// The node now gossips with a cluster through this actor.
     SetGossip(ActorRef<GossipMsg>),
-    /// Time to publish the load into the gossiped state.
+    /// Time to publish the load into the gossiped state (and to refresh the members).
     PublishLoad,
+    /// A batch of messages from another node.
+    Peer(NodeId, PeerBatch),
+    /// The members of the cluster as gossiped (the answer to a `GossipMsg::Members`).
+    Members(Vec<MemberView>),
+    /// The clock: sent every 25 ms.
+    Tick,
 }
 
 /// What a node actor starts with.
@@ -43,10 +56,12 @@ pub struct NodeArgs {
     pub registry: &'static Registry,
     /// Threads of its task pool.
     pub nthreads: usize,
+    /// Where batches for other nodes go; `None` for a lone node without network.
+    pub send_peer: Option<PeerSend>,
 }
 
 /// The ractor shell around [`NodeCore`]: one loop that feeds the core and drains its
-/// outputs (replies, then jobs to the pool, then timers).
+/// outputs (replies, then jobs to the pool, then batches for peers, then timers).
 pub struct NodeActor;
 
 /// The state of a running [`NodeActor`].
@@ -61,6 +76,9 @@ pub struct NodeState {
     deadlines: BinaryHeap<Reverse<(Instant, RequestId)>>,
     armed: Option<Instant>,
     gossip: Option<ActorRef<GossipMsg>>,
+    send_peer: Option<PeerSend>,
+    /// The origin of the monotonic clock handed to the core.
+    started: Instant,
 }
 
 /// Starts a node actor (unnamed: several nodes may share a process).
@@ -90,6 +108,20 @@ impl NodeState {
         if !jobs.is_empty() {
             self.pool.run(jobs);
         }
+        let sends = self.core.take_sends();
+        if !sends.is_empty() {
+            match &self.send_peer {
+                Some(send) => {
+                    for (to, batch) in sends {
+                        send(to, batch);
+                    }
+                }
+                None => tracing::debug!(
+                    batches = sends.len(),
+                    "a node without network dropped batches for peers"
+                ),
+            }
+        }
         let timers = self.core.take_timers();
         if !timers.is_empty() {
             let now = Instant::now();
@@ -108,6 +140,18 @@ impl NodeState {
         {
             self.armed = Some(*earliest);
             myself.send_after(earliest.saturating_duration_since(now), || NodeMsg::Timer);
+        }
+    }
+
+    /// Asks the gossip actor for the members; the answer comes back as
+    /// [`NodeMsg::Members`].
+    fn refresh_members(&self, myself: &ActorRef<NodeMsg>) {
+        if let Some(g) = &self.gossip {
+            let me = myself.clone();
+            let ask = GossipMsg::Members(Box::new(move |members| {
+                let _ = me.send_message(NodeMsg::Members(members));
+            }));
+            let _ = g.send_message(ask);
         }
     }
 
@@ -141,6 +185,7 @@ impl Actor for NodeActor {
             let _ = me.send_message(NodeMsg::TasksDone);
         });
         let (pool, completions) = TaskPool::start("rdask-worker", args.nthreads, notify)?;
+        myself.send_interval(TICK_EVERY, || NodeMsg::Tick);
         Ok(NodeState {
             core: NodeCore::new(&args.member.id.0, args.registry, args.nthreads as u32),
             pool,
@@ -151,6 +196,8 @@ impl Actor for NodeActor {
             deadlines: BinaryHeap::new(),
             armed: None,
             gossip: None,
+            send_peer: args.send_peer,
+            started: Instant::now(),
         })
     }
 
@@ -248,6 +295,7 @@ impl Actor for NodeActor {
             NodeMsg::SetGossip(gossip) => {
                 let _ = gossip.send_message(GossipMsg::SetInfo(state.member.clone()));
                 state.gossip = Some(gossip);
+                state.refresh_members(&myself);
                 myself.send_interval(LOAD_EVERY, || NodeMsg::PublishLoad);
                 return Ok(());
             }
@@ -255,7 +303,26 @@ impl Actor for NodeActor {
                 if let Some(g) = &state.gossip {
                     let _ = g.send_message(GossipMsg::SetLoad(state.core.load()));
                 }
+                state.refresh_members(&myself);
                 return Ok(());
+            }
+            NodeMsg::Members(members) => {
+                let updates: Vec<PeerUpdate> = members
+                    .into_iter()
+                    .map(|m| PeerUpdate {
+                        node: m.info.id,
+                        nthreads: m.info.nthreads,
+                        functions_digest: m.info.functions_digest,
+                        alive: m.state == MemberState::Alive,
+                        load: m.load,
+                    })
+                    .collect();
+                state.core.handle_members(&updates);
+            }
+            NodeMsg::Peer(from, batch) => state.core.handle_peer(&from, batch),
+            NodeMsg::Tick => {
+                let now = state.started.elapsed().as_millis() as u64;
+                state.core.handle_tick(now);
             }
         }
         state.drain(&myself);

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use libp2p::Multiaddr;
 
-use crate::codec::DEFAULT_MAX_FRAME;
+use crate::codec::{DEFAULT_MAX_FRAME, DEFAULT_MAX_VALUE};
 
 /// The `rdask-node` command line.
 #[derive(Debug, Clone, Parser)]
@@ -57,6 +57,11 @@ pub struct Cli {
     #[arg(long, env = "RDASK_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME)]
     pub max_frame_bytes: usize,
 
+    /// Largest single value (a task's result) sent to or accepted from another node, in
+    /// bytes. Values travel beside the frames, so they are not bound by --max-frame-bytes.
+    #[arg(long, env = "RDASK_MAX_VALUE_BYTES", default_value_t = DEFAULT_MAX_VALUE)]
+    pub max_value_bytes: u64,
+
     /// Print the task functions compiled into this binary and exit.
     #[arg(long)]
     pub list_functions: bool,
@@ -77,8 +82,10 @@ pub struct NodeConfig {
     pub nthreads: usize,
     /// The identity file, if any.
     pub identity: Option<PathBuf>,
-    /// The frame limit of the client protocol.
+    /// The frame limit of the client and node protocols.
     pub max_frame: usize,
+    /// The limit on one value sent between nodes.
+    pub max_value: u64,
 }
 
 impl NodeConfig {
@@ -92,6 +99,7 @@ impl NodeConfig {
             nthreads,
             identity: None,
             max_frame: DEFAULT_MAX_FRAME,
+            max_value: DEFAULT_MAX_VALUE,
         }
     }
 }
@@ -118,6 +126,7 @@ impl Cli {
             nthreads: self.nthreads.unwrap_or_else(default_threads),
             identity: self.identity,
             max_frame: self.max_frame_bytes,
+            max_value: self.max_value_bytes,
         })
     }
 }

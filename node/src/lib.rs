@@ -2,7 +2,8 @@
 //!
 //! Every machine of an rdask cluster runs the same node. A node accepts graphs from
 //! clients, runs their tasks on a dedicated thread pool, stores results and answers the
-//! client; later it gossips membership with its peers and shares work with them.
+//! client; it gossips membership with its peers, places tasks on them, steals work from
+//! them and fetches results from them (`/rdask/node/1`).
 //!
 //! - [`start`] starts a node inside a tokio runtime and returns a [`NodeHandle`]; the
 //!   in-process local cluster of the `rdask` crate uses it;
@@ -226,10 +227,28 @@ pub async fn start(
         nthreads,
         registry,
     );
+    // The swarm first (when there is a network): the node actor sends to peers through it.
+    let swarm = if !config.listen.is_empty() || !config.join.is_empty() {
+        let agent = format!("rdask-node/{VERSION}");
+        Some(net::build_swarm(keypair, |k| {
+            net::node_behaviour(k, agent)
+        })?)
+    } else {
+        None
+    };
+    let send_peer = swarm.as_ref().map(|swarm| {
+        let links = net::PeerLinks::new(
+            swarm.behaviour().streams.new_control(),
+            config.max_frame,
+            config.max_value,
+        );
+        Box::new(move |to, batch| links.send(to, batch)) as rdask_actors::PeerSend
+    });
     let (actor, actor_task) = spawn_node(NodeArgs {
         member,
         registry,
         nthreads,
+        send_peer,
     })
     .await
     .map_err(|e| NodeError::Spawn(e.to_string()))?;
@@ -238,19 +257,24 @@ pub async fn start(
     let mut listen_addrs = Vec::new();
     let mut gossip_actor = None;
 
-    if !config.listen.is_empty() || !config.join.is_empty() {
-        let agent = format!("rdask-node/{VERSION}");
-        let mut swarm = net::build_swarm(keypair, |k| net::node_behaviour(k, agent))?;
-        let incoming = swarm
-            .behaviour()
-            .streams
-            .new_control()
+    if let Some(mut swarm) = swarm {
+        let mut control = swarm.behaviour().streams.new_control();
+        let incoming = control
             .accept(codec::CLIENT_PROTOCOL)
             .map_err(|e| NetError::Build(e.to_string()))?;
         tasks.push(tokio::spawn(net::accept_sessions(
             incoming,
             actor.clone(),
             config.max_frame,
+        )));
+        let from_peers = control
+            .accept(codec::NODE_PROTOCOL)
+            .map_err(|e| NetError::Build(e.to_string()))?;
+        tasks.push(tokio::spawn(net::accept_peer_streams(
+            from_peers,
+            actor.clone(),
+            config.max_frame,
+            config.max_value,
         )));
         for addr in &config.listen {
             swarm

@@ -1,5 +1,5 @@
-//! libp2p plumbing: the node's swarm and event loop, client sessions, and the client side
-//! of a connection.
+//! libp2p plumbing: the node's swarm and event loop, client sessions, streams between
+//! nodes, and the client side of a connection.
 //!
 //! A client opens one stream of `/rdask/client/1` (a *session*) and sends length-prefixed
 //! postcard [`Envelope`]s of requests over it; the node answers each with an envelope of the
@@ -7,8 +7,15 @@
 //! for its result leave back to back and are handled in that order) and pays no stream
 //! set-up per request. Nothing here makes a scheduling decision: requests go to the node
 //! actor with a reply closure, and replies go back out on their session.
+//!
+//! Nodes talk over `/rdask/node/1`: each node opens one long-lived stream to each peer it
+//! has something to say to, and writes [`rdask_actors::protocol::PeerBatch`]es on it (see
+//! [`crate::codec::write_peer_batch`]); the peer reads them on a task of its own and hands
+//! them to its node actor. Each direction has its own stream. A batch that cannot be
+//! delivered (no connection, a broken stream) is dropped: the core retries what is lost.
 
 use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,12 +27,15 @@ use libp2p::request_response;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, identify, noise, ping, tcp, yamux};
 use ractor::ActorRef;
-use rdask_actors::protocol::{ClientRequest, ClientResponse};
+use rdask_actors::protocol::{ClientRequest, ClientResponse, PeerBatch};
 use rdask_actors::{GossipMsg, NodeMsg, ReplyTo};
-use rdask_gossip::Peer;
+use rdask_gossip::{NodeId, Peer};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
-use crate::codec::{CLIENT_PROTOCOL, Envelope, read_frame, write_frame_unflushed};
+use crate::codec::{
+    CLIENT_PROTOCOL, Envelope, NODE_PROTOCOL, read_frame, read_peer_batch, write_frame_unflushed,
+    write_peer_batch,
+};
 
 /// The identify protocol version: peers announcing another one are refused.
 pub const IDENTIFY_PROTOCOL: &str = "/rdask/1";
@@ -34,6 +44,10 @@ pub const IDENTIFY_PROTOCOL: &str = "/rdask/1";
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Requests of one session the node works on at once; further requests wait to be read.
 const MAX_IN_FLIGHT: usize = 4096;
+/// How long opening a stream to a peer (dialing it if needed) may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most batches written to a peer between two flushes.
+const BATCHES_PER_FLUSH: usize = 64;
 
 /// An error setting up the network.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +83,8 @@ mod behaviour {
     /// The behaviours of a node.
     #[derive(NetworkBehaviour)]
     pub struct NodeBehaviour {
-        /// Streams of `/rdask/client/1`: client sessions.
+        /// Streams of `/rdask/client/1` (client sessions) and `/rdask/node/1` (batches
+        /// between nodes).
         pub streams: libp2p_stream::Behaviour,
         /// `/rdask/gossip/1`: membership and state datagrams between nodes.
         pub gossip: request_response::Behaviour<GossipCodec>,
@@ -246,6 +261,235 @@ async fn serve_session(
     let _ = writer_task.await;
 }
 
+/// The streams of `/rdask/node/1` to other nodes: one per peer, opened by a writer task of
+/// its own on the first batch for that peer, and again on the next batch after a failure.
+pub(crate) struct PeerLinks {
+    control: libp2p_stream::Control,
+    links: Mutex<HashMap<PeerId, mpsc::UnboundedSender<PeerBatch>>>,
+    runtime: tokio::runtime::Handle,
+    max_frame: usize,
+    max_value: u64,
+}
+
+impl PeerLinks {
+    /// Links opened through `control`, their writers spawned on the current tokio runtime
+    /// (must be called within one).
+    pub(crate) fn new(control: libp2p_stream::Control, max_frame: usize, max_value: u64) -> Self {
+        PeerLinks {
+            control,
+            links: Mutex::new(HashMap::new()),
+            runtime: tokio::runtime::Handle::current(),
+            max_frame,
+            max_value,
+        }
+    }
+
+    /// Queues a batch for the node `to` (its id is its peer id in base58). Never blocks.
+    pub(crate) fn send(&self, to: NodeId, batch: PeerBatch) {
+        let peer = match PeerId::from_str(&to.0) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(peer = %to.0, error = %e, "dropped a batch for a node whose id is not a peer id");
+                return;
+            }
+        };
+        let mut links = self.links.lock().expect("peer links");
+        let batch = match links.get(&peer) {
+            Some(tx) => match tx.send(batch) {
+                Ok(()) => return,
+                // The writer is gone (it ends only if it panicked): start another.
+                Err(mpsc::error::SendError(batch)) => batch,
+            },
+            None => batch,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(batch);
+        links.insert(peer, tx);
+        self.runtime.spawn(peer_writer(
+            peer,
+            self.control.clone(),
+            rx,
+            self.max_frame,
+            self.max_value,
+        ));
+    }
+}
+
+/// Drops what is queued for a peer whose stream could not be used; returns how many.
+fn drop_queued(rx: &mut mpsc::UnboundedReceiver<PeerBatch>) -> usize {
+    let mut n = 0;
+    while rx.try_recv().is_ok() {
+        n += 1;
+    }
+    n
+}
+
+/// An open stream to a peer.
+struct Link {
+    writer: futures::io::WriteHalf<libp2p::Stream>,
+    /// Fires when the peer closes its side of the stream (it never writes on it): the
+    /// stream is dead, and a write on it could wait forever for flow-control credit.
+    closed: oneshot::Receiver<()>,
+}
+
+impl Link {
+    fn new(stream: libp2p::Stream) -> Link {
+        let (mut reader, writer) = stream.split();
+        let (tx, closed) = oneshot::channel();
+        tokio::spawn(async move {
+            let mut byte = [0u8; 1];
+            let _ = reader.read(&mut byte).await;
+            let _ = tx.send(());
+        });
+        Link { writer, closed }
+    }
+
+    fn is_closed(&mut self) -> bool {
+        !matches!(
+            self.closed.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        )
+    }
+}
+
+/// Writes the batches for one peer on its stream, several per flush; opens the stream on
+/// the first batch and after a failure. Ends when the [`PeerLinks`] are dropped.
+async fn peer_writer(
+    peer: PeerId,
+    mut control: libp2p_stream::Control,
+    mut rx: mpsc::UnboundedReceiver<PeerBatch>,
+    max_frame: usize,
+    max_value: u64,
+) {
+    let mut link: Option<Link> = None;
+    while let Some(first) = rx.recv().await {
+        if link.as_mut().is_some_and(Link::is_closed) {
+            tracing::debug!(%peer, "the peer closed the stream; opening another");
+            link = None;
+        }
+        let mut l = match link.take() {
+            Some(l) => l,
+            None => {
+                let opened =
+                    tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, NODE_PROTOCOL))
+                        .await;
+                match opened {
+                    Ok(Ok(s)) => {
+                        tracing::debug!(%peer, "opened a stream to a peer");
+                        Link::new(s)
+                    }
+                    Ok(Err(e)) => {
+                        let dropped = 1 + drop_queued(&mut rx);
+                        tracing::debug!(%peer, error = %e, dropped, "cannot open a stream to a peer; dropped its batches");
+                        continue;
+                    }
+                    Err(_) => {
+                        let dropped = 1 + drop_queued(&mut rx);
+                        tracing::debug!(%peer, dropped, "no stream to a peer within {OPEN_TIMEOUT:?}; dropped its batches");
+                        continue;
+                    }
+                }
+            }
+        };
+        let Link { writer, closed } = &mut l;
+        let write = async {
+            let mut next = Some(first);
+            let mut written = 0;
+            while let Some(batch) = next.take() {
+                let dropped = write_peer_batch(writer, batch, max_frame, max_value).await?;
+                for reason in dropped {
+                    tracing::warn!(%peer, "dropped a message for a peer: {reason}");
+                }
+                written += 1;
+                if written < BATCHES_PER_FLUSH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            writer.flush().await
+        };
+        let result = tokio::select! {
+            r = write => r,
+            _ = closed => Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "the peer closed the stream",
+            )),
+        };
+        match result {
+            Ok(()) => link = Some(l),
+            Err(e) => {
+                let dropped = drop_queued(&mut rx);
+                tracing::debug!(%peer, error = %e, dropped, "the stream to a peer broke; dropped its batches");
+            }
+        }
+    }
+    if let Some(mut l) = link {
+        let _ = l.writer.close().await;
+    }
+}
+
+/// Accepts streams of `/rdask/node/1` from other nodes and reads each on its own task.
+pub(crate) async fn accept_peer_streams(
+    mut incoming: libp2p_stream::IncomingStreams,
+    actor: ActorRef<NodeMsg>,
+    max_frame: usize,
+    max_value: u64,
+) {
+    while let Some((peer, stream)) = incoming.next().await {
+        tracing::debug!(%peer, "a peer opened a stream");
+        tokio::spawn(serve_peer_stream(
+            peer,
+            stream,
+            actor.clone(),
+            max_frame,
+            max_value,
+        ));
+    }
+}
+
+/// Reads the batches of one peer's stream and hands them to the node actor, in order. A
+/// malformed batch or one with a value over the limit ends the stream (with a logged
+/// reason); the peer opens another for its next batch.
+async fn serve_peer_stream(
+    peer: PeerId,
+    mut stream: libp2p::Stream,
+    actor: ActorRef<NodeMsg>,
+    max_frame: usize,
+    max_value: u64,
+) {
+    // The sender is the authenticated peer of the connection, whatever the batch says.
+    let from = NodeId(peer.to_base58().into());
+    loop {
+        match read_peer_batch(&mut stream, max_frame, max_value).await {
+            Ok(batch) => {
+                if actor
+                    .send_message(NodeMsg::Peer(from.clone(), batch))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                tracing::debug!(%peer, "a peer closed its stream");
+                break;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::OutOfMemory
+                ) =>
+            {
+                tracing::warn!(%peer, error = %e, "dropped a bad batch from a peer; ending its stream");
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "the stream of a peer failed");
+                break;
+            }
+        }
+    }
+    let _ = stream.close().await;
+}
+
 /// The gossip side of the node's event loop.
 pub(crate) struct GossipWiring {
     /// The gossip actor.
@@ -299,6 +543,9 @@ pub(crate) async fn run_node_swarm(
             Some((to, data)) = gossip.outgoing.recv() => {
                 match (to.node.0.parse::<PeerId>(), to.addr.parse::<Multiaddr>()) {
                     (Ok(peer), Ok(addr)) => {
+                        // Let the other behaviours dial it too (streams of `/rdask/node/1`
+                        // to a member are opened by peer id).
+                        swarm.add_peer_address(peer, addr.clone());
                         swarm.behaviour_mut().gossip.send_request_with_addresses(&peer, data, vec![addr]);
                     }
                     _ => tracing::debug!(peer = %to.node, addr = %to.addr, "cannot address a gossip peer"),
@@ -593,5 +840,84 @@ impl RemoteNode {
     /// The address it was reached at.
     pub fn address(&self) -> &Multiaddr {
         &self.inner.addr
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdask_actors::protocol::{LoadHint, PeerMsg};
+
+    fn batch(key: &str, size: usize) -> PeerBatch {
+        PeerBatch {
+            load: LoadHint::default(),
+            msgs: vec![PeerMsg::Data {
+                owner: NodeId("owner".into()),
+                key: key.into(),
+                value: Some(vec![5u8; size].into()),
+            }],
+        }
+    }
+
+    /// A node's links reach a peer known only by the address gossip gave the swarm, and
+    /// open a new stream after the peer ended the last one (here: it refused a value over
+    /// its limit).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn links_dial_by_peer_id_and_reopen_a_stream_the_peer_ended() {
+        let mut a = build_swarm(Keypair::generate_ed25519(), |k| {
+            node_behaviour(k, "test".into())
+        })
+        .unwrap();
+        let mut b = build_swarm(Keypair::generate_ed25519(), |_| {
+            libp2p_stream::Behaviour::new()
+        })
+        .unwrap();
+        b.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        let addr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = b.select_next_some().await {
+                break address;
+            }
+        };
+        let (a_id, b_id) = (*a.local_peer_id(), *b.local_peer_id());
+        let mut incoming = b.behaviour().new_control().accept(NODE_PROTOCOL).unwrap();
+        a.add_peer_address(b_id, addr);
+        let links = PeerLinks::new(a.behaviour().streams.new_control(), 1 << 20, 1 << 20);
+        tokio::spawn(async move {
+            loop {
+                a.select_next_some().await;
+            }
+        });
+        tokio::spawn(async move {
+            loop {
+                b.select_next_some().await;
+            }
+        });
+        let to = NodeId(b_id.to_base58().into());
+        let within = Duration::from_secs(20);
+
+        links.send(to.clone(), batch("big", 5_000));
+        let (from, mut first) = tokio::time::timeout(within, incoming.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(from, a_id);
+        let err = read_peer_batch(&mut first, 1 << 20, 1_000)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        first.close().await.unwrap();
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let small = batch("small", 10);
+        links.send(to.clone(), small.clone());
+        links.send(NodeId("not a peer id".into()), small.clone());
+        let (_, mut second) = tokio::time::timeout(within, incoming.next())
+            .await
+            .expect("a new stream")
+            .unwrap();
+        let got = read_peer_batch(&mut second, 1 << 20, 1_000).await.unwrap();
+        assert_eq!(got, small);
     }
 }

@@ -19,8 +19,10 @@
 //! cores over a simulated network with latency, reordering, duplication, loss, partitions,
 //! crashes and restarts, encoding every message through the real codec.
 
+pub mod cluster;
 mod graphs;
 pub mod membership;
 
+pub use cluster::{ClusterReport, Efficiency, SHAPES, Shape, graphs_chaos, steal_efficiency};
 pub use graphs::{SimConfig, SimReport, node_graphs};
 pub use membership::{MembershipReport, SCENARIOS, run_membership};

@@ -41,6 +41,14 @@ pub fn join(parts: Vec<String>, sep: String) -> String {
     parts.join(&sep)
 }
 
+/// Sleeps about a millisecond and returns `x` with the id of the process it ran in: the
+/// node that ran it (a task has no other way to learn which node it runs on).
+#[rdask::task]
+pub fn where_am_i(x: u64) -> (u64, u32) {
+    std::thread::sleep(Duration::from_millis(1));
+    (x, std::process::id())
+}
+
 /// A real `rdask-node`-style process on a loopback port chosen by the system. Killed when
 /// dropped.
 pub struct NodeProcess {
@@ -93,6 +101,11 @@ impl NodeProcess {
             port,
             peer_id,
         }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the process is still running.

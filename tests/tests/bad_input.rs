@@ -8,10 +8,11 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId};
 use rand::{RngExt, SeedableRng};
-use rdask_node::codec::{CLIENT_PROTOCOL, DEFAULT_MAX_FRAME};
+use rdask_node::codec::{CLIENT_PROTOCOL, DEFAULT_MAX_FRAME, NODE_PROTOCOL, write_peer_batch};
 use rdask_node::net::build_swarm;
 use rdask_node::rdask_actors_protocol::{
-    ClientRequest, ClientResponse, GraphSubmission, KeyResult, SubmitOutcome,
+    AssignArg, Assignment, ClientRequest, ClientResponse, GraphSubmission, KeyResult, LoadHint,
+    PeerBatch, PeerMsg, SubmitOutcome,
 };
 use rdask_node::{RemoteError, RemoteNode};
 use rdask_tests::NodeProcess;
@@ -176,6 +177,179 @@ fn malformed_frames_end_the_session_and_the_node_keeps_serving() {
             let mut buf = [0u8; 4];
             let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut buf)).await;
         }
+        node_still_serves(&addr).await;
+    });
+    assert!(node.is_running());
+}
+
+/// A peer that dials `addr` and can open streams; its swarm is polled in the background.
+async fn stranger(addr: &Multiaddr) -> (libp2p_stream::Control, PeerId) {
+    let mut swarm = build_swarm(Keypair::generate_ed25519(), |_| {
+        libp2p_stream::Behaviour::new()
+    })
+    .unwrap();
+    let me = *swarm.local_peer_id();
+    let control = swarm.behaviour().new_control();
+    swarm.dial(addr.clone()).unwrap();
+    loop {
+        if let SwarmEvent::ConnectionEstablished { .. } = swarm.select_next_some().await {
+            break;
+        }
+    }
+    tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    (control, me)
+}
+
+#[test]
+fn bad_batches_from_a_peer_end_its_stream_and_nonsense_messages_are_ignored() {
+    let mut node = NodeProcess::start(NODE, &["--max-value-bytes", "1000"]);
+    let addr: Multiaddr = node.multiaddr.parse().unwrap();
+    let peer: PeerId = node.peer_id.parse().unwrap();
+    bounded(120, async {
+        let (mut control, me) = stranger(&addr).await;
+        let me = rdask_gossip::NodeId(me.to_base58().into());
+        let node_id = rdask_gossip::NodeId(peer.to_base58().into());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        // Garbage frames, and headers announcing values that never come or are too large.
+        for i in 0..60usize {
+            let mut stream = control.open_stream(peer, NODE_PROTOCOL).await.unwrap();
+            let mut bytes: Vec<u8> = if i % 3 == 0 {
+                let len = rng.random_range(0..(64 + i * 8));
+                let mut body: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                if body.len() > 8 {
+                    body[4] = 1; // one message, then noise
+                }
+                let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+                frame.extend_from_slice(&body);
+                frame
+            } else {
+                let size = if i % 3 == 1 { 5_000 } else { 500 };
+                let batch = PeerBatch {
+                    load: LoadHint::default(),
+                    msgs: vec![PeerMsg::Data {
+                        owner: node_id.clone(),
+                        key: "k".into(),
+                        value: Some(vec![9u8; size].into()),
+                    }],
+                };
+                let mut wire = Vec::new();
+                write_peer_batch(&mut wire, batch, DEFAULT_MAX_FRAME, u64::MAX)
+                    .await
+                    .unwrap();
+                wire.truncate(wire.len() - size / 2); // the value cut short
+                wire
+            };
+            bytes.extend((0..rng.random_range(0..32)).map(|_| rng.random::<u8>()));
+            let _ = stream.write_all(&bytes).await;
+            let _ = stream.flush().await;
+            let _ = stream.close().await;
+        }
+        // Well-formed batches of messages that make no sense to the node: answers to
+        // unknown nodes, to this stranger (which accepts no stream) and to ids that are no
+        // peer ids are dropped.
+        let nobody = rdask_gossip::NodeId("not-a-peer-id".into());
+        let mut assign = |owner: &rdask_gossip::NodeId, function: &str, args: Vec<AssignArg>| {
+            PeerMsg::Assign(Assignment {
+                owner: owner.clone(),
+                key: format!("nonsense-{}", rng.random::<u32>()).into(),
+                function: function.into(),
+                args,
+                priority: u64::MAX,
+                hops: u32::MAX,
+            })
+        };
+        let inc = rdask_tests::inc.name();
+        let msgs = vec![
+            assign(&nobody, "no-such-function", vec![]),
+            assign(&me, inc, vec![AssignArg::Value(vec![0xff; 3].into())]),
+            assign(&me, inc, vec![]),
+            assign(
+                &me,
+                inc,
+                vec![AssignArg::Input {
+                    key: "somewhere".into(),
+                    size: u64::MAX,
+                    holders: vec![nobody.clone(), me.clone(), node_id.clone()],
+                }],
+            ),
+            assign(&node_id, inc, vec![]),
+            PeerMsg::Done {
+                key: "never-placed".into(),
+                size: 1,
+                error: None,
+                elapsed_ns: u64::MAX,
+            },
+            PeerMsg::Holding {
+                key: "never-placed".into(),
+                size: u64::MAX,
+            },
+            PeerMsg::Moved {
+                key: "never-placed".into(),
+                to: nobody.clone(),
+                hops: u32::MAX,
+            },
+            PeerMsg::Fetch {
+                owner: nobody.clone(),
+                key: "k".into(),
+            },
+            PeerMsg::Fetch {
+                owner: node_id.clone(),
+                key: "k".into(),
+            },
+            PeerMsg::Data {
+                owner: nobody.clone(),
+                key: "k".into(),
+                value: Some(vec![1u8; 10].into()),
+            },
+            PeerMsg::Data {
+                owner: node_id.clone(),
+                key: "k".into(),
+                value: None,
+            },
+            PeerMsg::Release {
+                owner: nobody.clone(),
+                keys: vec!["k".into(); 100],
+            },
+            PeerMsg::Release {
+                owner: node_id.clone(),
+                keys: vec!["k".into(); 100],
+            },
+            PeerMsg::Forgotten {
+                key: "never-placed".into(),
+            },
+            PeerMsg::Steal { want: u32::MAX },
+            PeerMsg::Stolen {
+                tasks: vec![Assignment {
+                    owner: node_id.clone(),
+                    key: "stolen".into(),
+                    function: inc.into(),
+                    args: vec![],
+                    priority: 0,
+                    hops: u32::MAX,
+                }],
+                busiest: Some((nobody.clone(), u32::MAX)),
+            },
+        ];
+        let mut stream = control.open_stream(peer, NODE_PROTOCOL).await.unwrap();
+        for round in 0..3 {
+            let batch = PeerBatch {
+                load: LoadHint {
+                    queued: u32::MAX,
+                    running: u32::MAX,
+                    nthreads: if round == 0 { 0 } else { u32::MAX },
+                },
+                msgs: msgs.clone(),
+            };
+            write_peer_batch(&mut stream, batch, DEFAULT_MAX_FRAME, u64::MAX)
+                .await
+                .unwrap();
+        }
+        stream.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
         node_still_serves(&addr).await;
     });
     assert!(node.is_running());

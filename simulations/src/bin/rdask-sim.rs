@@ -11,14 +11,25 @@
 //! membership scenarios `join`, `crash`, `loss`, `partition`, `restart`,
 //! `membership-chaos` (the default).
 
-use rdask_sim::{SCENARIOS, SimConfig, node_graphs, run_membership};
+use rdask_sim::{
+    SCENARIOS, SHAPES, SimConfig, graphs_chaos, node_graphs, run_membership, steal_efficiency,
+};
 
 fn usage() -> String {
     format!(
         "usage: rdask-sim [--scenario NAME] [--seed S (default 0)] [--seeds N (default 1)] [--nodes N (default 8)]\n\
-         scenarios: node-graphs, {} (default membership-chaos)",
+         scenarios: graphs-chaos, steal-efficiency, node-graphs, {} (default membership-chaos)",
         SCENARIOS.join(", ")
     )
+}
+
+fn quantiles(v: &mut [f64]) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return (0.0, 0.0);
+    }
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
 }
 
 fn main() {
@@ -47,7 +58,105 @@ fn main() {
     let mut trace: u64 = 0;
     let mut failed = 0u64;
 
-    if scenario == "node-graphs" {
+    if scenario == "graphs-chaos" {
+        let fixed = get("--nodes").map(|_| nodes);
+        let started = std::time::Instant::now();
+        let mut sums = [0u64; 9];
+        for seed in from..from + count {
+            let r = graphs_chaos(seed, fixed);
+            trace = trace.rotate_left(5) ^ r.trace_hash;
+            for (s, v) in sums.iter_mut().zip([
+                r.tasks_run,
+                r.tasks_remote,
+                r.errors,
+                r.stats.placed_remote,
+                r.stats.stolen,
+                r.stats.fetched,
+                r.stats.retries,
+                r.lost,
+                r.duplicated,
+            ]) {
+                *s += v;
+            }
+            if count == 1 {
+                println!(
+                    "seed {seed}: {} nodes, {} tasks ({} away from their owner), makespan {:.3} virtual s",
+                    r.nodes,
+                    r.tasks_run,
+                    r.tasks_remote,
+                    r.makespan_us as f64 / 1e6
+                );
+            }
+            if !r.violations.is_empty() {
+                failed += 1;
+                eprintln!(
+                    "graphs-chaos seed {seed} ({} nodes) FAILED: {:?}",
+                    r.nodes, r.violations
+                );
+                eprintln!(
+                    "  replay: cargo run --release -p rdask-sim --bin rdask-sim -- --scenario graphs-chaos --seed {seed}"
+                );
+            }
+        }
+        println!(
+            "graphs-chaos: {count} seeds from {from}: {} passed, {failed} failed in {:.1} s; tasks run {}, \
+             away from their owner {}, error results {}; placed remote {}, stolen {}, fetched {}, \
+             retried {}; batches lost {}, duplicated {}",
+            count - failed,
+            started.elapsed().as_secs_f64(),
+            sums[0],
+            sums[1],
+            sums[2],
+            sums[3],
+            sums[4],
+            sums[5],
+            sums[6],
+            sums[7],
+            sums[8]
+        );
+    } else if scenario == "steal-efficiency" {
+        let ps: Vec<usize> = match get("--nodes") {
+            Some(_) => vec![nodes],
+            None => vec![2, 4, 8, 16, 32, 64, 128, 256],
+        };
+        let per = count.max(1);
+        println!(
+            "makespan / max(T1/P, T_inf), {per} seeds per cell: median (p99) rdask | oracle central scheduler"
+        );
+        print!("{:>5}", "P");
+        for s in SHAPES {
+            print!(" {:>26}", format!("{s:?}"));
+        }
+        println!();
+        let mut all = Vec::new();
+        for &p in &ps {
+            print!("{p:>5}");
+            for shape in SHAPES {
+                let mut r = Vec::new();
+                let mut o = Vec::new();
+                for seed in from..from + per {
+                    let e = steal_efficiency(seed, p, shape);
+                    if !e.violations.is_empty() {
+                        failed += 1;
+                        eprintln!(
+                            "steal-efficiency seed {seed} P={p} {shape:?} FAILED: {:?}",
+                            e.violations
+                        );
+                    }
+                    trace = trace.rotate_left(5) ^ e.ratio.to_bits();
+                    r.push(e.ratio);
+                    o.push(e.oracle);
+                }
+                all.extend(r.iter().copied());
+                let (m, p99) = quantiles(&mut r);
+                let (om, _) = quantiles(&mut o);
+                print!(" {:>26}", format!("{m:.2} ({p99:.2}) | {om:.2}"));
+            }
+            println!();
+        }
+        let (m, p99) = quantiles(&mut all);
+        println!("all cells: median {m:.3}, p99 {p99:.3}");
+    } else if scenario == "node-graphs" {
         let cfg = SimConfig::default();
         let (mut tasks, mut errors, mut partial, mut not_run) = (0, 0, 0, 0);
         for seed in from..from + count {

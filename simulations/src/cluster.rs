@@ -1,0 +1,1038 @@
+//! Many nodes running graphs together: the scheduling scenarios.
+//!
+//! Every node is the production [`NodeCore`]; the simulator plays the thread pools (tasks
+//! take the virtual time the plan gives them), the network between nodes (latency,
+//! bandwidth, loss, duplication and the reordering that random delays cause) and the
+//! clients (submit to an entry node, gather with long polls, release).
+//!
+//! - [`graphs_chaos`]: random DAGs (wide maps, chains, trees, diamonds, random mixes; skewed
+//!   run times and sizes; some tasks fail) submitted by several clients to several entry
+//!   nodes of 3 to 200 nodes, over a lossy network. Checked at every step: no task runs
+//!   twice or before its inputs are computed, no request is answered twice; at the end:
+//!   every graph completed with the values (or the errors) of a sequential reference
+//!   evaluation, and, when no message was lost, nothing stays behind on any node.
+//! - [`steal_efficiency`]: one graph submitted to one node of P single-thread nodes; the
+//!   makespan against the lower bound max(T1/P, T∞), and against an oracle central
+//!   scheduler (greedy list scheduling with free communication) on the same graph.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use rdask_actors::protocol::{
+    ClientResponse, GraphSubmission, KeyResult, PeerBatch, PeerMsg, SubmitOutcome,
+};
+use rdask_actors::{CoreStats, Job, NodeCore, PeerUpdate, RequestId, TaskDone};
+use rdask_gossip::NodeId;
+use rdask_graph::registry::{decode_arg, encode_output};
+use rdask_graph::{Arg, GraphId, Key, Registry, TaskEntry, TaskFailure, TaskSpec, value};
+
+/// How long nodes go on ticking after the last graph is done.
+const GRACE_US: u64 = 5_000_000;
+
+/// A value of the simulated tasks: a hash and padding that gives it its size.
+type SimValue = (u64, Vec<u8>);
+
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn combine(args: &[Bytes]) -> Result<Vec<u8>, TaskFailure> {
+    // The last argument is (seed, size); the others are inputs.
+    let n = args.len() - 1;
+    let (seed, size): (u64, u32) = decode_arg(args, n)?;
+    let mut h = mix(seed);
+    for i in 0..n {
+        let (v, _pad): SimValue = decode_arg(args, i)?;
+        h = mix(h ^ v.rotate_left(7 * i as u32 + 1));
+    }
+    encode_output(&(h, vec![0u8; size as usize]))
+}
+
+fn fail(args: &[Bytes]) -> Result<Vec<u8>, TaskFailure> {
+    let (seed, _): (u64, u32) = decode_arg(args, args.len() - 1)?;
+    Err(TaskFailure::Failed(format!("injected failure {seed}")))
+}
+
+macro_rules! entries {
+    ($($name:ident = $text:literal, $arity:literal, $f:ident;)*) => {
+        $(static $name: TaskEntry = TaskEntry { name: $text, arity: $arity, invoke: $f };)*
+    };
+}
+entries! {
+    C0 = "sim::leaf", 1, combine;
+    C1 = "sim::combine1", 2, combine;
+    C2 = "sim::combine2", 3, combine;
+    C3 = "sim::combine3", 4, combine;
+    C4 = "sim::combine4", 5, combine;
+    F0 = "sim::fail0", 1, fail;
+    F1 = "sim::fail1", 2, fail;
+    F2 = "sim::fail2", 3, fail;
+    F3 = "sim::fail3", 4, fail;
+    F4 = "sim::fail4", 5, fail;
+}
+
+fn registry() -> &'static Registry {
+    static R: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
+    R.get_or_init(|| Registry::from_entries([&C0, &C1, &C2, &C3, &C4, &F0, &F1, &F2, &F3, &F4]))
+}
+
+const COMBINE: [&str; 5] = [
+    "sim::leaf",
+    "sim::combine1",
+    "sim::combine2",
+    "sim::combine3",
+    "sim::combine4",
+];
+const FAIL: [&str; 5] = [
+    "sim::fail0",
+    "sim::fail1",
+    "sim::fail2",
+    "sim::fail3",
+    "sim::fail4",
+];
+
+/// One planned task.
+#[derive(Clone)]
+struct PlanTask {
+    key: Key,
+    inputs: Vec<usize>,
+    seed: u64,
+    size: u32,
+    cost_us: u64,
+    fails: bool,
+}
+
+/// A planned graph: tasks in topological order, and the ones the client keeps.
+#[derive(Clone)]
+struct PlanGraph {
+    tasks: Vec<PlanTask>,
+    keep: Vec<usize>,
+}
+
+/// DAG shapes the scenarios draw from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// Independent tasks.
+    Map,
+    /// Several chains of dependent tasks.
+    Chains,
+    /// A binary tree reduction.
+    Tree,
+    /// Fan-out from one task, fan-in through a tree.
+    Diamond,
+    /// Each task takes up to four earlier tasks, recent ones more often.
+    Random,
+}
+
+/// The shapes, in the order tables print them.
+pub const SHAPES: [Shape; 5] = [
+    Shape::Map,
+    Shape::Chains,
+    Shape::Tree,
+    Shape::Diamond,
+    Shape::Random,
+];
+
+/// Run times: log-uniform between `lo` and `hi` microseconds (skewed: most are short).
+fn cost(rng: &mut StdRng, lo: u64, hi: u64) -> u64 {
+    let (a, b) = ((lo as f64).ln(), (hi as f64).ln());
+    rng.random_range(a..=b).exp() as u64
+}
+
+/// Value sizes: mostly tiny, some of kilobytes, a few of a MiB.
+fn size(rng: &mut StdRng, big: bool) -> u32 {
+    match rng.random_range(0..100) {
+        0..=79 => rng.random_range(0..64),
+        80..=96 => rng.random_range(64..16_384),
+        _ if big => rng.random_range(16_384..1 << 20),
+        _ => rng.random_range(64..16_384),
+    }
+}
+
+fn make_graph(
+    rng: &mut StdRng,
+    shape: Shape,
+    n: usize,
+    tag: &str,
+    costs: (u64, u64),
+    fail_rate: f64,
+    big: bool,
+) -> PlanGraph {
+    let mut tasks: Vec<PlanTask> = Vec::new();
+    let push = |rng: &mut StdRng, tasks: &mut Vec<PlanTask>, inputs: Vec<usize>| {
+        let i = tasks.len();
+        tasks.push(PlanTask {
+            key: Key::from(format!("{tag}-{i}")),
+            inputs,
+            seed: rng.random(),
+            size: size(rng, big),
+            cost_us: cost(rng, costs.0, costs.1),
+            fails: rng.random_bool(fail_rate),
+        });
+        i
+    };
+    match shape {
+        Shape::Map => {
+            for _ in 0..n {
+                push(rng, &mut tasks, vec![]);
+            }
+        }
+        Shape::Chains => {
+            let chains = rng.random_range(1..=8usize.min(n));
+            let mut heads: Vec<Option<usize>> = vec![None; chains];
+            for i in 0..n {
+                let c = i % chains;
+                let inputs = heads[c].into_iter().collect();
+                heads[c] = Some(push(rng, &mut tasks, inputs));
+            }
+        }
+        Shape::Tree | Shape::Diamond => {
+            let mut level: Vec<usize> = if shape == Shape::Tree {
+                (0..n.div_ceil(2).max(1))
+                    .map(|_| push(rng, &mut tasks, vec![]))
+                    .collect()
+            } else {
+                let root = push(rng, &mut tasks, vec![]);
+                (0..(n / 2).max(1))
+                    .map(|_| push(rng, &mut tasks, vec![root]))
+                    .collect()
+            };
+            while level.len() > 1 {
+                level = level
+                    .chunks(2)
+                    .map(|c| push(rng, &mut tasks, c.to_vec()))
+                    .collect();
+            }
+        }
+        Shape::Random => {
+            for i in 0..n {
+                let k = if i == 0 {
+                    0
+                } else {
+                    rng.random_range(0..=4usize.min(i))
+                };
+                let mut inputs: Vec<usize> = (0..k)
+                    .map(|_| {
+                        let back = rng.random_range(1..=i.min(16));
+                        i - back
+                    })
+                    .collect();
+                inputs.sort_unstable();
+                inputs.dedup();
+                push(rng, &mut tasks, inputs);
+            }
+        }
+    }
+    // Keep the sinks, and a few others.
+    let mut used = vec![false; tasks.len()];
+    for t in &tasks {
+        for &i in &t.inputs {
+            used[i] = true;
+        }
+    }
+    let keep = (0..tasks.len())
+        .filter(|&i| !used[i] || rng.random_bool(0.05))
+        .collect();
+    PlanGraph { tasks, keep }
+}
+
+/// What a sequential evaluation gives for each task of a graph: the encoded value, or the
+/// failing tasks one of which must be the cause of its error.
+fn reference(g: &PlanGraph) -> Vec<Result<Bytes, BTreeSet<Key>>> {
+    let mut out: Vec<Result<Bytes, BTreeSet<Key>>> = Vec::with_capacity(g.tasks.len());
+    for t in &g.tasks {
+        let mut causes = BTreeSet::new();
+        let mut args = Vec::new();
+        for &i in &t.inputs {
+            match &out[i] {
+                Ok(b) => args.push(b.clone()),
+                Err(c) => causes.extend(c.iter().cloned()),
+            }
+        }
+        if t.fails && causes.is_empty() {
+            causes.insert(t.key.clone());
+        }
+        if !causes.is_empty() {
+            out.push(Err(causes));
+            continue;
+        }
+        args.push(value::encode(&(t.seed, t.size)).expect("encodable"));
+        out.push(Ok(Bytes::from(combine(&args).expect("reference runs"))));
+    }
+    out
+}
+
+fn submission(id: u128, g: &PlanGraph) -> GraphSubmission {
+    let tasks = g
+        .tasks
+        .iter()
+        .map(|t| {
+            let mut args: Vec<Arg> = t
+                .inputs
+                .iter()
+                .map(|&i| Arg::Key(g.tasks[i].key.clone()))
+                .collect();
+            args.push(Arg::Value(
+                value::encode(&(t.seed, t.size)).expect("encodable"),
+            ));
+            let names = if t.fails { &FAIL } else { &COMBINE };
+            TaskSpec {
+                key: t.key.clone(),
+                function: names[t.inputs.len()].into(),
+                args,
+            }
+        })
+        .collect();
+    GraphSubmission {
+        id: GraphId(id),
+        tasks,
+        keep: g.keep.iter().map(|&i| g.tasks[i].key.clone()).collect(),
+    }
+}
+
+/// The network and faults of a run.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Smallest one-way latency, µs.
+    pub latency_us: (u64, u64),
+    /// Bytes per µs.
+    pub bandwidth: u64,
+    /// Chance that a batch is lost.
+    pub loss: f64,
+    /// Chance that a batch arrives twice.
+    pub duplicate: f64,
+}
+
+impl NetConfig {
+    /// A LAN with no faults.
+    pub fn lan() -> NetConfig {
+        NetConfig {
+            latency_us: (50, 300),
+            bandwidth: 1_000,
+            loss: 0.0,
+            duplicate: 0.0,
+        }
+    }
+}
+
+/// What a scheduling run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterReport {
+    /// The seed.
+    pub seed: u64,
+    /// Nodes.
+    pub nodes: usize,
+    /// A hash of every event in order: equal for equal seeds.
+    pub trace_hash: u64,
+    /// Tasks that ran, and how many on nodes other than their graph's owner.
+    pub tasks_run: u64,
+    /// Tasks run away from their owner.
+    pub tasks_remote: u64,
+    /// Keys that ended in an error.
+    pub errors: u64,
+    /// Summed counters of every node.
+    pub stats: Stats,
+    /// Batches lost and duplicated by the network.
+    pub lost: u64,
+    /// Batches delivered twice.
+    pub duplicated: u64,
+    /// Virtual µs from the first submission to the last graph's results.
+    pub makespan_us: u64,
+    /// Invariant violations (empty when the run is correct).
+    pub violations: Vec<String>,
+}
+
+/// Summed [`CoreStats`] of the nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Tasks placed on a peer by their owner.
+    pub placed_remote: u64,
+    /// Steal requests.
+    pub steal_requests: u64,
+    /// Tasks moved by stealing.
+    pub stolen: u64,
+    /// Values fetched between nodes.
+    pub fetched: u64,
+    /// Assignments sent again.
+    pub retries: u64,
+}
+
+impl Stats {
+    fn add(&mut self, s: CoreStats) {
+        self.placed_remote += s.placed_remote;
+        self.steal_requests += s.steal_requests;
+        self.stolen += s.stolen;
+        self.fetched += s.fetched;
+        self.retries += s.retries;
+    }
+}
+
+enum Event {
+    Submit(usize),
+    Deliver(usize, usize, PeerBatch),
+    JobDone(usize, TaskDone, Key),
+    Tick(usize),
+    Members,
+    Expire(usize, RequestId),
+    Gather(usize),
+}
+
+enum ClientOp {
+    Submit(usize),
+    Gather(usize),
+    Release,
+}
+
+struct SimNode {
+    core: NodeCore,
+    nthreads: u32,
+    busy: u32,
+    queue: VecDeque<Job>,
+    next_request: u64,
+}
+
+struct GraphRun {
+    plan: PlanGraph,
+    entry: usize,
+    expected: Vec<Result<Bytes, BTreeSet<Key>>>,
+    submission: Option<GraphSubmission>,
+    done_at: Option<u64>,
+}
+
+struct Sim {
+    rng: StdRng,
+    net: NetConfig,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    events: BTreeMap<u64, Event>,
+    /// Events that are not ticks or membership refreshes: the run ends when none is left.
+    live_events: u64,
+    nodes: Vec<SimNode>,
+    names: Vec<NodeId>,
+    by_name: BTreeMap<NodeId, usize>,
+    graphs: Vec<GraphRun>,
+    ops: BTreeMap<(usize, RequestId), ClientOp>,
+    /// Key → (graph, task index) for checks.
+    plan_of: BTreeMap<Key, (usize, usize)>,
+    started: BTreeSet<Key>,
+    finished: BTreeSet<Key>,
+    trace: u64,
+    report: ClusterReport,
+    first_submit: Option<u64>,
+    /// A key whose messages are printed (`RDASK_SIM_WATCH=key`), to debug a failing seed.
+    watch: Option<Key>,
+}
+
+impl Sim {
+    fn new(seed: u64, n: usize, nthreads: u32, net: NetConfig) -> Sim {
+        let mut names = Vec::new();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let name = NodeId(format!("node{i:03}").into());
+            nodes.push(SimNode {
+                core: NodeCore::new(&name.0, registry(), nthreads),
+                nthreads,
+                busy: 0,
+                queue: VecDeque::new(),
+                next_request: 0,
+            });
+            names.push(name);
+        }
+        let by_name = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
+        Sim {
+            rng: StdRng::seed_from_u64(seed),
+            net,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            live_events: 0,
+            nodes,
+            names,
+            by_name,
+            graphs: Vec::new(),
+            ops: BTreeMap::new(),
+            plan_of: BTreeMap::new(),
+            started: BTreeSet::new(),
+            finished: BTreeSet::new(),
+            trace: seed,
+            report: ClusterReport {
+                seed,
+                nodes: n,
+                ..ClusterReport::default()
+            },
+            first_submit: None,
+            watch: std::env::var("RDASK_SIM_WATCH").ok().map(Key::from),
+        }
+    }
+
+    fn at(&mut self, delay: u64, e: Event) {
+        self.seq += 1;
+        if !matches!(e, Event::Tick(_) | Event::Members | Event::Expire(..)) {
+            self.live_events += 1;
+        }
+        self.events.insert(self.seq, e);
+        self.queue.push(Reverse((self.now + delay, self.seq)));
+    }
+
+    fn note(&mut self, a: u64, b: u64) {
+        self.trace = mix(self.trace ^ mix(a ^ self.now.rotate_left(20) ^ b.rotate_left(40)));
+    }
+
+    fn add_graph(&mut self, plan: PlanGraph, entry: usize, at: u64) {
+        let g = self.graphs.len();
+        for (i, t) in plan.tasks.iter().enumerate() {
+            self.plan_of.insert(t.key.clone(), (g, i));
+        }
+        let expected = reference(&plan);
+        let submission = Some(submission(
+            (u128::from(self.rng.random::<u64>()) << 64) | g as u128,
+            &plan,
+        ));
+        self.graphs.push(GraphRun {
+            plan,
+            entry,
+            expected,
+            submission,
+            done_at: None,
+        });
+        self.at(at, Event::Submit(g));
+    }
+
+    fn members(&mut self) {
+        let updates: Vec<PeerUpdate> = self
+            .nodes
+            .iter()
+            .zip(&self.names)
+            .map(|(n, name)| PeerUpdate {
+                node: name.clone(),
+                nthreads: n.nthreads,
+                functions_digest: registry().digest(),
+                alive: true,
+                load: n.core.load(),
+            })
+            .collect();
+        for i in 0..self.nodes.len() {
+            self.nodes[i].core.handle_members(&updates);
+            self.drain(i);
+        }
+    }
+
+    fn request(&mut self, node: usize, op: ClientOp) -> RequestId {
+        let n = &mut self.nodes[node];
+        n.next_request += 1;
+        let id = RequestId(n.next_request);
+        self.ops.insert((node, id), op);
+        id
+    }
+
+    /// Drains a node's outputs in the documented order.
+    fn drain(&mut self, i: usize) {
+        loop {
+            let replies = self.nodes[i].core.take_replies();
+            if replies.is_empty() {
+                break;
+            }
+            for (id, resp) in replies {
+                self.reply(i, id, resp);
+            }
+        }
+        let jobs = self.nodes[i].core.take_jobs();
+        for job in jobs {
+            self.note(1, job.key.as_str().len() as u64);
+            if self.watch.as_ref() == Some(&job.key) {
+                eprintln!("{:>10} node {i} starts {}", self.now, job.key);
+            }
+            if !self.started.insert(job.key.clone()) {
+                self.report
+                    .violations
+                    .push(format!("{} ran twice (on node {i})", job.key));
+            }
+            if let Some(&(g, t)) = self.plan_of.get(&job.key) {
+                for &d in &self.graphs[g].plan.tasks[t].inputs {
+                    let dk = &self.graphs[g].plan.tasks[d].key;
+                    if !self.finished.contains(dk) {
+                        self.report
+                            .violations
+                            .push(format!("{} started before its input {dk}", job.key));
+                    }
+                }
+                if i != self.graphs[g].entry {
+                    self.report.tasks_remote += 1;
+                }
+            }
+            self.nodes[i].queue.push_back(job);
+        }
+        self.start_jobs(i);
+        for (to, batch) in self.nodes[i].core.take_sends() {
+            let Some(&j) = self.by_name.get(&to) else {
+                self.report
+                    .violations
+                    .push(format!("node {i} sent to an unknown node {to}"));
+                continue;
+            };
+            self.transmit(i, j, batch);
+        }
+        for (id, ms) in self.nodes[i].core.take_timers() {
+            self.at(u64::from(ms) * 1000, Event::Expire(i, id));
+        }
+    }
+
+    fn transmit(&mut self, from: usize, to: usize, batch: PeerBatch) {
+        let bytes: u64 = batch
+            .msgs
+            .iter()
+            .map(|m| match m {
+                PeerMsg::Data { value: Some(v), .. } => v.len() as u64,
+                _ => 64,
+            })
+            .sum();
+        let (lo, hi) = self.net.latency_us;
+        let delay = self.rng.random_range(lo..=hi) + bytes / self.net.bandwidth.max(1);
+        self.note(2, (from * 1000 + to) as u64);
+        if self.net.loss > 0.0 && self.rng.random_bool(self.net.loss) {
+            self.report.lost += 1;
+            return;
+        }
+        if self.net.duplicate > 0.0 && self.rng.random_bool(self.net.duplicate) {
+            self.report.duplicated += 1;
+            let later = delay + self.rng.random_range(0..=hi * 4);
+            self.at(later, Event::Deliver(from, to, batch.clone()));
+        }
+        self.at(delay, Event::Deliver(from, to, batch));
+    }
+
+    fn start_jobs(&mut self, i: usize) {
+        while self.nodes[i].busy < self.nodes[i].nthreads {
+            let Some(job) = self.nodes[i].queue.pop_front() else {
+                break;
+            };
+            self.nodes[i].busy += 1;
+            let cost = self
+                .plan_of
+                .get(&job.key)
+                .map_or(1, |&(g, t)| self.graphs[g].plan.tasks[t].cost_us);
+            let result = job.entry.call(&job.args);
+            let done = TaskDone {
+                task: job.task,
+                result,
+                elapsed_ns: cost * 1000,
+            };
+            self.at(cost.max(1), Event::JobDone(i, done, job.key));
+            self.report.tasks_run += 1;
+        }
+    }
+
+    fn reply(&mut self, node: usize, id: RequestId, resp: ClientResponse) {
+        self.note(3, id.0);
+        let Some(op) = self.ops.remove(&(node, id)) else {
+            self.report
+                .violations
+                .push(format!("node {node} answered request {id:?} twice"));
+            return;
+        };
+        match (op, resp) {
+            (ClientOp::Submit(g), ClientResponse::Submitted(outcomes)) => {
+                if outcomes != [SubmitOutcome::Accepted] {
+                    self.report
+                        .violations
+                        .push(format!("graph {g} refused: {outcomes:?}"));
+                    return;
+                }
+                self.at(0, Event::Gather(g));
+            }
+            (ClientOp::Gather(g), ClientResponse::Results(results)) => {
+                if self.check(g, &results) {
+                    self.graphs[g].done_at = Some(self.now);
+                    let keys = self.kept_keys(g);
+                    let entry = self.graphs[g].entry;
+                    let r = self.request(entry, ClientOp::Release);
+                    self.nodes[entry].core.handle_release(r, keys);
+                } else {
+                    self.at(1000, Event::Gather(g));
+                }
+            }
+            (ClientOp::Release, ClientResponse::Released) => {}
+            (_, other) => self
+                .report
+                .violations
+                .push(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    fn kept_keys(&self, g: usize) -> Vec<Key> {
+        let plan = &self.graphs[g].plan;
+        plan.keep
+            .iter()
+            .map(|&i| plan.tasks[i].key.clone())
+            .collect()
+    }
+
+    /// Checks a gather's answer against the reference; whether it is complete.
+    fn check(&mut self, g: usize, results: &[KeyResult]) -> bool {
+        let mut complete = true;
+        let keep = self.graphs[g].plan.keep.clone();
+        for (&i, r) in keep.iter().zip(results) {
+            let key = self.graphs[g].plan.tasks[i].key.clone();
+            match (r, &self.graphs[g].expected[i]) {
+                (KeyResult::Value(b), Ok(v)) => {
+                    if b != v {
+                        self.report
+                            .violations
+                            .push(format!("{key} has a wrong value"));
+                    }
+                }
+                (KeyResult::Error(e), Err(causes)) => {
+                    if !causes.contains(&e.key) {
+                        self.report.violations.push(format!(
+                            "{key} failed with cause {}, expected one of {causes:?}",
+                            e.key
+                        ));
+                    }
+                    self.report.errors += 1;
+                }
+                (KeyResult::Pending, _) => complete = false,
+                (other, _) => self
+                    .report
+                    .violations
+                    .push(format!("{key}: unexpected {other:?}")),
+            }
+        }
+        complete
+    }
+
+    fn run(&mut self, limit_us: u64) {
+        self.members();
+        for i in 0..self.nodes.len() {
+            let offset = self.rng.random_range(0..10_000);
+            self.at(offset, Event::Tick(i));
+        }
+        self.at(1_000_000, Event::Members);
+        // Once every graph is done and nothing is in flight, the nodes tick a little longer
+        // (retries and clean-ups are driven by the clock), then the run ends.
+        let mut end_at = None;
+        while let Some(Reverse((t, seq))) = self.queue.pop() {
+            if end_at.is_none()
+                && self.live_events == 0
+                && self.graphs.iter().all(|g| g.done_at.is_some())
+            {
+                end_at = Some(self.now + GRACE_US);
+            }
+            if end_at.is_some_and(|e| t > e) {
+                break;
+            }
+            if t > limit_us {
+                let kinds: Vec<String> = self
+                    .events
+                    .values()
+                    .filter_map(|e| match e {
+                        Event::Submit(g) => Some(format!("submit {g}")),
+                        Event::Gather(g) => Some(format!("gather {g}")),
+                        Event::Deliver(f, t, b) => {
+                            Some(format!("deliver {f}->{t} {:?}", b.msgs.first()))
+                        }
+                        Event::JobDone(i, _, k) => Some(format!("done {i} {k}")),
+                        _ => None,
+                    })
+                    .take(5)
+                    .collect();
+                eprintln!("live {} {kinds:?}", self.live_events);
+                self.report.violations.push(format!(
+                    "not finished after {} virtual s: {}",
+                    limit_us / 1_000_000,
+                    self.unfinished()
+                ));
+                return;
+            }
+            self.now = t;
+            let e = self.events.remove(&seq).expect("scheduled");
+            if !matches!(e, Event::Tick(_) | Event::Members | Event::Expire(..)) {
+                self.live_events -= 1;
+            }
+            match e {
+                Event::Submit(g) => {
+                    self.first_submit.get_or_insert(self.now);
+                    let entry = self.graphs[g].entry;
+                    let sub = self.graphs[g].submission.take().expect("submitted once");
+                    let r = self.request(entry, ClientOp::Submit(g));
+                    self.nodes[entry].core.handle_submit(r, vec![sub]);
+                    self.drain(entry);
+                }
+                Event::Gather(g) => {
+                    let entry = self.graphs[g].entry;
+                    let keys = self.kept_keys(g);
+                    let r = self.request(entry, ClientOp::Gather(g));
+                    self.nodes[entry].core.handle_gather(r, keys, 600_000);
+                    self.drain(entry);
+                }
+                Event::Deliver(from, to, batch) => {
+                    self.note(4, (from * 1000 + to) as u64);
+                    if let Some(k) = &self.watch {
+                        for m in &batch.msgs {
+                            let text = format!("{m:?}");
+                            if text.contains(k.as_str()) {
+                                eprintln!(
+                                    "{:>10} {from}->{to} {}",
+                                    self.now,
+                                    &text[..text.len().min(300)]
+                                );
+                            }
+                        }
+                    }
+                    let name = self.names[from].clone();
+                    self.nodes[to].core.handle_peer(&name, batch);
+                    self.drain(to);
+                }
+                Event::JobDone(i, done, key) => {
+                    self.nodes[i].busy -= 1;
+                    self.finished.insert(key);
+                    self.nodes[i].core.handle_task_done(done);
+                    self.drain(i);
+                }
+                Event::Tick(i) => {
+                    self.nodes[i].core.handle_tick(self.now / 1000);
+                    self.drain(i);
+                    self.at(10_000, Event::Tick(i));
+                }
+                Event::Members => {
+                    self.members();
+                    self.at(1_000_000, Event::Members);
+                }
+                Event::Expire(i, id) => {
+                    self.nodes[i].core.handle_wait_expired(id);
+                    self.drain(i);
+                }
+            }
+        }
+        let first = self.first_submit.unwrap_or(0);
+        self.report.makespan_us = self
+            .graphs
+            .iter()
+            .filter_map(|g| g.done_at)
+            .max()
+            .unwrap_or(0)
+            .saturating_sub(first);
+        for n in &self.nodes {
+            self.report.stats.add(n.core.stats());
+        }
+        if self.graphs.iter().any(|g| g.done_at.is_none()) {
+            self.report.violations.push(format!(
+                "the run stopped with graphs unfinished: {}",
+                self.unfinished()
+            ));
+        }
+    }
+
+    fn unfinished(&self) -> String {
+        let open: Vec<usize> = (0..self.graphs.len())
+            .filter(|&g| self.graphs[g].done_at.is_none())
+            .collect();
+        let loads: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("{i}:{:?}/{:?}", n.core.load(), n.core.foreign_keys()))
+            .take(8)
+            .collect();
+        format!("graphs {open:?} open; loads {loads:?}")
+    }
+
+    /// After the run: with no message lost, every node holds nothing.
+    fn check_empty(&mut self) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            let (held, pending) = n.core.foreign_keys();
+            if n.core.tracked_keys() != 0 || held != 0 || pending != 0 {
+                self.report.violations.push(format!(
+                    "node {i} keeps {} keys of its graphs, {held} results and {pending} tasks of others",
+                    n.core.tracked_keys()
+                ));
+            }
+            let load = n.core.load();
+            if load.memory_used != 0 || load.stored != 0 {
+                self.report.violations.push(format!(
+                    "node {i} accounts memory it does not hold: {load:?}"
+                ));
+            }
+        }
+    }
+}
+
+/// The `graphs-chaos` scenario for one seed: `nodes` nodes (drawn from 3 to 200 when
+/// `None`), random graphs from several clients on several entry nodes, a network that
+/// loses, duplicates and reorders messages.
+pub fn graphs_chaos(seed: u64, nodes: Option<usize>) -> ClusterReport {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_c4a0);
+    let n = nodes.unwrap_or_else(|| match rng.random_range(0..10) {
+        0..=5 => rng.random_range(3..=8),
+        6..=8 => rng.random_range(9..=40),
+        _ => rng.random_range(41..=200),
+    });
+    let faulty = rng.random_bool(0.6);
+    let net = NetConfig {
+        latency_us: (20, rng.random_range(100..=3_000)),
+        bandwidth: rng.random_range(100..=2_000),
+        loss: if faulty {
+            rng.random_range(0.0..0.05)
+        } else {
+            0.0
+        },
+        duplicate: if faulty {
+            rng.random_range(0.0..0.02)
+        } else {
+            0.0
+        },
+    };
+    let nthreads = rng.random_range(1..=4);
+    let mut sim = Sim::new(seed, n, nthreads, net);
+    let graphs = rng.random_range(1..=6);
+    let fail_rate = if rng.random_bool(0.3) { 0.02 } else { 0.0 };
+    for g in 0..graphs {
+        let shape = SHAPES[rng.random_range(0..SHAPES.len())];
+        let size = rng.random_range(1..=250);
+        let plan = make_graph(
+            &mut rng,
+            shape,
+            size,
+            &format!("g{g}"),
+            (50, 50_000),
+            fail_rate,
+            true,
+        );
+        let entry = rng.random_range(0..n);
+        let at = rng.random_range(0..200_000);
+        sim.add_graph(plan, entry, at);
+    }
+    sim.run(600_000_000);
+    if sim.report.lost == 0 && sim.report.duplicated == 0 && sim.report.violations.is_empty() {
+        sim.check_empty();
+    }
+    sim.report.trace_hash = sim.trace;
+    sim.report.clone()
+}
+
+/// One row of the stealing-efficiency table.
+#[derive(Clone, Debug)]
+pub struct Efficiency {
+    /// Processors (single-thread nodes).
+    pub p: usize,
+    /// The DAG shape.
+    pub shape: Shape,
+    /// Makespan / max(T1/P, T∞) for rdask.
+    pub ratio: f64,
+    /// The same for the oracle central scheduler.
+    pub oracle: f64,
+    /// Tasks moved by stealing.
+    pub stolen: u64,
+    /// Invariant violations.
+    pub violations: Vec<String>,
+}
+
+/// The `steal-efficiency` scenario for one seed: a graph of `shape` submitted to node 0 of
+/// `p` single-thread nodes.
+pub fn steal_efficiency(seed: u64, p: usize, shape: Shape) -> Efficiency {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xeff1_c1e7);
+    let n = (p * 16).max(64);
+    let plan = make_graph(&mut rng, shape, n, "s", (1_000, 100_000), 0.0, false);
+    let costs: Vec<u64> = plan.tasks.iter().map(|t| t.cost_us).collect();
+    let t1: u64 = costs.iter().sum();
+    let mut path = vec![0u64; plan.tasks.len()];
+    for (i, t) in plan.tasks.iter().enumerate() {
+        path[i] = t.cost_us + t.inputs.iter().map(|&d| path[d]).max().unwrap_or(0);
+    }
+    let tinf = path.iter().copied().max().unwrap_or(0);
+    let bound = (t1 as f64 / p as f64).max(tinf as f64);
+    let oracle = oracle_makespan(&plan, p) as f64 / bound;
+    let mut sim = Sim::new(seed, p, 1, NetConfig::lan());
+    sim.add_graph(plan, 0, 0);
+    sim.run(3_600_000_000);
+    Efficiency {
+        p,
+        shape,
+        ratio: sim.report.makespan_us as f64 / bound,
+        oracle,
+        stolen: sim.report.stats.stolen,
+        violations: sim.report.violations,
+    }
+}
+
+/// Greedy list scheduling by a central scheduler that knows everything and moves data for
+/// free: whenever a processor is free it takes the ready task that came first.
+fn oracle_makespan(plan: &PlanGraph, p: usize) -> u64 {
+    let n = plan.tasks.len();
+    let mut waiting: Vec<usize> = plan.tasks.iter().map(|t| t.inputs.len()).collect();
+    let mut dependents = vec![Vec::new(); n];
+    for (i, t) in plan.tasks.iter().enumerate() {
+        for &d in &t.inputs {
+            dependents[d].push(i);
+        }
+    }
+    let mut ready: BinaryHeap<Reverse<usize>> =
+        (0..n).filter(|&i| waiting[i] == 0).map(Reverse).collect();
+    let mut running: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
+    let mut now = 0;
+    let mut free = p;
+    loop {
+        while free > 0 {
+            let Some(Reverse(i)) = ready.pop() else { break };
+            free -= 1;
+            running.push(Reverse((now + plan.tasks[i].cost_us, i)));
+        }
+        let Some(Reverse((t, i))) = running.pop() else {
+            break;
+        };
+        now = t;
+        free += 1;
+        for &d in &dependents[i] {
+            waiting[d] -= 1;
+            if waiting[d] == 0 {
+                ready.push(Reverse(d));
+            }
+        }
+    }
+    now
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdask_gossip::LoadSummary;
+
+    #[test]
+    fn the_reference_is_deterministic_and_errors_name_their_cause() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let g = make_graph(&mut rng, Shape::Random, 100, "x", (1, 10), 0.1, false);
+        assert_eq!(reference(&g), reference(&g));
+        assert!(reference(&g).iter().any(|r| r.is_err()));
+    }
+
+    #[test]
+    fn the_oracle_reaches_the_bound_on_a_wide_map_of_equal_tasks() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut g = make_graph(&mut rng, Shape::Map, 64, "m", (1, 10), 0.0, false);
+        for t in &mut g.tasks {
+            t.cost_us = 10;
+        }
+        assert_eq!(oracle_makespan(&g, 8), 80);
+    }
+
+    #[test]
+    fn load_is_zero_for_an_idle_cluster() {
+        let sim = Sim::new(1, 3, 1, NetConfig::lan());
+        assert!(
+            sim.nodes
+                .iter()
+                .all(|n| n.core.load() == LoadSummary::default())
+        );
+    }
+}
