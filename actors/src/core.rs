@@ -23,7 +23,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rdask_gossip::{LoadSummary, NodeId};
 use rdask_graph::{
-    Arg, Graph, GraphError, GraphId, Key, Registry, TaskEntry, TaskError, TaskErrorKind,
+    Arg, Graph, GraphError, GraphId, Key, Placement, Registry, TaskEntry, TaskError, TaskErrorKind,
     TaskFailure,
 };
 use rustc_hash::{FxHashMap, FxHasher};
@@ -178,6 +178,8 @@ enum State {
     },
     /// Finished with an error (its own or a dependency's).
     Erred(Arc<TaskError>),
+    /// Restricted to nodes none of which is alive: placed when one is.
+    NoWorker,
 }
 
 impl State {
@@ -207,6 +209,8 @@ struct Task {
     priority: u64,
     /// Hand-overs so far (see [`Assignment::hops`]).
     hops: u32,
+    /// Where it may run.
+    placement: Option<Box<Restrict>>,
     state: State,
 }
 
@@ -231,6 +235,7 @@ struct Foreign {
     missing: u32,
     priority: u64,
     hops: u32,
+    placement: Option<Box<Restrict>>,
     state: ForeignState,
     cancelled: bool,
 }
@@ -250,6 +255,17 @@ enum ForeignState {
     Fetching,
     Queued,
     Running,
+}
+
+/// A placement restriction with the nodes as peer indices.
+struct Restrict {
+    nodes: Vec<u32>,
+    loose: bool,
+}
+
+/// Whether a task with this restriction may be handed to `p`.
+fn allows(r: &Option<Box<Restrict>>, p: u32) -> bool {
+    r.as_ref().is_none_or(|r| r.loose || r.nodes.contains(&p))
 }
 
 /// What a worker remembers of a task of another owner that is no longer here.
@@ -347,6 +363,8 @@ pub struct NodeCore {
     peer_index: FxHashMap<NodeId, u32>,
     /// Peers that may run tasks (eligible and alive), this node first.
     candidates: Vec<u32>,
+    /// Tasks waiting for a node they are restricted to.
+    no_worker: Vec<TaskId>,
     dirty: Vec<u32>,
     retry: BinaryHeap<Reverse<(u64, u32, u32)>>,
     rng: u64,
@@ -412,6 +430,7 @@ impl NodeCore {
             }],
             peer_index,
             candidates: vec![0],
+            no_worker: Vec::new(),
             dirty: Vec::new(),
             retry: BinaryHeap::new(),
             rng: seed.finish() | 1,
@@ -671,6 +690,14 @@ impl NodeCore {
                 p == 0 || (self.peers[p as usize].alive && self.peers[p as usize].eligible)
             })
             .collect();
+        for id in std::mem::take(&mut self.no_worker) {
+            if self
+                .task(id)
+                .is_some_and(|t| matches!(t.state, State::NoWorker))
+            {
+                self.place(id);
+            }
+        }
     }
 
     /// A batch of messages from the peer `from`. Messages that make no sense (unknown
@@ -842,7 +869,8 @@ impl NodeCore {
             let entry = registry
                 .get(&spec.function)
                 .expect("validated against the registry");
-            match self.insert(spec.key, entry, spec.args) {
+            let placement = spec.placement.map(|pl| self.restrict(&pl.nodes, pl.loose));
+            match self.insert(spec.key, entry, spec.args, placement) {
                 Inserted::Failed(id, e) => failed.push((id, e)),
                 Inserted::Ready(id) => ready.push(id),
                 Inserted::Waiting => {}
@@ -874,7 +902,13 @@ impl NodeCore {
     }
 
     /// Adds a task.
-    fn insert(&mut self, key: Key, entry: &'static TaskEntry, spec_args: Vec<Arg>) -> Inserted {
+    fn insert(
+        &mut self,
+        key: Key,
+        entry: &'static TaskEntry,
+        spec_args: Vec<Arg>,
+        placement: Option<Box<Restrict>>,
+    ) -> Inserted {
         let mut args = Vec::with_capacity(spec_args.len());
         let mut deps = Vec::new();
         for a in spec_args {
@@ -932,6 +966,7 @@ impl NodeCore {
             cancelled: false,
             priority,
             hops: 0,
+            placement,
             state: State::Waiting,
         });
         self.unfinished += 1;
@@ -944,20 +979,54 @@ impl NodeCore {
 
     /// Chooses where a task whose dependencies are finished runs, and sends it there.
     fn place(&mut self, id: TaskId) {
-        let target = if self.candidates.len() <= 1 {
-            0
+        let restricted = self.task(id).is_some_and(|t| t.placement.is_some());
+        let target = if self.candidates.len() <= 1 && !restricted {
+            Some(0)
         } else {
             self.choose(id)
         };
-        if target == 0 {
-            self.place_here(id);
-        } else {
-            self.place_remote(id, target);
+        match target {
+            Some(0) => self.place_here(id),
+            Some(node) => self.place_remote(id, node),
+            None => {
+                self.task_mut(id).expect("placing a live task").state = State::NoWorker;
+                self.no_worker.push(id);
+            }
         }
     }
 
-    fn choose(&mut self, id: TaskId) -> u32 {
+    /// Interns the nodes of a placement restriction.
+    fn restrict(&mut self, nodes: &[Arc<str>], loose: bool) -> Box<Restrict> {
+        let nodes = nodes
+            .iter()
+            .map(|n| self.intern(&NodeId(n.clone())))
+            .collect();
+        Box::new(Restrict { nodes, loose })
+    }
+
+    /// Where a task goes; `None` when it is restricted to nodes none of which is alive.
+    fn choose(&mut self, id: TaskId) -> Option<u32> {
         let t = self.task(id).expect("placing a live task");
+        if let Some(r) = &t.placement {
+            let best = r
+                .nodes
+                .iter()
+                .copied()
+                .filter(|&p| p == 0 || self.candidates.contains(&p))
+                .min_by(|&a, &b| {
+                    self.load_per_thread(a)
+                        .total_cmp(&self.load_per_thread(b))
+                        .then(a.cmp(&b))
+                });
+            match best {
+                Some(p) => return Some(p),
+                None if !r.loose => return None,
+                None => {}
+            }
+            if self.candidates.len() <= 1 {
+                return Some(0);
+            }
+        }
         // Bytes of its inputs per holder.
         let mut bytes: Vec<(u32, u64)> = Vec::new();
         for d in &t.deps {
@@ -984,10 +1053,10 @@ impl NodeCore {
             .copied();
         if let Some((holder, b)) = best {
             if b >= HEAVY_INPUT_BYTES || self.has_room(holder) {
-                return holder;
+                return Some(holder);
             }
         } else if self.has_room(0) {
-            return 0;
+            return Some(0);
         }
         // Two random choices over the load; this node wins ties.
         let n = self.candidates.len() as u64;
@@ -995,7 +1064,7 @@ impl NodeCore {
         let ib = (ia + 1 + self.next_random() % (n - 1)) % n;
         let (a, b) = (self.candidates[ia as usize], self.candidates[ib as usize]);
         let (la, lb) = (self.load_per_thread(a), self.load_per_thread(b));
-        if la < lb || (la == lb && a < b) { a } else { b }
+        Some(if la < lb || (la == lb && a < b) { a } else { b })
     }
 
     /// Whether `p` has a thread (by this node's estimate) for one more task.
@@ -1110,6 +1179,7 @@ impl NodeCore {
             function: Arc::from(t.entry.name),
             args,
             priority: t.priority,
+            placement: self.placement_names(&t.placement),
             hops: t.hops,
         }
     }
@@ -1232,7 +1302,7 @@ impl NodeCore {
                     self.remove(id);
                     self.release_inputs(&deps, &mut work);
                 }
-                State::Waiting | State::Ready | State::Fetching => {
+                State::Waiting | State::Ready | State::Fetching | State::NoWorker => {
                     let deps = t.deps.clone();
                     if matches!(t.state, State::Ready) {
                         self.ready_count -= 1;
@@ -1760,7 +1830,8 @@ impl NodeCore {
             let mut keep = Vec::with_capacity(all.len());
             for Reverse((prio, idx, generation)) in all {
                 let id = TaskId { idx, generation };
-                if tasks.len() as u32 >= n || !self.worth_moving(id) {
+                if tasks.len() as u32 >= n || !self.worth_moving(id) || !self.may_run_on(id, thief)
+                {
                     keep.push(Reverse((prio, idx, generation)));
                     continue;
                 }
@@ -1785,6 +1856,14 @@ impl NodeCore {
                 )
             });
         self.send(thief, PeerMsg::Stolen { tasks, busiest });
+    }
+
+    fn may_run_on(&self, id: TaskId, p: u32) -> bool {
+        if id.foreign() {
+            self.foreign_ref(id).is_none_or(|f| allows(&f.placement, p))
+        } else {
+            self.task(id).is_none_or(|t| allows(&t.placement, p))
+        }
     }
 
     fn worth_moving(&self, id: TaskId) -> bool {
@@ -1814,6 +1893,17 @@ impl NodeCore {
             (&t.key, bytes)
         };
         self.estimate_ns(key) > MOVE_COST_NS + bytes as f64 / BYTES_PER_NS
+    }
+
+    fn placement_names(&self, r: &Option<Box<Restrict>>) -> Option<Placement> {
+        r.as_ref().map(|r| Placement {
+            nodes: r
+                .nodes
+                .iter()
+                .map(|&p| self.peers[p as usize].node.0.clone())
+                .collect(),
+            loose: r.loose,
+        })
     }
 
     /// Takes a queued task out of this node's queue for `thief`; `None` for a stale entry.
@@ -1972,6 +2062,10 @@ impl NodeCore {
                 _ => return,
             }
         }
+        let placement = a
+            .placement
+            .as_ref()
+            .map(|pl| self.restrict(&pl.nodes, pl.loose));
         let Some(entry) = self.registry.get(&a.function) else {
             let e = TaskError {
                 kind: TaskErrorKind::BadArgument,
@@ -2042,6 +2136,7 @@ impl NodeCore {
             missing,
             priority: a.priority,
             hops: a.hops,
+            placement,
             state: if missing == 0 {
                 ForeignState::Queued
             } else {
@@ -2145,6 +2240,7 @@ impl NodeCore {
             function: Arc::from(f.entry.name),
             args,
             priority: f.priority,
+            placement: self.placement_names(&f.placement),
             hops: f.hops,
         }
     }

@@ -134,6 +134,8 @@ pub struct Assignment {
     pub args: Vec<AssignArg>,
     /// Position in the owner's run order (lower runs first).
     pub priority: u64,
+    /// Where it may run (stealing respects it).
+    pub placement: Option<rdask_graph::Placement>,
     /// How many times the task changed hands (placement and each steal count one): a
     /// copy with no more hops than one already seen is a stale duplicate.
     pub hops: u32,

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::address::parse_address;
 use crate::future::{ArgContext, Args, FutureShared, IntoArg, Submitted, decode};
-use crate::{Error, Future, Result};
+use crate::{Error, Future, Result, TaskOptions};
 
 /// How long the node may hold a gather before answering with what is ready (the client
 /// then asks again).
@@ -304,6 +304,16 @@ impl Client {
     /// (a rejected graph, a failed task, an argument that cannot be encoded) come out of
     /// the future.
     pub fn submit<F, P, O, A: Args<P>>(&self, task: TaskFn<F, P, O>, args: A) -> Future<O> {
+        self.submit_with(task, args, &TaskOptions::default())
+    }
+
+    /// [`Client::submit`] with options: where the task may run.
+    pub fn submit_with<F, P, O, A: Args<P>>(
+        &self,
+        task: TaskFn<F, P, O>,
+        args: A,
+        options: &TaskOptions,
+    ) -> Future<O> {
         let key = self.inner.next_key(task.prefix());
         let cx = ArgContext {
             client: &self.inner,
@@ -311,7 +321,8 @@ impl Client {
         };
         match args.into_args(&cx) {
             Ok(args) => {
-                let spec = TaskSpec::new(key.clone(), task.name(), args);
+                let mut spec = TaskSpec::new(key.clone(), task.name(), args);
+                spec.placement = options.placement();
                 let submitted = self.inner.submit_graph(vec![spec], vec![key.clone()]);
                 Future::new(self.inner.future(key, submitted))
             }

@@ -39,11 +39,13 @@ mod address;
 mod client;
 mod error;
 mod future;
+mod options;
 
 pub use address::parse_address;
 pub use client::Client;
 pub use error::{Error, Result};
 pub use future::{Args, Future, IntoArg};
+pub use options::TaskOptions;
 pub use rdask_actors::protocol::NodeStatus;
 pub use rdask_gossip::{LoadSummary, MemberInfo, MemberState};
 pub use rdask_graph::{GraphError, Key, TaskError, TaskErrorKind, TaskFn};

@@ -37,7 +37,7 @@ pub use error::{GraphError, TaskError, TaskErrorKind};
 pub use graph::{Graph, ValidGraph};
 pub use key::{GraphId, Key};
 pub use registry::{Registry, TaskEntry, TaskFailure};
-pub use spec::{Arg, TaskSpec};
+pub use spec::{Arg, Placement, TaskSpec};
 pub use taskfn::TaskFn;
 
 /// Items used by code that `#[rdask::task]` generates. Not a public API.

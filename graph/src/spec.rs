@@ -24,6 +24,17 @@ pub struct TaskSpec {
     pub function: Arc<str>,
     /// The arguments in call order.
     pub args: Vec<Arg>,
+    /// Where it may run; `None`: anywhere its function is.
+    pub placement: Option<Placement>,
+}
+
+/// A restriction of where a task runs (Dask's `workers=` and `allow_other_workers=`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// Node ids (peer ids in text form) the task runs on.
+    pub nodes: Vec<Arc<str>>,
+    /// When none of `nodes` is alive: run elsewhere (`true`) or wait for one (`false`).
+    pub loose: bool,
 }
 
 impl TaskSpec {
@@ -33,6 +44,7 @@ impl TaskSpec {
             key,
             function: function.into(),
             args,
+            placement: None,
         }
     }
 

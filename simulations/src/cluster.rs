@@ -27,7 +27,9 @@ use rdask_actors::protocol::{
 use rdask_actors::{CoreStats, Job, NodeCore, PeerUpdate, RequestId, TaskDone};
 use rdask_gossip::NodeId;
 use rdask_graph::registry::{decode_arg, encode_output};
-use rdask_graph::{Arg, GraphId, Key, Registry, TaskEntry, TaskFailure, TaskSpec, value};
+use rdask_graph::{
+    Arg, GraphId, Key, Placement, Registry, TaskEntry, TaskFailure, TaskSpec, value,
+};
 
 /// How long nodes go on ticking after the last graph is done.
 const GRACE_US: u64 = 5_000_000;
@@ -106,6 +108,8 @@ struct PlanTask {
     size: u32,
     cost_us: u64,
     fails: bool,
+    /// Nodes it is restricted to, and whether loosely.
+    placement: Option<(Vec<usize>, bool)>,
 }
 
 /// A planned graph: tasks in topological order, and the ones the client keeps.
@@ -174,6 +178,7 @@ fn make_graph(
             size: size(rng, big),
             cost_us: cost(rng, costs.0, costs.1),
             fails: rng.random_bool(fail_rate),
+            placement: None,
         });
         i
     };
@@ -268,6 +273,10 @@ fn reference(g: &PlanGraph) -> Vec<Result<Bytes, BTreeSet<Key>>> {
     out
 }
 
+fn node_name(i: usize) -> NodeId {
+    NodeId(format!("node{i:03}").into())
+}
+
 fn submission(id: u128, g: &PlanGraph) -> GraphSubmission {
     let tasks = g
         .tasks
@@ -286,6 +295,10 @@ fn submission(id: u128, g: &PlanGraph) -> GraphSubmission {
                 key: t.key.clone(),
                 function: names[t.inputs.len()].into(),
                 args,
+                placement: t.placement.as_ref().map(|(nodes, loose)| Placement {
+                    nodes: nodes.iter().map(|&n| node_name(n).0).collect(),
+                    loose: *loose,
+                }),
             }
         })
         .collect();
@@ -435,7 +448,7 @@ impl Sim {
         let mut names = Vec::new();
         let mut nodes = Vec::new();
         for i in 0..n {
-            let name = NodeId(format!("node{i:03}").into());
+            let name = node_name(i);
             nodes.push(SimNode {
                 core: NodeCore::new(&name.0, registry(), nthreads),
                 nthreads,
@@ -570,6 +583,14 @@ impl Sim {
                 }
                 if i != self.graphs[g].entry {
                     self.report.tasks_remote += 1;
+                }
+                if let Some((nodes, false)) = &self.graphs[g].plan.tasks[t].placement
+                    && !nodes.contains(&i)
+                {
+                    self.report.violations.push(format!(
+                        "{} is restricted to nodes {nodes:?} and ran on node {i}",
+                        job.key
+                    ));
                 }
             }
             self.nodes[i].queue.push_back(job);
@@ -900,7 +921,7 @@ pub fn graphs_chaos(seed: u64, nodes: Option<usize>) -> ClusterReport {
     for g in 0..graphs {
         let shape = SHAPES[rng.random_range(0..SHAPES.len())];
         let size = rng.random_range(1..=250);
-        let plan = make_graph(
+        let mut plan = make_graph(
             &mut rng,
             shape,
             size,
@@ -909,6 +930,14 @@ pub fn graphs_chaos(seed: u64, nodes: Option<usize>) -> ClusterReport {
             fail_rate,
             true,
         );
+        // Some tasks are restricted to one or two nodes, hard or loose.
+        for t in &mut plan.tasks {
+            if rng.random_bool(0.05) {
+                let k = rng.random_range(1..=2);
+                let nodes = (0..k).map(|_| rng.random_range(0..n)).collect();
+                t.placement = Some((nodes, rng.random_bool(0.5)));
+            }
+        }
         let entry = rng.random_range(0..n);
         let at = rng.random_range(0..200_000);
         sim.add_graph(plan, entry, at);

@@ -49,6 +49,33 @@ pub fn where_am_i(x: u64) -> (u64, u32) {
     (x, std::process::id())
 }
 
+/// `mib` MiB of bytes that depend on `seed` (a value to move between nodes).
+#[rdask::task]
+pub fn blob(mib: u32, seed: u64) -> bytes::Bytes {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(mib as usize * 1024 * 1024);
+    for _ in 0..mib as usize * 1024 * 1024 / 8 {
+        // xorshift64
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.into()
+}
+
+/// The length and an FNV-1a hash (over 8-byte words) of `data`.
+#[rdask::task]
+pub fn checksum(data: bytes::Bytes) -> (u64, u64) {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for w in data.chunks(8) {
+        let mut b = [0u8; 8];
+        b[..w.len()].copy_from_slice(w);
+        h = (h ^ u64::from_le_bytes(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    (data.len() as u64, h)
+}
+
 /// A real `rdask-node`-style process on a loopback port chosen by the system. Killed when
 /// dropped.
 pub struct NodeProcess {

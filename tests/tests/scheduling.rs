@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdask::{Client, MemberState, NodeStatus};
-use rdask_tests::{NodeProcess, where_am_i};
+use rdask::{Client, MemberState, NodeStatus, TaskOptions};
+use rdask_tests::{NodeProcess, add, blob, checksum, inc, where_am_i};
 
 const NODE: &str = env!("CARGO_BIN_EXE_rdask-test-node");
 
@@ -43,26 +43,37 @@ fn wait_for_members(addr: &str, n: usize, secs: u64) {
     }
 }
 
-#[test]
-fn tasks_submitted_to_one_node_run_across_the_cluster() {
+/// Starts `n` nodes of 2 threads, the others joining the first.
+fn cluster(n: usize) -> (Vec<NodeProcess>, Vec<String>) {
     let first = NodeProcess::start(NODE, &["--nthreads", "2"]);
     let seed = first.multiaddr.clone();
     let mut nodes = vec![first];
-    for _ in 0..3 {
+    for _ in 1..n {
         nodes.push(NodeProcess::start(
             NODE,
             &["--nthreads", "2", "--join", &seed],
         ));
     }
-    let addrs: Vec<String> = nodes.iter().map(|n| n.multiaddr.clone()).collect();
+    let addrs = nodes.iter().map(|n| n.multiaddr.clone()).collect();
+    (nodes, addrs)
+}
+
+/// Waits until every node sees all members, and their cores have been told.
+fn settle(addrs: &[String]) {
+    for a in addrs {
+        wait_for_members(a, addrs.len(), 30);
+    }
+    // The node loop hands the gossiped members to its core once a second.
+    std::thread::sleep(Duration::from_millis(1_500));
+}
+
+#[test]
+fn tasks_submitted_to_one_node_run_across_the_cluster() {
+    let (nodes, addrs) = cluster(4);
     let pids: Vec<u32> = nodes.iter().map(|n| n.pid()).collect();
 
     let counts = bounded(120, move || {
-        for a in &addrs {
-            wait_for_members(a, 4, 30);
-        }
-        // The node loop hands the gossiped members to its core once a second.
-        std::thread::sleep(Duration::from_millis(1_500));
+        settle(&addrs);
         let client = Client::connect(&addrs[0]).expect("connect");
         let started = Instant::now();
         let futures = client.map(where_am_i, 0..2_000u64);
@@ -88,5 +99,69 @@ fn tasks_submitted_to_one_node_run_across_the_cluster() {
         "tasks ran in only {} processes: {counts:?}",
         counts.len()
     );
+    drop(nodes);
+}
+
+#[test]
+fn two_clients_on_two_entry_nodes_run_graphs_at_once() {
+    let (nodes, addrs) = cluster(3);
+    bounded(120, move || {
+        settle(&addrs);
+        let runs: Vec<_> = (0..2)
+            .map(|c| {
+                let addr = addrs[c].clone();
+                std::thread::spawn(move || {
+                    let client = Client::connect(&addr).expect("connect");
+                    // A tree reduction over 512 leaves, and a chain of 200.
+                    let mut level = client.map(inc, (0..512i64).map(|x| x + 1000 * c as i64));
+                    while level.len() > 1 {
+                        level = level
+                            .chunks(2)
+                            .map(|p| client.submit(add, (&p[0], &p[1])))
+                            .collect();
+                    }
+                    let mut chain = client.submit(inc, (0i64,));
+                    for _ in 1..200 {
+                        chain = client.submit(inc, (&chain,));
+                    }
+                    let total = rdask::block_on(level[0].result()).expect("tree");
+                    let end = rdask::block_on(chain.result()).expect("chain");
+                    (c, total, end)
+                })
+            })
+            .collect();
+        for r in runs {
+            let (c, total, end) = r.join().expect("client thread");
+            let expected: i64 = (0..512i64).map(|x| x + 1000 * c as i64 + 1).sum();
+            assert_eq!(total, expected, "client {c}'s tree");
+            assert_eq!(end, 200, "client {c}'s chain");
+        }
+    });
+    drop(nodes);
+}
+
+#[test]
+fn a_256_mib_value_moves_between_two_nodes_intact() {
+    let (nodes, addrs) = cluster(2);
+    bounded(300, move || {
+        settle(&addrs);
+        let client = Client::connect(&addrs[0]).expect("connect");
+        let members = rdask::block_on(client.nodes()).expect("nodes");
+        let (here, there) = (
+            members[0].member.id.0.clone(),
+            members[1].member.id.0.clone(),
+        );
+        assert_eq!(&*here, client.node_id());
+        // Made on the other node, summed up on this one: the value crosses the network.
+        let data = client.submit_with(blob, (256u32, 7u64), &TaskOptions::new().workers([&*there]));
+        let sum = client.submit_with(checksum, (&data,), &TaskOptions::new().workers([&*here]));
+        let started = Instant::now();
+        let got = rdask::block_on(sum.result()).expect("checksum");
+        let elapsed = started.elapsed();
+        let expected = checksum(blob(256, 7));
+        assert_eq!(got, expected);
+        assert_eq!(got.0, 256 << 20);
+        println!("256 MiB made on one node and read on the other in {elapsed:?}");
+    });
     drop(nodes);
 }
