@@ -35,6 +35,8 @@ use crate::protocol::{
 
 /// How many graph ids a node remembers to recognise resubmissions.
 const REMEMBERED_GRAPHS: usize = 65_536;
+/// Most tasks per thread the pool holds at once, however short.
+const MAX_POOL_DEPTH: u32 = 256;
 /// Queued work per thread the core aims to keep handed to the pool, in nanoseconds of
 /// estimated run time: enough to keep threads busy between two turns of the node's loop,
 /// little enough that priorities still matter and that thieves find work.
@@ -209,6 +211,8 @@ struct Task {
     priority: u64,
     /// Hand-overs so far (see [`Assignment::hops`]).
     hops: u32,
+    /// Expected run time when handed to the pool.
+    est_ns: f32,
     /// Where it may run.
     placement: Option<Box<Restrict>>,
     state: State,
@@ -235,6 +239,7 @@ struct Foreign {
     missing: u32,
     priority: u64,
     hops: u32,
+    est_ns: f32,
     placement: Option<Box<Restrict>>,
     state: ForeignState,
     cancelled: bool,
@@ -342,7 +347,8 @@ pub struct NodeCore {
     waiters: FxHashMap<RequestId, Waiter>,
     next_priority: u64,
     in_flight: u32,
-    avg_ns: Option<f64>,
+    /// Expected run time of the tasks handed to the pool.
+    pool_ns: f64,
     prefix_ns: FxHashMap<Box<str>, f64>,
     unfinished: u64,
     stored: u64,
@@ -405,7 +411,7 @@ impl NodeCore {
             waiters: FxHashMap::default(),
             next_priority: 0,
             in_flight: 0,
-            avg_ns: None,
+            pool_ns: 0.0,
             prefix_ns: FxHashMap::default(),
             unfinished: 0,
             stored: 0,
@@ -966,6 +972,7 @@ impl NodeCore {
             cancelled: false,
             priority,
             hops: 0,
+            est_ns: 0.0,
             placement,
             state: State::Waiting,
         });
@@ -1051,11 +1058,14 @@ impl NodeCore {
             .filter(|(p, _)| usable(*p))
             .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
             .copied();
+        // A task shorter than a trip to a peer is not worth shipping: it runs where its
+        // inputs are, or here.
+        let tiny = self.estimate_ns(&t.key) < MOVE_COST_NS;
         if let Some((holder, b)) = best {
-            if b >= HEAVY_INPUT_BYTES || self.has_room(holder) {
+            if b >= HEAVY_INPUT_BYTES || tiny || self.has_room(holder) {
                 return Some(holder);
             }
-        } else if self.has_room(0) {
+        } else if tiny || self.has_room(0) {
             return Some(0);
         }
         // Two random choices over the load; this node wins ties.
@@ -1070,7 +1080,7 @@ impl NodeCore {
     /// Whether `p` has a thread (by this node's estimate) for one more task.
     fn has_room(&self, p: u32) -> bool {
         if p == 0 {
-            self.in_flight + self.ready_count < self.capacity()
+            self.in_flight + self.ready_count < self.nthreads
         } else {
             let peer = &self.peers[p as usize];
             peer.reported + peer.assigned_since < u64::from(peer.nthreads)
@@ -1644,23 +1654,18 @@ impl NodeCore {
         }
     }
 
+    /// A task left the pool: its estimate leaves the pool's budget, its run time feeds
+    /// the estimate of its prefix.
     fn measure(&mut self, id: TaskId, elapsed_ns: u64) {
-        let x = elapsed_ns as f64;
-        self.avg_ns = Some(match self.avg_ns {
-            None => x,
-            Some(a) => a * 0.9 + x * 0.1,
-        });
-        if self.peers.len() <= 1 {
-            return;
-        }
-        let key = if id.foreign() {
-            self.foreign_ref(id).map(|f| f.key.clone())
+        let (key, est) = if id.foreign() {
+            let f = self.foreign_ref(id).expect("a running task");
+            (f.key.clone(), f.est_ns)
         } else {
-            self.task(id).map(|t| t.key.clone())
+            let t = self.task(id).expect("a running task");
+            (t.key.clone(), t.est_ns)
         };
-        if let Some(k) = key {
-            self.measure_prefix(k.prefix(), elapsed_ns);
-        }
+        self.pool_ns = (self.pool_ns - f64::from(est)).max(0.0);
+        self.measure_prefix(key.prefix(), elapsed_ns);
     }
 
     fn measure_prefix(&mut self, prefix: &str, elapsed_ns: u64) {
@@ -1673,32 +1678,53 @@ impl NodeCore {
         }
     }
 
+    /// Expected run time of a task, from what its prefix measured (a prefix never seen
+    /// is assumed to take [`DEFAULT_TASK_NS`]).
     fn estimate_ns(&self, key: &Key) -> f64 {
         self.prefix_ns
             .get(key.prefix())
             .copied()
-            .or(self.avg_ns)
             .unwrap_or(DEFAULT_TASK_NS)
     }
 
-    /// How many tasks the pool should hold at once: the threads, plus enough queued work
-    /// (by the measured average run time) to keep them busy between turns of the loop.
-    fn capacity(&self) -> u32 {
-        let extra = match self.avg_ns {
-            None => 1,
-            Some(avg) => (TARGET_QUEUED_NS / avg.max(1_000.0)).min(255.0) as u32,
-        };
-        self.nthreads * (1 + extra)
+    /// Whether the pool takes one more task of `est_ns`: every thread gets one, and beyond
+    /// that the pool holds about [`TARGET_QUEUED_NS`] of expected work per thread (enough
+    /// to keep threads busy between turns of the loop; what stays queued here can still
+    /// be stolen).
+    fn pool_takes(&self, est_ns: f64) -> bool {
+        self.in_flight < self.nthreads
+            || (self.pool_ns + est_ns <= f64::from(self.nthreads) * TARGET_QUEUED_NS
+                && self.in_flight < self.nthreads * MAX_POOL_DEPTH)
     }
 
     fn dispatch(&mut self) {
-        let capacity = self.capacity();
-        while self.in_flight < capacity {
-            let Some(Reverse((_, idx, generation))) = self.ready.pop() else {
-                break;
-            };
+        while let Some(&Reverse((_, idx, generation))) = self.ready.peek() {
             let id = TaskId { idx, generation };
+            let key = if id.foreign() {
+                match self.foreign_ref(id) {
+                    Some(f) if f.state == ForeignState::Queued => f.key.clone(),
+                    _ => {
+                        self.ready.pop();
+                        continue;
+                    }
+                }
+            } else {
+                match self.task(id) {
+                    Some(t) if matches!(t.state, State::Ready) => t.key.clone(),
+                    _ => {
+                        self.ready.pop();
+                        continue;
+                    }
+                }
+            };
+            let est = self.estimate_ns(&key);
+            if !self.pool_takes(est) {
+                break;
+            }
+            self.ready.pop();
+            self.pool_ns += est;
             if id.foreign() {
+                self.foreign_mut(id).expect("checked").est_ns = est as f32;
                 if let Some(job) = self.start_foreign(id) {
                     self.ready_count -= 1;
                     self.in_flight += 1;
@@ -1728,7 +1754,9 @@ impl NodeCore {
                 entry: task.entry,
                 args,
             };
-            self.task_mut(id).expect("exists").state = State::Running;
+            let t = self.task_mut(id).expect("exists");
+            t.state = State::Running;
+            t.est_ns = est as f32;
             self.ready_count -= 1;
             self.in_flight += 1;
             self.jobs.push(job);
@@ -2136,6 +2164,7 @@ impl NodeCore {
             missing,
             priority: a.priority,
             hops: a.hops,
+            est_ns: 0.0,
             placement,
             state: if missing == 0 {
                 ForeignState::Queued

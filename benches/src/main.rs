@@ -7,16 +7,35 @@
 //! ```
 //!
 //! Workloads: tiny tasks through `map` + `gather` (tasks/s), sequential submit→result round
-//! trips (median and p99), a chain of dependent tasks (µs per hop). Each figure is the
-//! median of several repetitions; the min–max range is printed beside it.
+//! trips (median and p99), a chain of dependent tasks (µs per hop), on the local cluster,
+//! on one node process, and on a cluster of `--cluster` node processes (all work submitted
+//! to the first); on the cluster also 400 tasks sleeping 50 ms (efficiency = ideal
+//! makespan / makespan) and a 256 MiB value moved between two nodes (MB/s). Each figure is
+//! the median of several repetitions; the min–max range is printed beside it.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use rdask::Client;
-use rdask::builtins::{identity, inc};
+use rdask::builtins::{identity, inc, sleep_ms};
+use rdask::{Client, MemberState, TaskOptions};
+
+/// `mib` MiB of bytes (the value moved between nodes).
+#[rdask::task]
+fn blob(mib: u32, seed: u64) -> bytes::Bytes {
+    let mut v = vec![0u8; mib as usize * 1024 * 1024];
+    for (i, b) in v.iter_mut().enumerate().step_by(4096) {
+        *b = (seed as usize + i) as u8;
+    }
+    v.into()
+}
+
+/// The length of `data` (reading it proves it arrived).
+#[rdask::task]
+fn byte_len(data: bytes::Bytes) -> u64 {
+    data.len() as u64
+}
 
 #[derive(Parser, Debug)]
 #[command(about = "rdask foundation benchmarks")]
@@ -39,6 +58,15 @@ struct Args {
     /// Only the local cluster.
     #[arg(long)]
     local_only: bool,
+    /// Node processes of the cluster figures (0: none).
+    #[arg(long, default_value_t = 4)]
+    cluster: usize,
+    /// Sleep tasks of the efficiency figure.
+    #[arg(long, default_value_t = 400)]
+    sleeps: usize,
+    /// MiB moved between two nodes.
+    #[arg(long, default_value_t = 256)]
+    mib: u32,
     /// Run as a node (used by the benchmark itself for the network figures).
     #[arg(long, hide = true, num_args = 0.., allow_hyphen_values = true)]
     node: Option<Vec<String>>,
@@ -155,16 +183,21 @@ impl Drop for NodeProcess {
     }
 }
 
-fn start_node(nthreads: usize) -> (NodeProcess, String) {
+fn start_node(nthreads: usize, join: Option<&str>) -> (NodeProcess, String) {
     let exe = std::env::current_exe().expect("own path");
+    let threads = nthreads.to_string();
+    let mut node_args = vec![
+        "--node",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--nthreads",
+        &threads,
+    ];
+    if let Some(seed) = join {
+        node_args.extend(["--join", seed]);
+    }
     let mut child = Command::new(exe)
-        .args([
-            "--node",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--nthreads",
-            &nthreads.to_string(),
-        ])
+        .args(node_args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -203,10 +236,97 @@ fn main() -> rdask::Result<()> {
         print("local", &f, &args);
     }
     if !args.local_only {
-        let (_node, addr) = start_node(args.nthreads);
+        let (_node, addr) = start_node(args.nthreads, None);
         let client = Client::connect(&addr)?;
         let f = measure(&client, &args)?;
         print("network", &f, &args);
     }
+    if !args.local_only && args.cluster > 1 {
+        cluster(&args)?;
+    }
+    Ok(())
+}
+
+/// The figures of a cluster of node processes, all work submitted to the first.
+fn cluster(args: &Args) -> rdask::Result<()> {
+    let n = args.cluster;
+    let (first, seed) = start_node(args.nthreads, None);
+    let mut nodes = vec![first];
+    for _ in 1..n {
+        nodes.push(start_node(args.nthreads, Some(&seed)).0);
+    }
+    let client = Client::connect(&seed)?;
+    // Wait until the first node sees every member, then for its core to be told.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let alive = rdask::block_on(client.nodes())?
+            .iter()
+            .filter(|m| m.state == MemberState::Alive)
+            .count();
+        if alive == n {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cluster did not form");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(2_000));
+    let label = format!("{n} nodes");
+    let f = measure(&client, args)?;
+    print(&label, &f, args);
+
+    // Sleep tasks: efficiency = ideal makespan / makespan.
+    let slots = (n * args.nthreads) as f64;
+    let ideal = args.sleeps as f64 * 0.050 / slots;
+    let mut eff = Vec::new();
+    let mut spans = Vec::new();
+    for _ in 0..args.repeats.min(3) {
+        let start = Instant::now();
+        let futs = client.map(sleep_ms, std::iter::repeat_n(50u64, args.sleeps));
+        rdask::block_on(client.gather(&futs))?;
+        let span = start.elapsed().as_secs_f64();
+        spans.push(span);
+        eff.push(ideal / span);
+    }
+    let (e, m) = (spread(eff), spread(spans));
+    println!(
+        "{label:<8} {:<36} {:>12.3} {:<8} ({:.3} – {:.3}); makespan {:.3} s, ideal {ideal:.3} s",
+        format!("{} × 50 ms sleeps, efficiency", args.sleeps),
+        e.median,
+        "",
+        e.min,
+        e.max,
+        m.median
+    );
+
+    // A value made on node 2, read on node 1.
+    let members = rdask::block_on(client.nodes())?;
+    let here = members[0].member.id.0.to_string();
+    let there = members[1].member.id.0.to_string();
+    let mut rates = Vec::new();
+    for r in 0..args.repeats.min(3) {
+        let data = client.submit_with(
+            blob,
+            (args.mib, r as u64),
+            &TaskOptions::new().workers([&there]),
+        );
+        let made = client.submit_with(byte_len, (&data,), &TaskOptions::new().workers([&there]));
+        rdask::block_on(made.result())?;
+        let start = Instant::now();
+        let moved = client.submit_with(byte_len, (&data,), &TaskOptions::new().workers([&here]));
+        let len = rdask::block_on(moved.result())?;
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(len, u64::from(args.mib) << 20);
+        rates.push(len as f64 / secs / 1e6);
+    }
+    let r = spread(rates);
+    println!(
+        "{label:<8} {:<36} {:>12.1} {:<8} ({:.1} – {:.1})",
+        format!("{} MiB between two nodes", args.mib),
+        r.median,
+        "MB/s",
+        r.min,
+        r.max
+    );
+    drop(nodes);
     Ok(())
 }

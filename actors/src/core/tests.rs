@@ -304,11 +304,11 @@ fn ready_tasks_start_in_priority_order_and_the_pool_is_not_flooded() {
     let first = c.take_jobs();
     assert_eq!(
         first.len(),
-        4,
-        "before any measurement: two tasks per thread"
+        2,
+        "before any measurement (1 ms assumed): one task per thread"
     );
     assert_eq!(first[0].key.as_str(), "inc-0");
-    assert_eq!(first[3].key.as_str(), "inc-3");
+    assert_eq!(first[1].key.as_str(), "inc-1");
     for j in first {
         c.handle_task_done(TaskDone {
             task: j.task,
@@ -319,7 +319,8 @@ fn ready_tasks_start_in_priority_order_and_the_pool_is_not_flooded() {
     // tiny tasks: the pool gets a deeper queue
     let next = c.take_jobs();
     assert!(next.len() > 100, "{}", next.len());
-    assert_eq!(next[0].key.as_str(), "inc-4");
+    assert!(next.len() <= 2 * 256, "{}", next.len());
+    assert_eq!(next[0].key.as_str(), "inc-2");
 }
 
 #[test]
