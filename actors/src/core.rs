@@ -383,6 +383,10 @@ pub struct NodeCore {
     last_work_ms: u64,
     stats: CoreStats,
 
+    /// Client sessions whose graphs this node owns (the upper half of their graph ids).
+    sessions: rustc_hash::FxHashSet<u64>,
+    claims: Vec<u64>,
+
     replies: Vec<(RequestId, ClientResponse)>,
     jobs: Vec<Job>,
     timers: Vec<(RequestId, u32)>,
@@ -447,6 +451,8 @@ impl NodeCore {
             steal_misses: 0,
             last_work_ms: 0,
             stats: CoreStats::default(),
+            sessions: Default::default(),
+            claims: Vec::new(),
             replies: Vec::new(),
             jobs: Vec::new(),
             timers: Vec::new(),
@@ -476,6 +482,11 @@ impl NodeCore {
     /// Results of other owners' graphs held here, and tasks of theirs not finished.
     pub fn foreign_keys(&self) -> (usize, u64) {
         (self.held.len(), self.foreign_pending)
+    }
+
+    /// Whether this node owns graphs of the client session `session`.
+    pub fn owns_session(&self, session: u64) -> bool {
+        self.sessions.contains(&session)
     }
 
     /// What the core did so far.
@@ -813,6 +824,16 @@ impl NodeCore {
             .collect()
     }
 
+    /// Client sessions this node has started to own graphs of, to record in the replicated
+    /// ownership table: a graph id is (session << 64) | counter, and one entry per session
+    /// (keyed by the session shifted back into a graph id) stands for all its graphs.
+    pub fn take_claims(&mut self) -> Vec<GraphId> {
+        std::mem::take(&mut self.claims)
+            .into_iter()
+            .map(|s| GraphId(u128::from(s) << 64))
+            .collect()
+    }
+
     /// Timers to set: call [`NodeCore::handle_wait_expired`] with the request after the
     /// given number of milliseconds.
     pub fn take_timers(&mut self) -> Vec<(RequestId, u32)> {
@@ -899,6 +920,10 @@ impl NodeCore {
         }
         self.graphs.insert(g.id, fingerprint);
         self.graph_order.push_back(g.id);
+        let session = (g.id.0 >> 64) as u64;
+        if self.sessions.insert(session) {
+            self.claims.push(session);
+        }
         if self.graph_order.len() > REMEMBERED_GRAPHS
             && let Some(old) = self.graph_order.pop_front()
         {

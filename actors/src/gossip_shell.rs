@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rdask_gossip::{
-    Event, Gossip, GossipConfig, GossipTimer, LoadSummary, MemberInfo, MemberView, Peer,
+    Event, Gossip, GossipConfig, GossipTimer, LoadSummary, MemberInfo, MemberView, Ownership, Peer,
 };
 
 /// Where the gossip shell sends datagrams: the network layer.
@@ -28,6 +28,10 @@ pub enum GossipMsg {
     SetInfo(MemberInfo),
     /// The members this node knows, itself included.
     Members(Box<dyn FnOnce(Vec<MemberView>) + Send>),
+    /// Record this node as the owner of a graph (or of a session's graphs).
+    SetOwner(u128, Ownership),
+    /// The ownership entry of a graph, as this node knows it.
+    Owner(u128, Box<dyn FnOnce(Option<Ownership>) + Send>),
 }
 
 /// What a gossip actor starts with.
@@ -139,6 +143,13 @@ impl Actor for GossipActor {
             GossipMsg::SetInfo(info) => state.core.set_info(info),
             GossipMsg::Members(reply) => {
                 reply(state.core.members(now));
+                return Ok(());
+            }
+            GossipMsg::SetOwner(graph, ownership) => {
+                state.core.set_owner(graph, ownership);
+            }
+            GossipMsg::Owner(graph, reply) => {
+                reply(state.core.state().owner(graph).cloned());
                 return Ok(());
             }
         }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rdask_gossip::{LoadSummary, MemberInfo, MemberState, NodeId};
+use rdask_gossip::{LoadSummary, MemberInfo, MemberState, NodeId, Ownership};
 use rdask_graph::{GraphError, GraphId, Key, TaskError, TaskSpec};
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +49,12 @@ pub enum ClientRequest {
     },
     /// What the node knows of the cluster.
     Info,
+    /// Which node owns this graph, by the replicated ownership table (recorded per client
+    /// session: the upper half of the graph id).
+    Owner {
+        /// The graph.
+        graph: GraphId,
+    },
 }
 
 /// The outcome of one graph of a [`ClientRequest::Submit`].
@@ -99,6 +105,8 @@ pub enum ClientResponse {
     Released,
     /// Answer to `Info`: the members of the cluster this node knows, itself first.
     Info(Vec<NodeStatus>),
+    /// Answer to `Owner`: the ownership entry, if the node knows one.
+    Owner(Option<Ownership>),
     /// The request could not be served (e.g. an incompatible protocol version).
     Refused(String),
 }

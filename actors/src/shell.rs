@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use rdask_gossip::{MemberInfo, MemberState, MemberView, NodeId, PROTOCOL_VERSION};
+use rdask_gossip::{MemberInfo, MemberState, MemberView, NodeId, Ownership, PROTOCOL_VERSION};
 use rdask_graph::Registry;
 use rustc_hash::FxHashMap;
 
@@ -120,6 +120,21 @@ impl NodeState {
                     batches = sends.len(),
                     "a node without network dropped batches for peers"
                 ),
+            }
+        }
+        let claims = self.core.take_claims();
+        if !claims.is_empty()
+            && let Some(g) = &self.gossip
+        {
+            for graph in claims {
+                let _ = g.send_message(GossipMsg::SetOwner(
+                    graph.0,
+                    Ownership {
+                        owner: self.member.id.clone(),
+                        epoch: 1,
+                        backups: Vec::new(),
+                    },
+                ));
             }
         }
         let timers = self.core.take_timers();
@@ -261,6 +276,32 @@ impl Actor for NodeActor {
                                     gossip.send_message(ask)
                                 {
                                     f(Vec::new());
+                                }
+                            }
+                        }
+                        return Ok(());
+                    }
+                    ClientRequest::Owner { graph } => {
+                        let key = graph.0 >> 64 << 64;
+                        match &state.gossip {
+                            None => {
+                                let me = state.member.id.clone();
+                                let owned = state.core.owns_session((graph.0 >> 64) as u64);
+                                reply(ClientResponse::Owner(owned.then(|| Ownership {
+                                    owner: me,
+                                    epoch: 1,
+                                    backups: Vec::new(),
+                                })));
+                            }
+                            Some(gossip) => {
+                                let ask = GossipMsg::Owner(
+                                    key,
+                                    Box::new(move |o| reply(ClientResponse::Owner(o))),
+                                );
+                                if let Err(ractor::MessagingErr::SendErr(GossipMsg::Owner(_, f))) =
+                                    gossip.send_message(ask)
+                                {
+                                    f(None);
                                 }
                             }
                         }

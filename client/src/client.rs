@@ -392,6 +392,26 @@ impl Client {
         }
     }
 
+    /// The id of this client's session: the upper half of the ids of the graphs it
+    /// submits.
+    pub fn session_id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The node that owns (schedules) the graphs of client session `session`, by the
+    /// cluster's replicated ownership table as the entry node knows it; `None` when it
+    /// knows no owner (yet). Every node learns the entry within a few gossip rounds.
+    pub async fn session_owner(&self, session: u64) -> Result<Option<String>> {
+        self.inner.check_open()?;
+        let graph = GraphId(u128::from(session) << 64);
+        match self.inner.conn.send(ClientRequest::Owner { graph }).await? {
+            ClientResponse::Owner(o) => Ok(o.map(|o| o.owner.0.to_string())),
+            other => Err(Error::Protocol(format!(
+                "unexpected answer to owner: {other:?}"
+            ))),
+        }
+    }
+
     /// The address the client was given (`inproc://local` for the local cluster).
     pub fn address(&self) -> &str {
         &self.inner.address

@@ -126,15 +126,42 @@ fn two_clients_on_two_entry_nodes_run_graphs_at_once() {
                     }
                     let total = rdask::block_on(level[0].result()).expect("tree");
                     let end = rdask::block_on(chain.result()).expect("chain");
-                    (c, total, end)
+                    (
+                        c,
+                        total,
+                        end,
+                        client.session_id(),
+                        client.node_id().to_string(),
+                    )
                 })
             })
             .collect();
+        let mut sessions = Vec::new();
         for r in runs {
-            let (c, total, end) = r.join().expect("client thread");
+            let (c, total, end, session, entry) = r.join().expect("client thread");
             let expected: i64 = (0..512i64).map(|x| x + 1000 * c as i64 + 1).sum();
             assert_eq!(total, expected, "client {c}'s tree");
             assert_eq!(end, 200, "client {c}'s chain");
+            sessions.push((session, entry));
+        }
+        // Each entry node owns its client's graphs, and the replicated ownership table
+        // says so on every node.
+        for addr in &addrs {
+            let observer = Client::connect(addr).expect("connect");
+            for (session, entry) in &sessions {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    let owner = rdask::block_on(observer.session_owner(*session)).expect("owner");
+                    if owner.as_deref() == Some(entry.as_str()) {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "{addr} names {owner:?} as the owner of session {session:x}, not {entry}"
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
         }
     });
     drop(nodes);
