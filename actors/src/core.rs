@@ -127,6 +127,8 @@ pub struct PeerUpdate {
     pub alive: bool,
     /// Its load as last gossiped.
     pub load: LoadSummary,
+    /// The resources it offers to tasks.
+    pub resources: Vec<(Arc<str>, u64)>,
 }
 
 /// Counters of what the core did, for tests, simulations and metrics.
@@ -213,6 +215,8 @@ struct Task {
     hops: u32,
     /// Expected run time when handed to the pool.
     est_ns: f32,
+    /// Resources it holds while it runs.
+    resources: Amounts,
     /// Where it may run.
     placement: Option<Box<Restrict>>,
     state: State,
@@ -240,6 +244,7 @@ struct Foreign {
     priority: u64,
     hops: u32,
     est_ns: f32,
+    resources: Amounts,
     placement: Option<Box<Restrict>>,
     state: ForeignState,
     cancelled: bool,
@@ -310,7 +315,18 @@ struct Peer {
     queued: u64,
     /// Tasks this node assigned to it since that report.
     assigned_since: u64,
+    /// The resources it offers to tasks.
+    resources: Amounts,
     outbox: Vec<PeerMsg>,
+}
+
+/// Amounts of named resources.
+type Amounts = Box<[(Arc<str>, u64)]>;
+
+/// Whether `have` holds at least `need` of every resource.
+fn fits(have: &[(Arc<str>, u64)], need: &[(Arc<str>, u64)]) -> bool {
+    need.iter()
+        .all(|(n, a)| have.iter().any(|(m, b)| m == n && b >= a))
 }
 
 /// The state machine of one node: graphs in, tasks to run and messages to peers out,
@@ -349,6 +365,10 @@ pub struct NodeCore {
     in_flight: u32,
     /// Expected run time of the tasks handed to the pool.
     pool_ns: f64,
+    /// Resources not held by running tasks.
+    available: Vec<(Arc<str>, u64)>,
+    /// Ready tasks waiting for resources held by running ones.
+    blocked: Vec<Reverse<(u64, u32, u32)>>,
     prefix_ns: FxHashMap<Box<str>, f64>,
     unfinished: u64,
     stored: u64,
@@ -416,6 +436,8 @@ impl NodeCore {
             next_priority: 0,
             in_flight: 0,
             pool_ns: 0.0,
+            available: Vec::new(),
+            blocked: Vec::new(),
             prefix_ns: FxHashMap::default(),
             unfinished: 0,
             stored: 0,
@@ -436,6 +458,7 @@ impl NodeCore {
                 reported: 0,
                 queued: 0,
                 assigned_since: 0,
+                resources: Amounts::default(),
                 outbox: Vec::new(),
             }],
             peer_index,
@@ -697,6 +720,9 @@ impl NodeCore {
             peer.nthreads = m.nthreads.max(1);
             peer.alive = m.alive;
             peer.eligible = m.functions_digest == digest;
+            if *peer.resources != *m.resources {
+                peer.resources = m.resources.clone().into_boxed_slice();
+            }
             if peer.assigned_since == 0 {
                 peer.reported = m.load.queued + m.load.running;
                 peer.queued = m.load.queued;
@@ -897,7 +923,8 @@ impl NodeCore {
                 .get(&spec.function)
                 .expect("validated against the registry");
             let placement = spec.placement.map(|pl| self.restrict(&pl.nodes, pl.loose));
-            match self.insert(spec.key, entry, spec.args, placement) {
+            let resources = spec.resources.into_boxed_slice();
+            match self.insert(spec.key, entry, spec.args, placement, resources) {
                 Inserted::Failed(id, e) => failed.push((id, e)),
                 Inserted::Ready(id) => ready.push(id),
                 Inserted::Waiting => {}
@@ -939,6 +966,7 @@ impl NodeCore {
         entry: &'static TaskEntry,
         spec_args: Vec<Arg>,
         placement: Option<Box<Restrict>>,
+        resources: Amounts,
     ) -> Inserted {
         let mut args = Vec::with_capacity(spec_args.len());
         let mut deps = Vec::new();
@@ -998,6 +1026,7 @@ impl NodeCore {
             priority,
             hops: 0,
             est_ns: 0.0,
+            resources,
             placement,
             state: State::Waiting,
         });
@@ -1011,7 +1040,9 @@ impl NodeCore {
 
     /// Chooses where a task whose dependencies are finished runs, and sends it there.
     fn place(&mut self, id: TaskId) {
-        let restricted = self.task(id).is_some_and(|t| t.placement.is_some());
+        let restricted = self
+            .task(id)
+            .is_some_and(|t| t.placement.is_some() || !t.resources.is_empty());
         let target = if self.candidates.len() <= 1 && !restricted {
             Some(0)
         } else {
@@ -1038,26 +1069,37 @@ impl NodeCore {
 
     /// Where a task goes; `None` when it is restricted to nodes none of which is alive.
     fn choose(&mut self, id: TaskId) -> Option<u32> {
+        let (ra, rb) = (self.next_random(), self.next_random());
         let t = self.task(id).expect("placing a live task");
+        let needs = &t.resources;
+        let ok = |p: u32| {
+            (p == 0 || self.candidates.contains(&p))
+                && (needs.is_empty() || fits(&self.peers[p as usize].resources, needs))
+        };
         if let Some(r) = &t.placement {
-            let best = r
-                .nodes
-                .iter()
-                .copied()
-                .filter(|&p| p == 0 || self.candidates.contains(&p))
-                .min_by(|&a, &b| {
-                    self.load_per_thread(a)
-                        .total_cmp(&self.load_per_thread(b))
-                        .then(a.cmp(&b))
-                });
+            let best = r.nodes.iter().copied().filter(|&p| ok(p)).min_by(|&a, &b| {
+                self.load_per_thread(a)
+                    .total_cmp(&self.load_per_thread(b))
+                    .then(a.cmp(&b))
+            });
             match best {
                 Some(p) => return Some(p),
                 None if !r.loose => return None,
                 None => {}
             }
-            if self.candidates.len() <= 1 {
-                return Some(0);
-            }
+        }
+        // Members that may run it (all candidates, unless it needs resources).
+        let filtered: Vec<u32>;
+        let cands: &[u32] = if needs.is_empty() {
+            &self.candidates
+        } else {
+            filtered = self.candidates.iter().copied().filter(|&p| ok(p)).collect();
+            &filtered
+        };
+        match cands.len() {
+            0 => return None,
+            1 => return Some(cands[0]),
+            _ => {}
         }
         // Bytes of its inputs per holder.
         let mut bytes: Vec<(u32, u64)> = Vec::new();
@@ -1077,10 +1119,9 @@ impl NodeCore {
                 }
             }
         }
-        let usable = |p: u32| p == 0 || self.candidates.contains(&p);
         let best = bytes
             .iter()
-            .filter(|(p, _)| usable(*p))
+            .filter(|(p, _)| ok(*p))
             .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
             .copied();
         // A task shorter than a trip to a peer is not worth shipping: it runs where its
@@ -1090,14 +1131,14 @@ impl NodeCore {
             if b >= HEAVY_INPUT_BYTES || tiny || self.has_room(holder) {
                 return Some(holder);
             }
-        } else if tiny || self.has_room(0) {
+        } else if (tiny || self.has_room(0)) && ok(0) {
             return Some(0);
         }
         // Two random choices over the load; this node wins ties.
-        let n = self.candidates.len() as u64;
-        let ia = self.next_random() % n;
-        let ib = (ia + 1 + self.next_random() % (n - 1)) % n;
-        let (a, b) = (self.candidates[ia as usize], self.candidates[ib as usize]);
+        let n = cands.len() as u64;
+        let ia = ra % n;
+        let ib = (ia + 1 + rb % (n - 1)) % n;
+        let (a, b) = (cands[ia as usize], cands[ib as usize]);
         let (la, lb) = (self.load_per_thread(a), self.load_per_thread(b));
         Some(if la < lb || (la == lb && a < b) { a } else { b })
     }
@@ -1215,6 +1256,7 @@ impl NodeCore {
             args,
             priority: t.priority,
             placement: self.placement_names(&t.placement),
+            resources: t.resources.to_vec(),
             hops: t.hops,
         }
     }
@@ -1682,15 +1724,37 @@ impl NodeCore {
     /// A task left the pool: its estimate leaves the pool's budget, its run time feeds
     /// the estimate of its prefix.
     fn measure(&mut self, id: TaskId, elapsed_ns: u64) {
-        let (key, est) = if id.foreign() {
+        let (key, est, held) = if id.foreign() {
             let f = self.foreign_ref(id).expect("a running task");
-            (f.key.clone(), f.est_ns)
+            (f.key.clone(), f.est_ns, !f.resources.is_empty())
         } else {
             let t = self.task(id).expect("a running task");
-            (t.key.clone(), t.est_ns)
+            (t.key.clone(), t.est_ns, !t.resources.is_empty())
         };
         self.pool_ns = (self.pool_ns - f64::from(est)).max(0.0);
         self.measure_prefix(key.prefix(), elapsed_ns);
+        if held {
+            let needs = if id.foreign() {
+                self.foreign_ref(id).expect("running").resources.clone()
+            } else {
+                self.task(id).expect("running").resources.clone()
+            };
+            for (n, a) in needs.iter() {
+                if let Some((_, b)) = self.available.iter_mut().find(|(m, _)| m == n) {
+                    *b += a;
+                }
+            }
+            // Tasks that waited for these resources may start now.
+            for e in self.blocked.drain(..) {
+                self.ready.push(e);
+            }
+        }
+    }
+
+    /// The resources this node offers to tasks (`--resources`).
+    pub fn set_resources(&mut self, resources: Vec<(Arc<str>, u64)>) {
+        self.peers[0].resources = resources.clone().into_boxed_slice();
+        self.available = resources;
     }
 
     fn measure_prefix(&mut self, prefix: &str, elapsed_ns: u64) {
@@ -1746,7 +1810,24 @@ impl NodeCore {
             if !self.pool_takes(est) {
                 break;
             }
-            self.ready.pop();
+            let entry = self.ready.pop().expect("peeked");
+            let needs = if id.foreign() {
+                &self.foreign_ref(id).expect("checked").resources
+            } else {
+                &self.task(id).expect("checked").resources
+            };
+            if !needs.is_empty() {
+                if !fits(&self.available, needs) {
+                    self.blocked.push(entry);
+                    continue;
+                }
+                let needs = needs.clone();
+                for (n, a) in needs.iter() {
+                    if let Some((_, b)) = self.available.iter_mut().find(|(m, _)| m == n) {
+                        *b -= a;
+                    }
+                }
+            }
             self.pool_ns += est;
             if id.foreign() {
                 self.foreign_mut(id).expect("checked").est_ns = est as f32;
@@ -1804,6 +1885,7 @@ impl NodeCore {
             reported: 0,
             queued: 0,
             assigned_since: 0,
+            resources: Amounts::default(),
             outbox: Vec::new(),
         });
         self.peer_index.insert(node.clone(), p);
@@ -1878,6 +1960,7 @@ impl NodeCore {
         }
         if n > 0 && self.peers[thief as usize].eligible {
             let mut all = std::mem::take(&mut self.ready).into_vec();
+            all.append(&mut self.blocked);
             // Highest priority value (last to run) first.
             all.sort_unstable_by(|a, b| b.cmp(a));
             let mut keep = Vec::with_capacity(all.len());
@@ -1912,10 +1995,13 @@ impl NodeCore {
     }
 
     fn may_run_on(&self, id: TaskId, p: u32) -> bool {
+        let have = &self.peers[p as usize].resources;
         if id.foreign() {
-            self.foreign_ref(id).is_none_or(|f| allows(&f.placement, p))
+            self.foreign_ref(id)
+                .is_none_or(|f| allows(&f.placement, p) && fits(have, &f.resources))
         } else {
-            self.task(id).is_none_or(|t| allows(&t.placement, p))
+            self.task(id)
+                .is_none_or(|t| allows(&t.placement, p) && fits(have, &t.resources))
         }
     }
 
@@ -2119,13 +2205,25 @@ impl NodeCore {
             .placement
             .as_ref()
             .map(|pl| self.restrict(&pl.nodes, pl.loose));
-        let Some(entry) = self.registry.get(&a.function) else {
-            let e = TaskError {
-                kind: TaskErrorKind::BadArgument,
-                message: Arc::from(format!(
+        let lacks = if fits(&self.peers[0].resources, &a.resources) {
+            None
+        } else {
+            Some(format!(
+                "node {} lacks the resources {:?} the task asks for (it has {:?})",
+                self.node, a.resources, self.peers[0].resources
+            ))
+        };
+        let entry = self.registry.get(&a.function);
+        let (Some(entry), None) = (entry, lacks.as_ref()) else {
+            let message = lacks.unwrap_or_else(|| {
+                format!(
                     "unknown function {:?} on node {}: it is not compiled into this node",
                     a.function, self.node
-                )),
+                )
+            });
+            let e = TaskError {
+                kind: TaskErrorKind::BadArgument,
+                message: Arc::from(message),
                 key: a.key.clone(),
                 node: Some(self.node.clone()),
             };
@@ -2190,6 +2288,7 @@ impl NodeCore {
             priority: a.priority,
             hops: a.hops,
             est_ns: 0.0,
+            resources: a.resources.into_boxed_slice(),
             placement,
             state: if missing == 0 {
                 ForeignState::Queued
@@ -2295,6 +2394,7 @@ impl NodeCore {
             args,
             priority: f.priority,
             placement: self.placement_names(&f.placement),
+            resources: f.resources.to_vec(),
             hops: f.hops,
         }
     }

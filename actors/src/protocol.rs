@@ -144,6 +144,8 @@ pub struct Assignment {
     pub priority: u64,
     /// Where it may run (stealing respects it).
     pub placement: Option<rdask_graph::Placement>,
+    /// Resources it holds while it runs (see [`rdask_graph::TaskSpec::resources`]).
+    pub resources: Vec<(Arc<str>, u64)>,
     /// How many times the task changed hands (placement and each steal count one): a
     /// copy with no more hops than one already seen is a stale duplicate.
     pub hops: u32,

@@ -81,6 +81,14 @@ pub struct NodeState {
     started: Instant,
 }
 
+/// The resources a member offers, as the core counts them.
+fn resources_of(info: &MemberInfo) -> Vec<(Arc<str>, u64)> {
+    info.resources
+        .iter()
+        .map(|(n, a)| (Arc::from(n.as_str()), *a))
+        .collect()
+}
+
 /// Starts a node actor (unnamed: several nodes may share a process).
 pub async fn spawn_node(
     args: NodeArgs,
@@ -201,8 +209,10 @@ impl Actor for NodeActor {
         });
         let (pool, completions) = TaskPool::start("rdask-worker", args.nthreads, notify)?;
         myself.send_interval(TICK_EVERY, || NodeMsg::Tick);
+        let mut core = NodeCore::new(&args.member.id.0, args.registry, args.nthreads as u32);
+        core.set_resources(resources_of(&args.member));
         Ok(NodeState {
-            core: NodeCore::new(&args.member.id.0, args.registry, args.nthreads as u32),
+            core,
             pool,
             completions,
             pending: FxHashMap::default(),
@@ -351,6 +361,7 @@ impl Actor for NodeActor {
                 let updates: Vec<PeerUpdate> = members
                     .into_iter()
                     .map(|m| PeerUpdate {
+                        resources: resources_of(&m.info),
                         node: m.info.id,
                         nthreads: m.info.nthreads,
                         functions_digest: m.info.functions_digest,

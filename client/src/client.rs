@@ -307,7 +307,8 @@ impl Client {
         self.submit_with(task, args, &TaskOptions::default())
     }
 
-    /// [`Client::submit`] with options: where the task may run.
+    /// [`Client::submit`] with options: where the task may run and what resources it
+    /// holds.
     pub fn submit_with<F, P, O, A: Args<P>>(
         &self,
         task: TaskFn<F, P, O>,
@@ -323,6 +324,7 @@ impl Client {
             Ok(args) => {
                 let mut spec = TaskSpec::new(key.clone(), task.name(), args);
                 spec.placement = options.placement();
+                spec.resources = options.resource_list();
                 let submitted = self.inner.submit_graph(vec![spec], vec![key.clone()]);
                 Future::new(self.inner.future(key, submitted))
             }

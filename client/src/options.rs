@@ -22,6 +22,7 @@ use rdask_graph::Placement;
 pub struct TaskOptions {
     workers: Vec<Arc<str>>,
     allow_other_workers: bool,
+    resources: Vec<(Arc<str>, u64)>,
 }
 
 impl TaskOptions {
@@ -47,6 +48,26 @@ impl TaskOptions {
     pub fn allow_other_workers(mut self, allow: bool) -> TaskOptions {
         self.allow_other_workers = allow;
         self
+    }
+
+    /// Abstract resources the task holds while it runs (Dask's `resources=`), like
+    /// `[("GPU", 1)]`: it runs only on nodes started with at least that much of each
+    /// (`rdask-node --resources GPU=2`), never more such tasks at once than the node's
+    /// amounts allow, and waits while no live node has them.
+    pub fn resources<I, S>(mut self, amounts: I) -> TaskOptions
+    where
+        I: IntoIterator<Item = (S, u64)>,
+        S: AsRef<str>,
+    {
+        self.resources = amounts
+            .into_iter()
+            .map(|(n, a)| (Arc::from(n.as_ref()), a))
+            .collect();
+        self
+    }
+
+    pub(crate) fn resource_list(&self) -> Vec<(Arc<str>, u64)> {
+        self.resources.clone()
     }
 
     pub(crate) fn placement(&self) -> Option<Placement> {

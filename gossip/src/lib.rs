@@ -71,6 +71,8 @@ pub struct MemberInfo {
     pub version: String,
     /// The wire protocol version.
     pub protocol: u32,
+    /// Abstract resources it offers to tasks (`--resources GPU=2,MEM=8000000000`).
+    pub resources: Vec<(String, u64)>,
 }
 
 /// A node's load, as gossiped later and reported to clients now.
@@ -101,6 +103,7 @@ mod tests {
             functions: 3,
             version: "0.1.0".into(),
             protocol: PROTOCOL_VERSION,
+            resources: vec![("GPU".into(), 2)],
         };
         let bytes = postcard::to_allocvec(&m).unwrap();
         assert_eq!(postcard::from_bytes::<MemberInfo>(&bytes).unwrap(), m);

@@ -602,6 +602,7 @@ mod tests {
             functions: 3,
             version: "0.1.0".into(),
             protocol: PROTOCOL_VERSION,
+            resources: Vec::new(),
         }
     }
 

@@ -26,6 +26,10 @@ pub struct TaskSpec {
     pub args: Vec<Arg>,
     /// Where it may run; `None`: anywhere its function is.
     pub placement: Option<Placement>,
+    /// Abstract resources it holds while it runs (Dask's `resources=`): it runs only on
+    /// nodes started with at least as much of each (`--resources GPU=2`), and no more such
+    /// tasks run at once on a node than its amounts allow.
+    pub resources: Vec<(Arc<str>, u64)>,
 }
 
 /// A restriction of where a task runs (Dask's `workers=` and `allow_other_workers=`).
@@ -45,6 +49,7 @@ impl TaskSpec {
             function: function.into(),
             args,
             placement: None,
+            resources: Vec::new(),
         }
     }
 

@@ -62,6 +62,12 @@ pub struct Cli {
     #[arg(long, env = "RDASK_MAX_VALUE_BYTES", default_value_t = DEFAULT_MAX_VALUE)]
     pub max_value_bytes: u64,
 
+    /// Abstract resources this node offers to tasks that ask for them, as NAME=AMOUNT
+    /// pairs (`GPU=2,MEM=8e9`): such a task runs only on nodes with enough of each, and no
+    /// more of them at once than the amounts allow.
+    #[arg(long, env = "RDASK_RESOURCES", value_parser = parse_resources, default_value = "")]
+    pub resources: Resources,
+
     /// Print the task functions compiled into this binary and exit.
     #[arg(long)]
     pub list_functions: bool,
@@ -86,6 +92,38 @@ pub struct NodeConfig {
     pub max_frame: usize,
     /// The limit on one value sent between nodes.
     pub max_value: u64,
+    /// Resources offered to tasks.
+    pub resources: Vec<(String, u64)>,
+}
+
+/// `--resources`: NAME=AMOUNT pairs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resources(pub Vec<(String, u64)>);
+
+/// Parses `GPU=2,MEM=8e9` (amounts are whole numbers; `8e9` and `8000000000` are the same).
+pub fn parse_resources(text: &str) -> Result<Resources, String> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, amount) = part
+            .split_once('=')
+            .ok_or_else(|| format!("`{part}`: expected NAME=AMOUNT, like GPU=2"))?;
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(format!("`{part}`: the resource has no name"));
+        }
+        let amount: f64 = amount
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{part}`: `{}` is not a number", amount.trim()))?;
+        if !(0.0..=u64::MAX as f64).contains(&amount) || amount.fract() != 0.0 {
+            return Err(format!("`{part}`: the amount must be a whole number ≥ 0"));
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            return Err(format!("resource `{name}` is given twice"));
+        }
+        out.push((name.to_string(), amount as u64));
+    }
+    Ok(Resources(out))
 }
 
 impl NodeConfig {
@@ -100,6 +138,7 @@ impl NodeConfig {
             identity: None,
             max_frame: DEFAULT_MAX_FRAME,
             max_value: DEFAULT_MAX_VALUE,
+            resources: Vec::new(),
         }
     }
 }
@@ -127,6 +166,32 @@ impl Cli {
             identity: self.identity,
             max_frame: self.max_frame_bytes,
             max_value: self.max_value_bytes,
+            resources: self.resources.0,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_parse_with_clear_errors() {
+        assert_eq!(parse_resources("").unwrap(), Resources::default());
+        assert_eq!(
+            parse_resources("GPU=2, MEM=8e9").unwrap().0,
+            vec![("GPU".to_string(), 2), ("MEM".to_string(), 8_000_000_000)]
+        );
+        for (bad, says) in [
+            ("GPU", "NAME=AMOUNT"),
+            ("=2", "no name"),
+            ("GPU=two", "not a number"),
+            ("GPU=1.5", "whole number"),
+            ("GPU=-1", "whole number"),
+            ("GPU=1,GPU=2", "twice"),
+        ] {
+            let e = parse_resources(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }

@@ -28,7 +28,7 @@ use rdask_gossip::{MemberInfo, NodeId, PROTOCOL_VERSION};
 use rdask_graph::Registry;
 use tokio::sync::watch;
 
-pub use config::{Cli, NodeConfig};
+pub use config::{Cli, NodeConfig, Resources, parse_resources};
 pub use net::{NetError, RemoteError, RemoteNode};
 /// The client protocol's messages (re-exported for tools and tests that speak it).
 pub use rdask_actors::protocol as rdask_actors_protocol;
@@ -180,6 +180,7 @@ fn member_info(
     addresses: Vec<String>,
     nthreads: usize,
     registry: &Registry,
+    resources: &[(String, u64)],
 ) -> MemberInfo {
     MemberInfo {
         id,
@@ -190,6 +191,7 @@ fn member_info(
         functions: registry.len() as u32,
         version: VERSION.to_string(),
         protocol: PROTOCOL_VERSION,
+        resources: resources.to_vec(),
     }
 }
 
@@ -226,6 +228,7 @@ pub async fn start(
         Vec::new(),
         nthreads,
         registry,
+        &config.resources,
     );
     // The swarm first (when there is a network): the node actor sends to peers through it.
     let swarm = if !config.listen.is_empty() || !config.join.is_empty() {
@@ -356,6 +359,7 @@ pub async fn start(
                     .collect(),
                 nthreads,
                 registry,
+                &config.resources,
             ),
             config: rdask_gossip::GossipConfig::lan(config.cluster_size),
             seed: rand_seed(),

@@ -110,6 +110,8 @@ struct PlanTask {
     fails: bool,
     /// Nodes it is restricted to, and whether loosely.
     placement: Option<(Vec<usize>, bool)>,
+    /// GPUs it holds while it runs.
+    gpus: u64,
 }
 
 /// A planned graph: tasks in topological order, and the ones the client keeps.
@@ -179,6 +181,7 @@ fn make_graph(
             cost_us: cost(rng, costs.0, costs.1),
             fails: rng.random_bool(fail_rate),
             placement: None,
+            gpus: 0,
         });
         i
     };
@@ -273,6 +276,14 @@ fn reference(g: &PlanGraph) -> Vec<Result<Bytes, BTreeSet<Key>>> {
     out
 }
 
+fn gpu_amounts(gpus: u64) -> Vec<(std::sync::Arc<str>, u64)> {
+    if gpus > 0 {
+        vec![("GPU".into(), gpus)]
+    } else {
+        Vec::new()
+    }
+}
+
 fn node_name(i: usize) -> NodeId {
     NodeId(format!("node{i:03}").into())
 }
@@ -299,6 +310,11 @@ fn submission(id: u128, g: &PlanGraph) -> GraphSubmission {
                     nodes: nodes.iter().map(|&n| node_name(n).0).collect(),
                     loose: *loose,
                 }),
+                resources: if t.gpus > 0 {
+                    vec![("GPU".into(), t.gpus)]
+                } else {
+                    Vec::new()
+                },
             }
         })
         .collect();
@@ -404,6 +420,9 @@ enum ClientOp {
 
 struct SimNode {
     core: NodeCore,
+    /// GPUs it offers, and GPUs held by tasks handed to its pool.
+    gpus: u64,
+    gpus_busy: u64,
     nthreads: u32,
     busy: u32,
     queue: VecDeque<Job>,
@@ -451,6 +470,8 @@ impl Sim {
             let name = node_name(i);
             nodes.push(SimNode {
                 core: NodeCore::new(&name.0, registry(), nthreads),
+                gpus: 0,
+                gpus_busy: 0,
                 nthreads,
                 busy: 0,
                 queue: VecDeque::new(),
@@ -534,6 +555,7 @@ impl Sim {
                 functions_digest: registry().digest(),
                 alive: true,
                 load: n.core.load(),
+                resources: gpu_amounts(n.gpus),
             })
             .collect();
         for i in 0..self.nodes.len() {
@@ -583,6 +605,14 @@ impl Sim {
                 }
                 if i != self.graphs[g].entry {
                     self.report.tasks_remote += 1;
+                }
+                let gpus = self.graphs[g].plan.tasks[t].gpus;
+                self.nodes[i].gpus_busy += gpus;
+                if self.nodes[i].gpus_busy > self.nodes[i].gpus {
+                    self.report.violations.push(format!(
+                        "{} needs {gpus} GPU and node {i} (with {}) now runs tasks holding {}",
+                        job.key, self.nodes[i].gpus, self.nodes[i].gpus_busy
+                    ));
                 }
                 if let Some((nodes, false)) = &self.graphs[g].plan.tasks[t].placement
                     && !nodes.contains(&i)
@@ -817,6 +847,9 @@ impl Sim {
                 }
                 Event::JobDone(i, done, key) => {
                     self.nodes[i].busy -= 1;
+                    if let Some(&(g, t)) = self.plan_of.get(&key) {
+                        self.nodes[i].gpus_busy -= self.graphs[g].plan.tasks[t].gpus;
+                    }
                     self.finished.insert(key);
                     self.nodes[i].core.handle_task_done(done);
                     self.drain(i);
@@ -916,6 +949,19 @@ pub fn graphs_chaos(seed: u64, nodes: Option<usize>) -> ClusterReport {
     };
     let nthreads = rng.random_range(1..=4);
     let mut sim = Sim::new(seed, n, nthreads, net);
+    // Some nodes offer GPUs; some tasks need one or two.
+    let gpu_nodes = if rng.random_bool(0.5) {
+        rng.random_range(1..=n.min(4))
+    } else {
+        0
+    };
+    for _ in 0..gpu_nodes {
+        let i = rng.random_range(0..n);
+        let node = &mut sim.nodes[i];
+        node.gpus = rng.random_range(1..=2);
+        node.core.set_resources(gpu_amounts(node.gpus));
+    }
+    let most_gpus = sim.nodes.iter().map(|n| n.gpus).max().unwrap_or(0);
     let graphs = rng.random_range(1..=6);
     let fail_rate = if rng.random_bool(0.3) { 0.02 } else { 0.0 };
     for g in 0..graphs {
@@ -930,8 +976,13 @@ pub fn graphs_chaos(seed: u64, nodes: Option<usize>) -> ClusterReport {
             fail_rate,
             true,
         );
-        // Some tasks are restricted to one or two nodes, hard or loose.
+        // Some tasks are restricted to one or two nodes, hard or loose; some need GPUs.
         for t in &mut plan.tasks {
+            if most_gpus > 0 && rng.random_bool(0.1) {
+                // Satisfiable: some node has that many (a GPU task is not also pinned).
+                t.gpus = rng.random_range(1..=most_gpus);
+                continue;
+            }
             if rng.random_bool(0.05) {
                 let k = rng.random_range(1..=2);
                 let nodes = (0..k).map(|_| rng.random_range(0..n)).collect();

@@ -385,6 +385,7 @@ impl Cluster {
             functions: 8,
             version: "sim".into(),
             protocol: PROTOCOL_VERSION,
+            resources: Vec::new(),
         };
         self.nodes[i].core = Some(Gossip::new(peer, info, self.config.clone(), seed));
         self.drain(i);

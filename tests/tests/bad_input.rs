@@ -261,6 +261,7 @@ fn bad_batches_from_a_peer_end_its_stream_and_nonsense_messages_are_ignored() {
                 priority: u64::MAX,
                 hops: u32::MAX,
                 placement: None,
+                resources: vec![("GPU".into(), u64::MAX)],
             })
         };
         let inc = rdask_tests::inc.name();
@@ -335,6 +336,7 @@ fn bad_batches_from_a_peer_end_its_stream_and_nonsense_messages_are_ignored() {
                         nodes: vec!["nowhere".into()],
                         loose: false,
                     }),
+                    resources: Vec::new(),
                 }],
                 busiest: Some((nobody.clone(), u32::MAX)),
             },

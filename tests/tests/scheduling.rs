@@ -192,3 +192,35 @@ fn a_256_mib_value_moves_between_two_nodes_intact() {
     });
     drop(nodes);
 }
+
+#[test]
+fn tasks_that_need_a_gpu_run_only_on_the_node_that_has_one() {
+    let plain = NodeProcess::start(NODE, &["--nthreads", "2"]);
+    let gpu = NodeProcess::start(
+        NODE,
+        &[
+            "--nthreads",
+            "2",
+            "--resources",
+            "GPU=1",
+            "--join",
+            &plain.multiaddr,
+        ],
+    );
+    let addrs = vec![plain.multiaddr.clone(), gpu.multiaddr.clone()];
+    let gpu_pid = gpu.pid();
+    bounded(120, move || {
+        settle(&addrs);
+        let client = Client::connect(&addrs[0]).expect("connect");
+        let needs_gpu = TaskOptions::new().resources([("GPU", 1)]);
+        let futures: Vec<_> = (0..40u64)
+            .map(|i| client.submit_with(where_am_i, (i,), &needs_gpu))
+            .collect();
+        let results = rdask::block_on(client.gather(&futures)).expect("gather");
+        for (i, (x, pid)) in results.into_iter().enumerate() {
+            assert_eq!(x, i as u64);
+            assert_eq!(pid, gpu_pid, "task {i} ran without a GPU");
+        }
+    });
+    drop((plain, gpu));
+}

@@ -375,3 +375,41 @@ fn a_key_cancelled_while_running_is_unknown_to_later_graphs() {
     run_all(&mut c);
     assert_eq!(int(&gather(&mut c, &["inc-1"])[0]), 6);
 }
+
+#[test]
+fn tasks_holding_a_resource_run_no_more_at_once_than_the_node_has() {
+    let mut c = core();
+    c.set_resources(vec![("GPU".into(), 1)]);
+    let tasks: Vec<_> = (0..5)
+        .map(|i| {
+            let mut t = spec(&format!("gpu-{i}"), "inc", vec![lit(i)]);
+            t.resources = vec![("GPU".into(), 1)];
+            t
+        })
+        .chain([spec("cpu-0", "inc", vec![lit(7)])])
+        .collect();
+    submit(&mut c, 1, tasks);
+    let mut ran = Vec::new();
+    loop {
+        let jobs = c.take_jobs();
+        if jobs.is_empty() {
+            break;
+        }
+        let gpu = jobs
+            .iter()
+            .filter(|j| j.key.as_str().starts_with("gpu"))
+            .count();
+        assert!(gpu <= 1, "{gpu} tasks hold the one GPU at once");
+        for j in jobs {
+            ran.push(j.key.to_string());
+            c.handle_task_done(TaskDone {
+                task: j.task,
+                result: j.entry.call(&j.args),
+                elapsed_ns: 1_000,
+            });
+        }
+    }
+    assert_eq!(ran.len(), 6, "{ran:?}");
+    // The task that needs no GPU did not wait behind those that do.
+    assert!(ran[..2].contains(&"cpu-0".to_string()), "{ran:?}");
+}
