@@ -88,6 +88,15 @@ fn main() {
                         .map(String::as_str)
                         .unwrap_or("-")
                 );
+                if !n.member.resources.is_empty() {
+                    let r: Vec<String> = n
+                        .member
+                        .resources
+                        .iter()
+                        .map(|(name, amount)| format!("{name}={amount}"))
+                        .collect();
+                    println!("{:<54} resources {}", "", r.join(","));
+                }
             }
         }
     }
