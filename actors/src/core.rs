@@ -56,6 +56,9 @@ const STEAL_TIMEOUT_MS: u64 = 1_000;
 const MAX_STEAL_BACKOFF_MS: u64 = 100;
 /// How long after its last task an idle node probes random peers for work.
 const PROBE_WINDOW_MS: u64 = 1_000;
+/// Times a task may be lost with the node running it before it fails (Dask's
+/// `allowed-failures`).
+const MAX_ATTEMPTS: u8 = 3;
 /// Empty answers to steal requests after which an idle node slows down.
 const STEAL_PROBES: u32 = 4;
 /// Run time assumed for a task prefix never measured.
@@ -150,6 +153,12 @@ pub struct CoreStats {
     pub fetched_bytes: u64,
     /// Assignments sent again after no news.
     pub retries: u64,
+    /// Peers this node saw declared dead.
+    pub peers_lost: u64,
+    /// Results of this node's graphs lost with a node (computed again when needed).
+    pub recomputed: u64,
+    /// Tasks of this node's graphs placed again after their node died.
+    pub replaced: u64,
 }
 
 enum ArgSlot {
@@ -184,11 +193,22 @@ enum State {
     Erred(Arc<TaskError>),
     /// Restricted to nodes none of which is alive: placed when one is.
     NoWorker,
+    /// Finished, and its value dropped as nobody needed it; the spec stays while
+    /// dependents exist, to recompute it if a dependent's value is lost (lineage).
+    Released,
 }
 
 impl State {
     fn finished(&self) -> bool {
-        matches!(self, State::Memory { .. } | State::Erred(_))
+        matches!(
+            self,
+            State::Memory { .. } | State::Erred(_) | State::Released
+        )
+    }
+
+    /// A finished value that some node (alive, as far as this node knows) holds.
+    fn available(&self) -> bool {
+        matches!(self, State::Memory { value, holders, .. } if value.is_some() || !holders.is_empty())
     }
 }
 
@@ -203,6 +223,10 @@ struct Task {
     waiting_on: u32,
     /// Dependents not yet finished: the value must stay while this is above zero.
     pending_dependents: u32,
+    /// Dependents that exist at all: the spec must stay while this is above zero.
+    spec_refs: u32,
+    /// Times it was lost with the node running it.
+    attempts: u8,
     /// Futures the client holds for this key.
     client_refs: u32,
     /// Gather requests waiting for this task.
@@ -507,6 +531,46 @@ impl NodeCore {
         (self.held.len(), self.foreign_pending)
     }
 
+    /// A one-line description of a key of this node's graphs, for logs and diagnostics:
+    /// its state and, when waiting, for how many inputs.
+    pub fn describe(&self, key: &Key) -> Option<String> {
+        let id = *self.index.get(key)?;
+        let t = self.task(id)?;
+        let state = match &t.state {
+            State::Waiting => format!("waiting for {} inputs", t.waiting_on),
+            State::Fetching => format!("fetching {} inputs", t.waiting_on),
+            State::Ready => "ready".into(),
+            State::Running => "running".into(),
+            State::Remote { node, hops, .. } => {
+                format!(
+                    "placed on {} (hops {hops})",
+                    self.peers[*node as usize].node
+                )
+            }
+            State::Memory { value, holders, .. } => format!(
+                "in memory{} on {} other nodes",
+                if value.is_some() { " here and" } else { "" },
+                holders.len()
+            ),
+            State::Erred(_) => "erred".into(),
+            State::NoWorker => "waiting for a node it may run on".into(),
+            State::Released => "released".into(),
+        };
+        let deps: Vec<String> = t
+            .deps
+            .iter()
+            .filter_map(|d| self.task(*d))
+            .map(|d| {
+                format!(
+                    "{}:{}",
+                    d.key,
+                    if d.state.available() { "ok" } else { "missing" }
+                )
+            })
+            .collect();
+        Some(format!("{key}: {state}; inputs [{}]", deps.join(", ")))
+    }
+
     /// Whether this node owns graphs of the client session `session`.
     pub fn owns_session(&self, session: u64) -> bool {
         self.sessions.contains(&session)
@@ -612,7 +676,9 @@ impl NodeCore {
         self.measure(done.task, done.elapsed_ns);
         let task = self.task_mut(done.task).expect("checked above");
         if task.cancelled {
-            self.remove(done.task);
+            for d in self.remove(done.task) {
+                self.maybe_forget(d);
+            }
             return;
         }
         let outcome = match done.result {
@@ -680,6 +746,12 @@ impl NodeCore {
                 self.fetches.remove(&k);
                 continue;
             }
+            if k.0 == 0 {
+                let holders = self.own_holders(&k.1);
+                if !holders.is_empty() {
+                    self.fetches.get_mut(&k).expect("listed").holders = holders;
+                }
+            }
             let f = self.fetches.get_mut(&k).expect("listed");
             f.next = (f.next + 1) % f.holders.len().max(1);
             f.due_ms = now + FETCH_RETRY_MS;
@@ -711,12 +783,16 @@ impl NodeCore {
     /// with the same task functions as this node.
     pub fn handle_members(&mut self, members: &[PeerUpdate]) {
         let digest = self.registry.digest();
+        let mut lost = Vec::new();
         for m in members {
             if m.node.0 == self.node {
                 continue;
             }
             let p = self.intern(&m.node);
             let peer = &mut self.peers[p as usize];
+            if peer.alive && !m.alive {
+                lost.push(p);
+            }
             peer.nthreads = m.nthreads.max(1);
             peer.alive = m.alive;
             peer.eligible = m.functions_digest == digest;
@@ -733,6 +809,9 @@ impl NodeCore {
                 p == 0 || (self.peers[p as usize].alive && self.peers[p as usize].eligible)
             })
             .collect();
+        for p in lost {
+            self.peer_lost(p);
+        }
         for id in std::mem::take(&mut self.no_worker) {
             if self
                 .task(id)
@@ -740,6 +819,235 @@ impl NodeCore {
             {
                 self.place(id);
             }
+        }
+    }
+
+    /// Membership declared `p` dead: what it ran for this node's graphs is placed again,
+    /// results only it held are computed again if still needed (from their inputs, and
+    /// theirs, as far back as needed), and what this node ran or kept for it as an owner is
+    /// dropped.
+    fn peer_lost(&mut self, p: u32) {
+        self.stats.peers_lost += 1;
+        // Worker side: tasks and results of graphs `p` owned.
+        let foreign: Vec<TaskId> = self
+            .foreign_index
+            .iter()
+            .filter(|((o, _), _)| *o == p)
+            .map(|(_, id)| *id)
+            .collect();
+        for id in foreign {
+            let key = self.foreign_ref(id).map(|f| f.key.clone());
+            if let Some(key) = key {
+                self.release_foreign(p, key);
+            }
+        }
+        let held: Vec<(u32, Key)> = self.held.keys().filter(|(o, _)| *o == p).cloned().collect();
+        for (o, k) in held {
+            self.release_foreign(o, k);
+        }
+        // Owner side.
+        let mut lost = Vec::new();
+        let mut replace = Vec::new();
+        for idx in 0..self.slots.len() {
+            let generation = self.slots[idx].generation;
+            let id = TaskId {
+                idx: idx as u32,
+                generation,
+            };
+            let Some(t) = self.slots[idx].item.as_mut() else {
+                continue;
+            };
+            match &mut t.state {
+                State::Memory { value, holders, .. } if holders.contains(&p) => {
+                    holders.retain(|&h| h != p);
+                    if value.is_none() && holders.is_empty() {
+                        lost.push(id);
+                    }
+                }
+                State::Remote { node, .. } if *node == p => replace.push(id),
+                _ => {}
+            }
+        }
+        // Fetches: ask another holder (or the owner) instead.
+        let keys: Vec<(u32, Key)> = self
+            .fetches
+            .iter()
+            .filter(|(_, f)| f.holders.contains(&p))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            let owner_alive = k.0 != 0 && k.0 != p && self.peers[k.0 as usize].alive;
+            // This node's own results: whoever holds them now (copies announced since).
+            let current = if k.0 == 0 {
+                self.own_holders(&k.1)
+            } else {
+                Vec::new()
+            };
+            let f = self.fetches.get_mut(&k).expect("listed");
+            let was = f.holders.get(f.next).copied();
+            f.holders.retain(|&h| h != p);
+            for h in current {
+                if !f.holders.contains(&h) {
+                    f.holders.push(h);
+                }
+            }
+            if f.holders.is_empty() && owner_alive {
+                f.holders.push(k.0);
+            }
+            f.next = 0;
+            if was == Some(p)
+                && let Some(&to) = f.holders.first()
+            {
+                let owner = self.peers[k.0 as usize].node.clone();
+                self.send(
+                    to,
+                    PeerMsg::Fetch {
+                        owner,
+                        key: k.1.clone(),
+                    },
+                );
+            }
+        }
+        self.stats.recomputed += lost.len() as u64;
+        self.stats.replaced += replace.len() as u64;
+        // Values nobody needs are simply gone; needed ones are computed again.
+        let mut needed = Vec::new();
+        for id in lost {
+            let t = self.task_mut(id).expect("listed");
+            t.state = State::Released;
+            if t.client_refs > 0 || t.pending_dependents > 0 {
+                needed.push(id);
+            } else {
+                self.maybe_forget(id);
+            }
+        }
+        let dead_name = self.peers[p as usize].node.0.clone();
+        for id in replace {
+            let t = self.task_mut(id).expect("listed");
+            t.attempts = t.attempts.saturating_add(1);
+            if t.attempts > MAX_ATTEMPTS {
+                let e = TaskError {
+                    kind: TaskErrorKind::Lost,
+                    message: Arc::from(format!(
+                        "the task was lost {} times with the node running it; it is not run again",
+                        t.attempts
+                    )),
+                    key: t.key.clone(),
+                    node: Some(dead_name.clone()),
+                };
+                // It counts as unfinished until this error finishes it.
+                t.state = State::Waiting;
+                self.finish(id, Err(Arc::new(e)));
+                continue;
+            }
+            t.state = State::Waiting;
+            self.requeue(id);
+        }
+        if !needed.is_empty() {
+            self.revive(needed);
+        }
+    }
+
+    /// Computes again finished tasks whose values are gone (`Released`) and that are
+    /// needed, with every input of theirs that is gone too; their unfinished dependents
+    /// wait for them again.
+    fn revive(&mut self, roots: Vec<TaskId>) {
+        let mut revived = Vec::new();
+        let mut broken = Vec::new();
+        let mut stack = roots;
+        while let Some(id) = stack.pop() {
+            let Some(t) = self.task_mut(id) else { continue };
+            if !matches!(t.state, State::Released) {
+                continue;
+            }
+            t.state = State::Waiting;
+            self.unfinished += 1;
+            revived.push(id);
+            let ndeps = self.task(id).map_or(0, |t| t.deps.len());
+            for i in 0..ndeps {
+                let d = self.task(id).expect("revived").deps[i];
+                match self.task_mut(d) {
+                    Some(dt) => {
+                        dt.pending_dependents += 1;
+                        if matches!(dt.state, State::Released) {
+                            stack.push(d);
+                        }
+                    }
+                    // Lineage kept every input of a finished task; should one be missing
+                    // all the same, the task fails rather than waits forever.
+                    None => broken.push(id),
+                }
+            }
+            // Gathers that waited for its value from the lost holder wait for it again.
+            let key = self.task(id).expect("revived").key.clone();
+            if let Some(f) = self.fetches.remove(&(0, key)) {
+                for w in f.waiters {
+                    if let FetchWaiter::Gather(r) = w {
+                        self.task_mut(id).expect("revived").waiters.push(r);
+                    }
+                }
+            }
+        }
+        // Unfinished dependents that counted on these values wait for them again.
+        let mut dependents = Vec::new();
+        for &id in &revived {
+            let t = self.task(id).expect("revived");
+            dependents.extend(t.dependents.iter().copied());
+        }
+        for d in dependents {
+            self.requeue(d);
+        }
+        // Inputs first: the deepest revived tasks were pushed last.
+        for id in revived.into_iter().rev() {
+            if broken.contains(&id) {
+                let key = self.task(id).expect("revived").key.clone();
+                let e = TaskError {
+                    kind: TaskErrorKind::Lost,
+                    message: Arc::from(
+                        "its value was lost and an input needed to compute it again is gone",
+                    ),
+                    key,
+                    node: Some(self.node.clone()),
+                };
+                self.finish(id, Err(Arc::new(e)));
+            } else {
+                self.requeue(id);
+            }
+        }
+    }
+
+    /// An unfinished task whose inputs may have changed availability: it waits for the
+    /// missing ones (taken back from wherever it was queued), or is placed again.
+    fn requeue(&mut self, id: TaskId) {
+        let Some(t) = self.task(id) else { return };
+        let (ready, remote) = match t.state {
+            State::Waiting | State::Fetching | State::NoWorker => (false, None),
+            State::Ready => (true, None),
+            State::Remote { node, .. } => (false, Some((node, t.key.clone()))),
+            // Running here (it has its inputs) or finished: nothing to do.
+            _ => return,
+        };
+        if let Some((node, key)) = remote {
+            if self.peers[node as usize].alive {
+                self.release_at(node, key);
+            }
+            self.peers[node as usize].assigned_since =
+                self.peers[node as usize].assigned_since.saturating_sub(1);
+        }
+        if ready {
+            self.ready_count -= 1;
+        }
+        let t = self.task(id).expect("exists");
+        let missing = t
+            .deps
+            .iter()
+            .filter(|d| !self.task(**d).is_some_and(|dt| dt.state.available()))
+            .count() as u32;
+        let t = self.task_mut(id).expect("exists");
+        t.state = State::Waiting;
+        t.waiting_on = missing;
+        if missing == 0 {
+            self.place(id);
         }
     }
 
@@ -907,6 +1215,14 @@ impl NodeCore {
                 })
             };
         }
+        // Every key the graph names, as task or input (to revive dropped ones below).
+        let named: Vec<Key> = g
+            .tasks
+            .iter()
+            .flat_map(|t| std::iter::once(&t.key).chain(t.dependencies()))
+            .filter(|k| self.index.contains_key(*k))
+            .cloned()
+            .collect();
         // A key that already exists is the same task: keep the existing one (as Dask does).
         let tasks = g
             .tasks
@@ -936,6 +1252,20 @@ impl NodeCore {
             {
                 t.client_refs += 1;
             }
+        }
+        // Keys this graph names whose values were dropped are computed again (lineage).
+        let released: Vec<TaskId> = named
+            .iter()
+            .filter_map(|k| self.index.get(k).copied())
+            .filter(|&id| {
+                self.task(id).is_some_and(|t| {
+                    matches!(t.state, State::Released)
+                        && (t.client_refs > 0 || t.pending_dependents > 0)
+                })
+            })
+            .collect();
+        if !released.is_empty() {
+            self.revive(released);
         }
         // Tasks whose inputs had already failed fail now, once the client's references are
         // counted (so their errors are kept for the client).
@@ -1003,6 +1333,7 @@ impl NodeCore {
             let dt = self.task_mut(d).expect("dependency exists");
             dt.dependents.push(id);
             dt.pending_dependents += 1;
+            dt.spec_refs += 1;
             match &dt.state {
                 State::Memory { .. } => {}
                 State::Erred(e) => failed = Some(e.clone()),
@@ -1020,6 +1351,8 @@ impl NodeCore {
             dependents: Vec::new(),
             waiting_on,
             pending_dependents: 0,
+            spec_refs: 0,
+            attempts: 0,
             client_refs: 0,
             waiters: Vec::new(),
             cancelled: false,
@@ -1281,10 +1614,7 @@ impl NodeCore {
             if task.state.finished() {
                 continue;
             }
-            let dependents = std::mem::take(&mut task.dependents);
             let waiters = std::mem::take(&mut task.waiters);
-            // A finished task no longer needs its inputs' ids.
-            let deps = std::mem::take(&mut task.deps);
             let mut remote_only = false;
             let mut local = None;
             let error = match outcome {
@@ -1311,9 +1641,13 @@ impl NodeCore {
                 self.memory_used += size;
             }
             self.unfinished -= 1;
-            match error {
-                None => {
-                    for &d in &dependents {
+            // Dependents and inputs stay listed (lineage); walk them by position, as placing
+            // a dependent does not change this task's lists.
+            let ndependents = self.task(id).map_or(0, |t| t.dependents.len());
+            for i in 0..ndependents {
+                let d = self.task(id).expect("being finished").dependents[i];
+                match &error {
+                    None => {
                         if let Some(dt) = self.task_mut(d)
                             && matches!(dt.state, State::Waiting)
                         {
@@ -1323,11 +1657,7 @@ impl NodeCore {
                             }
                         }
                     }
-                }
-                Some(e) => {
-                    for &d in &dependents {
-                        work.push((d, Err(e.clone())));
-                    }
+                    Some(e) => work.push((d, Err(e.clone()))),
                 }
             }
             for w in waiters {
@@ -1337,7 +1667,11 @@ impl NodeCore {
                     self.waiter_progress(w);
                 }
             }
-            for d in deps {
+            let ndeps = self.task(id).map_or(0, |t| t.deps.len());
+            for i in 0..ndeps {
+                let Some(d) = self.task(id).map(|t| t.deps[i]) else {
+                    break;
+                };
                 if let Some(dt) = self.task_mut(d) {
                     dt.pending_dependents -= 1;
                     self.maybe_forget(d);
@@ -1357,7 +1691,15 @@ impl NodeCore {
                 continue;
             }
             match t.state {
-                State::Memory { .. } | State::Erred(_) => self.remove(id),
+                // An error is final: nothing to recompute, no lineage to keep.
+                State::Erred(_) => work.extend(self.remove(id)),
+                State::Memory { .. } | State::Released => {
+                    if t.spec_refs == 0 {
+                        work.extend(self.remove(id));
+                    } else {
+                        self.drop_value(id);
+                    }
+                }
                 State::Running => {
                     // The function is running: drop its value when it returns. The key is
                     // forgotten now, so a later graph naming it is refused instead of
@@ -1376,7 +1718,7 @@ impl NodeCore {
                     let key = t.key.clone();
                     self.release_at(node, key);
                     self.unfinished -= 1;
-                    self.remove(id);
+                    work.extend(self.remove(id));
                     self.release_inputs(&deps, &mut work);
                 }
                 State::Waiting | State::Ready | State::Fetching | State::NoWorker => {
@@ -1385,7 +1727,7 @@ impl NodeCore {
                         self.ready_count -= 1;
                     }
                     self.unfinished -= 1;
-                    self.remove(id);
+                    work.extend(self.remove(id));
                     self.release_inputs(&deps, &mut work);
                 }
             }
@@ -1401,9 +1743,36 @@ impl NodeCore {
         }
     }
 
-    fn remove(&mut self, id: TaskId) {
+    /// Keeps a finished task's spec for lineage, and drops its value (here and on its
+    /// holders).
+    fn drop_value(&mut self, id: TaskId) {
+        let t = self.task_mut(id).expect("exists");
+        let old = std::mem::replace(&mut t.state, State::Released);
+        let key = t.key.clone();
+        if let State::Memory {
+            value,
+            holders,
+            size,
+        } = old
+        {
+            if value.is_some() {
+                self.stored -= 1;
+                self.memory_used -= size;
+            }
+            for h in holders {
+                self.release_at(h, key.clone());
+            }
+        }
+    }
+
+    /// Frees a task's slot; returns its inputs that may now be forgotten too (the caller
+    /// runs [`NodeCore::maybe_forget`] on them: no recursion along long chains).
+    #[must_use]
+    fn remove(&mut self, id: TaskId) -> Vec<TaskId> {
         let slot = &mut self.slots[id.slot()];
-        let Some(task) = slot.item.take() else { return };
+        let Some(task) = slot.item.take() else {
+            return Vec::new();
+        };
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(id.idx);
         if let State::Memory {
@@ -1426,6 +1795,16 @@ impl NodeCore {
         for w in task.waiters {
             self.waiter_progress(w);
         }
+        let mut freed = Vec::new();
+        for d in task.deps {
+            if let Some(dt) = self.task_mut(d) {
+                dt.spec_refs -= 1;
+                if dt.spec_refs == 0 && matches!(dt.state, State::Released) {
+                    freed.push(d);
+                }
+            }
+        }
+        freed
     }
 
     fn waiter_progress(&mut self, request: RequestId) {
@@ -1448,6 +1827,7 @@ impl NodeCore {
                 Some(t) => match &t.state {
                     State::Memory { value: Some(b), .. } => KeyResult::Value(b.clone()),
                     State::Erred(e) => KeyResult::Error((**e).clone()),
+                    State::Released => KeyResult::Unknown,
                     _ if t.cancelled => KeyResult::Unknown,
                     _ => KeyResult::Pending,
                 },
@@ -1614,6 +1994,23 @@ impl NodeCore {
                 let key = t.key.clone();
                 self.release_foreign(owner, key);
             }
+        }
+    }
+
+    /// The live nodes holding a result of this node's graphs.
+    fn own_holders(&self, key: &Key) -> Vec<u32> {
+        match self
+            .index
+            .get(key)
+            .and_then(|id| self.task(*id))
+            .map(|t| &t.state)
+        {
+            Some(State::Memory { holders, .. }) => holders
+                .iter()
+                .copied()
+                .filter(|&h| self.peers[h as usize].alive)
+                .collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -2147,6 +2544,9 @@ impl NodeCore {
         }
         let k = (owner, a.key.clone());
         if self.foreign_index.contains_key(&k) {
+            // Known already; a repeated assignment carries the owner's latest holders of
+            // the inputs (holders die; lost inputs are computed again elsewhere).
+            self.refresh_holders(owner, &a.args);
             return;
         }
         if let Some(v) = self.held.get(&k) {
@@ -2309,6 +2709,51 @@ impl NodeCore {
         }
     }
 
+    /// Adds the holders named in an assignment to the fetches of its inputs.
+    fn refresh_holders(&mut self, owner: u32, args: &[AssignArg]) {
+        for arg in args {
+            let AssignArg::Input { key, holders, .. } = arg else {
+                continue;
+            };
+            let k = (owner, key.clone());
+            if !self.fetches.contains_key(&k) {
+                continue;
+            }
+            if let Some(v) = self.held.get(&k).cloned() {
+                let owner_id = self.peers[owner as usize].node.clone();
+                self.data(0, owner_id, key.clone(), Some(v));
+                continue;
+            }
+            let named: Vec<u32> = holders.iter().map(|h| self.intern(h)).collect();
+            let alive: Vec<u32> = named
+                .into_iter()
+                .filter(|&h| h != 0 && self.peers[h as usize].alive)
+                .collect();
+            let now = self.now_ms;
+            let f = self.fetches.get_mut(&k).expect("checked");
+            let mut ask = None;
+            for h in alive {
+                if !f.holders.contains(&h) {
+                    // Ask the newcomer now: the old holders did not answer.
+                    f.holders.insert(0, h);
+                    f.next = 0;
+                    f.due_ms = now + FETCH_RETRY_MS;
+                    ask = Some(h);
+                }
+            }
+            if let Some(h) = ask {
+                let owner_id = self.peers[owner as usize].node.clone();
+                self.send(
+                    h,
+                    PeerMsg::Fetch {
+                        owner: owner_id,
+                        key: key.clone(),
+                    },
+                );
+            }
+        }
+    }
+
     /// A fetched input of a task of another owner arrived.
     fn foreign_input(&mut self, id: TaskId, i: u32, value: &Bytes) {
         let Some(f) = self.foreign_mut(id) else {
@@ -2419,7 +2864,14 @@ impl NodeCore {
                 let k = (f.owner, f.key.clone());
                 self.stored += 1;
                 self.memory_used += size;
-                self.held.insert(k, Bytes::from(v));
+                let v = Bytes::from(v);
+                self.held.insert(k.clone(), v.clone());
+                // A task here may have been fetching this very value (computed again here
+                // after its holder died).
+                if self.fetches.contains_key(&k) {
+                    let owner = self.peers[f.owner as usize].node.clone();
+                    self.data(0, owner, k.1, Some(v));
+                }
                 self.send(
                     f.owner,
                     PeerMsg::Done {

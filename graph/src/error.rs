@@ -62,6 +62,8 @@ pub enum TaskErrorKind {
     UnknownFunction,
     /// The task was released or cancelled before it finished.
     Cancelled,
+    /// The nodes that ran the task died too many times (Dask's `KilledWorker`).
+    Lost,
 }
 
 /// A task that did not produce a value: the error carried by its future and by the futures
@@ -87,6 +89,7 @@ impl fmt::Display for TaskError {
             TaskErrorKind::BadOutput => "returned a value that could not be encoded",
             TaskErrorKind::UnknownFunction => "calls an unknown function",
             TaskErrorKind::Cancelled => "was cancelled",
+            TaskErrorKind::Lost => "was lost",
         };
         write!(f, "task {} {what}: {}", self.key, self.message)?;
         if let Some(node) = &self.node {

@@ -390,6 +390,14 @@ pub struct Stats {
     pub fetched: u64,
     /// Assignments sent again.
     pub retries: u64,
+    /// Nodes crashed by the scenario.
+    pub crashes: u64,
+    /// Results lost with a node and computed again.
+    pub recomputed: u64,
+    /// Tasks placed again after their node died.
+    pub replaced: u64,
+    /// Tasks that ran more than once (allowed only when a node died).
+    pub reruns: u64,
 }
 
 impl Stats {
@@ -399,6 +407,8 @@ impl Stats {
         self.stolen += s.stolen;
         self.fetched += s.fetched;
         self.retries += s.retries;
+        self.recomputed += s.recomputed;
+        self.replaced += s.replaced;
     }
 }
 
@@ -410,6 +420,10 @@ enum Event {
     Members,
     Expire(usize, RequestId),
     Gather(usize),
+    /// A node dies (SIGKILL): it stops, its messages and running tasks are lost.
+    Crash(usize),
+    /// Membership declares a crashed node dead to everyone.
+    Detect(usize),
 }
 
 enum ClientOp {
@@ -420,6 +434,9 @@ enum ClientOp {
 
 struct SimNode {
     core: NodeCore,
+    /// Dead (the scenario killed it), and declared dead by membership.
+    crashed: bool,
+    declared: bool,
     /// GPUs it offers, and GPUs held by tasks handed to its pool.
     gpus: u64,
     gpus_busy: u64,
@@ -470,6 +487,8 @@ impl Sim {
             let name = node_name(i);
             nodes.push(SimNode {
                 core: NodeCore::new(&name.0, registry(), nthreads),
+                crashed: false,
+                declared: false,
                 gpus: 0,
                 gpus_busy: 0,
                 nthreads,
@@ -553,12 +572,15 @@ impl Sim {
                 node: name.clone(),
                 nthreads: n.nthreads,
                 functions_digest: registry().digest(),
-                alive: true,
+                alive: !n.declared,
                 load: n.core.load(),
                 resources: gpu_amounts(n.gpus),
             })
             .collect();
         for i in 0..self.nodes.len() {
+            if self.nodes[i].crashed {
+                continue;
+            }
             self.nodes[i].core.handle_members(&updates);
             self.drain(i);
         }
@@ -590,9 +612,12 @@ impl Sim {
                 eprintln!("{:>10} node {i} starts {}", self.now, job.key);
             }
             if !self.started.insert(job.key.clone()) {
-                self.report
-                    .violations
-                    .push(format!("{} ran twice (on node {i})", job.key));
+                if self.report.stats.crashes == 0 {
+                    self.report
+                        .violations
+                        .push(format!("{} ran twice (on node {i})", job.key));
+                }
+                self.report.stats.reruns += 1;
             }
             if let Some(&(g, t)) = self.plan_of.get(&job.key) {
                 for &d in &self.graphs[g].plan.tasks[t].inputs {
@@ -641,6 +666,9 @@ impl Sim {
     }
 
     fn transmit(&mut self, from: usize, to: usize, batch: PeerBatch) {
+        if self.nodes[from].crashed || self.nodes[to].crashed {
+            return;
+        }
         let bytes: u64 = batch
             .msgs
             .iter()
@@ -827,6 +855,21 @@ impl Sim {
                     self.nodes[entry].core.handle_gather(r, keys, 600_000);
                     self.drain(entry);
                 }
+                Event::Deliver(_, to, _) if self.nodes[to].crashed => {}
+                Event::JobDone(i, ..) | Event::Tick(i) | Event::Expire(i, _)
+                    if self.nodes[i].crashed => {}
+                Event::Crash(i) => {
+                    self.note(5, i as u64);
+                    self.nodes[i].crashed = true;
+                    self.nodes[i].queue.clear();
+                    self.report.stats.crashes += 1;
+                    let delay = self.rng.random_range(1_000_000..3_000_000);
+                    self.at(delay, Event::Detect(i));
+                }
+                Event::Detect(i) => {
+                    self.nodes[i].declared = true;
+                    self.members();
+                }
                 Event::Deliver(from, to, batch) => {
                     self.note(4, (from * 1000 + to) as u64);
                     if let Some(k) = &self.watch {
@@ -899,12 +942,31 @@ impl Sim {
             .map(|(i, n)| format!("{i}:{:?}/{:?}", n.core.load(), n.core.foreign_keys()))
             .take(8)
             .collect();
-        format!("graphs {open:?} open; loads {loads:?}")
+        let mut stuck = Vec::new();
+        for &g in &open {
+            let run = &self.graphs[g];
+            for t in run
+                .plan
+                .tasks
+                .iter()
+                .filter(|t| !self.finished.contains(&t.key))
+                .take(4)
+            {
+                stuck.extend(self.nodes[run.entry].core.describe(&t.key));
+            }
+            for &i in run.plan.keep.iter().take(4) {
+                stuck.extend(self.nodes[run.entry].core.describe(&run.plan.tasks[i].key));
+            }
+        }
+        format!("graphs {open:?} open; unfinished {stuck:?}; loads {loads:?}")
     }
 
     /// After the run: with no message lost, every node holds nothing.
     fn check_empty(&mut self) {
         for (i, n) in self.nodes.iter().enumerate() {
+            if n.crashed {
+                continue;
+            }
             let (held, pending) = n.core.foreign_keys();
             if n.core.tracked_keys() != 0 || held != 0 || pending != 0 {
                 self.report.violations.push(format!(
@@ -992,6 +1054,32 @@ pub fn graphs_chaos(seed: u64, nodes: Option<usize>) -> ClusterReport {
         let entry = rng.random_range(0..n);
         let at = rng.random_range(0..200_000);
         sim.add_graph(plan, entry, at);
+    }
+    // Some runs lose nodes mid-run: not an entry node (owners do not survive yet), not
+    // one a task is pinned to, not one with GPUs.
+    if n >= 3 && rng.random_bool(0.4) {
+        let mut spared = vec![false; n];
+        for g in &sim.graphs {
+            spared[g.entry] = true;
+            for t in &g.plan.tasks {
+                if let Some((nodes, _)) = &t.placement {
+                    for &p in nodes {
+                        spared[p] = true;
+                    }
+                }
+            }
+        }
+        for (i, node) in sim.nodes.iter().enumerate() {
+            if node.gpus > 0 {
+                spared[i] = true;
+            }
+        }
+        let victims: Vec<usize> = (0..n).filter(|&i| !spared[i]).collect();
+        let k = rng.random_range(1..=3usize).min(victims.len());
+        for v in 0..k {
+            let at = rng.random_range(0..400_000);
+            sim.at(at, Event::Crash(victims[v * victims.len() / k.max(1)]));
+        }
     }
     sim.run(600_000_000);
     if sim.report.lost == 0 && sim.report.duplicated == 0 && sim.report.violations.is_empty() {

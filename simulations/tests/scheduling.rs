@@ -14,8 +14,8 @@ fn seeds() -> u64 {
 }
 
 #[test]
-fn random_graphs_on_a_lossy_cluster_give_reference_results_and_run_each_task_once() {
-    let mut sums = [0u64; 6];
+fn random_graphs_on_a_lossy_cluster_that_loses_nodes_give_reference_results() {
+    let mut sums = [0u64; 9];
     let mut biggest = 0;
     for seed in 0..seeds() {
         let r = graphs_chaos(seed, None);
@@ -34,12 +34,16 @@ fn random_graphs_on_a_lossy_cluster_give_reference_results_and_run_each_task_onc
             r.stats.retries,
             r.lost,
             r.errors,
+            r.stats.crashes,
+            r.stats.replaced,
+            r.stats.recomputed,
         ]) {
             *s += v;
         }
     }
     // Every path was exercised: remote placement, stealing, fetching, retries after loss,
-    // errors crossing nodes; and large clusters were drawn.
+    // errors crossing nodes, nodes dying (their tasks placed again, their results computed
+    // again from lineage); and large clusters were drawn.
     assert!(sums.iter().all(|&s| s > 0), "{sums:?}");
     assert!(biggest > 40, "largest cluster drawn: {biggest}");
 }

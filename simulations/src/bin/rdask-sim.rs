@@ -61,7 +61,7 @@ fn main() {
     if scenario == "graphs-chaos" {
         let fixed = get("--nodes").map(|_| nodes);
         let started = std::time::Instant::now();
-        let mut sums = [0u64; 9];
+        let mut sums = [0u64; 13];
         for seed in from..from + count {
             let r = graphs_chaos(seed, fixed);
             trace = trace.rotate_left(5) ^ r.trace_hash;
@@ -75,6 +75,10 @@ fn main() {
                 r.stats.retries,
                 r.lost,
                 r.duplicated,
+                r.stats.crashes,
+                r.stats.replaced,
+                r.stats.recomputed,
+                r.stats.reruns,
             ]) {
                 *s += v;
             }
@@ -101,7 +105,8 @@ fn main() {
         println!(
             "graphs-chaos: {count} seeds from {from}: {} passed, {failed} failed in {:.1} s; tasks run {}, \
              away from their owner {}, error results {}; placed remote {}, stolen {}, fetched {}, \
-             retried {}; batches lost {}, duplicated {}",
+             retried {}; batches lost {}, duplicated {}; nodes crashed {}: tasks placed again {}, \
+             results computed again {}, tasks run again {}",
             count - failed,
             started.elapsed().as_secs_f64(),
             sums[0],
@@ -112,7 +117,11 @@ fn main() {
             sums[5],
             sums[6],
             sums[7],
-            sums[8]
+            sums[8],
+            sums[9],
+            sums[10],
+            sums[11],
+            sums[12]
         );
     } else if scenario == "steal-efficiency" {
         let ps: Vec<usize> = match get("--nodes") {
