@@ -304,7 +304,8 @@ fn allows(r: &Option<Box<Restrict>>, p: u32) -> bool {
 
 /// What a worker remembers of a task of another owner that is no longer here.
 enum Gone {
-    Released,
+    /// Released by the owner, covering assignments of at most this many hops.
+    Released(u32),
     Moved(u32, u32),
     Erred(TaskError),
 }
@@ -534,17 +535,20 @@ impl NodeCore {
     /// A one-line description of a key of this node's graphs, for logs and diagnostics:
     /// its state and, when waiting, for how many inputs.
     pub fn describe(&self, key: &Key) -> Option<String> {
-        let id = *self.index.get(key)?;
-        let t = self.task(id)?;
+        let Some(t) = self.index.get(key).and_then(|id| self.task(*id)) else {
+            return self.describe_foreign(key);
+        };
         let state = match &t.state {
             State::Waiting => format!("waiting for {} inputs", t.waiting_on),
             State::Fetching => format!("fetching {} inputs", t.waiting_on),
             State::Ready => "ready".into(),
             State::Running => "running".into(),
             State::Remote { node, hops, .. } => {
+                let peer = &self.peers[*node as usize];
                 format!(
-                    "placed on {} (hops {hops})",
-                    self.peers[*node as usize].node
+                    "placed on {} (hops {hops}; {})",
+                    peer.node,
+                    if peer.alive { "alive" } else { "not alive" }
                 )
             }
             State::Memory { value, holders, .. } => format!(
@@ -569,6 +573,37 @@ impl NodeCore {
             })
             .collect();
         Some(format!("{key}: {state}; inputs [{}]", deps.join(", ")))
+    }
+
+    /// What this node knows of another owner's task `key` it runs or ran.
+    fn describe_foreign(&self, key: &Key) -> Option<String> {
+        let (owner, id) = self
+            .foreign_index
+            .iter()
+            .find(|((_, k), _)| k == key)
+            .map(|((o, _), id)| (*o, *id))?;
+        let f = self.foreign_ref(id)?;
+        let fetches: Vec<String> = f
+            .args
+            .iter()
+            .filter_map(|a| match a {
+                ForeignArg::Input {
+                    key, value: None, ..
+                } => Some(format!(
+                    "{key} from {:?}",
+                    self.fetches.get(&(owner, key.clone())).map(|f| f
+                        .holders
+                        .iter()
+                        .map(|h| self.peers[*h as usize].node.0.to_string())
+                        .collect::<Vec<_>>())
+                )),
+                _ => None,
+            })
+            .collect();
+        Some(format!(
+            "{key} (for {}): {:?}, {} inputs missing {fetches:?}",
+            self.peers[owner as usize].node, f.state, f.missing
+        ))
     }
 
     /// Whether this node owns graphs of the client session `session`.
@@ -720,6 +755,11 @@ impl NodeCore {
             if due_ms != due {
                 continue;
             }
+            if !self.peers[node as usize].alive {
+                // Its node died (or was never a member): place it again.
+                self.requeue(id);
+                continue;
+            }
             let tries = tries + 1;
             let next = now + (RETRY_MS << tries.min(4)).min(MAX_RETRY_MS);
             self.task_mut(id).expect("exists").state = State::Remote {
@@ -838,12 +878,12 @@ impl NodeCore {
         for id in foreign {
             let key = self.foreign_ref(id).map(|f| f.key.clone());
             if let Some(key) = key {
-                self.release_foreign(p, key);
+                self.release_foreign(p, key, u32::MAX);
             }
         }
         let held: Vec<(u32, Key)> = self.held.keys().filter(|(o, _)| *o == p).cloned().collect();
         for (o, k) in held {
-            self.release_foreign(o, k);
+            self.release_foreign(o, k, u32::MAX);
         }
         // Owner side.
         let mut lost = Vec::new();
@@ -1083,11 +1123,11 @@ impl NodeCore {
                 PeerMsg::Fetch { owner, key } => self.serve(p, owner, key),
                 PeerMsg::Data { owner, key, value } => self.data(p, owner, key, value),
                 PeerMsg::Forgotten { key } => self.forgotten(p, key),
-                PeerMsg::Release { owner, keys } => {
+                PeerMsg::Release { owner, keys, hops } => {
                     let o = self.intern(&owner);
                     if o != 0 {
                         for k in keys {
-                            self.release_foreign(o, k);
+                            self.release_foreign(o, k, hops);
                         }
                     }
                 }
@@ -1786,7 +1826,7 @@ impl NodeCore {
                 self.memory_used -= size;
             }
             for &h in holders {
-                self.release_at(h, task.key.clone());
+                self.release_at_hops(h, task.key.clone(), task.hops);
             }
         }
         if self.index.get(&task.key) == Some(&id) {
@@ -1907,6 +1947,7 @@ impl NodeCore {
             return;
         };
         let now = self.now_ms;
+        let to_alive = self.peers[to as usize].alive;
         let Some(t) = self.task_mut(id) else { return };
         let State::Remote { hops: known, .. } = t.state else {
             return;
@@ -1918,6 +1959,17 @@ impl NodeCore {
         if to == 0 {
             // Handed to this node, and that hand-over was lost: nobody runs it.
             self.place_here(id);
+            return;
+        }
+        if !to_alive {
+            // Moved to a node that died since: place it again.
+            t.state = State::Remote {
+                node: to,
+                due_ms: now,
+                tries: 0,
+                hops,
+            };
+            self.requeue(id);
             return;
         }
         let due_ms = now + RETRY_MS;
@@ -1992,7 +2044,7 @@ impl NodeCore {
                 && t.owner == owner
             {
                 let key = t.key.clone();
-                self.release_foreign(owner, key);
+                self.release_foreign(owner, key, u32::MAX);
             }
         }
     }
@@ -2563,8 +2615,14 @@ impl NodeCore {
             return;
         }
         if let Some((gone, _)) = self.gone.get(&k) {
+            let mut placed_again = false;
             let moved = match gone {
-                Gone::Released => None,
+                // Placed here again after a release (more hops): run it.
+                Gone::Released(h) if a.hops > *h => {
+                    placed_again = true;
+                    None
+                }
+                Gone::Released(_) => return,
                 Gone::Moved(to, hops) => Some((*to, *hops)),
                 Gone::Erred(e) => {
                     let e = e.clone();
@@ -2597,6 +2655,9 @@ impl NodeCore {
                         },
                     );
                     return;
+                }
+                None if placed_again => {
+                    self.gone.remove(&k);
                 }
                 _ => return,
             }
@@ -2900,19 +2961,33 @@ impl NodeCore {
 
     /// Tells `node` that a result (or task) of this node's graphs is needed no more.
     fn release_at(&mut self, node: u32, key: Key) {
+        // A key this node no longer knows: every earlier assignment of it is void (a
+        // graph naming the key anew is accepted once the worker forgets the release).
+        let hops = self
+            .index
+            .get(&key)
+            .and_then(|id| self.task(*id))
+            .map_or(u32::MAX, |t| t.hops);
+        self.release_at_hops(node, key, hops);
+    }
+
+    /// [`NodeCore::release_at`] naming the hand-overs the release covers: a later
+    /// assignment of the same task (placed again: more hops) is not void.
+    fn release_at_hops(&mut self, node: u32, key: Key, hops: u32) {
         let owner = self.peers[0].node.clone();
         self.send(
             node,
             PeerMsg::Release {
                 owner,
                 keys: vec![key],
+                hops,
             },
         );
     }
 
     /// The owner `owner` needs `key` no more: drop its value, or do not run it. A task
     /// handed to a thief has its release forwarded there.
-    fn release_foreign(&mut self, owner: u32, key: Key) {
+    fn release_foreign(&mut self, owner: u32, key: Key, hops: u32) {
         let k = (owner, key);
         if let Some((Gone::Moved(thief, _), _)) = self.gone.get(&k) {
             let thief = *thief;
@@ -2923,6 +2998,7 @@ impl NodeCore {
                     PeerMsg::Release {
                         owner,
                         keys: vec![k.1.clone()],
+                        hops,
                     },
                 );
             }
@@ -2947,7 +3023,7 @@ impl NodeCore {
                 }
             }
         }
-        self.tombstone(k.0, k.1, Gone::Released);
+        self.tombstone(k.0, k.1, Gone::Released(hops));
     }
 }
 

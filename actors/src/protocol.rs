@@ -49,6 +49,11 @@ pub enum ClientRequest {
     },
     /// What the node knows of the cluster.
     Info,
+    /// One line per key on its state at this node, its owner (for diagnostics).
+    Explain {
+        /// The keys.
+        keys: Vec<Key>,
+    },
     /// Which node owns this graph, by the replicated ownership table (recorded per client
     /// session: the upper half of the graph id).
     Owner {
@@ -105,6 +110,8 @@ pub enum ClientResponse {
     Released,
     /// Answer to `Info`: the members of the cluster this node knows, itself first.
     Info(Vec<NodeStatus>),
+    /// Answer to `Explain`: a line per key (`None`: the node does not own it).
+    Explained(Vec<Option<String>>),
     /// Answer to `Owner`: the ownership entry, if the node knows one.
     Owner(Option<Ownership>),
     /// The request could not be served (e.g. an incompatible protocol version).
@@ -215,6 +222,9 @@ pub enum PeerMsg {
         owner: NodeId,
         /// The tasks.
         keys: Vec<Key>,
+        /// Assignments of these tasks with at most this many hops are void (one placed
+        /// again later has more).
+        hops: u32,
     },
     /// This node is idle: hand over up to `want` queued tasks (thief → victim).
     Steal {

@@ -291,6 +291,11 @@ impl Actor for NodeActor {
                         }
                         return Ok(());
                     }
+                    ClientRequest::Explain { keys } => {
+                        let lines = keys.iter().map(|k| state.core.describe(k)).collect();
+                        reply(ClientResponse::Explained(lines));
+                        return Ok(());
+                    }
                     ClientRequest::Owner { graph } => {
                         let key = graph.0 >> 64 << 64;
                         match &state.gossip {

@@ -394,6 +394,35 @@ impl Client {
         }
     }
 
+    /// What the entry node (the owner of this client's graphs) knows of a future's task:
+    /// its state (waiting for how many inputs, where it runs, who holds its value) and
+    /// whether each input is available — to see why a result is late.
+    pub async fn explain<T>(&self, future: &Future<T>) -> Result<String> {
+        let mut lines = self
+            .explain_keys(std::slice::from_ref(future.key()))
+            .await?;
+        Ok(lines.pop().unwrap_or_default())
+    }
+
+    /// [`Client::explain`] for keys (of futures, or inputs named by an explanation).
+    pub async fn explain_keys(&self, keys: &[Key]) -> Result<Vec<String>> {
+        self.inner.check_open()?;
+        self.inner.flush();
+        let request = ClientRequest::Explain {
+            keys: keys.to_vec(),
+        };
+        match self.inner.conn.send(request).await? {
+            ClientResponse::Explained(lines) => Ok(lines
+                .into_iter()
+                .zip(keys)
+                .map(|(l, k)| l.unwrap_or_else(|| format!("{k}: unknown to this node")))
+                .collect()),
+            other => Err(Error::Protocol(format!(
+                "unexpected answer to explain: {other:?}"
+            ))),
+        }
+    }
+
     /// The id of this client's session: the upper half of the ids of the graphs it
     /// submits.
     pub fn session_id(&self) -> u64 {

@@ -422,8 +422,9 @@ enum Event {
     Gather(usize),
     /// A node dies (SIGKILL): it stops, its messages and running tasks are lost.
     Crash(usize),
-    /// Membership declares a crashed node dead to everyone.
-    Detect(usize),
+    /// Membership declares a crashed node (second) dead to one node (first): each node
+    /// learns it at its own time.
+    Detect(usize, usize),
 }
 
 enum ClientOp {
@@ -434,9 +435,10 @@ enum ClientOp {
 
 struct SimNode {
     core: NodeCore,
-    /// Dead (the scenario killed it), and declared dead by membership.
+    /// Dead (the scenario killed it).
     crashed: bool,
-    declared: bool,
+    /// The nodes this node's membership has declared dead.
+    dead_seen: Vec<bool>,
     /// GPUs it offers, and GPUs held by tasks handed to its pool.
     gpus: u64,
     gpus_busy: u64,
@@ -488,7 +490,7 @@ impl Sim {
             nodes.push(SimNode {
                 core: NodeCore::new(&name.0, registry(), nthreads),
                 crashed: false,
-                declared: false,
+                dead_seen: vec![false; n],
                 gpus: 0,
                 gpus_busy: 0,
                 nthreads,
@@ -564,26 +566,32 @@ impl Sim {
     }
 
     fn members(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.members_of(i);
+        }
+    }
+
+    /// Hands node `i` the cluster as its membership sees it.
+    fn members_of(&mut self, i: usize) {
+        if self.nodes[i].crashed {
+            return;
+        }
         let updates: Vec<PeerUpdate> = self
             .nodes
             .iter()
             .zip(&self.names)
-            .map(|(n, name)| PeerUpdate {
+            .enumerate()
+            .map(|(j, (n, name))| PeerUpdate {
                 node: name.clone(),
                 nthreads: n.nthreads,
                 functions_digest: registry().digest(),
-                alive: !n.declared,
+                alive: !self.nodes[i].dead_seen[j],
                 load: n.core.load(),
                 resources: gpu_amounts(n.gpus),
             })
             .collect();
-        for i in 0..self.nodes.len() {
-            if self.nodes[i].crashed {
-                continue;
-            }
-            self.nodes[i].core.handle_members(&updates);
-            self.drain(i);
-        }
+        self.nodes[i].core.handle_members(&updates);
+        self.drain(i);
     }
 
     fn request(&mut self, node: usize, op: ClientOp) -> RequestId {
@@ -863,12 +871,14 @@ impl Sim {
                     self.nodes[i].crashed = true;
                     self.nodes[i].queue.clear();
                     self.report.stats.crashes += 1;
-                    let delay = self.rng.random_range(1_000_000..3_000_000);
-                    self.at(delay, Event::Detect(i));
+                    for o in 0..self.nodes.len() {
+                        let delay = self.rng.random_range(1_000_000..3_000_000);
+                        self.at(delay, Event::Detect(o, i));
+                    }
                 }
-                Event::Detect(i) => {
-                    self.nodes[i].declared = true;
-                    self.members();
+                Event::Detect(o, i) => {
+                    self.nodes[o].dead_seen[i] = true;
+                    self.members_of(o);
                 }
                 Event::Deliver(from, to, batch) => {
                     self.note(4, (from * 1000 + to) as u64);

@@ -49,6 +49,13 @@ pub fn where_am_i(x: u64) -> (u64, u32) {
     (x, std::process::id())
 }
 
+/// `x + 1`, after sleeping `ms` milliseconds (work that takes time, to kill nodes during).
+#[rdask::task]
+pub fn slow_inc(x: i64, ms: u64) -> i64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    x + 1
+}
+
 /// `mib` MiB of bytes that depend on `seed` (a value to move between nodes).
 #[rdask::task]
 pub fn blob(mib: u32, seed: u64) -> bytes::Bytes {
@@ -133,6 +140,12 @@ impl NodeProcess {
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Kills the process with SIGKILL (no goodbye to the cluster) and waits for it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Whether the process is still running.

@@ -313,10 +313,12 @@ fn bad_batches_from_a_peer_end_its_stream_and_nonsense_messages_are_ignored() {
                 value: None,
             },
             PeerMsg::Release {
+                hops: u32::MAX,
                 owner: nobody.clone(),
                 keys: vec!["k".into(); 100],
             },
             PeerMsg::Release {
+                hops: u32::MAX,
                 owner: node_id.clone(),
                 keys: vec!["k".into(); 100],
             },

@@ -1,0 +1,123 @@
+//! Surviving the loss of a node: real processes, SIGKILL, results still right.
+
+use std::time::{Duration, Instant};
+
+use rdask::{Client, MemberState};
+use rdask_tests::{NodeProcess, add, slow_inc};
+
+const NODE: &str = env!("CARGO_BIN_EXE_rdask-test-node");
+
+/// Runs a test body with a deadline, so that a hang fails the test instead of CI.
+fn bounded<T: Send + 'static>(secs: u64, body: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(body());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(v) => v,
+        Err(_) => panic!("test did not finish within {secs} s"),
+    }
+}
+
+/// Waits until the node at `addr` sees `n` live members.
+fn wait_for_alive(client: &Client, n: usize, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let nodes = rdask::block_on(client.nodes()).expect("nodes");
+        if nodes
+            .iter()
+            .filter(|m| m.state == MemberState::Alive)
+            .count()
+            == n
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} live members not seen: {nodes:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn killing_a_node_mid_graph_loses_time_not_results() {
+    let first = NodeProcess::start(NODE, &["--nthreads", "2", "--cluster-size", "4"]);
+    let seed = first.multiaddr.clone();
+    let mut others: Vec<NodeProcess> = (0..3)
+        .map(|_| {
+            NodeProcess::start(
+                NODE,
+                &["--nthreads", "2", "--cluster-size", "4", "--join", &seed],
+            )
+        })
+        .collect();
+    let entry = first.multiaddr.clone();
+    let addrs: Vec<String> = std::iter::once(first.multiaddr.clone())
+        .chain(others.iter().map(|n| n.multiaddr.clone()))
+        .collect();
+    let client = bounded(60, move || {
+        let client = Client::connect(&entry).expect("connect");
+        wait_for_alive(&client, 4, 30);
+        // The node loop hands the gossiped members to its core once a second.
+        std::thread::sleep(Duration::from_millis(1_500));
+        client
+    });
+    // 1,024 leaves of 5 ms each and a tree of 1,023 additions over them (2,047 tasks),
+    // all submitted to the first node; only the total is kept, so intermediate results
+    // held by the victim are gone with it and must be computed again from their inputs.
+    let mut level: Vec<_> = (0..1024i64)
+        .map(|i| client.submit(slow_inc, (i, 5u64)))
+        .collect();
+    let mut keys: Vec<rdask::Key> = level.iter().map(|f| f.key().clone()).collect();
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|p| client.submit(add, (&p[0], &p[1])))
+            .collect();
+        keys.extend(level.iter().map(|f| f.key().clone()));
+    }
+    let total = level.pop().expect("root");
+    std::thread::sleep(Duration::from_millis(300));
+    let victim = others.remove(1);
+    let pid = victim.pid();
+    victim.kill();
+    let started = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(rdask::block_on(total.result()));
+    });
+    let got = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(got) => got,
+        Err(_) => {
+            // Say why: the owner's view of every task that is not done.
+            let lines = rdask::block_on(client.explain_keys(&keys)).expect("explain");
+            let late: Vec<&String> = lines
+                .iter()
+                .filter(|l| !l.contains("in memory") && !l.contains("released"))
+                .collect();
+            let stuck: Vec<rdask::Key> = keys
+                .iter()
+                .zip(&lines)
+                .filter(|(_, l)| l.contains("placed on"))
+                .map(|(k, _)| k.clone())
+                .collect();
+            let mut workers = Vec::new();
+            for addr in &addrs {
+                if let Ok(c) = Client::connect(addr) {
+                    workers.push(rdask::block_on(c.explain_keys(&stuck)));
+                }
+            }
+            panic!(
+                "the total did not arrive within 60 s; not done: {late:#?}; workers: {workers:#?}"
+            );
+        }
+    };
+    let expected: i64 = (0..1024i64).map(|i| i + 1).sum();
+    assert_eq!(got.expect("the total"), expected);
+    println!(
+        "node {pid} killed 300 ms in; the total arrived {:?} later",
+        started.elapsed()
+    );
+    drop((first, others));
+}
