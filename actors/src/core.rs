@@ -251,6 +251,18 @@ struct Slot<T> {
     item: Option<T>,
 }
 
+/// A free slot of a slab (reused, or a new one): its index and generation.
+fn alloc_slot<T>(slots: &mut Vec<Slot<T>>, free: &mut Vec<u32>) -> (u32, u32) {
+    let idx = free.pop().unwrap_or_else(|| {
+        slots.push(Slot {
+            generation: 0,
+            item: None,
+        });
+        (slots.len() - 1) as u32
+    });
+    (idx, slots[idx as usize].generation)
+}
+
 struct Waiter {
     ids: Vec<Option<TaskId>>,
     remaining: u32,
@@ -1353,20 +1365,8 @@ impl NodeCore {
         deps.sort_unstable();
         deps.dedup();
 
-        let idx = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.slots.push(Slot {
-                    generation: 0,
-                    item: None,
-                });
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let id = TaskId {
-            idx,
-            generation: self.slots[idx as usize].generation,
-        };
+        let (idx, generation) = alloc_slot(&mut self.slots, &mut self.free);
+        let id = TaskId { idx, generation };
         let mut waiting_on = 0;
         let mut failed = None;
         for &d in &deps {
@@ -2725,19 +2725,10 @@ impl NodeCore {
                 }
             }
         }
-        let idx = match self.foreign_free.pop() {
-            Some(i) => i,
-            None => {
-                self.foreign.push(Slot {
-                    generation: 0,
-                    item: None,
-                });
-                (self.foreign.len() - 1) as u32
-            }
-        };
+        let (idx, generation) = alloc_slot(&mut self.foreign, &mut self.foreign_free);
         let id = TaskId {
             idx: idx | FOREIGN,
-            generation: self.foreign[idx as usize].generation,
+            generation,
         };
         let missing = fetch.len() as u32;
         self.foreign[idx as usize].item = Some(Foreign {

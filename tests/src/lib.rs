@@ -83,6 +83,18 @@ pub fn checksum(data: bytes::Bytes) -> (u64, u64) {
     (data.len() as u64, h)
 }
 
+/// Runs a test body with a deadline, so that a hang fails the test instead of CI.
+pub fn bounded<T: Send + 'static>(secs: u64, body: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(body());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(v) => v,
+        Err(_) => panic!("test did not finish within {secs} s"),
+    }
+}
+
 /// A real `rdask-node`-style process on a loopback port chosen by the system. Killed when
 /// dropped.
 pub struct NodeProcess {

@@ -1,23 +1,9 @@
 //! End-to-end tests: the rdask client against real node processes over loopback.
 
-use std::time::Duration;
-
 use rdask::{Client, Error, TaskErrorKind};
-use rdask_tests::{NodeProcess, add, explode, halve, inc, join};
+use rdask_tests::{NodeProcess, add, bounded, explode, halve, inc, join};
 
 const NODE: &str = env!("CARGO_BIN_EXE_rdask-test-node");
-
-/// Runs a test body with a deadline, so that a hang fails the test instead of CI.
-fn bounded<T: Send + 'static>(secs: u64, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(body());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(v) => v,
-        Err(_) => panic!("test did not finish within {secs} s"),
-    }
-}
 
 fn block<F: std::future::Future>(f: F) -> F::Output {
     rdask::block_on(f)

@@ -3,21 +3,9 @@
 use std::time::{Duration, Instant};
 
 use rdask::{Client, MemberState};
-use rdask_tests::{NodeProcess, add, slow_inc};
+use rdask_tests::{NodeProcess, add, bounded, slow_inc};
 
 const NODE: &str = env!("CARGO_BIN_EXE_rdask-test-node");
-
-/// Runs a test body with a deadline, so that a hang fails the test instead of CI.
-fn bounded<T: Send + 'static>(secs: u64, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(body());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(v) => v,
-        Err(_) => panic!("test did not finish within {secs} s"),
-    }
-}
 
 /// Waits until the node at `addr` sees `n` live members.
 fn wait_for_alive(client: &Client, n: usize, secs: u64) {

@@ -4,21 +4,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdask::{Client, MemberState, NodeStatus, TaskOptions};
-use rdask_tests::{NodeProcess, add, blob, checksum, inc, where_am_i};
+use rdask_tests::{NodeProcess, add, blob, bounded, checksum, inc, where_am_i};
 
 const NODE: &str = env!("CARGO_BIN_EXE_rdask-test-node");
-
-/// Runs a test body with a deadline, so that a hang fails the test instead of CI.
-fn bounded<T: Send + 'static>(secs: u64, body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(body());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(v) => v,
-        Err(_) => panic!("test did not finish within {secs} s"),
-    }
-}
 
 fn alive(nodes: &[NodeStatus]) -> usize {
     nodes
