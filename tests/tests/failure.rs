@@ -30,6 +30,24 @@ fn wait_for_alive(client: &Client, n: usize, secs: u64) {
 
 #[test]
 fn killing_a_node_mid_graph_loses_time_not_results() {
+    lose_a_node_mid_graph(Stop::Kill);
+}
+
+#[test]
+fn stopping_a_node_mid_graph_loses_time_not_results() {
+    lose_a_node_mid_graph(Stop::Term);
+}
+
+/// How the node goes.
+enum Stop {
+    /// SIGKILL: nobody is told; membership finds out.
+    Kill,
+    /// SIGTERM: the node announces that it leaves (its results are computed again
+    /// elsewhere; handing them over first is not there yet).
+    Term,
+}
+
+fn lose_a_node_mid_graph(how: Stop) {
     let first = NodeProcess::start(NODE, &["--nthreads", "2", "--cluster-size", "4"]);
     let seed = first.multiaddr.clone();
     let mut others: Vec<NodeProcess> = (0..3)
@@ -69,7 +87,12 @@ fn killing_a_node_mid_graph_loses_time_not_results() {
     std::thread::sleep(Duration::from_millis(300));
     let victim = others.remove(1);
     let pid = victim.pid();
-    victim.kill();
+    match how {
+        Stop::Kill => victim.kill(),
+        Stop::Term => {
+            victim.terminate().expect("the node exits on SIGTERM");
+        }
+    }
     let started = Instant::now();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -104,7 +127,7 @@ fn killing_a_node_mid_graph_loses_time_not_results() {
     let expected: i64 = (0..1024i64).map(|i| i + 1).sum();
     assert_eq!(got.expect("the total"), expected);
     println!(
-        "node {pid} killed 300 ms in; the total arrived {:?} later",
+        "node {pid} stopped 300 ms in; the total arrived {:?} later",
         started.elapsed()
     );
     drop((first, others));
