@@ -2980,8 +2980,19 @@ impl NodeCore {
     /// handed to a thief has its release forwarded there.
     fn release_foreign(&mut self, owner: u32, key: Key, hops: u32) {
         let k = (owner, key);
-        if let Some((Gone::Moved(thief, _), _)) = self.gone.get(&k) {
+        // The release covers whatever copy of the task is here or was handed on from here
+        // (the owner may not have heard of the hand-over yet).
+        let mut hops = hops;
+        if let Some(f) = self
+            .foreign_index
+            .get(&k)
+            .and_then(|id| self.foreign_ref(*id))
+        {
+            hops = hops.max(f.hops);
+        }
+        if let Some((Gone::Moved(thief, moved_hops), _)) = self.gone.get(&k) {
             let thief = *thief;
+            hops = hops.max(*moved_hops);
             if thief != 0 && thief != owner {
                 let owner = self.peers[owner as usize].node.clone();
                 self.send(
