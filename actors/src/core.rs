@@ -60,7 +60,7 @@ const PROBE_WINDOW_MS: u64 = 1_000;
 /// `allowed-failures`).
 const MAX_ATTEMPTS: u8 = 3;
 /// Empty answers to steal requests after which an idle node slows down.
-const STEAL_PROBES: u32 = 4;
+const STEAL_PROBES: u32 = 8;
 /// Run time assumed for a task prefix never measured.
 const DEFAULT_TASK_NS: f64 = 1_000_000.0;
 /// Cost of moving a task to another node, in nanoseconds, beside its input bytes.
