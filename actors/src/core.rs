@@ -251,6 +251,17 @@ struct Slot<T> {
     item: Option<T>,
 }
 
+/// Folds a measured run time into the estimate of its key prefix (moving average).
+fn update_estimate(estimates: &mut FxHashMap<Box<str>, f64>, prefix: &str, elapsed_ns: u64) {
+    let x = elapsed_ns as f64;
+    match estimates.get_mut(prefix) {
+        Some(a) => *a = *a * 0.8 + x * 0.2,
+        None => {
+            estimates.insert(prefix.into(), x);
+        }
+    }
+}
+
 /// A free slot of a slab (reused, or a new one): its index and generation.
 fn alloc_slot<T>(slots: &mut Vec<Slot<T>>, free: &mut Vec<u32>) -> (u32, u32) {
     let idx = free.pop().unwrap_or_else(|| {
@@ -312,6 +323,18 @@ struct Restrict {
 /// Whether a task with this restriction may be handed to `p`.
 fn allows(r: &Option<Box<Restrict>>, p: u32) -> bool {
     r.as_ref().is_none_or(|r| r.loose || r.nodes.contains(&p))
+}
+
+/// What to do with an assignment of a task that was here before.
+enum Seen {
+    /// Placed here again (more hops than what was released or handed on): run it.
+    Again,
+    /// A stale copy: ignore it.
+    Stale,
+    /// Handed on: tell the owner where.
+    Moved(u32, u32),
+    /// It failed here: repeat the error.
+    Erred(TaskError),
 }
 
 /// What a worker remembers of a task of another owner that is no longer here.
@@ -1909,7 +1932,7 @@ impl NodeCore {
                 let id = id.expect("found");
                 self.peers[node as usize].assigned_since =
                     self.peers[node as usize].assigned_since.saturating_sub(1);
-                self.measure_prefix(key.prefix(), elapsed_ns);
+                update_estimate(&mut self.prefix_ns, key.prefix(), elapsed_ns);
                 let outcome = match error {
                     None => Ok((None, vec![from], size)),
                     Some(e) => Err(Arc::new(e)),
@@ -2173,15 +2196,19 @@ impl NodeCore {
     /// A task left the pool: its estimate leaves the pool's budget, its run time feeds
     /// the estimate of its prefix.
     fn measure(&mut self, id: TaskId, elapsed_ns: u64) {
+        // Fields borrowed apart: the key is read where it lies, not copied.
         let (key, est, held) = if id.foreign() {
-            let f = self.foreign_ref(id).expect("a running task");
-            (f.key.clone(), f.est_ns, !f.resources.is_empty())
+            let f = self.foreign[id.slot()]
+                .item
+                .as_ref()
+                .expect("a running task");
+            (&f.key, f.est_ns, !f.resources.is_empty())
         } else {
-            let t = self.task(id).expect("a running task");
-            (t.key.clone(), t.est_ns, !t.resources.is_empty())
+            let t = self.slots[id.slot()].item.as_ref().expect("a running task");
+            (&t.key, t.est_ns, !t.resources.is_empty())
         };
         self.pool_ns = (self.pool_ns - f64::from(est)).max(0.0);
-        self.measure_prefix(key.prefix(), elapsed_ns);
+        update_estimate(&mut self.prefix_ns, key.prefix(), elapsed_ns);
         if held {
             let needs = if id.foreign() {
                 self.foreign_ref(id).expect("running").resources.clone()
@@ -2204,16 +2231,6 @@ impl NodeCore {
     pub fn set_resources(&mut self, resources: Vec<(Arc<str>, u64)>) {
         self.peers[0].resources = resources.clone().into_boxed_slice();
         self.available = resources;
-    }
-
-    fn measure_prefix(&mut self, prefix: &str, elapsed_ns: u64) {
-        let x = elapsed_ns as f64;
-        match self.prefix_ns.get_mut(prefix) {
-            Some(a) => *a = *a * 0.8 + x * 0.2,
-            None => {
-                self.prefix_ns.insert(prefix.into(), x);
-            }
-        }
     }
 
     /// Expected run time of a task, from what its prefix measured (a prefix never seen
@@ -2240,7 +2257,7 @@ impl NodeCore {
             let id = TaskId { idx, generation };
             let key = if id.foreign() {
                 match self.foreign_ref(id) {
-                    Some(f) if f.state == ForeignState::Queued => f.key.clone(),
+                    Some(f) if f.state == ForeignState::Queued => &f.key,
                     _ => {
                         self.ready.pop();
                         continue;
@@ -2248,14 +2265,14 @@ impl NodeCore {
                 }
             } else {
                 match self.task(id) {
-                    Some(t) if matches!(t.state, State::Ready) => t.key.clone(),
+                    Some(t) if matches!(t.state, State::Ready) => &t.key,
                     _ => {
                         self.ready.pop();
                         continue;
                     }
                 }
             };
-            let est = self.estimate_ns(&key);
+            let est = self.estimate_ns(key);
             if !self.pool_takes(est) {
                 break;
             }
@@ -2603,102 +2620,76 @@ impl NodeCore {
         }
         if let Some(v) = self.held.get(&k) {
             let size = v.len() as u64;
-            self.send(
-                owner,
-                PeerMsg::Done {
-                    key: a.key,
-                    size,
-                    error: None,
-                    elapsed_ns: 0,
-                },
-            );
+            self.report_done(owner, a.key, Ok(size), 0);
             return;
         }
-        if let Some((gone, _)) = self.gone.get(&k) {
-            let mut placed_again = false;
-            let moved = match gone {
-                // Placed here again after a release (more hops): run it.
-                Gone::Released(h) if a.hops > *h => {
-                    placed_again = true;
-                    None
-                }
-                Gone::Released(_) => return,
-                Gone::Moved(to, hops) => Some((*to, *hops)),
-                Gone::Erred(e) => {
-                    let e = e.clone();
-                    self.send(
-                        owner,
-                        PeerMsg::Done {
-                            key: a.key,
-                            size: 0,
-                            error: Some(e),
-                            elapsed_ns: 0,
-                        },
-                    );
-                    return;
-                }
-            };
-            match moved {
-                // A task handed away and stolen back (with more hops) is this node's again.
-                Some((_, hops)) if stolen && a.hops > hops => {
-                    self.gone.remove(&k);
-                }
-                // The owner lost track of it: say where it went.
-                Some((to, hops)) if !stolen => {
-                    let to = self.peers[to as usize].node.clone();
-                    self.send(
-                        owner,
-                        PeerMsg::Moved {
-                            key: a.key,
-                            to,
-                            hops,
-                        },
-                    );
-                    return;
-                }
-                None if placed_again => {
-                    self.gone.remove(&k);
-                }
-                _ => return,
+        // A task that was here before: a copy with more hops is a new placement (after a
+        // release, or stolen back after a hand-over); anything else is a stale copy.
+        let seen = self.gone.get(&k).map(|(gone, _)| match gone {
+            Gone::Released(h) if a.hops > *h => Seen::Again,
+            Gone::Moved(_, h) if stolen && a.hops > *h => Seen::Again,
+            Gone::Moved(to, h) if !stolen => Seen::Moved(*to, *h),
+            Gone::Erred(e) => Seen::Erred(e.clone()),
+            _ => Seen::Stale,
+        });
+        match seen {
+            None => {}
+            Some(Seen::Again) => {
+                self.gone.remove(&k);
+            }
+            Some(Seen::Stale) => return,
+            // The owner lost track of it: say where it went.
+            Some(Seen::Moved(to, hops)) => {
+                let to = self.peers[to as usize].node.clone();
+                self.send(
+                    owner,
+                    PeerMsg::Moved {
+                        key: a.key,
+                        to,
+                        hops,
+                    },
+                );
+                return;
+            }
+            Some(Seen::Erred(e)) => {
+                self.report_done(owner, a.key, Err(e), 0);
+                return;
             }
         }
         let placement = a
             .placement
             .as_ref()
             .map(|pl| self.restrict(&pl.nodes, pl.loose));
-        let lacks = if fits(&self.peers[0].resources, &a.resources) {
-            None
-        } else {
-            Some(format!(
-                "node {} lacks the resources {:?} the task asks for (it has {:?})",
-                self.node, a.resources, self.peers[0].resources
-            ))
-        };
-        let entry = self.registry.get(&a.function);
-        let (Some(entry), None) = (entry, lacks.as_ref()) else {
-            let message = lacks.unwrap_or_else(|| {
+        let refusal = match self.registry.get(&a.function) {
+            None => Err((
+                TaskErrorKind::UnknownFunction,
                 format!(
                     "unknown function {:?} on node {}: it is not compiled into this node",
                     a.function, self.node
-                )
-            });
-            let e = TaskError {
-                kind: TaskErrorKind::BadArgument,
-                message: Arc::from(message),
-                key: a.key.clone(),
-                node: Some(self.node.clone()),
-            };
-            self.tombstone(owner, a.key.clone(), Gone::Erred(e.clone()));
-            self.send(
-                owner,
-                PeerMsg::Done {
-                    key: a.key,
-                    size: 0,
-                    error: Some(e),
-                    elapsed_ns: 0,
-                },
-            );
-            return;
+                ),
+            )),
+            Some(_) if !fits(&self.peers[0].resources, &a.resources) => Err((
+                TaskErrorKind::BadArgument,
+                format!(
+                    "node {} lacks the resources {:?} the task asks for (it has {:?})",
+                    self.node, a.resources, self.peers[0].resources
+                ),
+            )),
+            Some(entry) => Ok(entry),
+        };
+        let entry = match refusal {
+            Ok(entry) => entry,
+            Err((kind, message)) => {
+                let e = TaskError {
+                    kind,
+                    message: Arc::from(message),
+                    key: a.key.clone(),
+                    node: Some(self.node.clone()),
+                };
+                self.tombstone(owner, a.key.clone(), Gone::Erred(e.clone()));
+                self.report_done(owner, a.key, Err(e), 0);
+                return;
+            }
         };
         let mut args = Vec::with_capacity(a.args.len());
         let mut fetch = Vec::new();
@@ -2924,30 +2915,38 @@ impl NodeCore {
                     let owner = self.peers[f.owner as usize].node.clone();
                     self.data(0, owner, k.1, Some(v));
                 }
-                self.send(
-                    f.owner,
-                    PeerMsg::Done {
-                        key: f.key,
-                        size,
-                        error: None,
-                        elapsed_ns: done.elapsed_ns,
-                    },
-                );
+                self.report_done(f.owner, f.key, Ok(size), done.elapsed_ns);
             }
             Err(failure) => {
                 let e = self.task_error(f.key.clone(), failure);
                 self.tombstone(f.owner, f.key.clone(), Gone::Erred(e.clone()));
-                self.send(
-                    f.owner,
-                    PeerMsg::Done {
-                        key: f.key,
-                        size: 0,
-                        error: Some(e),
-                        elapsed_ns: done.elapsed_ns,
-                    },
-                );
+                self.report_done(f.owner, f.key, Err(e), done.elapsed_ns);
             }
         }
+    }
+
+    /// Tells `owner` that its task `key` finished here: with a value of `size` bytes kept
+    /// here, or with an error.
+    fn report_done(
+        &mut self,
+        owner: u32,
+        key: Key,
+        outcome: Result<u64, TaskError>,
+        elapsed_ns: u64,
+    ) {
+        let (size, error) = match outcome {
+            Ok(size) => (size, None),
+            Err(e) => (0, Some(e)),
+        };
+        self.send(
+            owner,
+            PeerMsg::Done {
+                key,
+                size,
+                error,
+                elapsed_ns,
+            },
+        );
     }
 
     /// Tells `node` that a result (or task) of this node's graphs is needed no more.
