@@ -30,8 +30,11 @@ use rustc_hash::{FxHashMap, FxHasher};
 
 use crate::protocol::{
     AssignArg, Assignment, ClientResponse, GraphSubmission, KeyResult, LoadHint, PeerBatch,
-    PeerMsg, SubmitOutcome,
+    PeerMsg, Replica, SubmitOutcome,
 };
+
+mod failover;
+use failover::{Kept, ORPHAN_MS, Recovery};
 
 /// How many graph ids a node remembers to recognise resubmissions.
 const REMEMBERED_GRAPHS: usize = 65_536;
@@ -159,6 +162,13 @@ pub struct CoreStats {
     pub recomputed: u64,
     /// Tasks of this node's graphs placed again after their node died.
     pub replaced: u64,
+    /// Graphs of dead owners taken over.
+    pub takeovers: u64,
+    /// Tasks whose state a take-over found on the members (held or running), so that they
+    /// were not computed again.
+    pub adopted: u64,
+    /// Dead owners whose tasks and results here were dropped, no take-over claiming them.
+    pub orphans_dropped: u64,
 }
 
 enum ArgSlot {
@@ -463,9 +473,31 @@ pub struct NodeCore {
     last_work_ms: u64,
     stats: CoreStats,
 
-    /// Client sessions whose graphs this node owns (the upper half of their graph ids).
-    sessions: rustc_hash::FxHashSet<u64>,
-    claims: Vec<u64>,
+    /// Client sessions whose graphs this node owns (the upper half of their graph ids),
+    /// with the epoch of that ownership.
+    sessions: FxHashMap<u64, u64>,
+    claims: Vec<(u64, u64)>,
+
+    // fail-over (see `failover.rs`)
+    /// This node's backups, first to take over first.
+    backups: Vec<u32>,
+    /// What the backups have not been sent yet.
+    replica_out: Replica,
+    /// Copies of other owners' graphs, by owner.
+    replicas: FxHashMap<u32, Kept>,
+    /// Dead owners whose tasks and results here now belong to another node (with the
+    /// epoch of that take-over).
+    alias: FxHashMap<u32, (u32, u64)>,
+    /// Dead owners whose tasks and results here wait for a take-over until this time.
+    orphans: FxHashMap<u32, u64>,
+    /// Take-overs waiting for the members' inventories, by dead owner.
+    recovery: FxHashMap<u32, Recovery>,
+    /// Tasks inserted by a take-over, in order, not to be placed before the inventories
+    /// are in (`Some` while inserting).
+    adopting: Option<Vec<TaskId>>,
+    /// Per take-over waiting for inventories: the tasks it inserted and the dead owner's
+    /// values this node kept.
+    adopted_here: FxHashMap<u32, (Vec<TaskId>, FxHashMap<Key, Bytes>)>,
 
     replies: Vec<(RequestId, ClientResponse)>,
     jobs: Vec<Job>,
@@ -536,6 +568,14 @@ impl NodeCore {
             stats: CoreStats::default(),
             sessions: Default::default(),
             claims: Vec::new(),
+            backups: Vec::new(),
+            replica_out: Replica::default(),
+            replicas: FxHashMap::default(),
+            alias: FxHashMap::default(),
+            orphans: FxHashMap::default(),
+            recovery: FxHashMap::default(),
+            adopting: None,
+            adopted_here: FxHashMap::default(),
             replies: Vec::new(),
             jobs: Vec::new(),
             timers: Vec::new(),
@@ -643,7 +683,7 @@ impl NodeCore {
 
     /// Whether this node owns graphs of the client session `session`.
     pub fn owns_session(&self, session: u64) -> bool {
-        self.sessions.contains(&session)
+        self.sessions.contains_key(&session)
     }
 
     /// What the core did so far.
@@ -657,9 +697,19 @@ impl NodeCore {
     pub fn handle_submit(&mut self, request: RequestId, graphs: Vec<GraphSubmission>) {
         let outcomes = graphs
             .into_iter()
-            .map(|g| match self.submit(g) {
-                Ok(()) => SubmitOutcome::Accepted,
-                Err(e) => SubmitOutcome::Rejected(e),
+            .map(|g| {
+                // The backups get a copy of every graph accepted.
+                let copy = (!self.backups.is_empty()).then(|| (g.tasks.clone(), g.keep.clone()));
+                match self.submit(g) {
+                    Ok(()) => {
+                        if let Some((tasks, keep)) = copy {
+                            self.replica_out.tasks.extend(tasks);
+                            self.replica_out.keep.extend(keep);
+                        }
+                        SubmitOutcome::Accepted
+                    }
+                    Err(e) => SubmitOutcome::Rejected(e),
+                }
             })
             .collect();
         self.replies
@@ -721,6 +771,9 @@ impl NodeCore {
                 && t.client_refs > 0
             {
                 t.client_refs -= 1;
+                if !self.backups.is_empty() {
+                    self.replica_out.released.push(k.clone());
+                }
                 self.maybe_forget(id);
             }
         }
@@ -852,6 +905,7 @@ impl NodeCore {
         {
             self.steal_pending = None;
         }
+        self.failover_tick();
     }
 
     /// The cluster as the gossiped state shows it. Tasks are placed only on live members
@@ -867,6 +921,10 @@ impl NodeCore {
             let peer = &mut self.peers[p as usize];
             if peer.alive && !m.alive {
                 lost.push(p);
+            }
+            if !peer.alive && m.alive {
+                // Back (a suspicion refuted): its tasks here are its own again.
+                self.orphans.remove(&p);
             }
             peer.nthreads = m.nthreads.max(1);
             peer.alive = m.alive;
@@ -887,6 +945,8 @@ impl NodeCore {
         for p in lost {
             self.peer_lost(p);
         }
+        self.update_backups();
+        self.check_takeovers();
         for id in std::mem::take(&mut self.no_worker) {
             if self
                 .task(id)
@@ -903,22 +963,9 @@ impl NodeCore {
     /// dropped.
     fn peer_lost(&mut self, p: u32) {
         self.stats.peers_lost += 1;
-        // Worker side: tasks and results of graphs `p` owned.
-        let foreign: Vec<TaskId> = self
-            .foreign_index
-            .iter()
-            .filter(|((o, _), _)| *o == p)
-            .map(|(_, id)| *id)
-            .collect();
-        for id in foreign {
-            let key = self.foreign_ref(id).map(|f| f.key.clone());
-            if let Some(key) = key {
-                self.release_foreign(p, key, u32::MAX);
-            }
-        }
-        let held: Vec<(u32, Key)> = self.held.keys().filter(|(o, _)| *o == p).cloned().collect();
-        for (o, k) in held {
-            self.release_foreign(o, k, u32::MAX);
+        // Worker side: tasks and results of graphs `p` owned wait for a take-over.
+        if !self.alias.contains_key(&p) {
+            self.orphans.insert(p, self.now_ms + ORPHAN_MS);
         }
         // Owner side.
         let mut lost = Vec::new();
@@ -1134,6 +1181,10 @@ impl NodeCore {
             return;
         }
         let p = self.intern(from);
+        if self.alias.contains_key(&p) {
+            // A dead owner taken over: what it sent before it died is void.
+            return;
+        }
         {
             let peer = &mut self.peers[p as usize];
             peer.reported = u64::from(batch.load.queued) + u64::from(batch.load.running);
@@ -1159,7 +1210,7 @@ impl NodeCore {
                 PeerMsg::Data { owner, key, value } => self.data(p, owner, key, value),
                 PeerMsg::Forgotten { key } => self.forgotten(p, key),
                 PeerMsg::Release { owner, keys, hops } => {
-                    let o = self.intern(&owner);
+                    let o = self.owner_of(&owner);
                     if o != 0 {
                         for k in keys {
                             self.release_foreign(o, k, hops);
@@ -1193,6 +1244,14 @@ impl NodeCore {
                         self.accept(a, true);
                     }
                 }
+                PeerMsg::Replica(r) => self.replica(p, *r),
+                PeerMsg::ReplicaEnd => {
+                    self.replicas.remove(&p);
+                }
+                PeerMsg::Recover { old, epoch } => self.recover(p, old, epoch),
+                PeerMsg::Inventory { old, held, running } => {
+                    self.inventory(p, old, held, running)
+                }
             }
         }
     }
@@ -1213,6 +1272,7 @@ impl NodeCore {
 
     /// Batches for peers, one per peer with something to say.
     pub fn take_sends(&mut self) -> Vec<(NodeId, PeerBatch)> {
+        self.flush_replica();
         if self.dirty.is_empty() {
             return Vec::new();
         }
@@ -1233,13 +1293,22 @@ impl NodeCore {
             .collect()
     }
 
-    /// Client sessions this node has started to own graphs of, to record in the replicated
-    /// ownership table: a graph id is (session << 64) | counter, and one entry per session
-    /// (keyed by the session shifted back into a graph id) stands for all its graphs.
-    pub fn take_claims(&mut self) -> Vec<GraphId> {
+    /// Client sessions this node has started to own graphs of (by a first submission or a
+    /// take-over), with the epoch of that ownership, to record in the replicated ownership
+    /// table: a graph id is (session << 64) | counter, and one entry per session (keyed by
+    /// the session shifted back into a graph id) stands for all its graphs.
+    pub fn take_claims(&mut self) -> Vec<(GraphId, u64)> {
         std::mem::take(&mut self.claims)
             .into_iter()
-            .map(|s| GraphId(u128::from(s) << 64))
+            .map(|(s, epoch)| (GraphId(u128::from(s) << 64), epoch))
+            .collect()
+    }
+
+    /// This node's backups (the nodes that keep copies of its graphs), first first.
+    pub fn backups(&self) -> Vec<NodeId> {
+        self.backups
+            .iter()
+            .map(|&b| self.peers[b as usize].node.clone())
             .collect()
     }
 
@@ -1348,13 +1417,25 @@ impl NodeCore {
             self.finish(id, Err(e));
         }
         for id in ready {
-            self.place(id);
+            // A failure above may have cancelled it (nothing needs it any more).
+            if self
+                .task(id)
+                .is_some_and(|t| matches!(t.state, State::Waiting))
+            {
+                self.place(id);
+            }
         }
         self.graphs.insert(g.id, fingerprint);
         self.graph_order.push_back(g.id);
         let session = (g.id.0 >> 64) as u64;
-        if self.sessions.insert(session) {
-            self.claims.push(session);
+        if self.adopting.is_some() {
+            // A take-over's graphs: their sessions are claimed by the take-over.
+        } else if let std::collections::hash_map::Entry::Vacant(e) = self.sessions.entry(session) {
+            e.insert(1);
+            self.claims.push((session, 1));
+            if !self.backups.is_empty() {
+                self.replica_out.sessions.push((session, 1));
+            }
         }
         if self.graph_order.len() > REMEMBERED_GRAPHS
             && let Some(old) = self.graph_order.pop_front()
@@ -1406,6 +1487,9 @@ impl NodeCore {
         let priority = self.next_priority;
         self.next_priority += 1;
         self.index.insert(key.clone(), id);
+        if let Some(adopted) = &mut self.adopting {
+            adopted.push(id);
+        }
         self.slots[idx as usize].item = Some(Task {
             key,
             entry,
@@ -1436,6 +1520,10 @@ impl NodeCore {
 
     /// Chooses where a task whose dependencies are finished runs, and sends it there.
     fn place(&mut self, id: TaskId) {
+        if self.adopting.is_some() {
+            // A take-over in progress: placed once the members said what they hold.
+            return;
+        }
         let restricted = self
             .task(id)
             .is_some_and(|t| t.placement.is_some() || !t.resources.is_empty());
@@ -1855,6 +1943,9 @@ impl NodeCore {
         if self.index.get(&task.key) == Some(&id) {
             self.index.remove(&task.key);
         }
+        if !self.backups.is_empty() {
+            self.replica_out.forgotten.push(task.key.clone());
+        }
         for w in task.waiters {
             self.waiter_progress(w);
         }
@@ -2107,7 +2198,8 @@ impl NodeCore {
 
     /// A peer asks for a value held here.
     fn serve(&mut self, from: u32, owner: NodeId, key: Key) {
-        let value = if owner.0 == self.node {
+        let o = self.owner_of(&owner);
+        let value = if o == 0 {
             match self.index.get(&key).and_then(|id| self.task(*id)) {
                 Some(Task {
                     state: State::Memory { value, .. },
@@ -2120,7 +2212,6 @@ impl NodeCore {
                 }
             }
         } else {
-            let o = self.intern(&owner);
             self.held.get(&(o, key.clone())).cloned()
         };
         self.send(from, PeerMsg::Data { owner, key, value });
@@ -2128,7 +2219,7 @@ impl NodeCore {
 
     /// A value (or the news that the peer has none) arrived.
     fn data(&mut self, from: u32, owner: NodeId, key: Key, value: Option<Bytes>) {
-        let o = self.intern(&owner);
+        let o = self.owner_of(&owner);
         let k = (o, key);
         let Some(value) = value else {
             if !self.fetch_needed(&k) {
@@ -2595,7 +2686,7 @@ impl NodeCore {
 
     /// An assignment from an owner (or, `stolen`, from a victim).
     fn accept(&mut self, a: Assignment, stolen: bool) {
-        let owner = self.intern(&a.owner);
+        let owner = self.owner_of(&a.owner);
         if owner == 0 {
             // One of this node's own tasks, stolen back from a peer it was placed on.
             // A copy with no more hops than the owner knows of is a stale duplicate.

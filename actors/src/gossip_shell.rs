@@ -145,7 +145,15 @@ impl Actor for GossipActor {
                 reply(state.core.members(now));
                 return Ok(());
             }
-            GossipMsg::SetOwner(graph, ownership) => {
+            GossipMsg::SetOwner(graph, mut ownership) => {
+                // A first claim (epoch 1) of a session another node held (its owner died
+                // with no take-over, and the client submitted again here) outranks it.
+                if ownership.epoch == 1
+                    && let Some(old) = state.core.state().owner(graph)
+                    && old.owner != ownership.owner
+                {
+                    ownership.epoch = old.epoch + 1;
+                }
                 state.core.set_owner(graph, ownership);
             }
             GossipMsg::Owner(graph, reply) => {

@@ -239,6 +239,50 @@ pub enum PeerMsg {
         /// thief may look next.
         busiest: Option<(NodeId, u32)>,
     },
+    /// A copy of the sender's graphs (owner → backup).
+    Replica(Box<Replica>),
+    /// The sender is no longer a backup of the receiver: drop the copy (owner → former
+    /// backup).
+    ReplicaEnd,
+    /// The sender took over the graphs of the dead owner `old` (epoch `epoch`): from now on
+    /// its tasks and results kept here belong to the sender; say which (new owner → every
+    /// member).
+    Recover {
+        /// The dead owner.
+        old: NodeId,
+        /// The epoch of the take-over.
+        epoch: u64,
+    },
+    /// The answer to a [`PeerMsg::Recover`]: what this node held and ran for `old`, now the
+    /// receiver's (member → new owner).
+    Inventory {
+        /// The dead owner.
+        old: NodeId,
+        /// Results kept here, with their sizes.
+        held: Vec<(Key, u64)>,
+        /// Tasks queued, fetching or running here, with their hops.
+        running: Vec<(Key, u32)>,
+    },
+}
+
+/// A copy of an owner's graphs kept by one of its backups, so that the graphs survive the
+/// owner (owner → backup).
+///
+/// A message with `reset` replaces what the backup kept; otherwise it adds to it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    /// Drop what was kept before this message.
+    pub reset: bool,
+    /// Client sessions whose graphs the owner holds, with the epoch of its ownership.
+    pub sessions: Vec<(u64, u64)>,
+    /// Task specs (of any graphs, in any order).
+    pub tasks: Vec<TaskSpec>,
+    /// One entry per future a client holds on a key.
+    pub keep: Vec<Key>,
+    /// Client futures dropped (one entry per future).
+    pub released: Vec<Key>,
+    /// Tasks the owner forgot.
+    pub forgotten: Vec<Key>,
 }
 
 /// The sender's load, carried by every batch so that peers place and steal on fresh figures.

@@ -134,13 +134,14 @@ impl NodeState {
         if !claims.is_empty()
             && let Some(g) = &self.gossip
         {
-            for graph in claims {
+            let backups = self.core.backups();
+            for (graph, epoch) in claims {
                 let _ = g.send_message(GossipMsg::SetOwner(
                     graph.0,
                     Ownership {
                         owner: self.member.id.clone(),
-                        epoch: 1,
-                        backups: Vec::new(),
+                        epoch,
+                        backups: backups.clone(),
                     },
                 ));
             }

@@ -398,6 +398,16 @@ pub struct Stats {
     pub replaced: u64,
     /// Tasks that ran more than once (allowed only when a node died).
     pub reruns: u64,
+    /// Graphs of dead owners taken over by a backup.
+    pub takeovers: u64,
+    /// Tasks a take-over found held or running on members (not computed again).
+    pub adopted: u64,
+    /// Dead owners whose leftovers members dropped, no take-over claiming them.
+    pub orphans_dropped: u64,
+    /// Clients that re-attached to a new owner after their entry node died.
+    pub reattached: u64,
+    /// Graphs a client submitted again after a re-attach (their copies were lost).
+    pub resubmitted: u64,
 }
 
 impl Stats {
@@ -409,6 +419,9 @@ impl Stats {
         self.retries += s.retries;
         self.recomputed += s.recomputed;
         self.replaced += s.replaced;
+        self.takeovers += s.takeovers;
+        self.adopted += s.adopted;
+        self.orphans_dropped += s.orphans_dropped;
     }
 }
 
@@ -425,6 +438,8 @@ enum Event {
     /// Membership declares a crashed node (second) dead to one node (first): each node
     /// learns it at its own time.
     Detect(usize, usize),
+    /// A client whose entry node died looks for the graph's owner.
+    Reattach(usize),
 }
 
 enum ClientOp {
@@ -453,7 +468,15 @@ struct GraphRun {
     entry: usize,
     expected: Vec<Result<Bytes, BTreeSet<Key>>>,
     submission: Option<GraphSubmission>,
+    /// The client's copy of its graph, submitted again should every other be lost.
+    copy: GraphSubmission,
     done_at: Option<u64>,
+    /// Since when the client has been looking for a new owner.
+    orphaned_at: Option<u64>,
+    /// Whether the client moved to another node (then a key unknown there is submitted
+    /// again rather than a violation).
+    moved: bool,
+    resubmits: u64,
 }
 
 struct Sim {
@@ -479,6 +502,10 @@ struct Sim {
     first_submit: Option<u64>,
     /// A key whose messages are printed (`RDASK_SIM_WATCH=key`), to debug a failing seed.
     watch: Option<Key>,
+    /// The replicated ownership table (gossip modelled as instant): session → (epoch,
+    /// node), and every (session, epoch) claimed, with its claimant.
+    owners: BTreeMap<u64, (u64, usize)>,
+    claims: BTreeMap<(u64, u64), usize>,
 }
 
 impl Sim {
@@ -529,6 +556,8 @@ impl Sim {
             },
             first_submit: None,
             watch: std::env::var("RDASK_SIM_WATCH").ok().map(Key::from),
+            owners: BTreeMap::new(),
+            claims: BTreeMap::new(),
         }
     }
 
@@ -551,16 +580,20 @@ impl Sim {
             self.plan_of.insert(t.key.clone(), (g, i));
         }
         let expected = reference(&plan);
-        let submission = Some(submission(
+        let copy = submission(
             (u128::from(self.rng.random::<u64>()) << 64) | g as u128,
             &plan,
-        ));
+        );
         self.graphs.push(GraphRun {
             plan,
             entry,
             expected,
-            submission,
+            submission: Some(copy.clone()),
+            copy,
             done_at: None,
+            orphaned_at: None,
+            moved: false,
+            resubmits: 0,
         });
         self.at(at, Event::Submit(g));
     }
@@ -671,6 +704,29 @@ impl Sim {
         for (id, ms) in self.nodes[i].core.take_timers() {
             self.at(u64::from(ms) * 1000, Event::Expire(i, id));
         }
+        for (graph, mut epoch) in self.nodes[i].core.take_claims() {
+            let session = (graph.0 >> 64) as u64;
+            // As the gossiped table does: a first claim of a session another node held
+            // outranks it.
+            if epoch == 1
+                && let Some(&(e, n)) = self.owners.get(&session)
+                && n != i
+            {
+                epoch = e + 1;
+            }
+            if let Some(&other) = self.claims.get(&(session, epoch))
+                && other != i
+            {
+                self.report.violations.push(format!(
+                    "session {session:x} has two owners in epoch {epoch}: nodes {other} and {i}"
+                ));
+            }
+            self.claims.insert((session, epoch), i);
+            let e = self.owners.entry(session).or_insert((epoch, i));
+            if epoch >= e.0 {
+                *e = (epoch, i);
+            }
+        }
     }
 
     fn transmit(&mut self, from: usize, to: usize, batch: PeerBatch) {
@@ -730,6 +786,7 @@ impl Sim {
             return;
         };
         match (op, resp) {
+            (ClientOp::Submit(g), ClientResponse::Submitted(_)) if node != self.graphs[g].entry => {}
             (ClientOp::Submit(g), ClientResponse::Submitted(outcomes)) => {
                 if outcomes != [SubmitOutcome::Accepted] {
                     self.report
@@ -740,6 +797,29 @@ impl Sim {
                 self.at(0, Event::Gather(g));
             }
             (ClientOp::Gather(g), ClientResponse::Results(results)) => {
+                if node != self.graphs[g].entry {
+                    // An answer from a node the client has left.
+                    return;
+                }
+                if self.graphs[g].done_at.is_some() {
+                    self.report
+                        .violations
+                        .push(format!("graph {g} was delivered twice"));
+                    return;
+                }
+                let unknown: Vec<Key> = self
+                    .kept_keys(g)
+                    .into_iter()
+                    .zip(&results)
+                    .filter(|(_, r)| matches!(r, KeyResult::Unknown))
+                    .map(|(k, _)| k)
+                    .collect();
+                if !unknown.is_empty() && self.graphs[g].moved {
+                    // The new owner lost these (a copy that never reached a backup): the
+                    // client submits its own copy again.
+                    self.resubmit(g, unknown);
+                    return;
+                }
                 if self.check(g, &results) {
                     self.graphs[g].done_at = Some(self.now);
                     let keys = self.kept_keys(g);
@@ -756,6 +836,60 @@ impl Sim {
                 .violations
                 .push(format!("unexpected answer {other:?}")),
         }
+    }
+
+    /// A client whose entry node died: it asks any node for the owner of its session (the
+    /// replicated table) and moves there once a live node owns it; with no owner after
+    /// 15 s, it submits its own copy to a live node.
+    fn reattach(&mut self, g: usize) {
+        let Some(since) = self.graphs[g].orphaned_at else {
+            return;
+        };
+        let session = (self.graphs[g].copy.id.0 >> 64) as u64;
+        let entry = self.graphs[g].entry;
+        let owner = self
+            .owners
+            .get(&session)
+            .map(|&(_, n)| n)
+            .filter(|&n| n != entry && !self.nodes[n].crashed);
+        let live: Vec<usize> = (0..self.nodes.len())
+            .filter(|&n| !self.nodes[n].crashed)
+            .collect();
+        let target = match owner {
+            Some(n) => n,
+            None if self.now >= since + 15_000_000 && !live.is_empty() => {
+                live[self.rng.random_range(0..live.len())]
+            }
+            None => {
+                self.at(500_000, Event::Reattach(g));
+                return;
+            }
+        };
+        self.note(6, (g * 1000 + target) as u64);
+        self.report.stats.reattached += 1;
+        let run = &mut self.graphs[g];
+        run.entry = target;
+        run.orphaned_at = None;
+        run.moved = true;
+        if owner.is_some() {
+            self.at(0, Event::Gather(g));
+        } else {
+            let keys = self.kept_keys(g);
+            self.resubmit(g, keys);
+        }
+    }
+
+    /// Submits the client's copy of graph `g` again, under a new id of its session,
+    /// keeping futures of `keep`.
+    fn resubmit(&mut self, g: usize, keep: Vec<Key>) {
+        self.report.stats.resubmitted += 1;
+        let run = &mut self.graphs[g];
+        run.resubmits += 1;
+        let mut sub = run.copy.clone();
+        sub.id = GraphId(sub.id.0 + (u128::from(run.resubmits) << 32));
+        sub.keep = keep;
+        run.submission = Some(sub);
+        self.at(0, Event::Submit(g));
     }
 
     fn kept_keys(&self, g: usize) -> Vec<Key> {
@@ -814,7 +948,14 @@ impl Sim {
                 && self.live_events == 0
                 && self.graphs.iter().all(|g| g.done_at.is_some())
             {
-                end_at = Some(self.now + GRACE_US);
+                // Members wait ORPHAN_MS for a take-over before they drop a dead owner's
+                // leftovers.
+                let grace = if self.report.stats.crashes > 0 {
+                    GRACE_US + 10_000_000
+                } else {
+                    GRACE_US
+                };
+                end_at = Some(self.now + grace);
             }
             if end_at.is_some_and(|e| t > e) {
                 break;
@@ -851,6 +992,12 @@ impl Sim {
                 Event::Submit(g) => {
                     self.first_submit.get_or_insert(self.now);
                     let entry = self.graphs[g].entry;
+                    if self.nodes[entry].crashed {
+                        // The client finds out when it looks for the owner.
+                        self.graphs[g].orphaned_at.get_or_insert(self.now);
+                        self.at(500_000, Event::Reattach(g));
+                        continue;
+                    }
                     let sub = self.graphs[g].submission.take().expect("submitted once");
                     let r = self.request(entry, ClientOp::Submit(g));
                     self.nodes[entry].core.handle_submit(r, vec![sub]);
@@ -858,6 +1005,9 @@ impl Sim {
                 }
                 Event::Gather(g) => {
                     let entry = self.graphs[g].entry;
+                    if self.nodes[entry].crashed || self.graphs[g].done_at.is_some() {
+                        continue;
+                    }
                     let keys = self.kept_keys(g);
                     let r = self.request(entry, ClientOp::Gather(g));
                     self.nodes[entry].core.handle_gather(r, keys, 600_000);
@@ -875,7 +1025,16 @@ impl Sim {
                         let delay = self.rng.random_range(1_000_000..3_000_000);
                         self.at(delay, Event::Detect(o, i));
                     }
+                    // Clients connected to it see their connection drop.
+                    for g in 0..self.graphs.len() {
+                        if self.graphs[g].entry == i && self.graphs[g].done_at.is_none() {
+                            self.graphs[g].orphaned_at = Some(self.now);
+                            let delay = self.rng.random_range(100_000..800_000);
+                            self.at(delay, Event::Reattach(g));
+                        }
+                    }
                 }
+                Event::Reattach(g) => self.reattach(g),
                 Event::Detect(o, i) => {
                     self.nodes[o].dead_seen[i] = true;
                     self.members_of(o);
@@ -984,6 +1143,13 @@ impl Sim {
                     n.core.tracked_keys()
                 ));
             }
+            let (owners, specs) = n.core.replica_keys();
+            if specs != 0 {
+                self.report.violations.push(format!(
+                    "node {i} keeps copies of {specs} tasks of {owners} owners: {:?}",
+                    n.core.replica_sample()
+                ));
+            }
             let load = n.core.load();
             if load.memory_used != 0 || load.stored != 0 {
                 self.report.violations.push(format!(
@@ -1065,12 +1231,11 @@ pub fn graphs_chaos(seed: u64, nodes: Option<usize>) -> ClusterReport {
         let at = rng.random_range(0..200_000);
         sim.add_graph(plan, entry, at);
     }
-    // Some runs lose nodes mid-run: not an entry node (owners do not survive yet), not
-    // one a task is pinned to, not one with GPUs.
+    // Some runs lose nodes mid-run, owners (entry nodes) and their backups included: not
+    // one a task is pinned to, nor one with GPUs (tasks needing them would wait forever).
     if n >= 3 && rng.random_bool(0.4) {
         let mut spared = vec![false; n];
         for g in &sim.graphs {
-            spared[g.entry] = true;
             for t in &g.plan.tasks {
                 if let Some((nodes, _)) = &t.placement {
                     for &p in nodes {

@@ -61,7 +61,7 @@ fn main() {
     if scenario == "graphs-chaos" {
         let fixed = get("--nodes").map(|_| nodes);
         let started = std::time::Instant::now();
-        let mut sums = [0u64; 13];
+        let mut sums = [0u64; 18];
         for seed in from..from + count {
             let r = graphs_chaos(seed, fixed);
             trace = trace.rotate_left(5) ^ r.trace_hash;
@@ -79,6 +79,11 @@ fn main() {
                 r.stats.replaced,
                 r.stats.recomputed,
                 r.stats.reruns,
+                r.stats.takeovers,
+                r.stats.adopted,
+                r.stats.orphans_dropped,
+                r.stats.reattached,
+                r.stats.resubmitted,
             ]) {
                 *s += v;
             }
@@ -106,7 +111,10 @@ fn main() {
             "graphs-chaos: {count} seeds from {from}: {} passed, {failed} failed in {:.1} s; tasks run {}, \
              away from their owner {}, error results {}; placed remote {}, stolen {}, fetched {}, \
              retried {}; batches lost {}, duplicated {}; nodes crashed {}: tasks placed again {}, \
-             results computed again {}, tasks run again {}",
+             results computed again {}, tasks run again {}\n  recovery paths: steals {}, owner \
+             take-overs {} (tasks adopted from members {}), clients re-attached {}, graphs \
+             submitted again by their client {}, dead owners' leftovers dropped {}, results \
+             recomputed {}",
             count - failed,
             started.elapsed().as_secs_f64(),
             sums[0],
@@ -121,7 +129,14 @@ fn main() {
             sums[9],
             sums[10],
             sums[11],
-            sums[12]
+            sums[12],
+            sums[4],
+            sums[13],
+            sums[14],
+            sums[16],
+            sums[17],
+            sums[15],
+            sums[11]
         );
     } else if scenario == "steal-efficiency" {
         let ps: Vec<usize> = match get("--nodes") {

@@ -1,0 +1,798 @@
+//! Owner fail-over: backups, take-over, and the members' side of it.
+//!
+//! - **Backups.** Every owner keeps copies of its graphs (task specs, the futures clients
+//!   hold, its sessions) on [`BACKUPS`] peers chosen by rendezvous hashing of the owner's
+//!   name with each live member's: every node computes the same order from the same
+//!   membership. New backups get a full copy; afterwards each submission, release and
+//!   forgotten task is forwarded with the next batch (a bounded cost per task).
+//! - **Take-over.** When membership declares an owner dead, the first live node in its
+//!   rendezvous order that holds a copy takes over: it raises the epoch of the owner's
+//!   sessions, inserts the copied graphs without placing anything, and asks every live
+//!   member ([`PeerMsg::Recover`]) what it holds and runs for the dead owner. A member hands
+//!   those tasks and results to the new owner (they are re-keyed, and messages naming the
+//!   dead owner are read as naming the new one) and answers with an
+//!   [`PeerMsg::Inventory`]. Once every member answered (or after a few seconds), the new
+//!   owner rebuilds the state: results held somewhere are finished, tasks running
+//!   somewhere stay there, what nobody needs is dropped and the rest is placed again.
+//! - **Orphans.** A member keeps a dead owner's tasks and results for [`ORPHAN_MS`],
+//!   waiting for a take-over, and drops them after that.
+
+use std::cmp::Reverse;
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+
+use rdask_gossip::NodeId;
+use rdask_graph::{Arg, GraphId, Key, TaskSpec};
+use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
+
+use super::{ArgSlot, GraphSubmission, NodeCore, RETRY_MS, State, TOMBSTONE_MS, Task};
+use crate::protocol::{PeerMsg, Replica};
+
+/// Copies of an owner's graphs kept elsewhere.
+pub(super) const BACKUPS: usize = 2;
+/// How long a member keeps a dead owner's tasks and results for a take-over.
+pub(super) const ORPHAN_MS: u64 = 10_000;
+/// How long a new owner waits for a member's inventory before asking again.
+const RECOVER_RETRY_MS: u64 = 1_000;
+/// Times it asks before it rebuilds without that member's answer.
+const RECOVER_TRIES: u32 = 3;
+/// Tasks per replica message (a full copy of a large owner is sent in parts).
+const REPLICA_CHUNK: usize = 20_000;
+/// Hops of tasks inserted by a take-over start at `epoch << EPOCH_HOPS`: above any
+/// assignment of the dead owner a member may still remember.
+const EPOCH_HOPS: u32 = 20;
+
+/// What a backup keeps of another owner's graphs. Changes commute (a forgotten task is
+/// remembered for a while; reference counts may go below zero for a while), so that
+/// messages reordered by the network give the same copy.
+#[derive(Default)]
+pub(super) struct Kept {
+    sessions: FxHashMap<u64, u64>,
+    specs: FxHashMap<Key, TaskSpec>,
+    refs: FxHashMap<Key, i64>,
+    forgotten: FxHashMap<Key, u64>,
+    forgotten_order: VecDeque<(u64, Key)>,
+}
+
+/// A take-over waiting for inventories.
+pub(super) struct Recovery {
+    epoch: u64,
+    /// Members that have not answered yet.
+    pending: FxHashSet<u32>,
+    due_ms: u64,
+    tries: u32,
+    /// Results held by members: key → (holders, size).
+    held: FxHashMap<Key, (Vec<u32>, u64)>,
+    /// Tasks queued or running on members: key → (node, hops).
+    running: FxHashMap<Key, (u32, u32)>,
+}
+
+impl Replica {
+    fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+            && self.tasks.is_empty()
+            && self.keep.is_empty()
+            && self.released.is_empty()
+            && self.forgotten.is_empty()
+    }
+}
+
+fn rendezvous(owner: &str, member: &str) -> u64 {
+    let mut h = FxHasher::default();
+    owner.hash(&mut h);
+    member.hash(&mut h);
+    let mut x = h.finish();
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl NodeCore {
+    /// Members eligible to keep copies of `owner`'s graphs, in rendezvous order (alive or
+    /// not).
+    fn rendezvous_order(&self, owner: u32) -> Vec<u32> {
+        let name = &self.peers[owner as usize].node.0;
+        let mut order: Vec<(u64, u32)> = (0..self.peers.len() as u32)
+            .filter(|&p| p != owner && (p == 0 || self.peers[p as usize].eligible))
+            .map(|p| (rendezvous(name, &self.peers[p as usize].node.0), p))
+            .collect();
+        order.sort_unstable();
+        order.into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// Chooses this node's backups again (after a membership change); new ones get a full
+    /// copy, former ones are told to drop theirs.
+    pub(super) fn update_backups(&mut self) {
+        let backups: Vec<u32> = self
+            .rendezvous_order(0)
+            .into_iter()
+            .filter(|&p| self.peers[p as usize].alive)
+            .take(BACKUPS)
+            .collect();
+        if backups == self.backups {
+            return;
+        }
+        let old = std::mem::replace(&mut self.backups, backups);
+        for &p in &old {
+            if !self.backups.contains(&p) && self.peers[p as usize].alive {
+                self.send(p, PeerMsg::ReplicaEnd);
+            }
+        }
+        let fresh: Vec<u32> = self
+            .backups
+            .iter()
+            .copied()
+            .filter(|p| !old.contains(p))
+            .collect();
+        if fresh.is_empty() || (self.sessions.is_empty() && self.unfinished == 0) {
+            return;
+        }
+        // What the old backups were about to get is in the snapshot too; they get it as
+        // usual with the next batch.
+        for part in self.snapshot() {
+            for &p in &fresh {
+                self.send(p, PeerMsg::Replica(Box::new(part.clone())));
+            }
+        }
+    }
+
+    /// A full copy of this node's graphs, in parts.
+    fn snapshot(&self) -> Vec<Replica> {
+        let mut tasks = Vec::new();
+        let mut keep = Vec::new();
+        for slot in &self.slots {
+            let Some(t) = &slot.item else { continue };
+            if t.cancelled {
+                continue;
+            }
+            tasks.push(self.spec_of(t));
+            for _ in 0..t.client_refs {
+                keep.push(t.key.clone());
+            }
+        }
+        let mut parts = Vec::new();
+        let mut first = Replica {
+            reset: true,
+            sessions: self.sessions.iter().map(|(&s, &e)| (s, e)).collect(),
+            keep,
+            ..Replica::default()
+        };
+        first.sessions.sort_unstable();
+        let mut rest = tasks.split_off(tasks.len().min(REPLICA_CHUNK));
+        first.tasks = tasks;
+        parts.push(first);
+        while !rest.is_empty() {
+            let more = rest.split_off(rest.len().min(REPLICA_CHUNK));
+            parts.push(Replica {
+                tasks: std::mem::replace(&mut rest, more),
+                ..Replica::default()
+            });
+        }
+        parts
+    }
+
+    /// The spec a task was submitted with.
+    fn spec_of(&self, t: &Task) -> TaskSpec {
+        let args = t
+            .args
+            .iter()
+            .map(|a| match a {
+                ArgSlot::Value(b) => Arg::Value(b.clone()),
+                ArgSlot::Dep(d) => Arg::Key(
+                    self.task(*d)
+                        .map(|d| d.key.clone())
+                        .unwrap_or_else(|| Key::from("<gone>")),
+                ),
+            })
+            .collect();
+        TaskSpec {
+            key: t.key.clone(),
+            function: t.entry.name.into(),
+            args,
+            placement: self.placement_names(&t.placement),
+            resources: t.resources.to_vec(),
+        }
+    }
+
+    /// Sends the backups what changed since the last batch.
+    pub(super) fn flush_replica(&mut self) {
+        if self.replica_out.is_empty() {
+            return;
+        }
+        let out = std::mem::take(&mut self.replica_out);
+        if self.backups.is_empty() {
+            return;
+        }
+        let backups = self.backups.clone();
+        let (last, rest) = backups.split_last().expect("not empty");
+        for &p in rest {
+            self.send(p, PeerMsg::Replica(Box::new(out.clone())));
+        }
+        self.send(*last, PeerMsg::Replica(Box::new(out)));
+    }
+
+    /// A copy of `owner`'s graphs (or a change to it) arrived.
+    pub(super) fn replica(&mut self, owner: u32, r: Replica) {
+        if self.alias.contains_key(&owner) {
+            return;
+        }
+        let now = self.now_ms;
+        let kept = self.replicas.entry(owner).or_default();
+        if r.reset {
+            *kept = Kept::default();
+        }
+        kept.sessions.extend(r.sessions);
+        for t in r.tasks {
+            if !kept.forgotten.contains_key(&t.key) {
+                kept.specs.insert(t.key.clone(), t);
+            }
+        }
+        let mut count = |k: Key, by: i64| {
+            let n = kept.refs.entry(k.clone()).or_default();
+            *n += by;
+            if *n == 0 {
+                kept.refs.remove(&k);
+            }
+        };
+        for k in r.keep {
+            count(k, 1);
+        }
+        for k in r.released {
+            count(k, -1);
+        }
+        for k in r.forgotten {
+            kept.specs.remove(&k);
+            kept.refs.remove(&k);
+            kept.forgotten.insert(k.clone(), now);
+            kept.forgotten_order.push_back((now, k));
+        }
+        while let Some((at, _)) = kept.forgotten_order.front() {
+            if at + TOMBSTONE_MS > now {
+                break;
+            }
+            let (at, k) = kept.forgotten_order.pop_front().expect("peeked");
+            if kept.forgotten.get(&k) == Some(&at) {
+                kept.forgotten.remove(&k);
+            }
+        }
+    }
+
+    /// A few keys of the copies kept here (for diagnostics).
+    pub fn replica_sample(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .replicas
+            .values()
+            .flat_map(|k| k.specs.keys().map(|k| k.to_string()))
+            .collect();
+        v.sort();
+        v.truncate(6);
+        v
+    }
+
+    /// Copies of other owners' graphs kept here: (owners, tasks).
+    pub fn replica_keys(&self) -> (usize, usize) {
+        (
+            self.replicas.len(),
+            self.replicas.values().map(|k| k.specs.len()).sum(),
+        )
+    }
+
+    /// After a membership change: owners that died and whose graphs this node should take
+    /// over (the first live node of their rendezvous order, among those with a copy here).
+    pub(super) fn check_takeovers(&mut self) {
+        let mut dead: Vec<u32> = self
+            .replicas
+            .keys()
+            .copied()
+            .filter(|&o| !self.peers[o as usize].alive)
+            .collect();
+        dead.sort_unstable();
+        for o in dead {
+            let order = self.rendezvous_order(o);
+            let Some(rank) = order.iter().position(|&p| p == 0) else {
+                continue;
+            };
+            if order[..rank].iter().all(|&p| !self.peers[p as usize].alive) {
+                self.take_over(o, rank as u64);
+            }
+        }
+    }
+
+    /// Takes over the graphs of the dead owner `old`, this node being `rank` in its
+    /// rendezvous order (ranks make distinct epochs should two nodes disagree on who is
+    /// first).
+    fn take_over(&mut self, old: u32, rank: u64) {
+        let Some(kept) = self.replicas.remove(&old) else {
+            return;
+        };
+        if kept.sessions.is_empty() && kept.specs.is_empty() {
+            return;
+        }
+        let epoch = kept.sessions.values().copied().max().unwrap_or(1) + 1 + rank;
+        self.stats.takeovers += 1;
+        self.alias.insert(old, (0, epoch));
+        self.orphans.remove(&old);
+        let mut sessions: Vec<(u64, u64)> = kept.sessions.into_iter().collect();
+        sessions.sort_unstable();
+        for (s, _) in sessions {
+            self.sessions.insert(s, epoch);
+            self.claims.push((s, epoch));
+            if !self.backups.is_empty() {
+                self.replica_out.sessions.push((s, epoch));
+            }
+        }
+        // The copied tasks, those whose inputs are all known (a lost message may have left
+        // holes), as one graph; nothing is placed until the inventories are in.
+        let mut specs: Vec<TaskSpec> = kept.specs.into_values().collect();
+        specs.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        loop {
+            let keys: FxHashSet<&Key> = specs.iter().map(|t| &t.key).collect();
+            let complete = |t: &TaskSpec| {
+                t.dependencies()
+                    .all(|d| keys.contains(d) || self.index.contains_key(d))
+            };
+            let before = specs.len();
+            let kept: Vec<bool> = specs.iter().map(complete).collect();
+            let mut i = 0;
+            specs.retain(|_| {
+                i += 1;
+                kept[i - 1]
+            });
+            if specs.len() == before {
+                break;
+            }
+        }
+        let mut keep: Vec<Key> = Vec::new();
+        let mut refs: Vec<(Key, i64)> = kept.refs.into_iter().collect();
+        refs.sort_unstable();
+        for (k, n) in refs {
+            for _ in 0..n.max(0) {
+                keep.push(k.clone());
+            }
+        }
+        if !self.backups.is_empty() {
+            self.replica_out.tasks.extend(specs.iter().cloned());
+            self.replica_out.keep.extend(keep.iter().cloned());
+        }
+        self.adopting = Some(Vec::new());
+        let id = GraphId(1u128 << 127 | u128::from(epoch) << 64 | u128::from(old));
+        if let Err(e) = self.submit(GraphSubmission {
+            id,
+            tasks: specs,
+            keep,
+        }) {
+            tracing::warn!(error = %e, "the copied graphs of a dead owner are not valid");
+        }
+        let adopted = self.adopting.take().unwrap_or_default();
+        let base = (epoch as u32) << EPOCH_HOPS;
+        for &id in &adopted {
+            if let Some(t) = self.task_mut(id) {
+                t.hops = t.hops.max(base);
+            }
+        }
+        // What this node itself kept for the dead owner.
+        let mut held = FxHashMap::default();
+        let mine: Vec<(u32, Key)> = self
+            .held
+            .keys()
+            .filter(|(o, _)| *o == old)
+            .cloned()
+            .collect();
+        for k in mine {
+            let v = self.held.remove(&k).expect("listed");
+            held.insert(k.1, v);
+        }
+        let foreign: Vec<Key> = self
+            .foreign_index
+            .keys()
+            .filter(|(o, _)| *o == old)
+            .map(|(_, k)| k.clone())
+            .collect();
+        for k in foreign {
+            // Queued or running here: placed again by the rebuild (a running copy's value
+            // is dropped when it returns).
+            self.release_foreign(old, k, u32::MAX);
+        }
+        let pending: FxHashSet<u32> = self.candidates.iter().copied().filter(|&p| p != 0).collect();
+        let name = self.peers[old as usize].node.clone();
+        let mut sorted: Vec<u32> = pending.iter().copied().collect();
+        sorted.sort_unstable();
+        for p in sorted {
+            self.send(
+                p,
+                PeerMsg::Recover {
+                    old: name.clone(),
+                    epoch,
+                },
+            );
+        }
+        self.recovery.insert(
+            old,
+            Recovery {
+                epoch,
+                pending,
+                due_ms: self.now_ms + RECOVER_RETRY_MS,
+                tries: 1,
+                held: FxHashMap::default(),
+                running: FxHashMap::default(),
+            },
+        );
+        self.adopted_here.insert(old, (adopted, held));
+        if self.recovery[&old].pending.is_empty() {
+            self.rebuild(old);
+        }
+    }
+
+    /// A new owner took over the dead owner `old`: what this node keeps for it is now
+    /// `from`'s; answer with what that is.
+    pub(super) fn recover(&mut self, from: u32, old: NodeId, epoch: u64) {
+        let o = self.intern(&old);
+        if o == 0 {
+            return;
+        }
+        if let Some(&(to, e)) = self.alias.get(&o) {
+            if to != from || e != epoch {
+                // Another take-over came first: its owner keeps what was here.
+                self.send(
+                    from,
+                    PeerMsg::Inventory {
+                        old,
+                        held: Vec::new(),
+                        running: Vec::new(),
+                    },
+                );
+                return;
+            }
+        }
+        self.alias.insert(o, (from, epoch));
+        self.orphans.remove(&o);
+        self.replicas.remove(&o);
+        let mut held = Vec::new();
+        let keys: Vec<(u32, Key)> = self.held.keys().filter(|(w, _)| *w == o).cloned().collect();
+        for k in keys {
+            let v = self.held.remove(&k).expect("listed");
+            held.push((k.1.clone(), v.len() as u64));
+            self.held.insert((from, k.1), v);
+        }
+        let mut running = Vec::new();
+        let keys: Vec<(u32, Key)> = self
+            .foreign_index
+            .keys()
+            .filter(|(w, _)| *w == o)
+            .cloned()
+            .collect();
+        for k in keys {
+            let id = self.foreign_index.remove(&k).expect("listed");
+            if let Some(f) = self.foreign_mut(id) {
+                f.owner = from;
+                running.push((k.1.clone(), f.hops));
+                for a in &mut f.args {
+                    if let super::ForeignArg::Input { holders, .. } = a {
+                        for h in holders.iter_mut() {
+                            if *h == o {
+                                *h = from;
+                            }
+                        }
+                    }
+                }
+            }
+            self.foreign_index.insert((from, k.1), id);
+        }
+        let keys: Vec<(u32, Key)> = self.gone.keys().filter(|(w, _)| *w == o).cloned().collect();
+        for k in keys {
+            let (g, at) = self.gone.remove(&k).expect("listed");
+            self.gone.insert((from, k.1.clone()), (g, at));
+            self.gone_order.push_back((at, from, k.1));
+        }
+        let keys: Vec<(u32, Key)> = self
+            .fetches
+            .keys()
+            .filter(|(w, _)| *w == o)
+            .cloned()
+            .collect();
+        for k in keys {
+            let mut f = self.fetches.remove(&k).expect("listed");
+            for h in f.holders.iter_mut() {
+                if *h == o {
+                    *h = from;
+                }
+            }
+            if !f.holders.contains(&from) {
+                f.holders.push(from);
+            }
+            f.due_ms = self.now_ms;
+            self.fetches.insert((from, k.1), f);
+        }
+        held.sort_unstable();
+        running.sort_unstable();
+        self.send(from, PeerMsg::Inventory { old, held, running });
+    }
+
+    /// A member's answer to a take-over of this node.
+    pub(super) fn inventory(
+        &mut self,
+        from: u32,
+        old: NodeId,
+        held: Vec<(Key, u64)>,
+        running: Vec<(Key, u32)>,
+    ) {
+        let o = self.intern(&old);
+        match self.recovery.get_mut(&o) {
+            Some(r) => {
+                r.pending.remove(&from);
+                for (k, size) in held {
+                    let e = r.held.entry(k).or_insert_with(|| (Vec::new(), size));
+                    if !e.0.contains(&from) {
+                        e.0.push(from);
+                    }
+                }
+                for (k, hops) in running {
+                    r.running.insert(k, (from, hops));
+                }
+                if r.pending.is_empty() {
+                    self.rebuild(o);
+                }
+            }
+            None => {
+                // Late: the state was rebuilt without this answer. Copies are welcome if
+                // the value is finished; anything else is not needed there.
+                for (k, _) in held {
+                    self.holding(from, k);
+                }
+                for (k, _) in running {
+                    let placed_there = self
+                        .index
+                        .get(&k)
+                        .and_then(|id| self.task(*id))
+                        .is_some_and(|t| matches!(t.state, State::Remote { node, .. } if node == from));
+                    if !placed_there {
+                        self.release_at(from, k);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The clock for fail-over: inventories not in, orphans waited for long enough.
+    pub(super) fn failover_tick(&mut self) {
+        let now = self.now_ms;
+        let mut due: Vec<u32> = self
+            .recovery
+            .iter()
+            .filter(|(_, r)| r.due_ms <= now)
+            .map(|(&o, _)| o)
+            .collect();
+        due.sort_unstable();
+        for o in due {
+            let r = self.recovery.get_mut(&o).expect("listed");
+            r.pending.retain(|&p| self.peers[p as usize].alive);
+            if r.tries >= RECOVER_TRIES || r.pending.is_empty() {
+                self.rebuild(o);
+                continue;
+            }
+            r.tries += 1;
+            r.due_ms = now + RECOVER_RETRY_MS;
+            let epoch = r.epoch;
+            let mut ask: Vec<u32> = r.pending.iter().copied().collect();
+            ask.sort_unstable();
+            let name = self.peers[o as usize].node.clone();
+            for p in ask {
+                self.send(
+                    p,
+                    PeerMsg::Recover {
+                        old: name.clone(),
+                        epoch,
+                    },
+                );
+            }
+        }
+        let mut expired: Vec<u32> = self
+            .orphans
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(&o, _)| o)
+            .collect();
+        expired.sort_unstable();
+        for o in expired {
+            self.orphans.remove(&o);
+            if !self.peers[o as usize].alive && !self.alias.contains_key(&o) {
+                self.drop_owner(o);
+            }
+        }
+    }
+
+    /// Drops every task and result of the owner `o` kept here.
+    pub(super) fn drop_owner(&mut self, o: u32) {
+        let foreign: Vec<Key> = self
+            .foreign_index
+            .keys()
+            .filter(|(w, _)| *w == o)
+            .map(|(_, k)| k.clone())
+            .collect();
+        let held: Vec<Key> = self
+            .held
+            .keys()
+            .filter(|(w, _)| *w == o)
+            .map(|(_, k)| k.clone())
+            .collect();
+        if foreign.is_empty() && held.is_empty() {
+            return;
+        }
+        for k in foreign.into_iter().chain(held) {
+            self.release_foreign(o, k, u32::MAX);
+        }
+        self.stats.orphans_dropped += 1;
+    }
+
+    /// Every member answered (or the wait is over): the state of the dead owner's graphs is
+    /// rebuilt from what the members hold and run, and what is missing is placed again.
+    fn rebuild(&mut self, old: u32) {
+        let Some(r) = self.recovery.remove(&old) else {
+            return;
+        };
+        let Some((adopted, mut here)) = self.adopted_here.remove(&old) else {
+            return;
+        };
+        let now = self.now_ms;
+        // Finished where a value is held (here first); running where a member runs it.
+        for &id in &adopted {
+            let Some(t) = self.task(id) else { continue };
+            if !matches!(t.state, State::Waiting) {
+                continue;
+            }
+            let key = t.key.clone();
+            if let Some(v) = here.remove(&key) {
+                // The value is already counted in this node's memory.
+                let size = v.len() as u64;
+                let t = self.task_mut(id).expect("exists");
+                t.state = State::Memory {
+                    value: Some(v),
+                    holders: Vec::new(),
+                    size,
+                };
+                self.unfinished -= 1;
+                self.stats.adopted += 1;
+            } else if let Some((holders, size)) = r.held.get(&key) {
+                let holders: Vec<u32> = holders
+                    .iter()
+                    .copied()
+                    .filter(|&h| self.peers[h as usize].alive)
+                    .collect();
+                if holders.is_empty() {
+                    continue;
+                }
+                let t = self.task_mut(id).expect("exists");
+                t.state = State::Memory {
+                    value: None,
+                    holders,
+                    size: *size,
+                };
+                self.unfinished -= 1;
+                self.stats.adopted += 1;
+            } else if let Some(&(node, hops)) = r.running.get(&key)
+                && self.peers[node as usize].alive
+            {
+                let due_ms = now + RETRY_MS;
+                let t = self.task_mut(id).expect("exists");
+                t.hops = hops;
+                t.state = State::Remote {
+                    node,
+                    due_ms,
+                    tries: 0,
+                    hops,
+                };
+                self.retry.push(Reverse((due_ms, id.idx, id.generation)));
+                self.peers[node as usize].assigned_since += 1;
+                self.stats.adopted += 1;
+            }
+        }
+        // Values kept here for keys the copy did not have.
+        for (_, v) in here {
+            self.stored -= 1;
+            self.memory_used -= v.len() as u64;
+        }
+        // Every other copy on members is known, or dropped; tasks running where the
+        // rebuilt state does not expect them are stopped.
+        let mut held: Vec<(Key, (Vec<u32>, u64))> = r.held.into_iter().collect();
+        held.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (k, (holders, _)) in held {
+            for h in holders {
+                self.holding(h, k.clone());
+            }
+        }
+        let mut running: Vec<(Key, (u32, u32))> = r.running.into_iter().collect();
+        running.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (k, (node, _)) in running {
+            let expected = self
+                .index
+                .get(&k)
+                .and_then(|id| self.task(*id))
+                .is_some_and(|t| match t.state {
+                    State::Remote { node: n, .. } => n == node,
+                    State::Memory { ref holders, .. } => holders.contains(&node),
+                    _ => false,
+                });
+            if !expected {
+                self.release_at(node, k);
+            }
+        }
+        // Counts follow from the states.
+        for &id in &adopted {
+            let Some(t) = self.task(id) else { continue };
+            let waiting = t
+                .deps
+                .iter()
+                .filter(|d| !self.task(**d).is_some_and(|dt| dt.state.available()))
+                .count() as u32;
+            let pending = t
+                .dependents
+                .iter()
+                .filter(|d| self.task(**d).is_some_and(|dt| !dt.state.finished()))
+                .count() as u32;
+            let t = self.task_mut(id).expect("exists");
+            t.waiting_on = waiting;
+            t.pending_dependents = pending;
+        }
+        // What nobody needs is not computed (dependents first).
+        for &id in adopted.iter().rev() {
+            let Some(t) = self.task(id) else { continue };
+            if !matches!(t.state, State::Waiting) || t.client_refs > 0 || t.pending_dependents > 0
+            {
+                continue;
+            }
+            let deps = t.deps.clone();
+            self.task_mut(id).expect("exists").state = State::Released;
+            self.unfinished -= 1;
+            for d in deps {
+                if let Some(dt) = self.task_mut(d)
+                    && dt.pending_dependents > 0
+                {
+                    dt.pending_dependents -= 1;
+                }
+            }
+        }
+        // Gathers waiting on values now known to be held elsewhere fetch them.
+        for &id in &adopted {
+            let Some(t) = self.task_mut(id) else { continue };
+            if matches!(t.state, State::Memory { value: None, .. }) && !t.waiters.is_empty() {
+                let waiters = std::mem::take(&mut t.waiters);
+                for w in waiters {
+                    self.fetch_own(id, super::FetchWaiter::Gather(w));
+                }
+            } else if matches!(t.state, State::Memory { value: Some(_), .. }) {
+                let waiters = std::mem::take(&mut t.waiters);
+                for w in waiters {
+                    self.waiter_progress(w);
+                }
+            }
+        }
+        for &id in &adopted {
+            if self
+                .task(id)
+                .is_some_and(|t| matches!(t.state, State::Waiting) && t.waiting_on == 0)
+            {
+                self.place(id);
+            }
+        }
+        for &id in &adopted {
+            if self.task(id).is_some_and(|t| t.state.finished()) {
+                self.maybe_forget(id);
+            }
+        }
+        tracing::info!(
+            owner = %self.peers[old as usize].node,
+            epoch = r.epoch,
+            tasks = adopted.len(),
+            "took over the graphs of a dead owner"
+        );
+    }
+
+    /// The owner named in a message: a dead owner taken over reads as its successor.
+    pub(super) fn owner_of(&mut self, node: &NodeId) -> u32 {
+        let p = self.intern(node);
+        match self.alias.get(&p) {
+            Some(&(to, _)) => to,
+            None => p,
+        }
+    }
+}
