@@ -450,6 +450,9 @@ pub struct NodeCore {
     foreign_index: FxHashMap<(u32, Key), TaskId>,
     foreign_pending: u64,
     held: FxHashMap<(u32, Key), Bytes>,
+    /// Hops of held results computed here from an assignment that changed hands (placed
+    /// again or stolen): a late release of an earlier copy does not drop them.
+    held_hops: FxHashMap<(u32, Key), u32>,
     gone: FxHashMap<(u32, Key), (Gone, u64)>,
     gone_order: VecDeque<(u64, u32, Key)>,
     fetches: FxHashMap<(u32, Key), Fetch>,
@@ -539,6 +542,7 @@ impl NodeCore {
             foreign_index: FxHashMap::default(),
             foreign_pending: 0,
             held: FxHashMap::default(),
+            held_hops: FxHashMap::default(),
             gone: FxHashMap::default(),
             gone_order: VecDeque::new(),
             fetches: FxHashMap::default(),
@@ -1200,7 +1204,8 @@ impl NodeCore {
                     size,
                     error,
                     elapsed_ns,
-                } => self.remote_done(p, key, size, error, elapsed_ns),
+                    hops,
+                } => self.remote_done(p, key, size, error, elapsed_ns, hops),
                 PeerMsg::Holding { key, .. } => self.holding(p, key),
                 PeerMsg::Moved { key, to, hops } => {
                     let to = self.intern(&to);
@@ -2014,6 +2019,7 @@ impl NodeCore {
         size: u64,
         error: Option<TaskError>,
         elapsed_ns: u64,
+        hops: u32,
     ) {
         let id = self.index.get(&key).copied();
         let state = id.and_then(|id| self.task(id)).map(|t| &t.state);
@@ -2021,6 +2027,9 @@ impl NodeCore {
             Some(State::Remote { node, .. }) => {
                 let node = *node;
                 let id = id.expect("found");
+                // Stolen on the way, maybe: releases must cover the copy that ran.
+                let t = self.task_mut(id).expect("found");
+                t.hops = t.hops.max(hops);
                 self.peers[node as usize].assigned_since =
                     self.peers[node as usize].assigned_since.saturating_sub(1);
                 update_estimate(&mut self.prefix_ns, key.prefix(), elapsed_ns);
@@ -2711,7 +2720,7 @@ impl NodeCore {
         }
         if let Some(v) = self.held.get(&k) {
             let size = v.len() as u64;
-            self.report_done(owner, a.key, Ok(size), 0);
+            self.report_done(owner, a.key, Ok(size), 0, a.hops);
             return;
         }
         // A task that was here before: a copy with more hops is a new placement (after a
@@ -2743,7 +2752,7 @@ impl NodeCore {
                 return;
             }
             Some(Seen::Erred(e)) => {
-                self.report_done(owner, a.key, Err(e), 0);
+                self.report_done(owner, a.key, Err(e), 0, a.hops);
                 return;
             }
         }
@@ -2778,7 +2787,7 @@ impl NodeCore {
                     node: Some(self.node.clone()),
                 };
                 self.tombstone(owner, a.key.clone(), Gone::Erred(e.clone()));
-                self.report_done(owner, a.key, Err(e), 0);
+                self.report_done(owner, a.key, Err(e), 0, a.hops);
                 return;
             }
         };
@@ -3000,18 +3009,21 @@ impl NodeCore {
                 self.memory_used += size;
                 let v = Bytes::from(v);
                 self.held.insert(k.clone(), v.clone());
+                if f.hops > 1 {
+                    self.held_hops.insert(k.clone(), f.hops);
+                }
                 // A task here may have been fetching this very value (computed again here
                 // after its holder died).
                 if self.fetches.contains_key(&k) {
                     let owner = self.peers[f.owner as usize].node.clone();
                     self.data(0, owner, k.1, Some(v));
                 }
-                self.report_done(f.owner, f.key, Ok(size), done.elapsed_ns);
+                self.report_done(f.owner, f.key, Ok(size), done.elapsed_ns, f.hops);
             }
             Err(failure) => {
                 let e = self.task_error(f.key.clone(), failure);
                 self.tombstone(f.owner, f.key.clone(), Gone::Erred(e.clone()));
-                self.report_done(f.owner, f.key, Err(e), done.elapsed_ns);
+                self.report_done(f.owner, f.key, Err(e), done.elapsed_ns, f.hops);
             }
         }
     }
@@ -3024,6 +3036,7 @@ impl NodeCore {
         key: Key,
         outcome: Result<u64, TaskError>,
         elapsed_ns: u64,
+        hops: u32,
     ) {
         let (size, error) = match outcome {
             Ok(size) => (size, None),
@@ -3036,6 +3049,7 @@ impl NodeCore {
                 size,
                 error,
                 elapsed_ns,
+                hops,
             },
         );
     }
@@ -3095,6 +3109,12 @@ impl NodeCore {
                 );
             }
         }
+        let newer = self.held_hops.get(&k).is_some_and(|&h| h > hops);
+        if newer {
+            // A late release of an earlier assignment: the value computed since stays.
+            return;
+        }
+        self.held_hops.remove(&k);
         if let Some(v) = self.held.remove(&k) {
             self.stored -= 1;
             self.memory_used -= v.len() as u64;

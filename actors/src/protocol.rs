@@ -175,6 +175,9 @@ pub enum PeerMsg {
         error: Option<TaskError>,
         /// How long the function ran, in nanoseconds.
         elapsed_ns: u64,
+        /// [`Assignment::hops`] of the copy that ran: a release of the value names at
+        /// least as many.
+        hops: u32,
     },
     /// This node now holds a copy of a result of the receiver's graphs (worker → owner).
     Holding {

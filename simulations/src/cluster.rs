@@ -1114,15 +1114,16 @@ impl Sim {
         let mut stuck = Vec::new();
         for &g in &open {
             let run = &self.graphs[g];
-            for t in run
+            let lines: Vec<String> = run
                 .plan
                 .tasks
                 .iter()
-                .filter(|t| !self.finished.contains(&t.key))
+                .filter_map(|t| self.nodes[run.entry].core.describe(&t.key))
+                .filter(|l| !l.contains(": in memory"))
                 .take(4)
-            {
-                stuck.extend(self.nodes[run.entry].core.describe(&t.key));
-            }
+                .collect();
+            stuck.push(format!("graph {g} at node {}", run.entry));
+            stuck.extend(lines);
             for &i in run.plan.keep.iter().take(4) {
                 stuck.extend(self.nodes[run.entry].core.describe(&run.plan.tasks[i].key));
             }

@@ -284,6 +284,7 @@ fn bad_batches_from_a_peer_end_its_stream_and_nonsense_messages_are_ignored() {
                 size: 1,
                 error: None,
                 elapsed_ns: u64::MAX,
+                hops: u32::MAX,
             },
             PeerMsg::Holding {
                 key: "never-placed".into(),

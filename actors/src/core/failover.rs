@@ -219,7 +219,15 @@ impl NodeCore {
         let now = self.now_ms;
         let kept = self.replicas.entry(owner).or_default();
         if r.reset {
-            *kept = Kept::default();
+            // A full copy; tasks forgotten since it was made stay forgotten (the network
+            // may deliver the copy after a later change).
+            let forgotten = std::mem::take(&mut kept.forgotten);
+            let order = std::mem::take(&mut kept.forgotten_order);
+            *kept = Kept {
+                forgotten,
+                forgotten_order: order,
+                ..Kept::default()
+            };
         }
         kept.sessions.extend(r.sessions);
         for t in r.tasks {
@@ -380,6 +388,7 @@ impl NodeCore {
             .collect();
         for k in mine {
             let v = self.held.remove(&k).expect("listed");
+            self.held_hops.remove(&k);
             held.insert(k.1, v);
         }
         let foreign: Vec<Key> = self
@@ -452,6 +461,9 @@ impl NodeCore {
         for k in keys {
             let v = self.held.remove(&k).expect("listed");
             held.push((k.1.clone(), v.len() as u64));
+            if let Some(h) = self.held_hops.remove(&k) {
+                self.held_hops.insert((from, k.1.clone()), h);
+            }
             self.held.insert((from, k.1), v);
         }
         let mut running = Vec::new();
