@@ -261,6 +261,15 @@ struct Slot<T> {
     item: Option<T>,
 }
 
+/// What identifies a graph's content: its keys in order.
+fn fingerprint(g: &GraphSubmission) -> u64 {
+    let mut h = FxHasher::default();
+    for t in &g.tasks {
+        t.key.hash(&mut h);
+    }
+    h.finish()
+}
+
 /// Folds a measured run time into the estimate of its key prefix (moving average).
 fn update_estimate(estimates: &mut FxHashMap<Box<str>, f64>, prefix: &str, elapsed_ns: u64) {
     let x = elapsed_ns as f64;
@@ -1348,13 +1357,7 @@ impl NodeCore {
     }
 
     fn submit(&mut self, g: GraphSubmission) -> Result<(), GraphError> {
-        let fingerprint = {
-            let mut h = FxHasher::default();
-            for t in &g.tasks {
-                t.key.hash(&mut h);
-            }
-            h.finish()
-        };
+        let fingerprint = fingerprint(&g);
         if let Some(&old) = self.graphs.get(&g.id) {
             return if old == fingerprint {
                 Ok(())
@@ -1432,6 +1435,9 @@ impl NodeCore {
         }
         self.graphs.insert(g.id, fingerprint);
         self.graph_order.push_back(g.id);
+        if !self.backups.is_empty() && self.adopting.is_none() {
+            self.replica_out.graphs.push((g.id, fingerprint));
+        }
         let session = (g.id.0 >> 64) as u64;
         if self.adopting.is_some() {
             // A take-over's graphs: their sessions are claimed by the take-over.

@@ -278,6 +278,9 @@ pub struct Replica {
     pub reset: bool,
     /// Client sessions whose graphs the owner holds, with the epoch of its ownership.
     pub sessions: Vec<(u64, u64)>,
+    /// Ids of graphs accepted, with their fingerprints: a client that submits one again to
+    /// the node that took over (not knowing whether it arrived) gets it accepted once.
+    pub graphs: Vec<(GraphId, u64)>,
     /// Task specs (of any graphs, in any order).
     pub tasks: Vec<TaskSpec>,
     /// One entry per future a client holds on a key.

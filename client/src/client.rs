@@ -1,8 +1,8 @@
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::FutureExt;
@@ -39,6 +39,15 @@ const FLUSH_TICK: Duration = Duration::from_millis(1);
 const QUIET_TICKS: u32 = 20;
 /// Most tasks sent in one submission message.
 const SUBMIT_BATCH: usize = 100_000;
+/// How long a client whose node died looks for the new owner of its graphs.
+const REATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+/// After this long with no live owner of its graphs in the ownership table (none took
+/// over), the client submits its own copies to the node it reached.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(15);
+/// How long a connection attempt to one member may take while re-attaching.
+const REATTACH_DIAL: Duration = Duration::from_secs(2);
+/// Times a lost key is submitted again after re-attaching, per wait.
+const RESUBMITS: u32 = 3;
 
 /// How the client reaches its node. Both ways keep the order of requests: a submission
 /// and the gather of its result may be sent back to back.
@@ -94,10 +103,30 @@ struct Outbox {
     released: Vec<Key>,
 }
 
+/// A submission sent over a remote connection and not answered yet: sent again (same
+/// graph ids) to the node the client re-attaches to.
+struct Unacked {
+    seq: u64,
+    graphs: Vec<GraphSubmission>,
+    acks: Vec<oneshot::Sender<Result<()>>>,
+}
+
 pub(crate) struct ClientInner {
+    me: Weak<ClientInner>,
     id: u64,
     counter: AtomicU64,
-    conn: Conn,
+    /// The connection to the entry node (replaced when the client re-attaches).
+    conn: Mutex<Conn>,
+    /// Raised by every re-attach.
+    generation: AtomicU64,
+    /// One re-attach at a time.
+    reattaching: tokio::sync::Mutex<()>,
+    /// Submissions not answered yet (remote connections only), oldest first.
+    unacked: Mutex<VecDeque<Unacked>>,
+    next_seq: AtomicU64,
+    /// The client's copy of the graphs of its live futures (remote connections only), by
+    /// key: submitted again should the cluster lose them with their owner.
+    retained: Mutex<HashMap<Key, Arc<Vec<TaskSpec>>>>,
     /// Submissions and releases not yet sent, sent together in order (see `flush`).
     outbox: Mutex<Outbox>,
     /// Wakes the task that flushes the outbox.
@@ -110,7 +139,8 @@ pub(crate) struct ClientInner {
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     local: Mutex<Option<NodeHandle>>,
     address: String,
-    welcome: NodeStatus,
+    /// The entry node, as it said when the client connected (or re-attached).
+    welcome: Mutex<NodeStatus>,
     /// The cluster as last seen (at connect, and by every `nodes()`), for `Display`.
     cluster: Mutex<Vec<NodeStatus>>,
 }
@@ -246,10 +276,16 @@ impl Client {
     ) -> Client {
         let id = splitmix64(rand::random::<u64>());
         tracing::debug!(client = id, %address, "client connected");
-        let inner = Arc::new(ClientInner {
+        let inner = Arc::new_cyclic(|me| ClientInner {
+            me: me.clone(),
             id,
             counter: AtomicU64::new(0),
-            conn,
+            conn: Mutex::new(conn),
+            generation: AtomicU64::new(0),
+            reattaching: tokio::sync::Mutex::new(()),
+            unacked: Mutex::new(VecDeque::new()),
+            next_seq: AtomicU64::new(0),
+            retained: Mutex::new(HashMap::new()),
             outbox: Mutex::new(Outbox::default()),
             outbox_ready: Arc::new(tokio::sync::Notify::new()),
             flusher_idle: AtomicBool::new(true),
@@ -260,7 +296,7 @@ impl Client {
             local: Mutex::new(local),
             address,
             cluster: Mutex::new(vec![welcome.clone()]),
-            welcome,
+            welcome: Mutex::new(welcome),
         });
         // The flusher sends what the outbox holds when no request of the user does it
         // first: woken by the first submission after a quiet spell, it then looks every
@@ -383,7 +419,7 @@ impl Client {
     pub async fn nodes(&self) -> Result<Vec<NodeStatus>> {
         self.inner.check_open()?;
         self.inner.flush();
-        match self.inner.conn.send(ClientRequest::Info).await? {
+        match self.inner.conn().send(ClientRequest::Info).await? {
             ClientResponse::Info(nodes) => {
                 *self.inner.cluster.lock().expect("cluster") = nodes.clone();
                 Ok(nodes)
@@ -411,7 +447,7 @@ impl Client {
         let request = ClientRequest::Explain {
             keys: keys.to_vec(),
         };
-        match self.inner.conn.send(request).await? {
+        match self.inner.conn().send(request).await? {
             ClientResponse::Explained(lines) => Ok(lines
                 .into_iter()
                 .zip(keys)
@@ -435,7 +471,7 @@ impl Client {
     pub async fn session_owner(&self, session: u64) -> Result<Option<String>> {
         self.inner.check_open()?;
         let graph = GraphId(u128::from(session) << 64);
-        match self.inner.conn.send(ClientRequest::Owner { graph }).await? {
+        match self.inner.conn().send(ClientRequest::Owner { graph }).await? {
             ClientResponse::Owner(o) => Ok(o.map(|o| o.owner.0.to_string())),
             other => Err(Error::Protocol(format!(
                 "unexpected answer to owner: {other:?}"
@@ -448,14 +484,20 @@ impl Client {
         &self.inner.address
     }
 
-    /// The identity of the node this client talks to.
-    pub fn node_id(&self) -> &str {
-        &self.inner.welcome.member.id.0
+    /// The identity of the node this client talks to (its entry node: after its entry
+    /// node died, the one it re-attached to).
+    pub fn node_id(&self) -> String {
+        self.inner.welcome.lock().expect("welcome").member.id.0.to_string()
     }
 
     /// Task threads of the node this client talks to (as it said when the client connected).
     pub fn nthreads(&self) -> u32 {
-        self.inner.welcome.member.nthreads
+        self.inner.welcome.lock().expect("welcome").member.nthreads
+    }
+
+    /// How many times the client moved to another node after its entry node died.
+    pub fn reattached(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
     }
 
     /// Releases everything the client holds on the cluster and closes the connection
@@ -485,7 +527,7 @@ impl fmt::Display for Client {
             f,
             "<Client: {} node={} nodes={nodes} threads={threads} memory={:.2} GiB>",
             self.inner.address,
-            self.inner.welcome.member.id,
+            self.inner.welcome.lock().expect("welcome").member.id,
             memory as f64 / (1u64 << 30) as f64
         )
     }
@@ -519,6 +561,15 @@ impl ClientInner {
         })
     }
 
+    /// The connection to the entry node.
+    fn conn(&self) -> Conn {
+        self.conn.lock().expect("connection").clone()
+    }
+
+    fn remote(&self) -> bool {
+        matches!(*self.conn.lock().expect("connection"), Conn::Remote(_))
+    }
+
     fn submit_graph(&self, tasks: Vec<TaskSpec>, keep: Vec<Key>) -> Submitted {
         if self.check_open().is_err() {
             return futures::future::ready(Err(Error::Closed)).boxed().shared();
@@ -529,6 +580,14 @@ impl ClientInner {
             .lock()
             .expect("live set")
             .extend(keep.iter().cloned());
+        if self.remote() {
+            // The client's copy, in case the cluster loses the graph with its owner.
+            let copy = Arc::new(tasks.clone());
+            let mut retained = self.retained.lock().expect("retained graphs");
+            for k in &keep {
+                retained.insert(k.clone(), copy.clone());
+            }
+        }
         let (tx, rx) = oneshot::channel();
         let first = {
             let mut outbox = self.outbox.lock().expect("outbox");
@@ -549,6 +608,7 @@ impl ClientInner {
             return;
         }
         self.live.lock().expect("live set").remove(key);
+        self.retained.lock().expect("retained graphs").remove(key);
         let full = {
             let mut outbox = self.outbox.lock().expect("outbox");
             outbox.released.push(key.clone());
@@ -568,6 +628,7 @@ impl ClientInner {
     fn flush(&self) -> bool {
         let mut outbox = self.outbox.lock().expect("outbox");
         let sent = !outbox.graphs.is_empty() || !outbox.released.is_empty();
+        let conn = self.conn();
         while !outbox.graphs.is_empty() {
             // Bound one message: split very large batches.
             let mut tasks = 0;
@@ -582,36 +643,206 @@ impl ClientInner {
                 .max(1);
             let graphs: Vec<GraphSubmission> = outbox.graphs.drain(..take).collect();
             let acks: Vec<_> = outbox.acks.drain(..take).collect();
-            let response = self.conn.send(ClientRequest::Submit { graphs });
-            self.handle.spawn(async move {
-                let outcomes = match response.await {
-                    Ok(ClientResponse::Submitted(o)) if o.len() == acks.len() => o
-                        .into_iter()
-                        .map(|o| match o {
-                            SubmitOutcome::Accepted => Ok(()),
-                            SubmitOutcome::Rejected(e) => Err(Error::GraphRejected(e)),
-                        })
-                        .collect(),
-                    Ok(other) => {
-                        let e = Error::Protocol(format!("unexpected answer to submit: {other:?}"));
-                        vec![Err(e); acks.len()]
-                    }
-                    Err(e) => vec![Err(e); acks.len()],
-                };
-                for (ack, outcome) in acks.into_iter().zip(outcomes) {
-                    let _ = ack.send(outcome);
+            match &conn {
+                Conn::Remote(_) => {
+                    // Kept until answered: sent again after a re-attach.
+                    let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+                    self.unacked.lock().expect("unacked").push_back(Unacked {
+                        seq,
+                        graphs: graphs.clone(),
+                        acks,
+                    });
+                    self.send_submission(&conn, seq, graphs);
                 }
-            });
+                Conn::Local(_) => {
+                    let response = conn.send(ClientRequest::Submit { graphs });
+                    self.handle.spawn(async move {
+                        let outcomes = submit_outcomes(response.await, acks.len());
+                        for (ack, outcome) in acks.into_iter().zip(outcomes) {
+                            let _ = ack.send(outcome);
+                        }
+                    });
+                }
+            }
         }
         if !outbox.released.is_empty() {
             let keys = std::mem::take(&mut outbox.released);
             // The answer carries nothing.
-            drop(self.conn.send(ClientRequest::Release { keys }));
+            drop(conn.send(ClientRequest::Release { keys }));
         }
         sent
     }
 
-    /// The values of these futures' keys, waiting as long as they take.
+    /// Sends the unanswered submission `seq` on `conn`; its answer settles its futures, a
+    /// lost connection makes the client re-attach (which sends it again).
+    fn send_submission(&self, conn: &Conn, seq: u64, graphs: Vec<GraphSubmission>) {
+        let response = conn.send(ClientRequest::Submit { graphs });
+        let generation = self.generation.load(Ordering::Acquire);
+        let me = self.me.clone();
+        self.handle.spawn(async move {
+            let response = response.await;
+            let Some(inner) = me.upgrade() else { return };
+            if let Err(Error::ConnectionLost(reason)) = &response {
+                if inner.reattach(generation, reason).await.is_ok() {
+                    return;
+                }
+            }
+            let entry = {
+                let mut unacked = inner.unacked.lock().expect("unacked");
+                let at = unacked.iter().position(|u| u.seq == seq);
+                at.and_then(|i| unacked.remove(i))
+            };
+            if let Some(entry) = entry {
+                let outcomes = submit_outcomes(response, entry.acks.len());
+                for (ack, outcome) in entry.acks.into_iter().zip(outcomes) {
+                    let _ = ack.send(outcome);
+                }
+            }
+        });
+    }
+
+    /// The entry node is gone (`reason`): finds the node that owns this client's graphs now
+    /// (by the replicated ownership table, asking the members the client knows), connects
+    /// to it and sends again the submissions it did not answer. Another caller that saw
+    /// the same loss waits for the same re-attach. Fails when no member can be reached
+    /// within [`REATTACH_TIMEOUT`].
+    pub(crate) async fn reattach(&self, seen: u64, reason: &str) -> Result<()> {
+        // On the client's runtime: the caller may be any executor (`block_on`).
+        let me = self.me.upgrade().ok_or(Error::Closed)?;
+        let reason = reason.to_string();
+        self.handle
+            .spawn(async move { me.find_owner(seen, &reason).await })
+            .await
+            .map_err(|_| Error::Closed)?
+    }
+
+    async fn find_owner(&self, seen: u64, reason: &str) -> Result<()> {
+        let _one = self.reattaching.lock().await;
+        if self.generation.load(Ordering::Acquire) != seen {
+            return Ok(());
+        }
+        self.check_open()?;
+        let dead = self.welcome.lock().expect("welcome").member.id.clone();
+        tracing::warn!(node = %dead, %reason, "lost the entry node; looking for the new owner of this client's graphs");
+        let started = Instant::now();
+        let session = GraphId(u128::from(self.id) << 64);
+        let mut tried = 0u32;
+        let (remote, status) = loop {
+            if started.elapsed() > REATTACH_TIMEOUT {
+                return Err(Error::ConnectionLost(format!(
+                    "{reason}; no member of the cluster could be reached within {REATTACH_TIMEOUT:?}"
+                )));
+            }
+            if tried > 0 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            tried += 1;
+            let members: Vec<NodeStatus> = self.cluster.lock().expect("cluster").clone();
+            let mut chosen = None;
+            for m in members.iter().filter(|m| {
+                m.member.id != dead && m.state == rdask_gossip::MemberState::Alive
+            }) {
+                let Some((remote, status)) = dial_member(&m.member.addresses).await else {
+                    continue;
+                };
+                let conn = Conn::Remote(remote.clone());
+                // Learn the cluster afresh.
+                if let Ok(ClientResponse::Info(nodes)) = conn.send(ClientRequest::Info).await {
+                    *self.cluster.lock().expect("cluster") = nodes;
+                }
+                let owner = match conn.send(ClientRequest::Owner { graph: session }).await {
+                    Ok(ClientResponse::Owner(o)) => o.map(|o| o.owner),
+                    _ => continue,
+                };
+                match owner {
+                    // The node that took over, or a session never recorded (its graphs
+                    // are sent again, or were never accepted).
+                    Some(o) if o == status.member.id => chosen = Some((remote, status)),
+                    None => chosen = Some((remote, status)),
+                    Some(o) if o != dead => {
+                        let addresses = self
+                            .cluster
+                            .lock()
+                            .expect("cluster")
+                            .iter()
+                            .find(|n| n.member.id == o)
+                            .map(|n| n.member.addresses.clone())
+                            .unwrap_or_default();
+                        if let Some(found) = dial_member(&addresses).await {
+                            chosen = Some(found);
+                        }
+                    }
+                    // Not taken over yet; after a while, the client's own copies go here.
+                    Some(_) if started.elapsed() > TAKEOVER_WAIT => {
+                        chosen = Some((remote, status))
+                    }
+                    Some(_) => {}
+                }
+                break;
+            }
+            if let Some(c) = chosen {
+                break c;
+            }
+        };
+        tracing::info!(node = %status.member.id, "re-attached to the cluster");
+        let conn = Conn::Remote(remote);
+        {
+            // Hold the outbox: nothing new is sent before the unanswered submissions.
+            let _outbox = self.outbox.lock().expect("outbox");
+            *self.conn.lock().expect("connection") = conn.clone();
+            *self.welcome.lock().expect("welcome") = status;
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            let again: Vec<(u64, Vec<GraphSubmission>)> = self
+                .unacked
+                .lock()
+                .expect("unacked")
+                .iter()
+                .map(|u| (u.seq, u.graphs.clone()))
+                .collect();
+            for (seq, graphs) in again {
+                self.send_submission(&conn, seq, graphs);
+            }
+        }
+        Ok(())
+    }
+
+    /// Submits again the client's copies of the graphs of `keys`, which the cluster lost
+    /// (with their owner, before any backup had them): under new graph ids, holding futures
+    /// for these keys only (the others are still counted). Whether every key had a copy.
+    fn resubmit_lost(&self, keys: &[Key]) -> bool {
+        let mut graphs: Vec<(Arc<Vec<TaskSpec>>, Vec<Key>)> = Vec::new();
+        {
+            let retained = self.retained.lock().expect("retained graphs");
+            for k in keys {
+                let Some(copy) = retained.get(k) else {
+                    return false;
+                };
+                match graphs.iter_mut().find(|(g, _)| Arc::ptr_eq(g, copy)) {
+                    Some((_, keep)) => keep.push(k.clone()),
+                    None => graphs.push((copy.clone(), vec![k.clone()])),
+                }
+            }
+        }
+        tracing::warn!(keys = keys.len(), "the cluster lost results with their owner; submitting them again");
+        let mut outbox = self.outbox.lock().expect("outbox");
+        for (tasks, keep) in graphs {
+            let n = self.counter.fetch_add(1, Ordering::Relaxed);
+            let id = GraphId((u128::from(self.id) << 64) | u128::from(n));
+            let (tx, _rx) = oneshot::channel();
+            outbox.graphs.push(GraphSubmission {
+                id,
+                tasks: (*tasks).clone(),
+                keep,
+            });
+            outbox.acks.push(tx);
+        }
+        drop(outbox);
+        self.flush();
+        true
+    }
+
+    /// The values of these futures' keys, waiting as long as they take. A lost entry node
+    /// makes the client re-attach and go on waiting there.
     pub(crate) async fn fetch(&self, items: &[&Arc<FutureShared>]) -> Result<Vec<Bytes>> {
         self.check_open()?;
         // A future whose argument could not be encoded was never sent.
@@ -623,21 +854,29 @@ impl ClientInner {
         self.flush();
         let mut out: Vec<Option<Bytes>> = vec![None; items.len()];
         let mut pending: Vec<usize> = (0..items.len()).collect();
+        let mut resubmits = 0;
         while !pending.is_empty() {
             let keys = pending.iter().map(|&i| items[i].key.clone()).collect();
             let request = ClientRequest::Gather {
                 keys,
                 wait_ms: LONG_POLL_MS,
             };
-            let results = match self.conn.send(request).await? {
-                ClientResponse::Results(r) if r.len() == pending.len() => r,
-                other => {
+            let generation = self.generation.load(Ordering::Acquire);
+            let results = match self.conn().send(request).await {
+                Ok(ClientResponse::Results(r)) if r.len() == pending.len() => r,
+                Err(Error::ConnectionLost(reason)) if self.remote() => {
+                    self.reattach(generation, &reason).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+                Ok(other) => {
                     return Err(Error::Protocol(format!(
                         "unexpected answer to gather: {other:?}"
                     )));
                 }
             };
             let mut still = Vec::new();
+            let mut lost = Vec::new();
             for (i, r) in pending.into_iter().zip(results) {
                 match r {
                     KeyResult::Value(b) => out[i] = Some(b),
@@ -646,8 +885,20 @@ impl ClientInner {
                     KeyResult::Unknown => {
                         // The submission may have been rejected: that is the error to report.
                         items[i].submitted.clone().await?;
-                        return Err(Error::Lost(items[i].key.clone()));
+                        if generation > 0 && resubmits < RESUBMITS {
+                            lost.push(i);
+                            still.push(i);
+                        } else {
+                            return Err(Error::Lost(items[i].key.clone()));
+                        }
                     }
+                }
+            }
+            if !lost.is_empty() {
+                resubmits += 1;
+                let keys: Vec<Key> = lost.iter().map(|&i| items[i].key.clone()).collect();
+                if !self.resubmit_lost(&keys) {
+                    return Err(Error::Lost(keys[0].clone()));
                 }
             }
             pending = still;
@@ -671,7 +922,7 @@ impl ClientInner {
                 outbox.acks.clear();
                 keys.append(&mut outbox.released);
             }
-            let done = self.conn.send(ClientRequest::Release { keys });
+            let done = self.conn().send(ClientRequest::Release { keys });
             let (tx, rx) = std::sync::mpsc::channel();
             self.handle.spawn(async move {
                 let _ = tx.send(done.await);
@@ -684,4 +935,47 @@ impl ClientInner {
         }
         tracing::debug!(client = self.id, "client closed");
     }
+}
+
+/// The futures' outcomes of one submission, from the node's answer.
+fn submit_outcomes(response: Result<ClientResponse>, n: usize) -> Vec<Result<()>> {
+    match response {
+        Ok(ClientResponse::Submitted(o)) if o.len() == n => o
+            .into_iter()
+            .map(|o| match o {
+                SubmitOutcome::Accepted => Ok(()),
+                SubmitOutcome::Rejected(e) => Err(Error::GraphRejected(e)),
+            })
+            .collect(),
+        Ok(other) => {
+            let e = Error::Protocol(format!("unexpected answer to submit: {other:?}"));
+            vec![Err(e); n]
+        }
+        Err(e) => vec![Err(e); n],
+    }
+}
+
+/// Connects to a member by any of its addresses and says hello: the session and the
+/// member's status, or `None` when none answers.
+async fn dial_member(addresses: &[String]) -> Option<(RemoteNode, NodeStatus)> {
+    for a in addresses {
+        let Ok(addr) = parse_address(a) else { continue };
+        let Ok(remote) = tokio::time::timeout(
+            REATTACH_DIAL,
+            RemoteNode::connect(addr, rdask_node::codec::DEFAULT_MAX_FRAME, REATTACH_DIAL),
+        )
+        .await
+        else {
+            continue;
+        };
+        let Ok(remote) = remote else { continue };
+        let hello = ClientRequest::Hello {
+            protocol: PROTOCOL_VERSION,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        if let Ok(ClientResponse::Welcome(status)) = Conn::Remote(remote.clone()).send(hello).await {
+            return Some((remote, status));
+        }
+    }
+    None
 }

@@ -1165,12 +1165,23 @@ impl Sim {
 /// `None`), random graphs from several clients on several entry nodes, a network that
 /// loses, duplicates and reorders messages.
 pub fn graphs_chaos(seed: u64, nodes: Option<usize>) -> ClusterReport {
+    chaos(seed, |rng| {
+        nodes.unwrap_or_else(|| match rng.random_range(0..10) {
+            0..=5 => rng.random_range(3..=8),
+            6..=8 => rng.random_range(9..=40),
+            _ => rng.random_range(41..=200),
+        })
+    })
+}
+
+/// [`graphs_chaos`] on a cluster of `lo..=hi` nodes (drawn uniformly).
+pub fn graphs_chaos_between(seed: u64, lo: usize, hi: usize) -> ClusterReport {
+    chaos(seed, |rng| rng.random_range(lo.max(3)..=hi.max(lo.max(3))))
+}
+
+fn chaos(seed: u64, nodes: impl FnOnce(&mut StdRng) -> usize) -> ClusterReport {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_c4a0);
-    let n = nodes.unwrap_or_else(|| match rng.random_range(0..10) {
-        0..=5 => rng.random_range(3..=8),
-        6..=8 => rng.random_range(9..=40),
-        _ => rng.random_range(41..=200),
-    });
+    let n = nodes(&mut rng);
     let faulty = rng.random_bool(0.6);
     let net = NetConfig {
         latency_us: (20, rng.random_range(100..=3_000)),

@@ -23,6 +23,8 @@ pub mod cluster;
 mod graphs;
 pub mod membership;
 
-pub use cluster::{ClusterReport, Efficiency, SHAPES, Shape, graphs_chaos, steal_efficiency};
+pub use cluster::{
+    ClusterReport, Efficiency, SHAPES, Shape, graphs_chaos, graphs_chaos_between, steal_efficiency,
+};
 pub use graphs::{SimConfig, SimReport, node_graphs};
 pub use membership::{MembershipReport, SCENARIOS, run_membership};

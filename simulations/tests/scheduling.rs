@@ -1,23 +1,59 @@
 //! Simulation tests of scheduling without a scheduler: many nodes, one production core
-//! each, a network that loses, duplicates and reorders. CI runs a few hundred seeds; set
-//! `RDASK_SIM_SEEDS` for more (`RDASK_SIM_SEEDS=5000 cargo test --release -p rdask-sim
-//! --test scheduling`), or use the seed runner:
+//! each, a network that loses, duplicates and reorders, nodes that die (owners included).
+//! CI runs a few hundred seeds; set `RDASK_SIM_SEEDS` for more
+//! (`RDASK_SIM_SEEDS=20000 cargo test --release -p rdask-sim --test scheduling`), or use
+//! the seed runner:
 //! `cargo run --release -p rdask-sim --bin rdask-sim -- --scenario graphs-chaos --seeds 5000`.
 
-use rdask_sim::{Shape, graphs_chaos, steal_efficiency};
+use rdask_sim::{Shape, graphs_chaos, graphs_chaos_between, steal_efficiency};
 
-fn seeds() -> u64 {
+fn seeds(ci: u64) -> u64 {
     std::env::var("RDASK_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(200)
+        .unwrap_or(ci)
+}
+
+#[test]
+fn owners_die_and_every_graph_still_completes_with_reference_results() {
+    // 3 to 32 nodes; any node may die, the owners of graphs and their backups included.
+    let mut sums = [0u64; 7];
+    let n = seeds(500);
+    for seed in 0..n {
+        let r = graphs_chaos_between(seed + 1_000_000, 3, 32);
+        assert!(
+            r.violations.is_empty(),
+            "seed {} ({} nodes): {:?}",
+            seed + 1_000_000,
+            r.nodes,
+            r.violations
+        );
+        for (s, v) in sums.iter_mut().zip([
+            r.stats.stolen,
+            r.stats.takeovers,
+            r.stats.adopted,
+            r.stats.reattached,
+            r.stats.recomputed,
+            r.stats.replaced,
+            r.stats.crashes,
+        ]) {
+            *s += v;
+        }
+    }
+    println!(
+        "{n} seeds, recovery paths exercised: steals {}, owner take-overs {}, tasks adopted \
+         from members {}, clients re-attached {}, results recomputed {}, tasks placed again \
+         {}, nodes crashed {}",
+        sums[0], sums[1], sums[2], sums[3], sums[4], sums[5], sums[6]
+    );
+    assert!(sums.iter().all(|&s| s > 0), "a recovery path never ran: {sums:?}");
 }
 
 #[test]
 fn random_graphs_on_a_lossy_cluster_that_loses_nodes_give_reference_results() {
     let mut sums = [0u64; 9];
     let mut biggest = 0;
-    for seed in 0..seeds() {
+    for seed in 0..seeds(200) {
         let r = graphs_chaos(seed, None);
         assert!(
             r.violations.is_empty(),

@@ -30,12 +30,27 @@ fn wait_for_alive(client: &Client, n: usize, secs: u64) {
 
 #[test]
 fn killing_a_node_mid_graph_loses_time_not_results() {
-    lose_a_node_mid_graph(Stop::Kill);
+    lose_a_node_mid_graph(Stop::Kill, Victim::Worker);
 }
 
 #[test]
 fn stopping_a_node_mid_graph_loses_time_not_results() {
-    lose_a_node_mid_graph(Stop::Term);
+    lose_a_node_mid_graph(Stop::Term, Victim::Worker);
+}
+
+#[test]
+fn killing_the_owner_mid_graph_loses_time_not_results() {
+    lose_a_node_mid_graph(Stop::Kill, Victim::Owner);
+}
+
+/// Which node goes.
+#[derive(PartialEq)]
+enum Victim {
+    /// One the client is not connected to.
+    Worker,
+    /// The client's entry node, owner of its graphs: a backup takes over and the client
+    /// re-attaches to it.
+    Owner,
 }
 
 /// How the node goes.
@@ -47,7 +62,7 @@ enum Stop {
     Term,
 }
 
-fn lose_a_node_mid_graph(how: Stop) {
+fn lose_a_node_mid_graph(how: Stop, who: Victim) {
     let first = NodeProcess::start(NODE, &["--nthreads", "2", "--cluster-size", "4"]);
     let seed = first.multiaddr.clone();
     let mut others: Vec<NodeProcess> = (0..3)
@@ -85,7 +100,11 @@ fn lose_a_node_mid_graph(how: Stop) {
     }
     let total = level.pop().expect("root");
     std::thread::sleep(Duration::from_millis(300));
-    let victim = others.remove(1);
+    let mut first = Some(first);
+    let victim = match who {
+        Victim::Worker => others.remove(1),
+        Victim::Owner => first.take().expect("the first node"),
+    };
     let pid = victim.pid();
     match how {
         Stop::Kill => victim.kill(),
@@ -98,7 +117,7 @@ fn lose_a_node_mid_graph(how: Stop) {
     std::thread::spawn(move || {
         let _ = tx.send(rdask::block_on(total.result()));
     });
-    let got = match rx.recv_timeout(Duration::from_secs(60)) {
+    let got = match rx.recv_timeout(Duration::from_secs(90)) {
         Ok(got) => got,
         Err(_) => {
             // Say why: the owner's view of every task that is not done.
@@ -120,15 +139,20 @@ fn lose_a_node_mid_graph(how: Stop) {
                 }
             }
             panic!(
-                "the total did not arrive within 60 s; not done: {late:#?}; workers: {workers:#?}"
+                "the total did not arrive within 90 s; not done: {late:#?}; workers: {workers:#?}"
             );
         }
     };
     let expected: i64 = (0..1024i64).map(|i| i + 1).sum();
     assert_eq!(got.expect("the total"), expected);
     println!(
-        "node {pid} stopped 300 ms in; the total arrived {:?} later",
-        started.elapsed()
+        "node {pid} stopped 300 ms in; the total arrived {:?} later (client re-attached {} times)",
+        started.elapsed(),
+        client.reattached()
     );
+    if who == Victim::Owner {
+        assert_eq!(client.reattached(), 1);
+        assert_ne!(client.node_id(), "");
+    }
     drop((first, others));
 }

@@ -48,6 +48,7 @@ const EPOCH_HOPS: u32 = 20;
 #[derive(Default)]
 pub(super) struct Kept {
     sessions: FxHashMap<u64, u64>,
+    graphs: FxHashMap<GraphId, u64>,
     specs: FxHashMap<Key, TaskSpec>,
     refs: FxHashMap<Key, i64>,
     forgotten: FxHashMap<Key, u64>,
@@ -71,6 +72,7 @@ impl Replica {
     fn is_empty(&self) -> bool {
         self.sessions.is_empty()
             && self.tasks.is_empty()
+            && self.graphs.is_empty()
             && self.keep.is_empty()
             && self.released.is_empty()
             && self.forgotten.is_empty()
@@ -154,6 +156,7 @@ impl NodeCore {
         let mut first = Replica {
             reset: true,
             sessions: self.sessions.iter().map(|(&s, &e)| (s, e)).collect(),
+            graphs: self.graph_order.iter().filter_map(|g| self.graphs.get(g).map(|f| (*g, *f))).collect(),
             keep,
             ..Replica::default()
         };
@@ -230,6 +233,7 @@ impl NodeCore {
             };
         }
         kept.sessions.extend(r.sessions);
+        kept.graphs.extend(r.graphs);
         for t in r.tasks {
             if !kept.forgotten.contains_key(&t.key) {
                 kept.specs.insert(t.key.clone(), t);
@@ -320,6 +324,17 @@ impl NodeCore {
         self.stats.takeovers += 1;
         self.alias.insert(old, (0, epoch));
         self.orphans.remove(&old);
+        // Graphs the dead owner accepted are known here now (a client may send one again).
+        let mut graphs: Vec<(GraphId, u64)> = kept.graphs.into_iter().collect();
+        graphs.sort_unstable();
+        for (g, f) in graphs {
+            if self.graphs.insert(g, f).is_none() {
+                self.graph_order.push_back(g);
+            }
+            if !self.backups.is_empty() {
+                self.replica_out.graphs.push((g, f));
+            }
+        }
         let mut sessions: Vec<(u64, u64)> = kept.sessions.into_iter().collect();
         sessions.sort_unstable();
         for (s, _) in sessions {

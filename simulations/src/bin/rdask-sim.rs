@@ -1,7 +1,7 @@
 //! The seed runner.
 //!
 //! ```text
-//! rdask-sim [--scenario NAME] [--seed S] [--seeds N] [--nodes N]
+//! rdask-sim [--scenario NAME] [--seed S] [--seeds N] [--nodes N] [--max-nodes N]
 //! ```
 //!
 //! Runs a scenario for one seed (or `--seeds N` seeds from `--seed`), prints a summary and,
@@ -12,12 +12,13 @@
 //! `membership-chaos` (the default).
 
 use rdask_sim::{
-    SCENARIOS, SHAPES, SimConfig, graphs_chaos, node_graphs, run_membership, steal_efficiency,
+    SCENARIOS, SHAPES, SimConfig, graphs_chaos, graphs_chaos_between, node_graphs, run_membership, steal_efficiency,
 };
 
 fn usage() -> String {
     format!(
         "usage: rdask-sim [--scenario NAME] [--seed S (default 0)] [--seeds N (default 1)] [--nodes N (default 8)]\n\
+         \x20      [--max-nodes N (graphs-chaos: clusters of 3..=N nodes)]\n\
          scenarios: graphs-chaos, steal-efficiency, node-graphs, {} (default membership-chaos)",
         SCENARIOS.join(", ")
     )
@@ -63,7 +64,10 @@ fn main() {
         let started = std::time::Instant::now();
         let mut sums = [0u64; 18];
         for seed in from..from + count {
-            let r = graphs_chaos(seed, fixed);
+            let r = match get("--max-nodes") {
+                Some(_) => graphs_chaos_between(seed, 3, num("--max-nodes", 32) as usize),
+                None => graphs_chaos(seed, fixed),
+            };
             trace = trace.rotate_left(5) ^ r.trace_hash;
             for (s, v) in sums.iter_mut().zip([
                 r.tasks_run,
