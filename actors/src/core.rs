@@ -694,6 +694,16 @@ impl NodeCore {
         ))
     }
 
+    /// What the core says of a few of the keys it tracks (for diagnostics).
+    pub fn tracked_sample(&self, n: usize) -> Vec<String> {
+        let mut keys: Vec<&Key> = self.index.keys().collect();
+        keys.sort();
+        keys.into_iter()
+            .take(n)
+            .filter_map(|k| self.describe(k))
+            .collect()
+    }
+
     /// Whether this node owns graphs of the client session `session`.
     pub fn owns_session(&self, session: u64) -> bool {
         self.sessions.contains_key(&session)
@@ -1853,8 +1863,13 @@ impl NodeCore {
                 continue;
             }
             match t.state {
-                // An error is final: nothing to recompute, no lineage to keep.
-                State::Erred(_) => work.extend(self.remove(id)),
+                // An error is final: nothing to recompute. Its spec stays while dependents
+                // exist (they name it; a backup's copy of them must too).
+                State::Erred(_) => {
+                    if t.spec_refs == 0 {
+                        work.extend(self.remove(id));
+                    }
+                }
                 State::Memory { .. } | State::Released => {
                     if t.spec_refs == 0 {
                         work.extend(self.remove(id));
@@ -1964,7 +1979,7 @@ impl NodeCore {
         for d in task.deps {
             if let Some(dt) = self.task_mut(d) {
                 dt.spec_refs -= 1;
-                if dt.spec_refs == 0 && matches!(dt.state, State::Released) {
+                if dt.spec_refs == 0 && matches!(dt.state, State::Released | State::Erred(_)) {
                     freed.push(d);
                 }
             }
@@ -2725,7 +2740,13 @@ impl NodeCore {
             return;
         }
         if let Some(v) = self.held.get(&k) {
+            // The value answers this assignment now: a late release of an earlier one
+            // must not drop it.
             let size = v.len() as u64;
+            if a.hops > 1 {
+                let h = self.held_hops.entry(k).or_insert(0);
+                *h = (*h).max(a.hops);
+            }
             self.report_done(owner, a.key, Ok(size), 0, a.hops);
             return;
         }

@@ -1140,8 +1140,9 @@ impl Sim {
             let (held, pending) = n.core.foreign_keys();
             if n.core.tracked_keys() != 0 || held != 0 || pending != 0 {
                 self.report.violations.push(format!(
-                    "node {i} keeps {} keys of its graphs, {held} results and {pending} tasks of others",
-                    n.core.tracked_keys()
+                    "node {i} keeps {} keys of its graphs ({:?}), {held} results and {pending} tasks of others",
+                    n.core.tracked_keys(),
+                    n.core.tracked_sample(3)
                 ));
             }
             let (owners, specs) = n.core.replica_keys();

@@ -273,8 +273,11 @@ impl NodeCore {
     pub fn replica_sample(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .replicas
-            .values()
-            .flat_map(|k| k.specs.keys().map(|k| k.to_string()))
+            .iter()
+            .flat_map(|(o, k)| {
+                let owner = &self.peers[*o as usize].node;
+                k.specs.keys().map(move |k| format!("{owner}:{k}"))
+            })
             .collect();
         v.sort();
         v.truncate(6);
@@ -624,6 +627,8 @@ impl NodeCore {
             self.orphans.remove(&o);
             if !self.peers[o as usize].alive && !self.alias.contains_key(&o) {
                 self.drop_owner(o);
+                // Another backup took over (or none could): this copy is not needed.
+                self.replicas.remove(&o);
             }
         }
     }
