@@ -34,7 +34,9 @@ use crate::protocol::{
 };
 
 mod failover;
+mod leave;
 use failover::{Kept, ORPHAN_MS, Recovery};
+use leave::Leaving;
 
 /// How many graph ids a node remembers to recognise resubmissions.
 const REMEMBERED_GRAPHS: usize = 65_536;
@@ -373,6 +375,8 @@ enum FetchWaiter {
     Gather(RequestId),
     /// Argument `usize` of a task of another owner.
     Foreign(TaskId, u32),
+    /// A copy asked for by this leaving peer (answer [`PeerMsg::Stored`] when it is here).
+    Take(u32),
 }
 
 struct Fetch {
@@ -396,6 +400,8 @@ struct Peer {
     assigned_since: u64,
     /// The resources it offers to tasks.
     resources: Amounts,
+    /// It said it is leaving: nothing more is placed on it.
+    leaving: bool,
     outbox: Vec<PeerMsg>,
 }
 
@@ -510,6 +516,11 @@ pub struct NodeCore {
     /// Per take-over waiting for inventories: the tasks it inserted and the dead owner's
     /// values this node kept.
     adopted_here: FxHashMap<u32, (Vec<TaskId>, FxHashMap<Key, Bytes>)>,
+    /// Set once the node is told to stop (see `leave.rs`).
+    leaving: Option<Leaving>,
+    /// Leaving owners that asked this node to take over, waiting for their tasks running
+    /// here to finish.
+    handovers: Vec<u32>,
 
     replies: Vec<(RequestId, ClientResponse)>,
     jobs: Vec<Job>,
@@ -564,6 +575,7 @@ impl NodeCore {
                 queued: 0,
                 assigned_since: 0,
                 resources: Amounts::default(),
+                leaving: false,
                 outbox: Vec::new(),
             }],
             peer_index,
@@ -589,6 +601,8 @@ impl NodeCore {
             recovery: FxHashMap::default(),
             adopting: None,
             adopted_here: FxHashMap::default(),
+            leaving: None,
+            handovers: Vec::new(),
             replies: Vec::new(),
             jobs: Vec::new(),
             timers: Vec::new(),
@@ -960,11 +974,7 @@ impl NodeCore {
                 peer.queued = m.load.queued;
             }
         }
-        self.candidates = (0..self.peers.len() as u32)
-            .filter(|&p| {
-                p == 0 || (self.peers[p as usize].alive && self.peers[p as usize].eligible)
-            })
-            .collect();
+        self.refresh_candidates();
         for p in lost {
             self.peer_lost(p);
         }
@@ -978,6 +988,17 @@ impl NodeCore {
                 self.place(id);
             }
         }
+    }
+
+    /// The peers tasks may be placed on: this node, and live members with the same
+    /// functions that are not leaving.
+    fn refresh_candidates(&mut self) {
+        self.candidates = (0..self.peers.len() as u32)
+            .filter(|&p| {
+                let peer = &self.peers[p as usize];
+                p == 0 || (peer.alive && peer.eligible && !peer.leaving)
+            })
+            .collect();
     }
 
     /// Membership declared `p` dead: what it ran for this node's graphs is placed again,
@@ -1204,9 +1225,29 @@ impl NodeCore {
             return;
         }
         let p = self.intern(from);
+        let mut batch = batch;
+        if self.left() {
+            // This node handed its graphs over: news of them is its successor's, and must
+            // not be answered here (a release would drop a result the successor counts on).
+            batch.msgs.retain(|m| {
+                !matches!(
+                    m,
+                    PeerMsg::Done { .. }
+                        | PeerMsg::Holding { .. }
+                        | PeerMsg::Moved { .. }
+                        | PeerMsg::Returned { .. }
+                )
+            });
+        }
         if self.alias.contains_key(&p) {
-            // A dead owner taken over: what it sent before it died is void.
-            return;
+            // An owner taken over: what it sent is void, but for its answer to the take-over
+            // (it was handing over, alive).
+            batch
+                .msgs
+                .retain(|m| matches!(m, PeerMsg::Inventory { .. }));
+            if batch.msgs.is_empty() {
+                return;
+            }
         }
         {
             let peer = &mut self.peers[p as usize];
@@ -1273,9 +1314,17 @@ impl NodeCore {
                     self.replicas.remove(&p);
                 }
                 PeerMsg::Recover { old, epoch } => self.recover(p, old, epoch),
-                PeerMsg::Inventory { old, held, running } => {
-                    self.inventory(p, old, held, running)
-                }
+                PeerMsg::Inventory {
+                    old,
+                    held,
+                    running,
+                    moved,
+                } => self.inventory(p, old, held, running, moved),
+                PeerMsg::Leaving => self.peer_leaving(p),
+                PeerMsg::Returned { key, hops } => self.returned(p, key, hops),
+                PeerMsg::Take { owner, key, size } => self.take(p, owner, key, size),
+                PeerMsg::Stored { owner, key } => self.stored(owner, key),
+                PeerMsg::HandOver => self.handed_over_to_me(p),
             }
         }
     }
@@ -1296,6 +1345,8 @@ impl NodeCore {
 
     /// Batches for peers, one per peer with something to say.
     pub fn take_sends(&mut self) -> Vec<(NodeId, PeerBatch)> {
+        self.handover_progress();
+        self.leave_progress();
         self.flush_replica();
         if self.dirty.is_empty() {
             return Vec::new();
@@ -1541,8 +1592,9 @@ impl NodeCore {
 
     /// Chooses where a task whose dependencies are finished runs, and sends it there.
     fn place(&mut self, id: TaskId) {
-        if self.adopting.is_some() {
-            // A take-over in progress: placed once the members said what they hold.
+        if self.adopting.is_some() || self.leaving.is_some() {
+            // A take-over in progress: placed once the members said what they hold. A
+            // leaving node places nothing: its successor will.
             return;
         }
         let restricted = self
@@ -2223,6 +2275,7 @@ impl NodeCore {
             FetchWaiter::Foreign(id, _) => self
                 .foreign_ref(id)
                 .is_some_and(|f| f.state == ForeignState::Fetching),
+            FetchWaiter::Take(p) => self.peers[p as usize].alive,
         })
     }
 
@@ -2310,6 +2363,16 @@ impl NodeCore {
                     }
                 }
                 FetchWaiter::Foreign(id, i) => self.foreign_input(id, i, &value),
+                FetchWaiter::Take(p) => {
+                    let owner = self.peers[o as usize].node.clone();
+                    self.send(
+                        p,
+                        PeerMsg::Stored {
+                            owner,
+                            key: key.clone(),
+                        },
+                    );
+                }
             }
         }
     }
@@ -2374,6 +2437,9 @@ impl NodeCore {
     }
 
     fn dispatch(&mut self) {
+        if self.leaving.is_some() {
+            return;
+        }
         while let Some(&Reverse((_, idx, generation))) = self.ready.peek() {
             let id = TaskId { idx, generation };
             let key = if id.foreign() {
@@ -2473,6 +2539,7 @@ impl NodeCore {
             queued: 0,
             assigned_since: 0,
             resources: Amounts::default(),
+            leaving: false,
             outbox: Vec::new(),
         });
         self.peer_index.insert(node.clone(), p);
@@ -2491,6 +2558,7 @@ impl NodeCore {
     /// An idle node (free threads, nothing queued) asks a loaded peer for work.
     fn maybe_steal(&mut self) {
         if self.candidates.len() <= 1
+            || self.leaving.is_some()
             || self.steal_pending.is_some()
             || self.ready_count > 0
             || self.in_flight >= self.nthreads
@@ -2545,7 +2613,7 @@ impl NodeCore {
         if n == 0 && stealable > 0 && busy {
             n = 1;
         }
-        if n > 0 && self.peers[thief as usize].eligible {
+        if n > 0 && self.peers[thief as usize].eligible && self.leaving.is_none() {
             let mut all = std::mem::take(&mut self.ready).into_vec();
             all.append(&mut self.blocked);
             // Highest priority value (last to run) first.
@@ -2782,6 +2850,10 @@ impl NodeCore {
                 self.report_done(owner, a.key, Err(e), 0, a.hops);
                 return;
             }
+        }
+        if self.leaving.is_some() {
+            self.refuse_while_leaving(owner, a.key, a.hops);
+            return;
         }
         let placement = a
             .placement

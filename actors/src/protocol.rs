@@ -256,6 +256,37 @@ pub enum PeerMsg {
         /// The epoch of the take-over.
         epoch: u64,
     },
+    /// The sender is leaving the cluster (told to stop): place nothing more on it (leaving
+    /// node → every member).
+    Leaving,
+    /// A task placed on the sender is given back unstarted: place it elsewhere (leaving
+    /// node → owner).
+    Returned {
+        /// The task.
+        key: Key,
+        /// Its [`Assignment::hops`] at the sender.
+        hops: u32,
+    },
+    /// Take a copy of this result from the sender, which is leaving; answer with
+    /// [`PeerMsg::Stored`] once it is here (leaving node → peer).
+    Take {
+        /// Owner of the result's graph.
+        owner: NodeId,
+        /// The result.
+        key: Key,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// The answer to a [`PeerMsg::Take`]: the copy is kept here, and its owner told.
+    Stored {
+        /// Owner of the result's graph.
+        owner: NodeId,
+        /// The result.
+        key: Key,
+    },
+    /// Take over the sender's graphs now: it is leaving, and its results are on their way
+    /// or already here (leaving owner → its first backup).
+    HandOver,
     /// The answer to a [`PeerMsg::Recover`]: what this node held and ran for `old`, now the
     /// receiver's (member → new owner).
     Inventory {
@@ -265,6 +296,9 @@ pub enum PeerMsg {
         held: Vec<(Key, u64)>,
         /// Tasks queued, fetching or running here, with their hops.
         running: Vec<(Key, u32)>,
+        /// Tasks handed from here to a thief (that may not have them yet), with their hops
+        /// there.
+        moved: Vec<(Key, NodeId, u32)>,
     },
 }
 

@@ -46,6 +46,9 @@ pub enum NodeMsg {
     Members(Vec<MemberView>),
     /// The clock: sent every 25 ms.
     Tick,
+    /// The node is told to stop: hand everything over, then call the closure (see
+    /// [`NodeCore::handle_leave`]).
+    Leave(Box<dyn FnOnce() + Send>),
 }
 
 /// What a node actor starts with.
@@ -79,6 +82,8 @@ pub struct NodeState {
     send_peer: Option<PeerSend>,
     /// The origin of the monotonic clock handed to the core.
     started: Instant,
+    /// Told when a leave is complete.
+    left: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// The resources a member offers, as the core counts them.
@@ -145,6 +150,11 @@ impl NodeState {
                     },
                 ));
             }
+        }
+        if self.core.left()
+            && let Some(done) = self.left.take()
+        {
+            done();
         }
         let timers = self.core.take_timers();
         if !timers.is_empty() {
@@ -224,6 +234,7 @@ impl Actor for NodeActor {
             gossip: None,
             send_peer: args.send_peer,
             started: Instant::now(),
+            left: None,
         })
     }
 
@@ -378,6 +389,11 @@ impl Actor for NodeActor {
                 state.core.handle_members(&updates);
             }
             NodeMsg::Peer(from, batch) => state.core.handle_peer(&from, batch),
+            NodeMsg::Leave(done) => {
+                tracing::info!("leaving: handing work, results and graphs over to peers");
+                state.left = Some(done);
+                state.core.handle_leave();
+            }
             NodeMsg::Tick => {
                 let now = state.started.elapsed().as_millis() as u64;
                 state.core.handle_tick(now);

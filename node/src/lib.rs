@@ -61,6 +61,9 @@ pub enum NodeError {
     Spawn(String),
 }
 
+/// Longest a stopping node spends handing its work over before it stops anyway.
+pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A running node.
 pub struct NodeHandle {
     peer_id: PeerId,
@@ -92,9 +95,35 @@ impl NodeHandle {
         ractor::call!(self.actor, NodeMsg::Status).ok()
     }
 
-    /// Stops the node: tells the cluster it leaves, then closes its listeners, connections
-    /// and task pool.
+    /// Hands the node's work over to its peers, as a stop does first (see
+    /// [`NodeHandle::shutdown`]): queued tasks go back to their owners, running ones
+    /// finish, results are copied to peers and the graphs it owns go to its first backup.
+    /// Returns whether that finished within `timeout`. A node without peers has nothing to
+    /// hand over.
+    pub async fn leave(&self, timeout: Duration) -> bool {
+        if self.gossip.is_none() {
+            return true;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let msg = NodeMsg::Leave(Box::new(move || {
+            let _ = tx.send(());
+        }));
+        if self.actor.send_message(msg).is_err() {
+            return false;
+        }
+        let done = tokio::time::timeout(timeout, rx).await.is_ok();
+        if done {
+            tracing::info!("handed everything over");
+        } else {
+            tracing::warn!(?timeout, "the hand-over did not finish in time; stopping anyway");
+        }
+        done
+    }
+
+    /// Stops the node: hands its work over (at most [`LEAVE_TIMEOUT`]), tells the cluster
+    /// it leaves, then closes its listeners, connections and task pool.
     pub async fn shutdown(self) {
+        self.leave(LEAVE_TIMEOUT).await;
         if let Some(gossip) = &self.gossip {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let leave = rdask_actors::GossipMsg::Leave(Box::new(move || {

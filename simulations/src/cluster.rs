@@ -406,6 +406,10 @@ pub struct Stats {
     pub orphans_dropped: u64,
     /// Clients that re-attached to a new owner after their entry node died.
     pub reattached: u64,
+    /// Nodes stopped gracefully (they handed their work over first).
+    pub leaves: u64,
+    /// Nodes that joined during the run (restarts).
+    pub joins: u64,
     /// Graphs a client submitted again after a re-attach (their copies were lost).
     pub resubmitted: u64,
 }
@@ -440,6 +444,10 @@ enum Event {
     Detect(usize, usize),
     /// A client whose entry node died looks for the graph's owner.
     Reattach(usize),
+    /// A node is told to stop (SIGTERM): it hands its work over, then goes.
+    Leave(usize),
+    /// A new node joins (a restarted machine: a new identity).
+    Join,
 }
 
 enum ClientOp {
@@ -450,8 +458,12 @@ enum ClientOp {
 
 struct SimNode {
     core: NodeCore,
-    /// Dead (the scenario killed it).
+    /// Dead (the scenario killed it, or it left).
     crashed: bool,
+    /// Told to leave, not gone yet.
+    leaving: bool,
+    /// When it was told to leave.
+    leave_at: u64,
     /// The nodes this node's membership has declared dead.
     dead_seen: Vec<bool>,
     /// GPUs it offers, and GPUs held by tasks handed to its pool.
@@ -517,6 +529,8 @@ impl Sim {
             nodes.push(SimNode {
                 core: NodeCore::new(&name.0, registry(), nthreads),
                 crashed: false,
+                leaving: false,
+                leave_at: 0,
                 dead_seen: vec![false; n],
                 gpus: 0,
                 gpus_busy: 0,
@@ -704,6 +718,10 @@ impl Sim {
         for (id, ms) in self.nodes[i].core.take_timers() {
             self.at(u64::from(ms) * 1000, Event::Expire(i, id));
         }
+        if self.nodes[i].leaving && !self.nodes[i].crashed && self.nodes[i].core.left() {
+            // Handed everything over: the node goes (its last batches are on their way).
+            self.gone(i);
+        }
         for (graph, mut epoch) in self.nodes[i].core.take_claims() {
             let session = (graph.0 >> 64) as u64;
             // As the gossiped table does: a first claim of a session another node held
@@ -836,6 +854,63 @@ impl Sim {
                 .violations
                 .push(format!("unexpected answer {other:?}")),
         }
+    }
+
+    /// Node `i` is gone: it stops, and the others' membership finds out (a leaving node's
+    /// notice spreads like a failure's detection, sooner).
+    fn gone(&mut self, i: usize) {
+        self.nodes[i].crashed = true;
+        self.nodes[i].queue.clear();
+        let leaving = self.nodes[i].leaving;
+        for o in 0..self.nodes.len() {
+            let delay = if leaving {
+                self.rng.random_range(50_000..500_000)
+            } else {
+                self.rng.random_range(1_000_000..3_000_000)
+            };
+            self.at(delay, Event::Detect(o, i));
+        }
+        // Clients connected to it see their connection drop.
+        for g in 0..self.graphs.len() {
+            if self.graphs[g].entry == i && self.graphs[g].done_at.is_none() {
+                self.graphs[g].orphaned_at = Some(self.now);
+                let delay = self.rng.random_range(100_000..800_000);
+                self.at(delay, Event::Reattach(g));
+            }
+        }
+    }
+
+    /// A new node joins the cluster.
+    fn join(&mut self) {
+        let j = self.nodes.len();
+        let name = node_name(j);
+        self.note(8, j as u64);
+        self.report.stats.joins += 1;
+        let nthreads = self.nodes[0].nthreads;
+        let dead: Vec<bool> = self.nodes.iter().map(|n| n.crashed).collect();
+        for n in &mut self.nodes {
+            n.dead_seen.push(false);
+        }
+        let mut dead_seen = dead;
+        dead_seen.push(false);
+        self.nodes.push(SimNode {
+            core: NodeCore::new(&name.0, registry(), nthreads),
+            crashed: false,
+            leaving: false,
+            leave_at: 0,
+            dead_seen,
+            gpus: 0,
+            gpus_busy: 0,
+            nthreads,
+            busy: 0,
+            queue: VecDeque::new(),
+            next_request: 0,
+        });
+        self.by_name.insert(name.clone(), j);
+        self.names.push(name);
+        let offset = self.rng.random_range(0..10_000);
+        self.at(offset, Event::Tick(j));
+        self.members();
     }
 
     /// A client whose entry node died: it asks any node for the owner of its session (the
@@ -1017,24 +1092,24 @@ impl Sim {
                 Event::JobDone(i, ..) | Event::Tick(i) | Event::Expire(i, _)
                     if self.nodes[i].crashed => {}
                 Event::Crash(i) => {
-                    self.note(5, i as u64);
-                    self.nodes[i].crashed = true;
-                    self.nodes[i].queue.clear();
-                    self.report.stats.crashes += 1;
-                    for o in 0..self.nodes.len() {
-                        let delay = self.rng.random_range(1_000_000..3_000_000);
-                        self.at(delay, Event::Detect(o, i));
-                    }
-                    // Clients connected to it see their connection drop.
-                    for g in 0..self.graphs.len() {
-                        if self.graphs[g].entry == i && self.graphs[g].done_at.is_none() {
-                            self.graphs[g].orphaned_at = Some(self.now);
-                            let delay = self.rng.random_range(100_000..800_000);
-                            self.at(delay, Event::Reattach(g));
-                        }
+                    if !self.nodes[i].crashed {
+                        self.note(5, i as u64);
+                        self.report.stats.crashes += 1;
+                        self.gone(i);
                     }
                 }
                 Event::Reattach(g) => self.reattach(g),
+                Event::Leave(i) => {
+                    if !self.nodes[i].crashed && !self.nodes[i].leaving {
+                        self.note(7, i as u64);
+                        self.nodes[i].leaving = true;
+                        self.nodes[i].leave_at = self.now;
+                        self.report.stats.leaves += 1;
+                        self.nodes[i].core.handle_leave();
+                        self.drain(i);
+                    }
+                }
+                Event::Join => self.join(),
                 Event::Detect(o, i) => {
                     self.nodes[o].dead_seen[i] = true;
                     self.members_of(o);
@@ -1067,6 +1142,13 @@ impl Sim {
                     self.drain(i);
                 }
                 Event::Tick(i) => {
+                    if self.nodes[i].leaving && self.now > self.nodes[i].leave_at + 30_000_000 {
+                        // The hand-over did not finish (messages lost): the node stops
+                        // anyway, as a crash would.
+                        self.report.stats.crashes += 1;
+                        self.gone(i);
+                        continue;
+                    }
                     self.nodes[i].core.handle_tick(self.now / 1000);
                     self.drain(i);
                     self.at(10_000, Event::Tick(i));
@@ -1267,6 +1349,33 @@ fn chaos(seed: u64, nodes: impl FnOnce(&mut StdRng) -> usize) -> ClusterReport {
         for v in 0..k {
             let at = rng.random_range(0..400_000);
             sim.at(at, Event::Crash(victims[v * victims.len() / k.max(1)]));
+        }
+    }
+    // Some runs restart nodes one after another (a rolling restart): a new node joins, then
+    // an old one is told to stop and hands its work over. Drawn apart, so that the rest of
+    // a seed's run stays what it was.
+    let mut rr = StdRng::seed_from_u64(seed ^ 0x1eaf_1eaf);
+    if n >= 3 && rr.random_bool(0.3) {
+        let spared: Vec<bool> = (0..n)
+            .map(|i| {
+                sim.nodes[i].gpus > 0
+                    || sim.graphs.iter().any(|g| {
+                        g.plan.tasks.iter().any(|t| {
+                            t.placement
+                                .as_ref()
+                                .is_some_and(|(nodes, _)| nodes.contains(&i))
+                        })
+                    })
+            })
+            .collect();
+        let mut victims: Vec<usize> = (0..n).filter(|&i| !spared[i]).collect();
+        let k = rr.random_range(1..=4usize).min(victims.len());
+        let mut at = rr.random_range(0..300_000);
+        for _ in 0..k {
+            let v = victims.remove(rr.random_range(0..victims.len()));
+            sim.at(at, Event::Join);
+            sim.at(at + 50_000, Event::Leave(v));
+            at += rr.random_range(100_000..400_000);
         }
     }
     sim.run(600_000_000);

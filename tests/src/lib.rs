@@ -56,6 +56,34 @@ pub fn slow_inc(x: i64, ms: u64) -> i64 {
     x + 1
 }
 
+/// `x + 1` after `ms` milliseconds, appending `x` as one line to the file `log`: which
+/// tasks ran, and how many times, across every node process of a test.
+#[rdask::task]
+pub fn logged_inc(x: i64, ms: u64, log: String) -> i64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    append_line(&log, &format!("inc {x}"));
+    x + 1
+}
+
+/// `a + b`, appending `tag` as one line to the file `log` (see [`logged_inc`]).
+#[rdask::task]
+pub fn logged_add(a: i64, b: i64, tag: u64, log: String) -> i64 {
+    append_line(&log, &format!("add {tag}"));
+    a + b
+}
+
+fn append_line(path: &str, line: &str) {
+    use std::io::Write;
+    // One write of a whole line with O_APPEND: lines of concurrent writers do not mix.
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = f.write_all(format!("{line}\n").as_bytes());
+    }
+}
+
 /// `mib` MiB of bytes that depend on `seed` (a value to move between nodes).
 #[rdask::task]
 pub fn blob(mib: u32, seed: u64) -> bytes::Bytes {

@@ -36,6 +36,9 @@ pub(super) const ORPHAN_MS: u64 = 10_000;
 const RECOVER_RETRY_MS: u64 = 1_000;
 /// Times it asks before it rebuilds without that member's answer.
 const RECOVER_TRIES: u32 = 3;
+/// A hand-over to a thief this recent may still be on its way (the thief not knowing it
+/// has the task yet).
+const MOVE_IN_TRANSIT_MS: u64 = 2_000;
 /// Tasks per replica message (a full copy of a large owner is sent in parts).
 const REPLICA_CHUNK: usize = 20_000;
 /// Hops of tasks inserted by a take-over start at `epoch << EPOCH_HOPS`: above any
@@ -94,8 +97,16 @@ impl NodeCore {
     /// not).
     fn rendezvous_order(&self, owner: u32) -> Vec<u32> {
         let name = &self.peers[owner as usize].node.0;
+        let leaving = self.leaving.is_some();
         let mut order: Vec<(u64, u32)> = (0..self.peers.len() as u32)
-            .filter(|&p| p != owner && (p == 0 || self.peers[p as usize].eligible))
+            .filter(|&p| p != owner)
+            .filter(|&p| {
+                if p == 0 {
+                    !leaving
+                } else {
+                    self.peers[p as usize].eligible && !self.peers[p as usize].leaving
+                }
+            })
             .map(|p| (rendezvous(name, &self.peers[p as usize].node.0), p))
             .collect();
         order.sort_unstable();
@@ -420,7 +431,12 @@ impl NodeCore {
             // is dropped when it returns).
             self.release_foreign(old, k, u32::MAX);
         }
-        let pending: FxHashSet<u32> = self.candidates.iter().copied().filter(|&p| p != 0).collect();
+        let mut pending: FxHashSet<u32> =
+            self.candidates.iter().copied().filter(|&p| p != 0).collect();
+        if self.peers[old as usize].alive {
+            // A leaving owner handing over: it answers too.
+            pending.insert(old);
+        }
         let name = self.peers[old as usize].node.clone();
         let mut sorted: Vec<u32> = pending.iter().copied().collect();
         sorted.sort_unstable();
@@ -450,11 +466,77 @@ impl NodeCore {
         }
     }
 
+    /// A leaving owner asks this node, its first backup, to take its graphs over now.
+    ///
+    /// Its tasks running here finish first (their values are then taken over with the rest,
+    /// not computed again); those queued here are placed again by the take-over.
+    pub(super) fn handed_over_to_me(&mut self, from: u32) {
+        if self.handovers.contains(&from) {
+            return;
+        }
+        if !self.replicas.contains_key(&from) {
+            // No copy here (it was never sent): the leaving node need not wait.
+            let old = self.peers[from as usize].node.clone();
+            self.send(from, PeerMsg::Recover { old, epoch: 0 });
+            return;
+        }
+        let mut queued: Vec<Key> = self
+            .foreign_index
+            .iter()
+            .filter(|((o, _), _)| *o == from)
+            .filter(|(_, id)| {
+                self.foreign_ref(**id)
+                    .is_some_and(|f| f.state != super::ForeignState::Running)
+            })
+            .map(|((_, k), _)| k.clone())
+            .collect();
+        queued.sort_unstable();
+        for k in queued {
+            self.release_foreign(from, k, u32::MAX);
+        }
+        self.handovers.push(from);
+        self.handover_progress();
+    }
+
+    /// Hand-overs whose tasks running here have finished are taken over.
+    pub(super) fn handover_progress(&mut self) {
+        if self.handovers.is_empty() {
+            return;
+        }
+        let running: FxHashSet<u32> = self
+            .foreign_index
+            .keys()
+            .map(|(o, _)| *o)
+            .filter(|o| self.handovers.contains(o))
+            .collect();
+        let ready: Vec<u32> = self
+            .handovers
+            .iter()
+            .copied()
+            .filter(|o| !running.contains(o))
+            .collect();
+        self.handovers.retain(|o| running.contains(o));
+        for o in ready {
+            self.take_over(o, 0);
+        }
+    }
+
     /// A new owner took over the dead owner `old`: what this node keeps for it is now
     /// `from`'s; answer with what that is.
     pub(super) fn recover(&mut self, from: u32, old: NodeId, epoch: u64) {
         let o = self.intern(&old);
         if o == 0 {
+            // This node handed its graphs over (it is leaving): it keeps nothing of them.
+            self.send(
+                from,
+                PeerMsg::Inventory {
+                    old,
+                    held: Vec::new(),
+                    running: Vec::new(),
+                    moved: Vec::new(),
+                },
+            );
+            self.handed();
             return;
         }
         if let Some(&(to, e)) = self.alias.get(&o) {
@@ -466,6 +548,7 @@ impl NodeCore {
                         old,
                         held: Vec::new(),
                         running: Vec::new(),
+                        moved: Vec::new(),
                     },
                 );
                 return;
@@ -508,9 +591,18 @@ impl NodeCore {
             }
             self.foreign_index.insert((from, k.1), id);
         }
+        let mut moved = Vec::new();
         let keys: Vec<(u32, Key)> = self.gone.keys().filter(|(w, _)| *w == o).cloned().collect();
         for k in keys {
             let (g, at) = self.gone.remove(&k).expect("listed");
+            if let super::Gone::Moved(thief, hops) = g
+                && thief != from
+                && self.peers[thief as usize].alive
+                && at + MOVE_IN_TRANSIT_MS > self.now_ms
+            {
+                // In transit, maybe: the thief may not know it has it yet.
+                moved.push((k.1.clone(), self.peers[thief as usize].node.clone(), hops));
+            }
             self.gone.insert((from, k.1.clone()), (g, at));
             self.gone_order.push_back((at, from, k.1));
         }
@@ -535,7 +627,16 @@ impl NodeCore {
         }
         held.sort_unstable();
         running.sort_unstable();
-        self.send(from, PeerMsg::Inventory { old, held, running });
+        moved.sort_unstable();
+        self.send(
+            from,
+            PeerMsg::Inventory {
+                old,
+                held,
+                running,
+                moved,
+            },
+        );
     }
 
     /// A member's answer to a take-over of this node.
@@ -545,8 +646,15 @@ impl NodeCore {
         old: NodeId,
         held: Vec<(Key, u64)>,
         running: Vec<(Key, u32)>,
+        moved: Vec<(Key, NodeId, u32)>,
     ) {
         let o = self.intern(&old);
+        // A task handed to a thief runs there (the thief's own answer, when it has it, says
+        // the same or more hops).
+        let moved: Vec<(Key, u32, u32)> = moved
+            .into_iter()
+            .map(|(k, thief, hops)| (k, self.intern(&thief), hops))
+            .collect();
         match self.recovery.get_mut(&o) {
             Some(r) => {
                 r.pending.remove(&from);
@@ -556,8 +664,17 @@ impl NodeCore {
                         e.0.push(from);
                     }
                 }
+                for (k, thief, hops) in moved {
+                    let e = r.running.entry(k).or_insert((thief, hops));
+                    if hops > e.1 {
+                        *e = (thief, hops);
+                    }
+                }
                 for (k, hops) in running {
-                    r.running.insert(k, (from, hops));
+                    let e = r.running.entry(k).or_insert((from, hops));
+                    if hops >= e.1 {
+                        *e = (from, hops);
+                    }
                 }
                 if r.pending.is_empty() {
                     self.rebuild(o);
