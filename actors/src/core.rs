@@ -1165,8 +1165,13 @@ impl NodeCore {
         }
         // Inputs first: the deepest revived tasks were pushed last.
         for id in revived.into_iter().rev() {
+            // An error finishing a broken task below may have finished (or dropped) others.
+            let Some(t) = self.task(id) else { continue };
+            if !matches!(t.state, State::Waiting) {
+                continue;
+            }
             if broken.contains(&id) {
-                let key = self.task(id).expect("revived").key.clone();
+                let key = t.key.clone();
                 let e = TaskError {
                     kind: TaskErrorKind::Lost,
                     message: Arc::from(
@@ -1319,11 +1324,12 @@ impl NodeCore {
                     held,
                     running,
                     moved,
-                } => self.inventory(p, old, held, running, moved),
+                    erred,
+                } => self.inventory(p, old, held, running, moved, erred),
                 PeerMsg::Leaving => self.peer_leaving(p),
                 PeerMsg::Returned { key, hops } => self.returned(p, key, hops),
                 PeerMsg::Take { owner, key, size } => self.take(p, owner, key, size),
-                PeerMsg::Stored { owner, key } => self.stored(owner, key),
+                PeerMsg::Stored { key, .. } => self.stored(key),
                 PeerMsg::HandOver => self.handed_over_to_me(p),
             }
         }
@@ -2095,6 +2101,13 @@ impl NodeCore {
         hops: u32,
     ) {
         let id = self.index.get(&key).copied();
+        let waiting = id
+            .and_then(|id| self.task(id))
+            .is_some_and(|t| matches!(t.state, State::Waiting));
+        // A take-over still waiting for inventories: news for its rebuild.
+        if waiting && self.recovering(from, &key, size, error.as_ref()) {
+            return;
+        }
         let state = id.and_then(|id| self.task(id)).map(|t| &t.state);
         match state {
             Some(State::Remote { node, .. }) => {
@@ -2125,6 +2138,15 @@ impl NodeCore {
 
     /// A peer keeps a copy of a result of this node's graphs.
     fn holding(&mut self, from: u32, key: Key) {
+        if self
+            .index
+            .get(&key)
+            .and_then(|id| self.task(*id))
+            .is_some_and(|t| matches!(t.state, State::Waiting))
+            && self.recovering(from, &key, 0, None)
+        {
+            return;
+        }
         if let Some(&id) = self.index.get(&key)
             && let Some(t) = self.task_mut(id)
             && let State::Memory { holders, .. } = &mut t.state
@@ -2282,6 +2304,10 @@ impl NodeCore {
     /// A peer asks for a value held here.
     fn serve(&mut self, from: u32, owner: NodeId, key: Key) {
         let o = self.owner_of(&owner);
+        if o == 0 {
+            // A holder asking for its own copy has lost it.
+            self.holder_lacks(from, &key);
+        }
         let value = if o == 0 {
             match self.index.get(&key).and_then(|id| self.task(*id)) {
                 Some(Task {
@@ -2305,6 +2331,9 @@ impl NodeCore {
         let o = self.owner_of(&owner);
         let k = (o, key);
         let Some(value) = value else {
+            if o == 0 {
+                self.holder_lacks(from, &k.1);
+            }
             if !self.fetch_needed(&k) {
                 self.fetches.remove(&k);
                 return;
@@ -2374,6 +2403,39 @@ impl NodeCore {
                     );
                 }
             }
+        }
+    }
+
+    /// A holder of a result of this node's graphs says it does not have it (it dropped it):
+    /// it is no longer counted as a holder, and a result nobody holds any more is computed
+    /// again if needed.
+    fn holder_lacks(&mut self, from: u32, key: &Key) {
+        let Some(&id) = self.index.get(key) else {
+            return;
+        };
+        let Some(t) = self.task_mut(id) else { return };
+        let State::Memory {
+            value: None,
+            holders,
+            ..
+        } = &mut t.state
+        else {
+            return;
+        };
+        if !holders.contains(&from) {
+            return;
+        }
+        holders.retain(|&h| h != from);
+        if !holders.is_empty() {
+            return;
+        }
+        t.state = State::Released;
+        let needed = t.client_refs > 0 || t.pending_dependents > 0;
+        self.stats.recomputed += 1;
+        if needed {
+            self.revive(vec![id]);
+        } else {
+            self.maybe_forget(id);
         }
     }
 

@@ -299,6 +299,8 @@ pub enum PeerMsg {
         /// Tasks handed from here to a thief (that may not have them yet), with their hops
         /// there.
         moved: Vec<(Key, NodeId, u32)>,
+        /// Tasks that failed here (their errors are final: not run again).
+        erred: Vec<TaskError>,
     },
 }
 

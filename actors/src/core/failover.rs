@@ -22,7 +22,9 @@ use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 
 use rdask_gossip::NodeId;
-use rdask_graph::{Arg, GraphId, Key, TaskSpec};
+use std::sync::Arc;
+
+use rdask_graph::{Arg, GraphId, Key, TaskError, TaskSpec};
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
 use super::{ArgSlot, GraphSubmission, NodeCore, RETRY_MS, State, TOMBSTONE_MS, Task};
@@ -69,6 +71,8 @@ pub(super) struct Recovery {
     held: FxHashMap<Key, (Vec<u32>, u64)>,
     /// Tasks queued or running on members: key → (node, hops).
     running: FxHashMap<Key, (u32, u32)>,
+    /// Tasks that failed on members.
+    erred: FxHashMap<Key, TaskError>,
 }
 
 impl Replica {
@@ -458,6 +462,7 @@ impl NodeCore {
                 tries: 1,
                 held: FxHashMap::default(),
                 running: FxHashMap::default(),
+                erred: FxHashMap::default(),
             },
         );
         self.adopted_here.insert(old, (adopted, held));
@@ -526,7 +531,18 @@ impl NodeCore {
     pub(super) fn recover(&mut self, from: u32, old: NodeId, epoch: u64) {
         let o = self.intern(&old);
         if o == 0 {
-            // This node handed its graphs over (it is leaving): it keeps nothing of them.
+            // This node handed its graphs over (it is leaving): its results are copied
+            // already; the errors of its tasks are final.
+            let mut erred: Vec<TaskError> = self
+                .slots
+                .iter()
+                .filter_map(|s| s.item.as_ref())
+                .filter_map(|t| match &t.state {
+                    State::Erred(e) => Some((**e).clone()),
+                    _ => None,
+                })
+                .collect();
+            erred.sort_unstable_by(|a, b| a.key.cmp(&b.key));
             self.send(
                 from,
                 PeerMsg::Inventory {
@@ -534,6 +550,7 @@ impl NodeCore {
                     held: Vec::new(),
                     running: Vec::new(),
                     moved: Vec::new(),
+                    erred,
                 },
             );
             self.handed();
@@ -549,6 +566,7 @@ impl NodeCore {
                         held: Vec::new(),
                         running: Vec::new(),
                         moved: Vec::new(),
+                        erred: Vec::new(),
                     },
                 );
                 return;
@@ -592,9 +610,13 @@ impl NodeCore {
             self.foreign_index.insert((from, k.1), id);
         }
         let mut moved = Vec::new();
+        let mut erred = Vec::new();
         let keys: Vec<(u32, Key)> = self.gone.keys().filter(|(w, _)| *w == o).cloned().collect();
         for k in keys {
             let (g, at) = self.gone.remove(&k).expect("listed");
+            if let super::Gone::Erred(e) = &g {
+                erred.push(e.clone());
+            }
             if let super::Gone::Moved(thief, hops) = g
                 && thief != from
                 && self.peers[thief as usize].alive
@@ -628,6 +650,7 @@ impl NodeCore {
         held.sort_unstable();
         running.sort_unstable();
         moved.sort_unstable();
+        erred.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         self.send(
             from,
             PeerMsg::Inventory {
@@ -635,6 +658,7 @@ impl NodeCore {
                 held,
                 running,
                 moved,
+                erred,
             },
         );
     }
@@ -647,6 +671,7 @@ impl NodeCore {
         held: Vec<(Key, u64)>,
         running: Vec<(Key, u32)>,
         moved: Vec<(Key, NodeId, u32)>,
+        erred: Vec<TaskError>,
     ) {
         let o = self.intern(&old);
         // A task handed to a thief runs there (the thief's own answer, when it has it, says
@@ -658,6 +683,9 @@ impl NodeCore {
         match self.recovery.get_mut(&o) {
             Some(r) => {
                 r.pending.remove(&from);
+                for e in erred {
+                    r.erred.insert(e.key.clone(), e);
+                }
                 for (k, size) in held {
                     let e = r.held.entry(k).or_insert_with(|| (Vec::new(), size));
                     if !e.0.contains(&from) {
@@ -665,6 +693,10 @@ impl NodeCore {
                     }
                 }
                 for (k, thief, hops) in moved {
+                    if thief == o {
+                        // Stolen back by the old owner: it ran its own task.
+                        continue;
+                    }
                     let e = r.running.entry(k).or_insert((thief, hops));
                     if hops > e.1 {
                         *e = (thief, hops);
@@ -698,6 +730,36 @@ impl NodeCore {
                 }
             }
         }
+    }
+
+    /// News of a task of a take-over still waiting for inventories (a Done or a copy
+    /// reported by `from`): kept for the rebuild. Whether there was such a take-over.
+    pub(super) fn recovering(
+        &mut self,
+        from: u32,
+        key: &Key,
+        size: u64,
+        error: Option<&TaskError>,
+    ) -> bool {
+        let Some(r) = self.recovery.values_mut().next() else {
+            return false;
+        };
+        match error {
+            Some(e) => {
+                r.erred.insert(key.clone(), e.clone());
+            }
+            None => {
+                let e = r
+                    .held
+                    .entry(key.clone())
+                    .or_insert_with(|| (Vec::new(), size));
+                e.1 = e.1.max(size);
+                if !e.0.contains(&from) {
+                    e.0.push(from);
+                }
+            }
+        }
+        true
     }
 
     /// The clock for fail-over: inventories not in, orphans waited for long enough.
@@ -790,7 +852,12 @@ impl NodeCore {
                 continue;
             }
             let key = t.key.clone();
-            if let Some(v) = here.remove(&key) {
+            if let Some(e) = r.erred.get(&key) {
+                // Failed already: final (its dependents fail with it).
+                let e = Arc::new(e.clone());
+                self.finish(id, Err(e));
+                self.stats.adopted += 1;
+            } else if let Some(v) = here.remove(&key) {
                 // The value is already counted in this node's memory.
                 let size = v.len() as u64;
                 let t = self.task_mut(id).expect("exists");
@@ -882,14 +949,22 @@ impl NodeCore {
             t.waiting_on = waiting;
             t.pending_dependents = pending;
         }
-        // What nobody needs is not computed (dependents first).
+        // What nobody needs is not computed, nor left running (dependents first).
         for &id in adopted.iter().rev() {
             let Some(t) = self.task(id) else { continue };
-            if !matches!(t.state, State::Waiting) || t.client_refs > 0 || t.pending_dependents > 0
+            if !matches!(t.state, State::Waiting | State::Remote { .. })
+                || t.client_refs > 0
+                || t.pending_dependents > 0
             {
                 continue;
             }
             let deps = t.deps.clone();
+            if let State::Remote { node, .. } = t.state {
+                let key = t.key.clone();
+                self.release_at(node, key);
+                self.peers[node as usize].assigned_since =
+                    self.peers[node as usize].assigned_since.saturating_sub(1);
+            }
             self.task_mut(id).expect("exists").state = State::Released;
             self.unfinished -= 1;
             for d in deps {

@@ -25,8 +25,9 @@ use crate::protocol::{PeerMsg, Replica};
 pub(super) struct Leaving {
     /// Copies asked for ([`PeerMsg::Take`] sent).
     stores_sent: bool,
-    /// Copies not confirmed yet: (owner, key).
-    pending: FxHashSet<(u32, Key)>,
+    /// Copies not confirmed yet, by key (the owner named in the answer may be the one
+    /// that took the graphs over since).
+    pending: FxHashSet<Key>,
     /// [`PeerMsg::HandOver`] sent (or nothing to hand over).
     handed_over: bool,
     /// The node that takes over its graphs.
@@ -108,27 +109,36 @@ impl NodeCore {
     }
 
     /// Asks peers to copy every result kept here; the copies to wait for.
-    fn send_copies(&mut self) -> FxHashSet<(u32, Key)> {
+    fn send_copies(&mut self) -> FxHashSet<Key> {
         let mut pending = FxHashSet::default();
         let me = self.peers[0].node.clone();
-        // Results of other owners: to the owner itself.
+        // Results of other owners: to the owner itself, or (the owner leaving too, or
+        // gone) to another peer, which tells whoever owns the graph then.
         let mut held: Vec<(u32, Key)> = self.held.keys().cloned().collect();
         held.sort_unstable();
+        let others: Vec<u32> = self.candidates.iter().copied().filter(|&p| p != 0).collect();
         for (o, key) in held {
-            if !self.peers[o as usize].alive || self.peers[o as usize].leaving {
+            let peer = &self.peers[o as usize];
+            let to = if peer.alive && !peer.leaving && peer.eligible {
+                o
+            } else if others.is_empty() {
                 continue;
-            }
+            } else {
+                let mut h = rustc_hash::FxHasher::default();
+                std::hash::Hash::hash(&key, &mut h);
+                others[(std::hash::Hasher::finish(&h) % others.len() as u64) as usize]
+            };
             let owner = self.peers[o as usize].node.clone();
             let size = self.held[&(o, key.clone())].len() as u64;
             self.send(
-                o,
+                to,
                 PeerMsg::Take {
                     owner,
                     key: key.clone(),
                     size,
                 },
             );
-            pending.insert((o, key));
+            pending.insert(key);
         }
         // Results of this node's graphs: to the backup that takes the graphs over.
         if let Some(&b) = self.backups.first() {
@@ -155,7 +165,7 @@ impl NodeCore {
                         size,
                     },
                 );
-                pending.insert((0, key));
+                pending.insert(key);
             }
         }
         pending
@@ -190,10 +200,9 @@ impl NodeCore {
     }
 
     /// A peer kept a copy of a result this leaving node had.
-    pub(super) fn stored(&mut self, owner: rdask_gossip::NodeId, key: Key) {
-        let o = self.intern(&owner);
+    pub(super) fn stored(&mut self, key: Key) {
         if let Some(l) = &mut self.leaving {
-            l.pending.remove(&(o, key));
+            l.pending.remove(&key);
         }
     }
 

@@ -64,9 +64,21 @@ fn main() {
         let started = std::time::Instant::now();
         let mut sums = [0u64; 18];
         for seed in from..from + count {
-            let r = match get("--max-nodes") {
-                Some(_) => graphs_chaos_between(seed, 3, num("--max-nodes", 32) as usize),
+            let max_nodes = get("--max-nodes").map(|_| num("--max-nodes", 32) as usize);
+            let run = std::panic::catch_unwind(|| match max_nodes {
+                Some(m) => graphs_chaos_between(seed, 3, m),
                 None => graphs_chaos(seed, fixed),
+            });
+            let r = match run {
+                Ok(r) => r,
+                Err(_) => {
+                    failed += 1;
+                    eprintln!(
+                        "graphs-chaos seed {seed} PANICKED\n  replay: cargo run --release -p rdask-sim --bin rdask-sim -- --scenario graphs-chaos --seed {seed}{}",
+                        max_nodes.map(|m| format!(" --max-nodes {m}")).unwrap_or_default()
+                    );
+                    continue;
+                }
             };
             trace = trace.rotate_left(5) ^ r.trace_hash;
             for (s, v) in sums.iter_mut().zip([
