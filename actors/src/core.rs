@@ -836,6 +836,14 @@ impl NodeCore {
         self.measure(done.task, done.elapsed_ns);
         let task = self.task_mut(done.task).expect("checked above");
         if task.cancelled {
+            if task.spec_refs > 0 {
+                // Tasks naming it exist: its spec stays (lineage, and backups' copies).
+                task.cancelled = false;
+                task.state = State::Released;
+                let key = task.key.clone();
+                self.index.entry(key).or_insert(done.task);
+                return;
+            }
             for d in self.remove(done.task) {
                 self.maybe_forget(d);
             }
@@ -1951,18 +1959,30 @@ impl NodeCore {
                 State::Remote { node, .. } => {
                     let deps = t.deps.clone();
                     let key = t.key.clone();
+                    let keep_spec = t.spec_refs > 0;
                     self.release_at(node, key);
                     self.unfinished -= 1;
-                    work.extend(self.remove(id));
+                    if keep_spec {
+                        self.task_mut(id).expect("exists").state = State::Released;
+                    } else {
+                        work.extend(self.remove(id));
+                    }
                     self.release_inputs(&deps, &mut work);
                 }
                 State::Waiting | State::Ready | State::Fetching | State::NoWorker => {
                     let deps = t.deps.clone();
+                    let keep_spec = t.spec_refs > 0;
                     if matches!(t.state, State::Ready) {
                         self.ready_count -= 1;
                     }
                     self.unfinished -= 1;
-                    work.extend(self.remove(id));
+                    if keep_spec {
+                        // Not needed now; its spec stays while tasks naming it exist
+                        // (lineage, and a backup's copy of them).
+                        self.task_mut(id).expect("exists").state = State::Released;
+                    } else {
+                        work.extend(self.remove(id));
+                    }
                     self.release_inputs(&deps, &mut work);
                 }
             }

@@ -836,6 +836,10 @@ impl Sim {
                     .filter(|(_, r)| matches!(r, KeyResult::Unknown))
                     .map(|(k, _)| k)
                     .collect();
+                if !unknown.is_empty() && std::env::var("DBG").is_ok() {
+                    let lines: Vec<Option<String>> = unknown.iter().take(3).map(|k| self.nodes[node].core.describe(k)).collect();
+                    eprintln!("{} gather {g} at {node}: unknown {:?} {lines:?}", self.now, &unknown[..unknown.len().min(3)]);
+                }
                 if !unknown.is_empty() && self.graphs[g].moved {
                     // The new owner lost these (a copy that never reached a backup): the
                     // client submits its own copy again.
