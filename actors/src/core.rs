@@ -402,6 +402,8 @@ struct Peer {
     resources: Amounts,
     /// It said it is leaving: nothing more is placed on it.
     leaving: bool,
+    /// Membership declared it dead (a peer not heard of yet is not alive, nor dead).
+    dead: bool,
     outbox: Vec<PeerMsg>,
 }
 
@@ -520,7 +522,7 @@ pub struct NodeCore {
     leaving: Option<Leaving>,
     /// Leaving owners that asked this node to take over, waiting for their tasks running
     /// here to finish.
-    handovers: Vec<u32>,
+    handovers: Vec<(u32, Vec<NodeId>, u64)>,
 
     replies: Vec<(RequestId, ClientResponse)>,
     jobs: Vec<Job>,
@@ -576,6 +578,7 @@ impl NodeCore {
                 assigned_since: 0,
                 resources: Amounts::default(),
                 leaving: false,
+                dead: false,
                 outbox: Vec::new(),
             }],
             peer_index,
@@ -716,6 +719,18 @@ impl NodeCore {
             .take(n)
             .filter_map(|k| self.describe(k))
             .collect()
+    }
+
+    /// A few results of other owners kept here, as (owner, key) (for diagnostics).
+    pub fn held_sample(&self, n: usize) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .held
+            .keys()
+            .map(|(o, k)| format!("{}:{k}", self.peers[*o as usize].node))
+            .collect();
+        v.sort();
+        v.truncate(n);
+        v
     }
 
     /// Whether this node owns graphs of the client session `session`.
@@ -888,8 +903,8 @@ impl NodeCore {
             if due_ms != due {
                 continue;
             }
-            if !self.peers[node as usize].alive {
-                // Its node died (or was never a member): place it again.
+            if self.peers[node as usize].dead {
+                // Its node died: place it again.
                 self.requeue(id);
                 continue;
             }
@@ -964,7 +979,8 @@ impl NodeCore {
             }
             let p = self.intern(&m.node);
             let peer = &mut self.peers[p as usize];
-            if peer.alive && !m.alive {
+            if !peer.dead && !m.alive {
+                // Alive before, or only heard of (a result of its graphs may be kept here).
                 lost.push(p);
             }
             if !peer.alive && m.alive {
@@ -973,6 +989,7 @@ impl NodeCore {
             }
             peer.nthreads = m.nthreads.max(1);
             peer.alive = m.alive;
+            peer.dead = !m.alive;
             peer.eligible = m.functions_digest == digest;
             if *peer.resources != *m.resources {
                 peer.resources = m.resources.clone().into_boxed_slice();
@@ -1084,6 +1101,14 @@ impl NodeCore {
         }
         self.stats.recomputed += lost.len() as u64;
         self.stats.replaced += replace.len() as u64;
+        if !lost.is_empty() || !replace.is_empty() {
+            tracing::info!(
+                peer = %self.peers[p as usize].node,
+                lost = lost.len(),
+                replaced = replace.len(),
+                "a peer is gone: its unique results are lost, its tasks placed again"
+            );
+        }
         // Values nobody needs are simply gone; needed ones are computed again.
         let mut needed = Vec::new();
         for id in lost {
@@ -1338,7 +1363,7 @@ impl NodeCore {
                 PeerMsg::Returned { key, hops } => self.returned(p, key, hops),
                 PeerMsg::Take { owner, key, size } => self.take(p, owner, key, size),
                 PeerMsg::Stored { key, .. } => self.stored(key),
-                PeerMsg::HandOver => self.handed_over_to_me(p),
+                PeerMsg::HandOver { members } => self.handed_over_to_me(p, members),
             }
         }
     }
@@ -2185,7 +2210,8 @@ impl NodeCore {
             return;
         };
         let now = self.now_ms;
-        let to_alive = self.peers[to as usize].alive;
+        // A thief this node has not heard of yet (it just joined) is not dead.
+        let to_alive = !self.peers[to as usize].dead;
         let Some(t) = self.task_mut(id) else { return };
         let State::Remote { hops: known, .. } = t.state else {
             return;
@@ -2451,6 +2477,7 @@ impl NodeCore {
         }
         t.state = State::Released;
         let needed = t.client_refs > 0 || t.pending_dependents > 0;
+        tracing::info!(key = %t.key, needed, "a holder lacks a result nobody else holds");
         self.stats.recomputed += 1;
         if needed {
             self.revive(vec![id]);
@@ -2622,6 +2649,7 @@ impl NodeCore {
             assigned_since: 0,
             resources: Amounts::default(),
             leaving: false,
+            dead: false,
             outbox: Vec::new(),
         });
         self.peer_index.insert(node.clone(), p);

@@ -286,7 +286,11 @@ pub enum PeerMsg {
     },
     /// Take over the sender's graphs now: it is leaving, and its results are on their way
     /// or already here (leaving owner → its first backup).
-    HandOver,
+    HandOver {
+        /// The live members as the sender knows them: the receiver waits (a few seconds
+        /// at most) until it knows them too, so that it asks all of them what they hold.
+        members: Vec<NodeId>,
+    },
     /// The answer to a [`PeerMsg::Recover`]: what this node held and ran for `old`, now the
     /// receiver's (member → new owner).
     Inventory {

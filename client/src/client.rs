@@ -471,7 +471,12 @@ impl Client {
     pub async fn session_owner(&self, session: u64) -> Result<Option<String>> {
         self.inner.check_open()?;
         let graph = GraphId(u128::from(session) << 64);
-        match self.inner.conn().send(ClientRequest::Owner { graph }).await? {
+        match self
+            .inner
+            .conn()
+            .send(ClientRequest::Owner { graph })
+            .await?
+        {
             ClientResponse::Owner(o) => Ok(o.map(|o| o.owner.0.to_string())),
             other => Err(Error::Protocol(format!(
                 "unexpected answer to owner: {other:?}"
@@ -487,7 +492,14 @@ impl Client {
     /// The identity of the node this client talks to (its entry node: after its entry
     /// node died, the one it re-attached to).
     pub fn node_id(&self) -> String {
-        self.inner.welcome.lock().expect("welcome").member.id.0.to_string()
+        self.inner
+            .welcome
+            .lock()
+            .expect("welcome")
+            .member
+            .id
+            .0
+            .to_string()
     }
 
     /// Task threads of the node this client talks to (as it said when the client connected).
@@ -682,10 +694,10 @@ impl ClientInner {
         self.handle.spawn(async move {
             let response = response.await;
             let Some(inner) = me.upgrade() else { return };
-            if let Err(Error::ConnectionLost(reason)) = &response {
-                if inner.reattach(generation, reason).await.is_ok() {
-                    return;
-                }
+            if let Err(Error::ConnectionLost(reason)) = &response
+                && inner.reattach(generation, reason).await.is_ok()
+            {
+                return;
             }
             let entry = {
                 let mut unacked = inner.unacked.lock().expect("unacked");
@@ -739,9 +751,10 @@ impl ClientInner {
             tried += 1;
             let members: Vec<NodeStatus> = self.cluster.lock().expect("cluster").clone();
             let mut chosen = None;
-            for m in members.iter().filter(|m| {
-                m.member.id != dead && m.state == rdask_gossip::MemberState::Alive
-            }) {
+            for m in members
+                .iter()
+                .filter(|m| m.member.id != dead && m.state == rdask_gossip::MemberState::Alive)
+            {
                 let Some((remote, status)) = dial_member(&m.member.addresses).await else {
                     continue;
                 };
@@ -773,9 +786,7 @@ impl ClientInner {
                         }
                     }
                     // Not taken over yet; after a while, the client's own copies go here.
-                    Some(_) if started.elapsed() > TAKEOVER_WAIT => {
-                        chosen = Some((remote, status))
-                    }
+                    Some(_) if started.elapsed() > TAKEOVER_WAIT => chosen = Some((remote, status)),
                     Some(_) => {}
                 }
                 break;
@@ -823,7 +834,10 @@ impl ClientInner {
                 }
             }
         }
-        tracing::warn!(keys = keys.len(), "the cluster lost results with their owner; submitting them again");
+        tracing::warn!(
+            keys = keys.len(),
+            "the cluster lost results with their owner; submitting them again"
+        );
         let mut outbox = self.outbox.lock().expect("outbox");
         for (tasks, keep) in graphs {
             let n = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -973,7 +987,8 @@ async fn dial_member(addresses: &[String]) -> Option<(RemoteNode, NodeStatus)> {
             protocol: PROTOCOL_VERSION,
             version: env!("CARGO_PKG_VERSION").to_string(),
         };
-        if let Ok(ClientResponse::Welcome(status)) = Conn::Remote(remote.clone()).send(hello).await {
+        if let Ok(ClientResponse::Welcome(status)) = Conn::Remote(remote.clone()).send(hello).await
+        {
             return Some((remote, status));
         }
     }

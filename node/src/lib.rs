@@ -115,7 +115,10 @@ impl NodeHandle {
         if done {
             tracing::info!("handed everything over");
         } else {
-            tracing::warn!(?timeout, "the hand-over did not finish in time; stopping anyway");
+            tracing::warn!(
+                ?timeout,
+                "the hand-over did not finish in time; stopping anyway"
+            );
         }
         done
     }

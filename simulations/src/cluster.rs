@@ -808,7 +808,8 @@ impl Sim {
             return;
         };
         match (op, resp) {
-            (ClientOp::Submit(g), ClientResponse::Submitted(_)) if node != self.graphs[g].entry => {}
+            (ClientOp::Submit(g), ClientResponse::Submitted(_)) if node != self.graphs[g].entry => {
+            }
             (ClientOp::Submit(g), ClientResponse::Submitted(outcomes)) => {
                 if outcomes != [SubmitOutcome::Accepted] {
                     self.report
@@ -837,8 +838,16 @@ impl Sim {
                     .map(|(k, _)| k)
                     .collect();
                 if !unknown.is_empty() && std::env::var("DBG").is_ok() {
-                    let lines: Vec<Option<String>> = unknown.iter().take(3).map(|k| self.nodes[node].core.describe(k)).collect();
-                    eprintln!("{} gather {g} at {node}: unknown {:?} {lines:?}", self.now, &unknown[..unknown.len().min(3)]);
+                    let lines: Vec<Option<String>> = unknown
+                        .iter()
+                        .take(3)
+                        .map(|k| self.nodes[node].core.describe(k))
+                        .collect();
+                    eprintln!(
+                        "{} gather {g} at {node}: unknown {:?} {lines:?}",
+                        self.now,
+                        &unknown[..unknown.len().min(3)]
+                    );
                 }
                 if !unknown.is_empty() && self.graphs[g].moved {
                     // The new owner lost these (a copy that never reached a backup): the
@@ -918,7 +927,12 @@ impl Sim {
         self.names.push(name);
         let offset = self.rng.random_range(0..10_000);
         self.at(offset, Event::Tick(j));
-        self.members();
+        // Members learn of it (and it of them) when their membership is next refreshed,
+        // each at its own time.
+        for i in 0..=j {
+            let delay = self.rng.random_range(0..1_000_000);
+            self.at(delay, Event::Detect(i, usize::MAX));
+        }
     }
 
     /// A client whose entry node died: it asks any node for the owner of its session (the
@@ -1033,7 +1047,7 @@ impl Sim {
             {
                 // Members wait ORPHAN_MS for a take-over before they drop a dead owner's
                 // leftovers.
-                let grace = if self.report.stats.crashes > 0 {
+                let grace = if self.report.stats.crashes > 0 || self.report.stats.leaves > 0 {
                     GRACE_US + 10_000_000
                 } else {
                     GRACE_US
@@ -1119,7 +1133,10 @@ impl Sim {
                 }
                 Event::Join => self.join(),
                 Event::Detect(o, i) => {
-                    self.nodes[o].dead_seen[i] = true;
+                    // `usize::MAX`: only a refresh of the members (someone joined).
+                    if i != usize::MAX {
+                        self.nodes[o].dead_seen[i] = true;
+                    }
                     self.members_of(o);
                 }
                 Event::Deliver(from, to, batch) => {
@@ -1230,9 +1247,10 @@ impl Sim {
             let (held, pending) = n.core.foreign_keys();
             if n.core.tracked_keys() != 0 || held != 0 || pending != 0 {
                 self.report.violations.push(format!(
-                    "node {i} keeps {} keys of its graphs ({:?}), {held} results and {pending} tasks of others",
+                    "node {i} keeps {} keys of its graphs ({:?}), {held} results ({:?}) and {pending} tasks of others",
                     n.core.tracked_keys(),
-                    n.core.tracked_sample(3)
+                    n.core.tracked_sample(3),
+                    n.core.held_sample(3)
                 ));
             }
             let (owners, specs) = n.core.replica_keys();

@@ -46,7 +46,10 @@ fn owners_die_and_every_graph_still_completes_with_reference_results() {
          {}, nodes crashed {}",
         sums[0], sums[1], sums[2], sums[3], sums[4], sums[5], sums[6]
     );
-    assert!(sums.iter().all(|&s| s > 0), "a recovery path never ran: {sums:?}");
+    assert!(
+        sums.iter().all(|&s| s > 0),
+        "a recovery path never ran: {sums:?}"
+    );
 }
 
 #[test]

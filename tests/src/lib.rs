@@ -61,14 +61,14 @@ pub fn slow_inc(x: i64, ms: u64) -> i64 {
 #[rdask::task]
 pub fn logged_inc(x: i64, ms: u64, log: String) -> i64 {
     std::thread::sleep(Duration::from_millis(ms));
-    append_line(&log, &format!("inc {x}"));
+    append_line(&log, &format!("inc {x} {}", std::process::id()));
     x + 1
 }
 
 /// `a + b`, appending `tag` as one line to the file `log` (see [`logged_inc`]).
 #[rdask::task]
 pub fn logged_add(a: i64, b: i64, tag: u64, log: String) -> i64 {
-    append_line(&log, &format!("add {tag}"));
+    append_line(&log, &format!("add {tag} {}", std::process::id()));
     a + b
 }
 

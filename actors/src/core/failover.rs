@@ -38,6 +38,9 @@ pub(super) const ORPHAN_MS: u64 = 10_000;
 const RECOVER_RETRY_MS: u64 = 1_000;
 /// Times it asks before it rebuilds without that member's answer.
 const RECOVER_TRIES: u32 = 3;
+/// Longest a node asked to take over a leaving owner waits to know every member that
+/// owner knows.
+const HANDOVER_WAIT_MS: u64 = 5_000;
 /// A hand-over to a thief this recent may still be on its way (the thief not knowing it
 /// has the task yet).
 const MOVE_IN_TRANSIT_MS: u64 = 2_000;
@@ -171,7 +174,11 @@ impl NodeCore {
         let mut first = Replica {
             reset: true,
             sessions: self.sessions.iter().map(|(&s, &e)| (s, e)).collect(),
-            graphs: self.graph_order.iter().filter_map(|g| self.graphs.get(g).map(|f| (*g, *f))).collect(),
+            graphs: self
+                .graph_order
+                .iter()
+                .filter_map(|g| self.graphs.get(g).map(|f| (*g, *f)))
+                .collect(),
             keep,
             ..Replica::default()
         };
@@ -323,7 +330,7 @@ impl NodeCore {
                 continue;
             };
             if order[..rank].iter().all(|&p| !self.peers[p as usize].alive) {
-                self.take_over(o, rank as u64);
+                self.take_over(o, rank as u64, &[]);
             }
         }
     }
@@ -331,7 +338,8 @@ impl NodeCore {
     /// Takes over the graphs of the dead owner `old`, this node being `rank` in its
     /// rendezvous order (ranks make distinct epochs should two nodes disagree on who is
     /// first).
-    fn take_over(&mut self, old: u32, rank: u64) {
+    /// `also`: peers to ask as well (the leaving owner's view of the members).
+    fn take_over(&mut self, old: u32, rank: u64, also: &[NodeId]) {
         let Some(kept) = self.replicas.remove(&old) else {
             return;
         };
@@ -435,8 +443,18 @@ impl NodeCore {
             // is dropped when it returns).
             self.release_foreign(old, k, u32::MAX);
         }
-        let mut pending: FxHashSet<u32> =
-            self.candidates.iter().copied().filter(|&p| p != 0).collect();
+        let mut pending: FxHashSet<u32> = self
+            .candidates
+            .iter()
+            .copied()
+            .filter(|&p| p != 0)
+            .collect();
+        for m in also {
+            let p = self.intern(m);
+            if p != 0 && p != old && !self.peers[p as usize].dead {
+                pending.insert(p);
+            }
+        }
         if self.peers[old as usize].alive {
             // A leaving owner handing over: it answers too.
             pending.insert(old);
@@ -475,8 +493,12 @@ impl NodeCore {
     ///
     /// Its tasks running here finish first (their values are then taken over with the rest,
     /// not computed again); those queued here are placed again by the take-over.
-    pub(super) fn handed_over_to_me(&mut self, from: u32) {
-        if self.handovers.contains(&from) {
+    ///
+    /// It also waits (at most [`HANDOVER_WAIT_MS`]) until it knows every member the leaving
+    /// node knows, so that none is left out of the inventory: a node that has just joined
+    /// may not know them all yet.
+    pub(super) fn handed_over_to_me(&mut self, from: u32, members: Vec<NodeId>) {
+        if self.handovers.iter().any(|h| h.0 == from) {
             return;
         }
         if !self.replicas.contains_key(&from) {
@@ -499,7 +521,10 @@ impl NodeCore {
         for k in queued {
             self.release_foreign(from, k, u32::MAX);
         }
-        self.handovers.push(from);
+        let me = self.peers[0].node.clone();
+        let members = members.into_iter().filter(|m| *m != me).collect();
+        self.handovers
+            .push((from, members, self.now_ms + HANDOVER_WAIT_MS));
         self.handover_progress();
     }
 
@@ -508,21 +533,33 @@ impl NodeCore {
         if self.handovers.is_empty() {
             return;
         }
+        let now = self.now_ms;
         let running: FxHashSet<u32> = self
             .foreign_index
             .keys()
             .map(|(o, _)| *o)
-            .filter(|o| self.handovers.contains(o))
+            .filter(|o| self.handovers.iter().any(|h| h.0 == *o))
             .collect();
-        let ready: Vec<u32> = self
-            .handovers
-            .iter()
-            .copied()
-            .filter(|o| !running.contains(o))
-            .collect();
-        self.handovers.retain(|o| running.contains(o));
-        for o in ready {
-            self.take_over(o, 0);
+        let known = |core: &NodeCore, members: &[NodeId]| {
+            members.iter().all(|m| {
+                core.peer_index
+                    .get(m)
+                    .is_some_and(|&p| core.peers[p as usize].alive)
+            })
+        };
+        let mut ready = Vec::new();
+        let mut waiting = Vec::new();
+        for (o, members, until) in std::mem::take(&mut self.handovers) {
+            let go = !running.contains(&o) && (known(self, &members) || now >= until);
+            if go {
+                ready.push((o, members));
+            } else {
+                waiting.push((o, members, until));
+            }
+        }
+        self.handovers = waiting;
+        for (o, members) in ready {
+            self.take_over(o, 0, &members);
         }
     }
 
@@ -556,21 +593,21 @@ impl NodeCore {
             self.handed();
             return;
         }
-        if let Some(&(to, e)) = self.alias.get(&o) {
-            if to != from || e != epoch {
-                // Another take-over came first: its owner keeps what was here.
-                self.send(
-                    from,
-                    PeerMsg::Inventory {
-                        old,
-                        held: Vec::new(),
-                        running: Vec::new(),
-                        moved: Vec::new(),
-                        erred: Vec::new(),
-                    },
-                );
-                return;
-            }
+        if let Some(&(to, e)) = self.alias.get(&o)
+            && (to != from || e != epoch)
+        {
+            // Another take-over came first: its owner keeps what was here.
+            self.send(
+                from,
+                PeerMsg::Inventory {
+                    old,
+                    held: Vec::new(),
+                    running: Vec::new(),
+                    moved: Vec::new(),
+                    erred: Vec::new(),
+                },
+            );
+            return;
         }
         self.alias.insert(o, (from, epoch));
         self.orphans.remove(&o);
@@ -650,6 +687,13 @@ impl NodeCore {
         held.sort_unstable();
         running.sort_unstable();
         moved.sort_unstable();
+        tracing::info!(
+            old = %old,
+            new_owner = %self.peers[from as usize].node,
+            held = held.len(),
+            running = running.len(),
+            "handed what this node keeps of a dead or leaving owner to its successor"
+        );
         erred.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         self.send(
             from,
@@ -723,7 +767,9 @@ impl NodeCore {
                         .index
                         .get(&k)
                         .and_then(|id| self.task(*id))
-                        .is_some_and(|t| matches!(t.state, State::Remote { node, .. } if node == from));
+                        .is_some_and(
+                            |t| matches!(t.state, State::Remote { node, .. } if node == from),
+                        );
                     if !placed_there {
                         self.release_at(from, k);
                     }
@@ -776,6 +822,17 @@ impl NodeCore {
             let r = self.recovery.get_mut(&o).expect("listed");
             r.pending.retain(|&p| self.peers[p as usize].alive);
             if r.tries >= RECOVER_TRIES || r.pending.is_empty() {
+                let missing: Vec<String> = r
+                    .pending
+                    .iter()
+                    .map(|&p| self.peers[p as usize].node.to_string())
+                    .collect();
+                if !missing.is_empty() {
+                    tracing::warn!(
+                        ?missing,
+                        "rebuilding without the inventories of some members"
+                    );
+                }
                 self.rebuild(o);
                 continue;
             }
@@ -1007,7 +1064,8 @@ impl NodeCore {
             owner = %self.peers[old as usize].node,
             epoch = r.epoch,
             tasks = adopted.len(),
-            "took over the graphs of a dead owner"
+            adopted = self.stats.adopted,
+            "took over the graphs of a dead or leaving owner"
         );
     }
 

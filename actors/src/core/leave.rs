@@ -95,12 +95,22 @@ impl NodeCore {
             return;
         }
         let owns = !self.sessions.is_empty() || !self.index.is_empty();
-        let successor = if owns { self.backups.first().copied() } else { None };
+        let successor = if owns {
+            self.backups.first().copied()
+        } else {
+            None
+        };
         if let Some(b) = successor {
             // The backups get the last changes first (same stream, in order). The state
             // stays until the successor's take-over reaches this node (see `handed`).
             self.flush_replica();
-            self.send(b, PeerMsg::HandOver);
+            // Every peer not known dead, members or not yet (a node that just joined may
+            // already have stolen tasks of this node's graphs).
+            let members = (1..self.peers.len())
+                .filter(|&p| !self.peers[p].dead && !self.peers[p].leaving)
+                .map(|p| self.peers[p].node.clone())
+                .collect();
+            self.send(b, PeerMsg::HandOver { members });
         }
         let l = self.leaving.as_mut().expect("leaving");
         l.handed_over = true;
@@ -116,7 +126,12 @@ impl NodeCore {
         // gone) to another peer, which tells whoever owns the graph then.
         let mut held: Vec<(u32, Key)> = self.held.keys().cloned().collect();
         held.sort_unstable();
-        let others: Vec<u32> = self.candidates.iter().copied().filter(|&p| p != 0).collect();
+        let others: Vec<u32> = self
+            .candidates
+            .iter()
+            .copied()
+            .filter(|&p| p != 0)
+            .collect();
         for (o, key) in held {
             let peer = &self.peers[o as usize];
             let to = if peer.alive && !peer.leaving && peer.eligible {
@@ -219,7 +234,10 @@ impl NodeCore {
             return;
         };
         let Some(t) = self.task_mut(id) else { return };
-        let State::Remote { node, hops: known, .. } = t.state else {
+        let State::Remote {
+            node, hops: known, ..
+        } = t.state
+        else {
             return;
         };
         if node != from && hops < known {

@@ -12,7 +12,8 @@
 //! `membership-chaos` (the default).
 
 use rdask_sim::{
-    SCENARIOS, SHAPES, SimConfig, graphs_chaos, graphs_chaos_between, node_graphs, run_membership, steal_efficiency,
+    SCENARIOS, SHAPES, SimConfig, graphs_chaos, graphs_chaos_between, node_graphs, run_membership,
+    steal_efficiency,
 };
 
 fn usage() -> String {
@@ -75,7 +76,9 @@ fn main() {
                     failed += 1;
                     eprintln!(
                         "graphs-chaos seed {seed} PANICKED\n  replay: cargo run --release -p rdask-sim --bin rdask-sim -- --scenario graphs-chaos --seed {seed}{}",
-                        max_nodes.map(|m| format!(" --max-nodes {m}")).unwrap_or_default()
+                        max_nodes
+                            .map(|m| format!(" --max-nodes {m}"))
+                            .unwrap_or_default()
                     );
                     continue;
                 }
