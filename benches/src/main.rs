@@ -31,6 +31,19 @@ fn blob(mib: u32, seed: u64) -> bytes::Bytes {
     v.into()
 }
 
+/// `x + 1` after `ms` milliseconds (the leaves of the fail-over graph).
+#[rdask::task]
+fn slow_leaf(x: i64, ms: u64) -> i64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    x + 1
+}
+
+/// `a + b` (the reduction of the fail-over graph).
+#[rdask::task]
+fn plus(a: i64, b: i64) -> i64 {
+    a + b
+}
+
 /// The length of `data` (reading it proves it arrived).
 #[rdask::task]
 fn byte_len(data: bytes::Bytes) -> u64 {
@@ -67,6 +80,11 @@ struct Args {
     /// MiB moved between two nodes.
     #[arg(long, default_value_t = 256)]
     mib: u32,
+    /// Only the owner fail-over figure: a fresh cluster of `--cluster` nodes per run, a
+    /// graph of 1,024 leaves of 5 ms and a tree of 1,023 additions, with and without a
+    /// SIGKILL of the node that owns it 300 ms in.
+    #[arg(long)]
+    failover: bool,
     /// Run as a node (used by the benchmark itself for the network figures).
     #[arg(long, hide = true, num_args = 0.., allow_hyphen_values = true)]
     node: Option<Vec<String>>,
@@ -230,6 +248,9 @@ fn main() -> rdask::Result<()> {
         args.nthreads,
         args.repeats
     );
+    if args.failover {
+        return failover(&args);
+    }
     {
         let client = Client::local_with_threads(args.nthreads)?;
         let f = measure(&client, &args)?;
@@ -328,5 +349,95 @@ fn cluster(args: &Args) -> rdask::Result<()> {
         r.max
     );
     drop(nodes);
+    Ok(())
+}
+
+/// Starts `n` node processes joined into one cluster and a client of the first, once the
+/// first sees every member (and its loop has been told).
+fn start_cluster(n: usize, nthreads: usize) -> rdask::Result<(Vec<NodeProcess>, Client)> {
+    let (first, seed) = start_node(nthreads, None);
+    let mut nodes = vec![first];
+    for _ in 1..n {
+        nodes.push(start_node(nthreads, Some(&seed)).0);
+    }
+    let client = Client::connect(&seed)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let alive = rdask::block_on(client.nodes())?
+            .iter()
+            .filter(|m| m.state == MemberState::Alive)
+            .count();
+        if alive == n {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cluster did not form");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(2_000));
+    Ok((nodes, client))
+}
+
+/// Time to the result of a 2,047-task graph, with and without a SIGKILL of its owner (the
+/// client's entry node) 300 ms in: the client re-attaches to the backup that takes over.
+fn failover(args: &Args) -> rdask::Result<()> {
+    let n = args.cluster.max(3);
+    let mut plain = Vec::new();
+    let mut killed = Vec::new();
+    for _ in 0..args.repeats.min(3) {
+        for kill in [false, true] {
+            let (mut nodes, client) = start_cluster(n, args.nthreads)?;
+            let start = Instant::now();
+            let mut level: Vec<_> = (0..1024i64)
+                .map(|i| client.submit(slow_leaf, (i, 5u64)))
+                .collect();
+            while level.len() > 1 {
+                level = level
+                    .chunks(2)
+                    .map(|p| client.submit(plus, (&p[0], &p[1])))
+                    .collect();
+            }
+            let total = level.pop().expect("root");
+            if kill {
+                std::thread::sleep(Duration::from_millis(300));
+                drop(nodes.remove(0));
+            }
+            let got = rdask::block_on(total.result()).map_err(|e| {
+                eprintln!(
+                    "run {} failed after {:?} (client re-attached {} times): {e}",
+                    if kill {
+                        "with the owner killed"
+                    } else {
+                        "without failure"
+                    },
+                    start.elapsed(),
+                    client.reattached()
+                );
+                e
+            })?;
+            assert_eq!(got, (1..=1024i64).sum::<i64>());
+            let secs = start.elapsed().as_secs_f64();
+            if kill {
+                assert_eq!(client.reattached(), 1);
+                killed.push(secs);
+            } else {
+                plain.push(secs);
+            }
+            drop(client);
+            drop(nodes);
+        }
+    }
+    let (p, k) = (spread(plain), spread(killed));
+    println!(
+        "{n} nodes  2,047-task graph, no failure             {:>8.3} s  ({:.3} – {:.3})",
+        p.median, p.min, p.max
+    );
+    println!(
+        "{n} nodes  same, owner SIGKILLed 300 ms in          {:>8.3} s  ({:.3} – {:.3}); ratio {:.2}, {:.3} s lost",
+        k.median,
+        k.min,
+        k.max,
+        k.median / p.median,
+        k.median - p.median
+    );
     Ok(())
 }

@@ -768,10 +768,12 @@ impl ClientInner {
                     _ => continue,
                 };
                 match owner {
-                    // The node that took over, or a session never recorded (its graphs
-                    // are sent again, or were never accepted).
+                    // The node that took over.
                     Some(o) if o == status.member.id => chosen = Some((remote, status)),
-                    None => chosen = Some((remote, status)),
+                    // Not known here yet (the table spreads by gossip), or never recorded
+                    // (nothing was accepted): after a while the client's own copies go here.
+                    None if started.elapsed() > TAKEOVER_WAIT => chosen = Some((remote, status)),
+                    None => {}
                     Some(o) if o != dead => {
                         let addresses = self
                             .cluster

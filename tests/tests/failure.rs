@@ -7,6 +7,14 @@ use rdask_tests::{NodeProcess, add, bounded, logged_add, logged_inc, slow_inc};
 
 const NODE: &str = env!("CARGO_BIN_EXE_rdask-test-node");
 
+/// One cluster at a time: these tests time failures of 4–8 node processes, and several such
+/// clusters at once on a small machine make membership see failures that did not happen.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Waits until the node at `addr` sees `n` live members.
 fn wait_for_alive(client: &Client, n: usize, secs: u64) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -30,16 +38,19 @@ fn wait_for_alive(client: &Client, n: usize, secs: u64) {
 
 #[test]
 fn killing_a_node_mid_graph_loses_time_not_results() {
+    let _one = one_at_a_time();
     lose_a_node_mid_graph(Stop::Kill, Victim::Worker);
 }
 
 #[test]
 fn stopping_a_node_mid_graph_loses_time_not_results() {
+    let _one = one_at_a_time();
     lose_a_node_mid_graph(Stop::Term, Victim::Worker);
 }
 
 #[test]
 fn killing_the_owner_mid_graph_loses_time_not_results() {
+    let _one = one_at_a_time();
     lose_a_node_mid_graph(Stop::Kill, Victim::Owner);
 }
 
@@ -163,6 +174,7 @@ fn lose_a_node_mid_graph(how: Stop, who: Victim) {
 /// the test with `RDASK_STRICT_ROLLING=1`).
 #[test]
 fn a_rolling_restart_of_every_node_recomputes_nothing() {
+    let _one = one_at_a_time();
     let dir = std::env::temp_dir().join(format!("rdask-rolling-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let log = dir.join("runs.log").display().to_string();
