@@ -559,7 +559,14 @@ impl NodeCore {
         }
         self.handovers = waiting;
         for (o, members) in ready {
-            self.take_over(o, 0, &members);
+            // Its rank in the leaving owner's order makes its epoch distinct from a take-over
+            // by another node that thinks itself first.
+            let rank = self
+                .rendezvous_order(o)
+                .iter()
+                .position(|&p| p == 0)
+                .unwrap_or(0);
+            self.take_over(o, rank as u64, &members);
         }
     }
 
