@@ -484,6 +484,9 @@ pub fn run_cli(cli: Cli) -> i32 {
         }
     };
     let code = runtime.block_on(async move {
+        // Listen for SIGTERM before the address is printed: whoever reads it may stop the
+        // node at once.
+        let stop = stop_signal();
         let nthreads = config.nthreads;
         let node = match start(config, registry).await {
             Ok(n) => n,
@@ -504,7 +507,7 @@ pub fn run_cli(cli: Cli) -> i32 {
         }
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        wait_for_signal().await;
+        stop.await;
         tracing::info!("shutting down");
         node.shutdown().await;
         0
@@ -531,24 +534,32 @@ fn log_task_panics() {
     }));
 }
 
-async fn wait_for_signal() {
+/// Resolves on SIGINT or SIGTERM; the handlers are installed when this is called, not when
+/// it is first polled.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
