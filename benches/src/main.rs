@@ -271,26 +271,7 @@ fn main() -> rdask::Result<()> {
 /// The figures of a cluster of node processes, all work submitted to the first.
 fn cluster(args: &Args) -> rdask::Result<()> {
     let n = args.cluster;
-    let (first, seed) = start_node(args.nthreads, None);
-    let mut nodes = vec![first];
-    for _ in 1..n {
-        nodes.push(start_node(args.nthreads, Some(&seed)).0);
-    }
-    let client = Client::connect(&seed)?;
-    // Wait until the first node sees every member, then for its core to be told.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let alive = rdask::block_on(client.nodes())?
-            .iter()
-            .filter(|m| m.state == MemberState::Alive)
-            .count();
-        if alive == n {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the cluster did not form");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(2_000));
+    let (nodes, client) = start_cluster(n, args.nthreads)?;
     let label = format!("{n} nodes");
     let f = measure(&client, args)?;
     print(&label, &f, args);

@@ -89,6 +89,17 @@ impl Replica {
     }
 }
 
+/// An inventory of nothing: the answer of a node that keeps nothing of `old`.
+fn empty_inventory(old: NodeId) -> PeerMsg {
+    PeerMsg::Inventory {
+        old,
+        held: Vec::new(),
+        running: Vec::new(),
+        moved: Vec::new(),
+        erred: Vec::new(),
+    }
+}
+
 fn rendezvous(owner: &str, member: &str) -> u64 {
     let mut h = FxHasher::default();
     owner.hash(&mut h);
@@ -604,16 +615,7 @@ impl NodeCore {
             && (to != from || e != epoch)
         {
             // Another take-over came first: its owner keeps what was here.
-            self.send(
-                from,
-                PeerMsg::Inventory {
-                    old,
-                    held: Vec::new(),
-                    running: Vec::new(),
-                    moved: Vec::new(),
-                    erred: Vec::new(),
-                },
-            );
+            self.send(from, empty_inventory(old));
             return;
         }
         self.alias.insert(o, (from, epoch));

@@ -415,3 +415,101 @@ fn tasks_holding_a_resource_run_no_more_at_once_than_the_node_has() {
     // The task that needs no GPU did not wait behind those that do.
     assert!(ran[..2].contains(&"cpu-0".to_string()), "{ran:?}");
 }
+
+fn core_named(name: &str) -> NodeCore {
+    let registry = Box::leak(Box::new(Registry::from_entries([&INC, &ADD, &BOOM])));
+    NodeCore::new(name, registry, 2)
+}
+fn member(core: &NodeCore, name: &str, alive: bool) -> PeerUpdate {
+    PeerUpdate {
+        node: NodeId(Arc::from(name)),
+        nthreads: 2,
+        functions_digest: core.registry.digest(),
+        alive,
+        load: LoadSummary::default(),
+        resources: Vec::new(),
+    }
+}
+/// Hands every batch `from` has for `to` over to it.
+fn deliver(from: &mut NodeCore, to: &mut NodeCore) {
+    let me = NodeId(Arc::from(from.node()));
+    for (dest, batch) in from.take_sends() {
+        if &*dest.0 == to.node() {
+            to.handle_peer(&me, batch);
+        }
+    }
+}
+
+#[test]
+fn a_backup_takes_over_the_graphs_of_a_dead_owner_and_computes_them() {
+    let mut a = core_named("node-a");
+    let mut b = core_named("node-b");
+    let both =
+        |c: &NodeCore, a_alive| vec![member(c, "node-a", a_alive), member(c, "node-b", true)];
+    a.handle_members(&both(&a, true));
+    b.handle_members(&both(&b, true));
+    assert_eq!(a.backups(), vec![NodeId(Arc::from("node-b"))]);
+    // Session 7's graph: x = inc(1); y = add(x, 10). The backup gets a copy.
+    let id = (7u128 << 64) | 1;
+    let g = vec![
+        spec("x", "inc", vec![lit(1)]),
+        spec("y", "add", vec![key("x"), lit(10)]),
+    ];
+    assert_eq!(submit(&mut a, id, g), SubmitOutcome::Accepted);
+    assert_eq!(a.take_claims(), vec![(GraphId(7u128 << 64), 1)]);
+    deliver(&mut a, &mut b);
+    assert_eq!(b.replica_keys(), (1, 2));
+    // The owner dies before running anything; the backup learns it and takes over.
+    b.handle_members(&both(&b, false));
+    assert_eq!(b.take_claims(), vec![(GraphId(7u128 << 64), 2)]);
+    assert_eq!(b.stats().takeovers, 1);
+    assert!(b.owns_session(7));
+    run_all(&mut b);
+    let r = gather(&mut b, &["y"]);
+    assert_eq!(int(&r[0]), 12);
+    // Submitting the same graph again (a client not knowing whether it arrived) is a no-op.
+    let again = vec![
+        spec("x", "inc", vec![lit(1)]),
+        spec("y", "add", vec![key("x"), lit(10)]),
+    ];
+    assert_eq!(submit(&mut b, id, again), SubmitOutcome::Accepted);
+    assert!(run_all(&mut b).is_empty(), "nothing runs twice");
+}
+
+#[test]
+fn a_leaving_owner_hands_its_results_and_graphs_over_and_nothing_is_computed_again() {
+    let mut a = core_named("node-a");
+    let mut b = core_named("node-b");
+    let all = |c: &NodeCore| vec![member(c, "node-a", true), member(c, "node-b", true)];
+    a.handle_members(&all(&a));
+    b.handle_members(&all(&b));
+    let id = (9u128 << 64) | 1;
+    let g = vec![
+        spec("x", "inc", vec![lit(1)]),
+        spec("y", "add", vec![key("x"), lit(10)]),
+    ];
+    assert_eq!(submit(&mut a, id, g), SubmitOutcome::Accepted);
+    deliver(&mut a, &mut b);
+    // x runs on the owner; y is not placed yet when the owner is told to stop.
+    let job = a.take_jobs().into_iter().find(|j| j.key.as_str() == "x");
+    a.handle_leave();
+    if let Some(j) = job {
+        let result = j.entry.call(&j.args);
+        a.handle_task_done(TaskDone {
+            task: j.task,
+            result,
+            elapsed_ns: 1_000,
+        });
+    }
+    // Leaving, Take x, then (once stored) HandOver; the backup fetches and confirms.
+    for _ in 0..10 {
+        deliver(&mut a, &mut b);
+        deliver(&mut b, &mut a);
+    }
+    assert!(a.left(), "the leaving owner handed everything over");
+    assert_eq!(b.stats().takeovers, 1);
+    // Only y runs at the backup: x's value was handed over, not computed again.
+    let ran = run_all(&mut b);
+    assert_eq!(ran, vec!["y".to_string()]);
+    assert_eq!(int(&gather(&mut b, &["y"])[0]), 12);
+}
