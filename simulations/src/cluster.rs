@@ -475,6 +475,25 @@ struct SimNode {
     next_request: u64,
 }
 
+impl SimNode {
+    /// A fresh node named `name`, seeing dead the nodes marked in `dead_seen`.
+    fn new(name: &NodeId, nthreads: u32, dead_seen: Vec<bool>) -> SimNode {
+        SimNode {
+            core: NodeCore::new(&name.0, registry(), nthreads),
+            crashed: false,
+            leaving: false,
+            leave_at: 0,
+            dead_seen,
+            gpus: 0,
+            gpus_busy: 0,
+            nthreads,
+            busy: 0,
+            queue: VecDeque::new(),
+            next_request: 0,
+        }
+    }
+}
+
 struct GraphRun {
     plan: PlanGraph,
     entry: usize,
@@ -526,19 +545,7 @@ impl Sim {
         let mut nodes = Vec::new();
         for i in 0..n {
             let name = node_name(i);
-            nodes.push(SimNode {
-                core: NodeCore::new(&name.0, registry(), nthreads),
-                crashed: false,
-                leaving: false,
-                leave_at: 0,
-                dead_seen: vec![false; n],
-                gpus: 0,
-                gpus_busy: 0,
-                nthreads,
-                busy: 0,
-                queue: VecDeque::new(),
-                next_request: 0,
-            });
+            nodes.push(SimNode::new(&name, nthreads, vec![false; n]));
             names.push(name);
         }
         let by_name = names
@@ -910,19 +917,7 @@ impl Sim {
         }
         let mut dead_seen = dead;
         dead_seen.push(false);
-        self.nodes.push(SimNode {
-            core: NodeCore::new(&name.0, registry(), nthreads),
-            crashed: false,
-            leaving: false,
-            leave_at: 0,
-            dead_seen,
-            gpus: 0,
-            gpus_busy: 0,
-            nthreads,
-            busy: 0,
-            queue: VecDeque::new(),
-            next_request: 0,
-        });
+        self.nodes.push(SimNode::new(&name, nthreads, dead_seen));
         self.by_name.insert(name.clone(), j);
         self.names.push(name);
         let offset = self.rng.random_range(0..10_000);

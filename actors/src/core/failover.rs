@@ -89,6 +89,13 @@ impl Replica {
     }
 }
 
+/// The entries of `map` (keyed by owner and key) that belong to owner `o`, in key order.
+fn owned_by<V>(map: &FxHashMap<(u32, Key), V>, o: u32) -> Vec<(u32, Key)> {
+    let mut keys: Vec<(u32, Key)> = map.keys().filter(|(w, _)| *w == o).cloned().collect();
+    keys.sort_unstable();
+    keys
+}
+
 /// An inventory of nothing: the answer of a node that keeps nothing of `old`.
 fn empty_inventory(old: NodeId) -> PeerMsg {
     PeerMsg::Inventory {
@@ -432,22 +439,15 @@ impl NodeCore {
         }
         // What this node itself kept for the dead owner.
         let mut held = FxHashMap::default();
-        let mine: Vec<(u32, Key)> = self
-            .held
-            .keys()
-            .filter(|(o, _)| *o == old)
-            .cloned()
-            .collect();
+        let mine: Vec<(u32, Key)> = owned_by(&self.held, old);
         for k in mine {
             let v = self.held.remove(&k).expect("listed");
             self.held_hops.remove(&k);
             held.insert(k.1, v);
         }
-        let foreign: Vec<Key> = self
-            .foreign_index
-            .keys()
-            .filter(|(o, _)| *o == old)
-            .map(|(_, k)| k.clone())
+        let foreign: Vec<Key> = owned_by(&self.foreign_index, old)
+            .into_iter()
+            .map(|(_, k)| k)
             .collect();
         for k in foreign {
             // Queued or running here: placed again by the rebuild (a running copy's value
@@ -622,7 +622,7 @@ impl NodeCore {
         self.orphans.remove(&o);
         self.replicas.remove(&o);
         let mut held = Vec::new();
-        let keys: Vec<(u32, Key)> = self.held.keys().filter(|(w, _)| *w == o).cloned().collect();
+        let keys: Vec<(u32, Key)> = owned_by(&self.held, o);
         for k in keys {
             let v = self.held.remove(&k).expect("listed");
             held.push((k.1.clone(), v.len() as u64));
@@ -632,12 +632,7 @@ impl NodeCore {
             self.held.insert((from, k.1), v);
         }
         let mut running = Vec::new();
-        let keys: Vec<(u32, Key)> = self
-            .foreign_index
-            .keys()
-            .filter(|(w, _)| *w == o)
-            .cloned()
-            .collect();
+        let keys: Vec<(u32, Key)> = owned_by(&self.foreign_index, o);
         for k in keys {
             let id = self.foreign_index.remove(&k).expect("listed");
             if let Some(f) = self.foreign_mut(id) {
@@ -657,7 +652,7 @@ impl NodeCore {
         }
         let mut moved = Vec::new();
         let mut erred = Vec::new();
-        let keys: Vec<(u32, Key)> = self.gone.keys().filter(|(w, _)| *w == o).cloned().collect();
+        let keys: Vec<(u32, Key)> = owned_by(&self.gone, o);
         for k in keys {
             let (g, at) = self.gone.remove(&k).expect("listed");
             if let super::Gone::Erred(e) = &g {
@@ -674,12 +669,7 @@ impl NodeCore {
             self.gone.insert((from, k.1.clone()), (g, at));
             self.gone_order.push_back((at, from, k.1));
         }
-        let keys: Vec<(u32, Key)> = self
-            .fetches
-            .keys()
-            .filter(|(w, _)| *w == o)
-            .cloned()
-            .collect();
+        let keys: Vec<(u32, Key)> = owned_by(&self.fetches, o);
         for k in keys {
             let mut f = self.fetches.remove(&k).expect("listed");
             for h in f.holders.iter_mut() {
@@ -880,17 +870,13 @@ impl NodeCore {
 
     /// Drops every task and result of the owner `o` kept here.
     pub(super) fn drop_owner(&mut self, o: u32) {
-        let foreign: Vec<Key> = self
-            .foreign_index
-            .keys()
-            .filter(|(w, _)| *w == o)
-            .map(|(_, k)| k.clone())
+        let foreign: Vec<Key> = owned_by(&self.foreign_index, o)
+            .into_iter()
+            .map(|(_, k)| k)
             .collect();
-        let held: Vec<Key> = self
-            .held
-            .keys()
-            .filter(|(w, _)| *w == o)
-            .map(|(_, k)| k.clone())
+        let held: Vec<Key> = owned_by(&self.held, o)
+            .into_iter()
+            .map(|(_, k)| k)
             .collect();
         if foreign.is_empty() && held.is_empty() {
             return;
