@@ -171,6 +171,14 @@ pub struct CoreStats {
     pub adopted: u64,
     /// Dead owners whose tasks and results here were dropped, no take-over claiming them.
     pub orphans_dropped: u64,
+    /// Peers declared dead that came back (a partition healed): what was written off on
+    /// either side stays written off.
+    pub peers_back: u64,
+    /// Times this node stepped down as the owner of graphs another node took over while
+    /// it was taken for dead.
+    pub stepped_down: u64,
+    /// Take-overs put off because this node saw only a minority of the cluster alive.
+    pub no_quorum: u64,
 }
 
 enum ArgSlot {
@@ -404,6 +412,10 @@ struct Peer {
     leaving: bool,
     /// Membership declared it dead (a peer not heard of yet is not alive, nor dead).
     dead: bool,
+    /// When this node learnt it dead (counts against a take-over's quorum for a while).
+    dead_since: u64,
+    /// Declared dead once, and back since (a partition healed).
+    revived: bool,
     outbox: Vec<PeerMsg>,
 }
 
@@ -510,6 +522,9 @@ pub struct NodeCore {
     alias: FxHashMap<u32, (u32, u64)>,
     /// Dead owners whose tasks and results here wait for a take-over until this time.
     orphans: FxHashMap<u32, u64>,
+    /// Sessions this node stepped down from (another node took them over while this one was
+    /// taken for dead), with the node that did: their submissions are answered `Moved`.
+    superseded: FxHashMap<u64, u32>,
     /// Take-overs waiting for the members' inventories, by dead owner.
     recovery: FxHashMap<u32, Recovery>,
     /// Tasks inserted by a take-over, in order, not to be placed before the inventories
@@ -579,6 +594,8 @@ impl NodeCore {
                 resources: Amounts::default(),
                 leaving: false,
                 dead: false,
+                dead_since: 0,
+                revived: false,
                 outbox: Vec::new(),
             }],
             peer_index,
@@ -600,6 +617,7 @@ impl NodeCore {
             replica_out: Replica::default(),
             replicas: FxHashMap::default(),
             alias: FxHashMap::default(),
+            superseded: FxHashMap::default(),
             orphans: FxHashMap::default(),
             recovery: FxHashMap::default(),
             adopting: None,
@@ -747,6 +765,19 @@ impl NodeCore {
 
     /// Graphs from a client, in order. Replies `Submitted` with one outcome per graph.
     pub fn handle_submit(&mut self, request: RequestId, graphs: Vec<GraphSubmission>) {
+        if let Some(g) = graphs
+            .iter()
+            .find(|g| self.superseded.contains_key(&((g.id.0 >> 64) as u64)))
+        {
+            // The session's graphs were taken over while this node was taken for dead.
+            let owner = self.superseded[&((g.id.0 >> 64) as u64)];
+            let reply = ClientResponse::Moved(format!(
+                "{} stepped down as the owner of this session's graphs: {} took them over",
+                self.node, self.peers[owner as usize].node
+            ));
+            self.replies.push((request, reply));
+            return;
+        }
         let outcomes = graphs
             .into_iter()
             .map(|g| {
@@ -973,6 +1004,7 @@ impl NodeCore {
     pub fn handle_members(&mut self, members: &[PeerUpdate]) {
         let digest = self.registry.digest();
         let mut lost = Vec::new();
+        let mut back = Vec::new();
         for m in members {
             if m.node.0 == self.node {
                 continue;
@@ -982,10 +1014,11 @@ impl NodeCore {
             if !peer.dead && !m.alive {
                 // Alive before, or only heard of (a result of its graphs may be kept here).
                 lost.push(p);
+                peer.dead_since = self.now_ms;
             }
-            if !peer.alive && m.alive {
-                // Back (a suspicion refuted): its tasks here are its own again.
-                self.orphans.remove(&p);
+            if peer.dead && m.alive {
+                // Declared dead, and back: a partition healed, a long pause ended.
+                back.push(p);
             }
             peer.nthreads = m.nthreads.max(1);
             peer.alive = m.alive;
@@ -1002,6 +1035,9 @@ impl NodeCore {
         self.refresh_candidates();
         for p in lost {
             self.peer_lost(p);
+        }
+        for p in back {
+            self.peer_back(p);
         }
         self.update_backups();
         self.check_takeovers();
@@ -1036,7 +1072,14 @@ impl NodeCore {
         if !self.alias.contains_key(&p) {
             self.orphans.insert(p, self.now_ms + ORPHAN_MS);
         }
-        // Owner side.
+        self.write_off(p, true);
+    }
+
+    /// What this node's graphs had on `p` is gone: tasks queued or running there are placed
+    /// again, results only it held are computed again if still needed, fetches from it go
+    /// elsewhere. `crashed`: `p` died (the attempt counts against the task); otherwise `p`
+    /// is alive but dropped this node's work (see [`PeerMsg::Forgot`]).
+    pub(super) fn write_off(&mut self, p: u32, crashed: bool) {
         let mut lost = Vec::new();
         let mut replace = Vec::new();
         for idx in 0..self.slots.len() {
@@ -1123,7 +1166,9 @@ impl NodeCore {
         let dead_name = self.peers[p as usize].node.0.clone();
         for id in replace {
             let t = self.task_mut(id).expect("listed");
-            t.attempts = t.attempts.saturating_add(1);
+            if crashed {
+                t.attempts = t.attempts.saturating_add(1);
+            }
             if t.attempts > MAX_ATTEMPTS {
                 let e = TaskError {
                     kind: TaskErrorKind::Lost,
@@ -1364,6 +1409,8 @@ impl NodeCore {
                 PeerMsg::Take { owner, key, size } => self.take(p, owner, key, size),
                 PeerMsg::Stored { key, .. } => self.stored(key),
                 PeerMsg::HandOver { members } => self.handed_over_to_me(p, members),
+                PeerMsg::Forgot => self.forgot_by(p),
+                PeerMsg::Superseded { epoch } => self.superseded(p, epoch),
             }
         }
     }
@@ -2650,6 +2697,8 @@ impl NodeCore {
             resources: Amounts::default(),
             leaving: false,
             dead: false,
+            dead_since: 0,
+            revived: false,
             outbox: Vec::new(),
         });
         self.peer_index.insert(node.clone(), p);

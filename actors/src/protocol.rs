@@ -116,6 +116,22 @@ pub enum ClientResponse {
     Owner(Option<Ownership>),
     /// The request could not be served (e.g. an incompatible protocol version).
     Refused(String),
+    /// This node no longer owns the client's graphs: another node took them over while
+    /// this one was taken for dead (a partition, a long pause). The client finds the new
+    /// owner (the ownership table names it) and asks it again.
+    Moved(String),
+}
+
+/// Epochs of a session's ownership go up in strides of this many.
+pub const EPOCH_STRIDE: u64 = 256;
+
+/// The epoch of a claim over a session owned in epoch `current`: the next stride, plus
+/// `rank` (the claimant's place in the dead owner's rendezvous order), so that two nodes
+/// that each believe they are first (a partition, a membership view not settled) never
+/// claim the same epoch. A node that owns a session because its client submitted again
+/// (nobody took over) claims with the last rank.
+pub fn next_epoch(current: u64, rank: u64) -> u64 {
+    (current / EPOCH_STRIDE + 1) * EPOCH_STRIDE + rank.min(EPOCH_STRIDE - 1)
 }
 
 // ----- between nodes (`/rdask/node/1`) ------------------------------------------------------
@@ -290,6 +306,18 @@ pub enum PeerMsg {
         /// The live members as the sender knows them: the receiver waits (a few seconds
         /// at most) until it knows them too, so that it asks all of them what they hold.
         members: Vec<NodeId>,
+    },
+    /// The sender's membership had declared the receiver dead and now sees it alive again
+    /// (a partition healed, a long pause ended). The sender dropped every task and result
+    /// it kept for the receiver's graphs; the receiver writes off what it had placed on the
+    /// sender (placed again, computed again if needed) and drops what it keeps for the
+    /// sender's graphs (any member → any member).
+    Forgot,
+    /// The sender took over the receiver's graphs while the receiver was taken for dead:
+    /// the receiver steps down as their owner (new owner → stale owner).
+    Superseded {
+        /// The epoch of the take-over.
+        epoch: u64,
     },
     /// The answer to a [`PeerMsg::Recover`]: what this node held and ran for `old`, now the
     /// receiver's (member → new owner).

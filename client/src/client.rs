@@ -90,6 +90,9 @@ impl Conn {
         response
             .map(|r| match r {
                 Ok(ClientResponse::Refused(reason)) => Err(Error::Refused(reason)),
+                // The node stepped down as this client's owner: like a lost connection,
+                // the client looks for the new owner.
+                Ok(ClientResponse::Moved(reason)) => Err(Error::ConnectionLost(reason)),
                 r => r,
             })
             .boxed()

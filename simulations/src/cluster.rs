@@ -22,13 +22,14 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rdask_actors::protocol::{
-    ClientResponse, GraphSubmission, KeyResult, PeerBatch, PeerMsg, SubmitOutcome,
+    ClientResponse, EPOCH_STRIDE, GraphSubmission, KeyResult, PeerBatch, PeerMsg, SubmitOutcome,
+    next_epoch,
 };
 use rdask_actors::{CoreStats, Job, NodeCore, PeerUpdate, RequestId, TaskDone};
 use rdask_gossip::NodeId;
 use rdask_graph::registry::{decode_arg, encode_output};
 use rdask_graph::{
-    Arg, GraphId, Key, Placement, Registry, TaskEntry, TaskFailure, TaskSpec, value,
+    Arg, GraphId, Key, Placement, Registry, TaskEntry, TaskErrorKind, TaskFailure, TaskSpec, value,
 };
 
 /// How long nodes go on ticking after the last graph is done.
@@ -412,6 +413,20 @@ pub struct Stats {
     pub joins: u64,
     /// Graphs a client submitted again after a re-attach (their copies were lost).
     pub resubmitted: u64,
+    /// Partitions (a minority of nodes cut off from the rest, then healed).
+    pub partitions: u64,
+    /// Keys given up after their allowed failures, all on nodes a partition cut off.
+    pub given_up: u64,
+    /// Nodes declared dead across a partition (by one node each).
+    pub declared_across: u64,
+    /// Nodes suspected across a partition that healed before they were declared dead.
+    pub suspicions_refuted: u64,
+    /// Peers declared dead across a partition that came back when it healed.
+    pub peers_back: u64,
+    /// Owners that stepped down after a partition (their graphs taken over meanwhile).
+    pub stepped_down: u64,
+    /// Take-overs put off by a node that saw only a minority of the cluster alive.
+    pub no_quorum: u64,
 }
 
 impl Stats {
@@ -426,6 +441,9 @@ impl Stats {
         self.takeovers += s.takeovers;
         self.adopted += s.adopted;
         self.orphans_dropped += s.orphans_dropped;
+        self.peers_back += s.peers_back;
+        self.stepped_down += s.stepped_down;
+        self.no_quorum += s.no_quorum;
     }
 }
 
@@ -448,6 +466,16 @@ enum Event {
     Leave(usize),
     /// A new node joins (a restarted machine: a new identity).
     Join,
+    /// The network splits: these nodes (a minority) and the rest no longer reach each
+    /// other, until `Heal`.
+    Partition(Vec<usize>),
+    /// The partition ends.
+    Heal,
+    /// Membership at the first node suspects the second (a partition between them): it is
+    /// declared dead unless the partition healed meanwhile.
+    Suspect(usize, usize),
+    /// Membership at the first node sees the second alive again (the partition healed).
+    Revive(usize, usize),
 }
 
 enum ClientOp {
@@ -537,6 +565,10 @@ struct Sim {
     /// node), and every (session, epoch) claimed, with its claimant.
     owners: BTreeMap<u64, (u64, usize)>,
     claims: BTreeMap<(u64, u64), usize>,
+    /// The side of the current partition each node is on (all 0 when there is none).
+    side: Vec<u8>,
+    /// (observer, node) pairs declared dead across the partition.
+    cut_dead: BTreeSet<(usize, usize)>,
 }
 
 impl Sim {
@@ -579,6 +611,8 @@ impl Sim {
             watch: std::env::var("RDASK_SIM_WATCH").ok().map(Key::from),
             owners: BTreeMap::new(),
             claims: BTreeMap::new(),
+            side: vec![0; n],
+            cut_dead: BTreeSet::new(),
         }
     }
 
@@ -677,6 +711,7 @@ impl Sim {
                 // A task runs twice only when a failure forces it: a node died, or a node
                 // left while the network lost messages of its hand-over.
                 let forced = self.report.stats.crashes > 0
+                    || self.report.stats.declared_across > 0
                     || (self.report.stats.leaves > 0 && self.report.lost > 0);
                 if !forced {
                     self.report
@@ -741,7 +776,7 @@ impl Sim {
                 && let Some(&(e, n)) = self.owners.get(&session)
                 && n != i
             {
-                epoch = e + 1;
+                epoch = next_epoch(e, EPOCH_STRIDE - 1);
             }
             if let Some(&other) = self.claims.get(&(session, epoch))
                 && other != i
@@ -760,6 +795,10 @@ impl Sim {
 
     fn transmit(&mut self, from: usize, to: usize, batch: PeerBatch) {
         if self.nodes[from].crashed || self.nodes[to].crashed {
+            return;
+        }
+        if self.side[from] != self.side[to] {
+            self.report.lost += 1;
             return;
         }
         let bytes: u64 = batch
@@ -815,6 +854,14 @@ impl Sim {
             return;
         };
         match (op, resp) {
+            (ClientOp::Submit(g) | ClientOp::Gather(g), ClientResponse::Moved(_)) => {
+                // The entry node stepped down after a partition: the client looks for the
+                // new owner.
+                if node == self.graphs[g].entry && self.graphs[g].done_at.is_none() {
+                    self.graphs[g].orphaned_at.get_or_insert(self.now);
+                    self.at(100_000, Event::Reattach(g));
+                }
+            }
             (ClientOp::Submit(g), ClientResponse::Submitted(_)) if node != self.graphs[g].entry => {
             }
             (ClientOp::Submit(g), ClientResponse::Submitted(outcomes)) => {
@@ -856,8 +903,10 @@ impl Sim {
                         &unknown[..unknown.len().min(3)]
                     );
                 }
-                if !unknown.is_empty() && self.graphs[g].moved {
-                    // The new owner lost these (a copy that never reached a backup): the
+                let stepped_down = self.nodes[node].core.stats().stepped_down > 0;
+                if !unknown.is_empty() && (self.graphs[g].moved || stepped_down) {
+                    // The new owner lost these (a copy that never reached a backup), or the
+                    // entry node stepped down (it answers the resubmission `Moved`): the
                     // client submits its own copy again.
                     self.resubmit(g, unknown);
                     return;
@@ -904,6 +953,36 @@ impl Sim {
         }
     }
 
+    /// The network splits `group` from the rest: messages between the sides are lost, and
+    /// each side's membership suspects the other's nodes (declared dead after 1–3 s unless
+    /// the partition heals first).
+    fn partition(&mut self, group: &[usize]) {
+        self.note(9, group.len() as u64);
+        self.report.stats.partitions += 1;
+        for &i in group {
+            self.side[i] = 1;
+        }
+        for o in 0..self.nodes.len() {
+            for i in 0..self.nodes.len() {
+                if self.side[o] != self.side[i] && !self.nodes[o].crashed {
+                    let delay = self.rng.random_range(1_000_000..3_000_000);
+                    self.at(delay, Event::Suspect(o, i));
+                }
+            }
+        }
+    }
+
+    /// The partition ends: each node's membership sees the nodes it declared dead across it
+    /// alive again, each at its own time.
+    fn heal(&mut self) {
+        self.note(10, 0);
+        self.side.iter_mut().for_each(|s| *s = 0);
+        for (o, i) in std::mem::take(&mut self.cut_dead) {
+            let delay = self.rng.random_range(0..1_000_000);
+            self.at(delay, Event::Revive(o, i));
+        }
+    }
+
     /// A new node joins the cluster.
     fn join(&mut self) {
         let j = self.nodes.len();
@@ -918,6 +997,7 @@ impl Sim {
         let mut dead_seen = dead;
         dead_seen.push(false);
         self.nodes.push(SimNode::new(&name, nthreads, dead_seen));
+        self.side.push(0);
         self.by_name.insert(name.clone(), j);
         self.names.push(name);
         let offset = self.rng.random_range(0..10_000);
@@ -1016,6 +1096,14 @@ impl Sim {
                     self.report.errors += 1;
                 }
                 (KeyResult::Pending, _) => complete = false,
+                (KeyResult::Error(e), Ok(_))
+                    if e.kind == TaskErrorKind::Lost && self.report.stats.declared_across > 0 =>
+                {
+                    // Each node a partition cut off, once declared dead, counts as a failed
+                    // attempt of the tasks placed on it (the allowed failures): a task placed
+                    // on several of them in turn is given up, as documented.
+                    self.report.stats.given_up += 1;
+                }
                 (other, _) => self
                     .report
                     .violations
@@ -1042,7 +1130,10 @@ impl Sim {
             {
                 // Members wait ORPHAN_MS for a take-over before they drop a dead owner's
                 // leftovers.
-                let grace = if self.report.stats.crashes > 0 || self.report.stats.leaves > 0 {
+                let grace = if self.report.stats.crashes > 0
+                    || self.report.stats.leaves > 0
+                    || self.report.stats.partitions > 0
+                {
                     GRACE_US + 10_000_000
                 } else {
                     GRACE_US
@@ -1106,6 +1197,10 @@ impl Sim {
                     self.drain(entry);
                 }
                 Event::Deliver(_, to, _) if self.nodes[to].crashed => {}
+                Event::Deliver(from, to, _) if self.side[from] != self.side[to] => {
+                    // In flight when the network split.
+                    self.report.lost += 1;
+                }
                 Event::JobDone(i, ..) | Event::Tick(i) | Event::Expire(i, _)
                     if self.nodes[i].crashed => {}
                 Event::Crash(i) => {
@@ -1127,6 +1222,24 @@ impl Sim {
                     }
                 }
                 Event::Join => self.join(),
+                Event::Partition(group) => self.partition(&group),
+                Event::Heal => self.heal(),
+                Event::Suspect(o, i) => {
+                    if self.side[o] != self.side[i] && !self.nodes[i].crashed {
+                        self.cut_dead.insert((o, i));
+                        self.report.stats.declared_across += 1;
+                        self.nodes[o].dead_seen[i] = true;
+                        self.members_of(o);
+                    } else {
+                        self.report.stats.suspicions_refuted += 1;
+                    }
+                }
+                Event::Revive(o, i) => {
+                    if !self.nodes[i].crashed && self.nodes[o].dead_seen[i] {
+                        self.nodes[o].dead_seen[i] = false;
+                        self.members_of(o);
+                    }
+                }
                 Event::Detect(o, i) => {
                     // `usize::MAX`: only a refresh of the members (someone joined).
                     if i != usize::MAX {
@@ -1398,6 +1511,19 @@ fn chaos(seed: u64, nodes: impl FnOnce(&mut StdRng) -> usize) -> ClusterReport {
             sim.at(at + 50_000, Event::Leave(v));
             at += rr.random_range(100_000..400_000);
         }
+    }
+    // Some runs split the network: a minority of nodes is cut off from the rest for a while
+    // (each side taking the other for dead if it lasts), then the partition heals.
+    let mut pr = StdRng::seed_from_u64(seed ^ 0x5917_c0de);
+    if n >= 3 && pr.random_bool(0.25) {
+        let k = pr.random_range(1..=(n - 1) / 2);
+        let mut all: Vec<usize> = (0..n).collect();
+        let group: Vec<usize> = (0..k)
+            .map(|_| all.remove(pr.random_range(0..all.len())))
+            .collect();
+        let at = pr.random_range(0..400_000);
+        sim.at(at, Event::Partition(group));
+        sim.at(at + pr.random_range(300_000..8_000_000), Event::Heal);
     }
     sim.run(600_000_000);
     if sim.report.lost == 0 && sim.report.duplicated == 0 && sim.report.violations.is_empty() {

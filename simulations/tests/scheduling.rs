@@ -17,7 +17,7 @@ fn seeds(ci: u64) -> u64 {
 #[test]
 fn owners_die_and_every_graph_still_completes_with_reference_results() {
     // 3 to 32 nodes; any node may die, the owners of graphs and their backups included.
-    let mut sums = [0u64; 7];
+    let mut sums = [0u64; 11];
     let n = seeds(500);
     for seed in 0..n {
         let r = graphs_chaos_between(seed + 1_000_000, 3, 32);
@@ -36,6 +36,10 @@ fn owners_die_and_every_graph_still_completes_with_reference_results() {
             r.stats.recomputed,
             r.stats.replaced,
             r.stats.crashes,
+            r.stats.partitions,
+            r.stats.suspicions_refuted,
+            r.stats.peers_back,
+            r.stats.stepped_down,
         ]) {
             *s += v;
         }
@@ -43,8 +47,19 @@ fn owners_die_and_every_graph_still_completes_with_reference_results() {
     println!(
         "{n} seeds, recovery paths exercised: steals {}, owner take-overs {}, tasks adopted \
          from members {}, clients re-attached {}, results recomputed {}, tasks placed again \
-         {}, nodes crashed {}",
-        sums[0], sums[1], sums[2], sums[3], sums[4], sums[5], sums[6]
+         {}, nodes crashed {}, partitions {}, suspicions refuted {}, peers back after a heal \
+         {}, stale owners stepped down {}",
+        sums[0],
+        sums[1],
+        sums[2],
+        sums[3],
+        sums[4],
+        sums[5],
+        sums[6],
+        sums[7],
+        sums[8],
+        sums[9],
+        sums[10]
     );
     assert!(
         sums.iter().all(|&s| s > 0),

@@ -27,8 +27,11 @@ use std::sync::Arc;
 use rdask_graph::{Arg, GraphId, Key, TaskError, TaskSpec};
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
-use super::{ArgSlot, GraphSubmission, NodeCore, RETRY_MS, State, TOMBSTONE_MS, Task};
-use crate::protocol::{PeerMsg, Replica};
+use super::{
+    ArgSlot, FetchWaiter, GraphSubmission, NodeCore, RETRY_MS, RequestId, State, TOMBSTONE_MS,
+    Task, TaskId,
+};
+use crate::protocol::{ClientResponse, EPOCH_STRIDE, PeerMsg, Replica, next_epoch};
 
 /// Copies of an owner's graphs kept elsewhere.
 pub(super) const BACKUPS: usize = 2;
@@ -46,7 +49,10 @@ const HANDOVER_WAIT_MS: u64 = 5_000;
 const MOVE_IN_TRANSIT_MS: u64 = 2_000;
 /// Tasks per replica message (a full copy of a large owner is sent in parts).
 const REPLICA_CHUNK: usize = 20_000;
-/// Hops of tasks inserted by a take-over start at `epoch << EPOCH_HOPS`: above any
+/// How long a peer declared dead still counts as a member for a take-over's quorum.
+const QUORUM_WINDOW_MS: u64 = 60_000;
+/// Hops of tasks inserted by a take-over start at `(epoch / EPOCH_STRIDE) << EPOCH_HOPS`
+/// (one more stride per take-over): above any
 /// assignment of the dead owner a member may still remember.
 const EPOCH_HOPS: u32 = 20;
 
@@ -348,9 +354,167 @@ impl NodeCore {
                 continue;
             };
             if order[..rank].iter().all(|&p| !self.peers[p as usize].alive) {
+                if !self.has_quorum() {
+                    // Cut off with a minority, maybe: the owner may be alive on the other
+                    // side, where a take-over can happen. The client falls back to its
+                    // own copy should nobody take over.
+                    self.stats.no_quorum += 1;
+                    continue;
+                }
                 self.take_over(o, rank as u64, &[]);
             }
         }
+    }
+
+    /// Whether this node sees at least half of the cluster alive: itself and the live members
+    /// against those and the members declared dead in the last [`QUORUM_WINDOW_MS`] (nodes
+    /// that left gracefully do not count). A node cut off with a minority does not take
+    /// over the owners it cannot see, so that, once membership has settled, only one side
+    /// of a partition owns a graph.
+    fn has_quorum(&self) -> bool {
+        let (mut alive, mut known) = (1u32, 1u32);
+        for peer in &self.peers[1..] {
+            if peer.leaving {
+                continue;
+            }
+            if peer.alive {
+                alive += 1;
+                known += 1;
+            } else if peer.dead && self.now_ms < peer.dead_since + QUORUM_WINDOW_MS {
+                known += 1;
+            }
+        }
+        // Half is enough: in a cluster of two, the survivor takes over (should the other
+        // be alive behind a partition, the higher epoch wins when it heals).
+        2 * alive >= known
+    }
+
+    /// Membership had declared `p` dead, and now sees it alive again (a partition healed, a
+    /// long pause ended). What each side wrote off stays written off: this node drops what
+    /// it keeps for `p`'s graphs and tells `p` ([`PeerMsg::Forgot`]), which writes off what
+    /// its graphs had here. Messages naming `p` name `p` again (it may own new graphs); if
+    /// this node took `p`'s graphs over, `p` steps down ([`PeerMsg::Superseded`]).
+    pub(super) fn peer_back(&mut self, p: u32) {
+        self.stats.peers_back += 1;
+        self.peers[p as usize].revived = true;
+        tracing::warn!(
+            peer = %self.peers[p as usize].node,
+            "a peer declared dead is alive again (a partition healed?): what was written off stays written off"
+        );
+        self.orphans.remove(&p);
+        if let Some((to, epoch)) = self.alias.remove(&p)
+            && to == 0
+        {
+            self.send(p, PeerMsg::Superseded { epoch });
+        }
+        self.drop_owner(p);
+        self.send(p, PeerMsg::Forgot);
+    }
+
+    /// `p` had declared this node dead and dropped what it kept for this node's graphs
+    /// (see [`NodeCore::peer_back`]): they are placed or computed again, and what this node
+    /// keeps for `p`'s graphs goes too (`p` wrote it off).
+    pub(super) fn forgot_by(&mut self, p: u32) {
+        self.write_off(p, false);
+        if !self.alias.contains_key(&p) {
+            self.drop_owner(p);
+        }
+    }
+
+    /// `from` took over this node's graphs (in `epoch`) while this node was taken for dead:
+    /// this node stops owning them. Clients waiting here are told to find the new owner
+    /// ([`ClientResponse::Moved`], also the answer to any later submission to these
+    /// sessions); tasks of these graphs running here finish unheard; results held by
+    /// members are released (members that took the take-over's inventory re-keyed theirs
+    /// and are not touched).
+    pub(super) fn superseded(&mut self, from: u32, epoch: u64) {
+        let stale: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| **e < epoch)
+            .map(|(s, _)| *s)
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        self.stats.stepped_down += 1;
+        tracing::warn!(
+            by = %self.peers[from as usize].node,
+            epoch,
+            sessions = stale.len(),
+            "another node took over this node's graphs while it was taken for dead: stepping down"
+        );
+        for s in &stale {
+            self.sessions.remove(s);
+            self.superseded.insert(*s, from);
+        }
+        // Waiting clients find the new owner.
+        let mut waiting: Vec<RequestId> = self.waiters.keys().copied().collect();
+        waiting.sort_unstable();
+        self.waiters.clear();
+        let text = format!(
+            "{} stepped down as the owner of this client's graphs: {} took them over",
+            self.node, self.peers[from as usize].node
+        );
+        for r in waiting {
+            self.replies.push((r, ClientResponse::Moved(text.clone())));
+        }
+        // Every task of this node's graphs goes; one running here finishes unheard.
+        for idx in 0..self.slots.len() {
+            let id = TaskId {
+                idx: idx as u32,
+                generation: self.slots[idx].generation,
+            };
+            let Some(t) = self.slots[idx].item.as_mut() else {
+                continue;
+            };
+            let key = t.key.clone();
+            if self.index.get(&key) == Some(&id) {
+                self.index.remove(&key);
+            }
+            if matches!(t.state, State::Running) {
+                t.cancelled = true;
+                t.spec_refs = 0;
+                t.client_refs = 0;
+                t.deps.clear();
+                t.dependents.clear();
+                t.waiters.clear();
+                continue;
+            }
+            let hops = t.hops;
+            let t = self.slots[idx].item.take().expect("present");
+            self.slots[idx].generation = self.slots[idx].generation.wrapping_add(1);
+            self.free.push(idx as u32);
+            match t.state {
+                State::Ready => self.ready_count -= 1,
+                State::Memory {
+                    value,
+                    holders,
+                    size,
+                } => {
+                    if value.is_some() {
+                        self.stored -= 1;
+                        self.memory_used -= size;
+                    }
+                    for h in holders {
+                        self.release_at_hops(h, key.clone(), hops);
+                    }
+                }
+                State::Remote { node, .. } => self.release_at_hops(node, key, hops),
+                _ => {}
+            }
+        }
+        self.unfinished = 0;
+        self.no_worker.clear();
+        self.fetches.retain(|(o, _), _| *o != 0);
+        self.graphs
+            .retain(|g, _| !stale.contains(&((g.0 >> 64) as u64)));
+        self.graph_order
+            .retain(|g| !stale.contains(&((g.0 >> 64) as u64)));
+        // The backups' copies are reset by a fresh (empty) snapshot.
+        self.backups.clear();
+        self.replica_out = Replica::default();
+        self.update_backups();
     }
 
     /// Takes over the graphs of the dead owner `old`, this node being `rank` in its
@@ -364,7 +528,7 @@ impl NodeCore {
         if kept.sessions.is_empty() && kept.specs.is_empty() {
             return;
         }
-        let epoch = kept.sessions.values().copied().max().unwrap_or(1) + 1 + rank;
+        let epoch = next_epoch(kept.sessions.values().copied().max().unwrap_or(1), rank);
         self.stats.takeovers += 1;
         self.alias.insert(old, (0, epoch));
         self.orphans.remove(&old);
@@ -431,7 +595,7 @@ impl NodeCore {
             tracing::warn!(error = %e, "the copied graphs of a dead owner are not valid");
         }
         let adopted = self.adopting.take().unwrap_or_default();
-        let base = (epoch as u32) << EPOCH_HOPS;
+        let base = ((epoch / EPOCH_STRIDE) as u32) << EPOCH_HOPS;
         for &id in &adopted {
             if let Some(t) = self.task_mut(id) {
                 t.hops = t.hops.max(base);
@@ -609,6 +773,20 @@ impl NodeCore {
                 },
             );
             self.handed();
+            return;
+        }
+        let peer = &self.peers[o as usize];
+        if peer.alive && peer.revived {
+            // The old owner was taken for dead and is back (a partition healed): it keeps
+            // what it owns until the new owner's word makes it step down, and what this
+            // node keeps for it stays its own.
+            self.send(from, empty_inventory(old));
+            return;
+        }
+        if peer.alive && !peer.leaving {
+            // Alive as far as this node knows: its death has not reached this node yet (the
+            // new owner asks again), or the new owner is wrong about it (cut off from it);
+            // either way what this node keeps for it stays its own for now.
             return;
         }
         if let Some(&(to, e)) = self.alias.get(&o)
@@ -918,8 +1096,13 @@ impl NodeCore {
                     holders: Vec::new(),
                     size,
                 };
+                // Gathers that came in during the recovery.
+                let waiters = std::mem::take(&mut t.waiters);
                 self.unfinished -= 1;
                 self.stats.adopted += 1;
+                for w in waiters {
+                    self.waiter_progress(w);
+                }
             } else if let Some((holders, size)) = r.held.get(&key) {
                 let holders: Vec<u32> = holders
                     .iter()
@@ -935,8 +1118,12 @@ impl NodeCore {
                     holders,
                     size: *size,
                 };
+                let waiters = std::mem::take(&mut t.waiters);
                 self.unfinished -= 1;
                 self.stats.adopted += 1;
+                for w in waiters {
+                    self.fetch_own(id, FetchWaiter::Gather(w));
+                }
             } else if let Some(&(node, hops)) = r.running.get(&key)
                 && self.peers[node as usize].alive
             {

@@ -461,7 +461,7 @@ fn a_backup_takes_over_the_graphs_of_a_dead_owner_and_computes_them() {
     assert_eq!(b.replica_keys(), (1, 2));
     // The owner dies before running anything; the backup learns it and takes over.
     b.handle_members(&both(&b, false));
-    assert_eq!(b.take_claims(), vec![(GraphId(7u128 << 64), 2)]);
+    assert_eq!(b.take_claims(), vec![(GraphId(7u128 << 64), 256)]);
     assert_eq!(b.stats().takeovers, 1);
     assert!(b.owns_session(7));
     run_all(&mut b);
@@ -512,4 +512,100 @@ fn a_leaving_owner_hands_its_results_and_graphs_over_and_nothing_is_computed_aga
     let ran = run_all(&mut b);
     assert_eq!(ran, vec!["y".to_string()]);
     assert_eq!(int(&gather(&mut b, &["y"])[0]), 12);
+}
+
+#[test]
+fn a_stale_owner_steps_down_when_a_partition_heals_and_its_client_is_sent_to_the_new_owner() {
+    let names = ["node-a", "node-b", "node-c"];
+    let mut cores: Vec<NodeCore> = names.iter().map(|n| core_named(n)).collect();
+    // `view[i]`: who node i sees alive.
+    let members = |c: &NodeCore, alive: [bool; 3]| -> Vec<PeerUpdate> {
+        names
+            .iter()
+            .zip(alive)
+            .map(|(n, a)| member(c, n, a))
+            .collect()
+    };
+    for c in cores.iter_mut() {
+        let m = members(c, [true; 3]);
+        c.handle_members(&m);
+    }
+    // node-a owns session 5; one backup of it takes over should a die.
+    let id = (5u128 << 64) | 1;
+    let g = vec![
+        spec("x", "inc", vec![lit(1)]),
+        spec("y", "add", vec![key("x"), lit(10)]),
+    ];
+    assert_eq!(submit(&mut cores[0], id, g), SubmitOutcome::Accepted);
+    assert_eq!(cores[0].take_claims(), vec![(GraphId(5u128 << 64), 1)]);
+    let (a, rest) = cores.split_at_mut(1);
+    let (b, c) = rest.split_at_mut(1);
+    let me = NodeId(Arc::from("node-a"));
+    for (dest, batch) in a[0].take_sends() {
+        match &*dest.0 {
+            "node-b" => b[0].handle_peer(&me, batch),
+            _ => c[0].handle_peer(&me, batch),
+        }
+    }
+    // A client waits on node-a.
+    a[0].handle_gather(RequestId(42), vec![Key::from("y")], 60_000);
+    // The network splits a from {b, c}: each side declares the other dead; b and c (a
+    // majority) take a's graph over, a (alone) takes over nothing.
+    let m = members(&a[0], [true, false, false]);
+    a[0].handle_members(&m);
+    assert_eq!(a[0].take_claims(), Vec::new());
+    for x in [&mut b[0], &mut c[0]] {
+        let m = members(x, [false, true, true]);
+        x.handle_members(&m);
+    }
+    let claims: Vec<_> = [&mut b[0], &mut c[0]]
+        .into_iter()
+        .flat_map(|x| x.take_claims())
+        .collect();
+    assert_eq!(claims.len(), 1, "one take-over: {claims:?}");
+    let epoch = claims[0].1;
+    assert!(epoch > 1);
+    let (new, other) = if b[0].owns_session(5) {
+        (&mut b[0], &mut c[0])
+    } else {
+        (&mut c[0], &mut b[0])
+    };
+    // The new owner asks the other member for its inventory, then computes the graph.
+    for _ in 0..3 {
+        deliver(new, other);
+        deliver(other, new);
+    }
+    run_all(new);
+    assert_eq!(int(&gather(new, &["y"])[0]), 12);
+    // The partition heals: the new owner tells a it was superseded; a steps down.
+    let m = members(new, [true; 3]);
+    new.handle_members(&m);
+    let m = members(&a[0], [true; 3]);
+    a[0].handle_members(&m);
+    deliver(new, &mut a[0]);
+    assert_eq!(a[0].stats().stepped_down, 1);
+    assert!(!a[0].owns_session(5));
+    // The waiting client is told to go to the new owner, and so is a later submission.
+    let replies = a[0].take_replies();
+    assert!(
+        matches!(
+            replies.as_slice(),
+            [(RequestId(42), ClientResponse::Moved(_))]
+        ),
+        "{replies:?}"
+    );
+    a[0].handle_submit(
+        RequestId(43),
+        vec![GraphSubmission {
+            id: GraphId((5u128 << 64) | 2),
+            tasks: vec![spec("z", "inc", vec![lit(2)])],
+            keep: vec![Key::from("z")],
+        }],
+    );
+    assert!(matches!(
+        a[0].take_replies().as_slice(),
+        [(RequestId(43), ClientResponse::Moved(_))]
+    ));
+    // Nothing of the old graph runs at a any more.
+    assert!(run_all(&mut a[0]).is_empty());
 }

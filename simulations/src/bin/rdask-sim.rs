@@ -63,7 +63,7 @@ fn main() {
     if scenario == "graphs-chaos" {
         let fixed = get("--nodes").map(|_| nodes);
         let started = std::time::Instant::now();
-        let mut sums = [0u64; 18];
+        let mut sums = [0u64; 23];
         for seed in from..from + count {
             let max_nodes = get("--max-nodes").map(|_| num("--max-nodes", 32) as usize);
             let run = std::panic::catch_unwind(|| match max_nodes {
@@ -103,6 +103,11 @@ fn main() {
                 r.stats.orphans_dropped,
                 r.stats.reattached,
                 r.stats.resubmitted,
+                r.stats.partitions,
+                r.stats.suspicions_refuted,
+                r.stats.peers_back,
+                r.stats.stepped_down,
+                r.stats.no_quorum,
             ]) {
                 *s += v;
             }
@@ -133,7 +138,8 @@ fn main() {
              results computed again {}, tasks run again {}\n  recovery paths: steals {}, owner \
              take-overs {} (tasks adopted from members {}), clients re-attached {}, graphs \
              submitted again by their client {}, dead owners' leftovers dropped {}, results \
-             recomputed {}",
+             recomputed {}\n  partitions {}: suspicions refuted {}, peers back after a heal {}, \
+             stale owners stepped down {}, take-overs put off for want of a quorum {}",
             count - failed,
             started.elapsed().as_secs_f64(),
             sums[0],
@@ -155,7 +161,12 @@ fn main() {
             sums[16],
             sums[17],
             sums[15],
-            sums[11]
+            sums[11],
+            sums[18],
+            sums[19],
+            sums[20],
+            sums[21],
+            sums[22]
         );
     } else if scenario == "steal-efficiency" {
         let ps: Vec<usize> = match get("--nodes") {
