@@ -385,6 +385,9 @@ enum FetchWaiter {
     Foreign(TaskId, u32),
     /// A copy asked for by this leaving peer (answer [`PeerMsg::Stored`] when it is here).
     Take(u32),
+    /// Nobody: the owner checks that its holders still have the value (a holder that
+    /// lacks it answers so, and the value is computed again).
+    Check,
 }
 
 struct Fetch {
@@ -2391,6 +2394,14 @@ impl NodeCore {
                 .foreign_ref(id)
                 .is_some_and(|f| f.state == ForeignState::Fetching),
             FetchWaiter::Take(p) => self.peers[p as usize].alive,
+            FetchWaiter::Check => {
+                k.0 == 0
+                    && self
+                        .index
+                        .get(&k.1)
+                        .and_then(|id| self.task(*id))
+                        .is_some_and(|t| matches!(t.state, State::Memory { value: None, .. }))
+            }
         })
     }
 
@@ -2403,6 +2414,17 @@ impl NodeCore {
         }
         let value = if o == 0 {
             match self.index.get(&key).and_then(|id| self.task(*id)) {
+                Some(Task {
+                    state: State::Memory { value: None, .. },
+                    ..
+                }) => {
+                    // Asked as the last resort: the holders failed the asker, maybe because
+                    // they lost the value. The owner fetches it itself: a holder that lacks
+                    // it says so, and it is computed again (its dependents with it).
+                    let id = self.index[&key];
+                    self.fetch_own(id, FetchWaiter::Check);
+                    None
+                }
                 Some(Task {
                     state: State::Memory { value, .. },
                     ..
@@ -2495,6 +2517,7 @@ impl NodeCore {
                         },
                     );
                 }
+                FetchWaiter::Check => {}
             }
         }
     }
