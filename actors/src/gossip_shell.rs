@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::protocol::{EPOCH_STRIDE, next_epoch};
+use crate::protocol::next_epoch;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rdask_gossip::{
@@ -153,7 +153,7 @@ impl Actor for GossipActor {
                     && let Some(old) = state.core.state().owner(graph)
                     && old.owner != ownership.owner
                 {
-                    ownership.epoch = next_epoch(old.epoch, EPOCH_STRIDE - 1);
+                    ownership.epoch = next_epoch(old.epoch, &ownership.owner.0);
                 }
                 state.core.set_owner(graph, ownership);
             }

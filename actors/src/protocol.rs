@@ -122,16 +122,27 @@ pub enum ClientResponse {
     Moved(String),
 }
 
-/// Epochs of a session's ownership go up in strides of this many.
-pub const EPOCH_STRIDE: u64 = 256;
+/// An ownership epoch is a take-over generation (the upper 32 bits) and the claimant's
+/// mark (the lower 32 bits): [`next_epoch`].
+pub const EPOCH_GENERATION_SHIFT: u32 = 32;
 
-/// The epoch of a claim over a session owned in epoch `current`: the next stride, plus
-/// `rank` (the claimant's place in the dead owner's rendezvous order), so that two nodes
-/// that each believe they are first (a partition, a membership view not settled) never
-/// claim the same epoch. A node that owns a session because its client submitted again
-/// (nobody took over) claims with the last rank.
-pub fn next_epoch(current: u64, rank: u64) -> u64 {
-    (current / EPOCH_STRIDE + 1) * EPOCH_STRIDE + rank.min(EPOCH_STRIDE - 1)
+/// The epoch of a claim by node `claimant` over a session owned in epoch `current`: the
+/// next generation, marked with a stable hash of the claimant's name, so that two nodes that
+/// each believe they should take over (a partition, membership views not settled yet, a
+/// client that submitted again elsewhere) do not claim the same epoch (unless their names
+/// hash alike: one chance in 2³²). The higher epoch wins.
+pub fn next_epoch(current: u64, claimant: &str) -> u64 {
+    // FNV-1a: the same on every node and every build.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in claimant.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    (((current >> EPOCH_GENERATION_SHIFT) + 1) << EPOCH_GENERATION_SHIFT) | u64::from(h.max(1))
+}
+
+/// The take-over generation of an epoch (0 for a session's first owner).
+pub fn epoch_generation(epoch: u64) -> u64 {
+    epoch >> EPOCH_GENERATION_SHIFT
 }
 
 // ----- between nodes (`/rdask/node/1`) ------------------------------------------------------

@@ -22,8 +22,7 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rdask_actors::protocol::{
-    ClientResponse, EPOCH_STRIDE, GraphSubmission, KeyResult, PeerBatch, PeerMsg, SubmitOutcome,
-    next_epoch,
+    ClientResponse, GraphSubmission, KeyResult, PeerBatch, PeerMsg, SubmitOutcome, next_epoch,
 };
 use rdask_actors::{CoreStats, Job, NodeCore, PeerUpdate, RequestId, TaskDone};
 use rdask_gossip::NodeId;
@@ -776,7 +775,7 @@ impl Sim {
                 && let Some(&(e, n)) = self.owners.get(&session)
                 && n != i
             {
-                epoch = next_epoch(e, EPOCH_STRIDE - 1);
+                epoch = next_epoch(e, &self.names[i].0);
             }
             if let Some(&other) = self.claims.get(&(session, epoch))
                 && other != i

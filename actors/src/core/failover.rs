@@ -31,7 +31,7 @@ use super::{
     ArgSlot, FetchWaiter, GraphSubmission, NodeCore, RETRY_MS, RequestId, State, TOMBSTONE_MS,
     Task, TaskId,
 };
-use crate::protocol::{ClientResponse, EPOCH_STRIDE, PeerMsg, Replica, next_epoch};
+use crate::protocol::{ClientResponse, PeerMsg, Replica, epoch_generation, next_epoch};
 
 /// Copies of an owner's graphs kept elsewhere.
 pub(super) const BACKUPS: usize = 2;
@@ -51,8 +51,8 @@ const MOVE_IN_TRANSIT_MS: u64 = 2_000;
 const REPLICA_CHUNK: usize = 20_000;
 /// How long a peer declared dead still counts as a member for a take-over's quorum.
 const QUORUM_WINDOW_MS: u64 = 60_000;
-/// Hops of tasks inserted by a take-over start at `(epoch / EPOCH_STRIDE) << EPOCH_HOPS`
-/// (one more stride per take-over): above any
+/// Hops of tasks inserted by a take-over start at `generation << EPOCH_HOPS` (one more
+/// generation per take-over): above any
 /// assignment of the dead owner a member may still remember.
 const EPOCH_HOPS: u32 = 20;
 
@@ -361,7 +361,7 @@ impl NodeCore {
                     self.stats.no_quorum += 1;
                     continue;
                 }
-                self.take_over(o, rank as u64, &[]);
+                self.take_over(o, &[]);
             }
         }
     }
@@ -517,18 +517,20 @@ impl NodeCore {
         self.update_backups();
     }
 
-    /// Takes over the graphs of the dead owner `old`, this node being `rank` in its
-    /// rendezvous order (ranks make distinct epochs should two nodes disagree on who is
-    /// first).
+    /// Takes over the graphs of the dead owner `old` (in an epoch marked with this node's
+    /// name: distinct from another node's that thinks itself first, see [`next_epoch`]).
     /// `also`: peers to ask as well (the leaving owner's view of the members).
-    fn take_over(&mut self, old: u32, rank: u64, also: &[NodeId]) {
+    fn take_over(&mut self, old: u32, also: &[NodeId]) {
         let Some(kept) = self.replicas.remove(&old) else {
             return;
         };
         if kept.sessions.is_empty() && kept.specs.is_empty() {
             return;
         }
-        let epoch = next_epoch(kept.sessions.values().copied().max().unwrap_or(1), rank);
+        let epoch = next_epoch(
+            kept.sessions.values().copied().max().unwrap_or(1),
+            &self.node,
+        );
         self.stats.takeovers += 1;
         self.alias.insert(old, (0, epoch));
         self.orphans.remove(&old);
@@ -595,7 +597,7 @@ impl NodeCore {
             tracing::warn!(error = %e, "the copied graphs of a dead owner are not valid");
         }
         let adopted = self.adopting.take().unwrap_or_default();
-        let base = ((epoch / EPOCH_STRIDE) as u32) << EPOCH_HOPS;
+        let base = (epoch_generation(epoch) as u32) << EPOCH_HOPS;
         for &id in &adopted {
             if let Some(t) = self.task_mut(id) {
                 t.hops = t.hops.max(base);
@@ -734,14 +736,7 @@ impl NodeCore {
         }
         self.handovers = waiting;
         for (o, members) in ready {
-            // Its rank in the leaving owner's order makes its epoch distinct from a take-over
-            // by another node that thinks itself first.
-            let rank = self
-                .rendezvous_order(o)
-                .iter()
-                .position(|&p| p == 0)
-                .unwrap_or(0);
-            self.take_over(o, rank as u64, &members);
+            self.take_over(o, &members);
         }
     }
 

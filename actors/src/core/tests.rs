@@ -1,5 +1,5 @@
 use super::*;
-use crate::protocol::GraphSubmission;
+use crate::protocol::{GraphSubmission, next_epoch};
 use rdask_graph::{TaskSpec, registry::decode_arg, registry::encode_output, value};
 
 fn inc(args: &[Bytes]) -> Result<Vec<u8>, TaskFailure> {
@@ -461,7 +461,10 @@ fn a_backup_takes_over_the_graphs_of_a_dead_owner_and_computes_them() {
     assert_eq!(b.replica_keys(), (1, 2));
     // The owner dies before running anything; the backup learns it and takes over.
     b.handle_members(&both(&b, false));
-    assert_eq!(b.take_claims(), vec![(GraphId(7u128 << 64), 256)]);
+    assert_eq!(
+        b.take_claims(),
+        vec![(GraphId(7u128 << 64), next_epoch(1, "node-b"))]
+    );
     assert_eq!(b.stats().takeovers, 1);
     assert!(b.owns_session(7));
     run_all(&mut b);
