@@ -29,8 +29,8 @@ use rdask_graph::{
 use rustc_hash::{FxHashMap, FxHasher};
 
 use crate::protocol::{
-    AssignArg, Assignment, ClientResponse, GraphSubmission, KeyResult, LoadHint, PeerBatch,
-    PeerMsg, Replica, SubmitOutcome,
+    AssignArg, Assignment, ClientResponse, GraphSubmission, KeyResult, KeyStatus, LoadHint,
+    PeerBatch, PeerMsg, Replica, SubmitOutcome,
 };
 
 mod failover;
@@ -144,6 +144,8 @@ pub struct PeerUpdate {
 pub struct CoreStats {
     /// Tasks that ran here (for any owner).
     pub tasks_run: u64,
+    /// Failed runs run again (`retries`).
+    pub task_retries: u64,
     /// Tasks of this node's graphs placed on a peer.
     pub placed_remote: u64,
     /// Steal requests sent.
@@ -255,6 +257,8 @@ struct Task {
     cancelled: bool,
     /// Position in the node's run order: lower runs first.
     priority: u64,
+    /// Runs left after a failure (`retries`).
+    retries: u8,
     /// Hand-overs so far (see [`Assignment::hops`]).
     hops: u32,
     /// Expected run time when handed to the pool.
@@ -281,6 +285,17 @@ fn fingerprint(g: &GraphSubmission) -> u64 {
 }
 
 /// Folds a measured run time into the estimate of its key prefix (moving average).
+/// A task's place among ready ones (lower runs first): the user's priority (higher first),
+/// then submission order.
+fn task_priority(user: i32, seq: u64) -> u64 {
+    ((i64::from(i32::MAX) - i64::from(user)) as u64) << 32 | (seq & 0xffff_ffff)
+}
+
+/// The user's priority of a task's place among ready ones (see [`task_priority`]).
+pub(crate) fn user_priority(priority: u64) -> i32 {
+    (i64::from(i32::MAX) - (priority >> 32) as i64) as i32
+}
+
 fn update_estimate(estimates: &mut FxHashMap<Box<str>, f64>, prefix: &str, elapsed_ns: u64) {
     let x = elapsed_ns as f64;
     match estimates.get_mut(prefix) {
@@ -318,6 +333,8 @@ struct Foreign {
     args: Vec<ForeignArg>,
     missing: u32,
     priority: u64,
+    /// Runs left after a failure.
+    retries: u8,
     hops: u32,
     est_ns: f32,
     resources: Amounts,
@@ -802,6 +819,22 @@ impl NodeCore {
             .push((request, ClientResponse::Submitted(outcomes)));
     }
 
+    /// Where `keys` stand, without their values (a future's `status()`).
+    pub fn key_statuses(&self, keys: &[Key]) -> Vec<KeyStatus> {
+        keys.iter()
+            .map(|k| match self.index.get(k).and_then(|id| self.task(*id)) {
+                None => KeyStatus::Unknown,
+                Some(t) => match &t.state {
+                    State::Memory { .. } => KeyStatus::Finished,
+                    State::Erred(e) => KeyStatus::Error((**e).clone()),
+                    State::Released => KeyStatus::Unknown,
+                    _ if t.cancelled => KeyStatus::Unknown,
+                    _ => KeyStatus::Pending,
+                },
+            })
+            .collect()
+    }
+
     /// The client wants the results of `keys`: replied when all are finished (and their
     /// values fetched here from their holders), at once when `wait_ms` is 0, otherwise after
     /// a timer of `wait_ms` (see [`NodeCore::take_timers`]).
@@ -896,6 +929,13 @@ impl NodeCore {
             for d in self.remove(done.task) {
                 self.maybe_forget(d);
             }
+            return;
+        }
+        if done.result.is_err() && task.retries > 0 {
+            // Run it again (Dask's `retries=`).
+            task.retries -= 1;
+            self.stats.task_retries += 1;
+            self.make_ready(done.task);
             return;
         }
         let outcome = match done.result {
@@ -1542,7 +1582,8 @@ impl NodeCore {
                 .expect("validated against the registry");
             let placement = spec.placement.map(|pl| self.restrict(&pl.nodes, pl.loose));
             let resources = spec.resources.into_boxed_slice();
-            match self.insert(spec.key, entry, spec.args, placement, resources) {
+            let how = (spec.priority, spec.retries);
+            match self.insert(spec.key, entry, spec.args, placement, resources, how) {
                 Inserted::Failed(id, e) => failed.push((id, e)),
                 Inserted::Ready(id) => ready.push(id),
                 Inserted::Waiting => {}
@@ -1614,6 +1655,7 @@ impl NodeCore {
         spec_args: Vec<Arg>,
         placement: Option<Box<Restrict>>,
         resources: Amounts,
+        (user_priority, retries): (i32, u8),
     ) -> Inserted {
         let mut args = Vec::with_capacity(spec_args.len());
         let mut deps = Vec::new();
@@ -1645,7 +1687,7 @@ impl NodeCore {
                 _ => waiting_on += 1,
             }
         }
-        let priority = self.next_priority;
+        let priority = task_priority(user_priority, self.next_priority);
         self.next_priority += 1;
         self.index.insert(key.clone(), id);
         if let Some(adopted) = &mut self.adopting {
@@ -1665,6 +1707,7 @@ impl NodeCore {
             waiters: Vec::new(),
             cancelled: false,
             priority,
+            retries,
             hops: 0,
             est_ns: 0.0,
             resources,
@@ -1904,6 +1947,7 @@ impl NodeCore {
             placement: self.placement_names(&t.placement),
             resources: t.resources.to_vec(),
             hops: t.hops,
+            retries: t.retries,
         }
     }
 
@@ -3110,6 +3154,7 @@ impl NodeCore {
             args,
             missing,
             priority: a.priority,
+            retries: a.retries,
             hops: a.hops,
             est_ns: 0.0,
             resources: a.resources.into_boxed_slice(),
@@ -3265,6 +3310,7 @@ impl NodeCore {
             placement: self.placement_names(&f.placement),
             resources: f.resources.to_vec(),
             hops: f.hops,
+            retries: f.retries,
         }
     }
 
@@ -3278,6 +3324,21 @@ impl NodeCore {
         self.in_flight -= 1;
         self.stats.tasks_run += 1;
         self.measure(done.task, done.elapsed_ns);
+        if done.result.is_err()
+            && let Some(f) = self.foreign_mut(done.task)
+            && f.retries > 0
+            && !f.cancelled
+        {
+            // Run it again (Dask's `retries=`).
+            f.retries -= 1;
+            f.state = ForeignState::Queued;
+            let prio = f.priority;
+            self.stats.task_retries += 1;
+            self.ready
+                .push(Reverse((prio, done.task.idx, done.task.generation)));
+            self.ready_count += 1;
+            return;
+        }
         let f = self.remove_foreign(done.task).expect("checked above");
         if f.cancelled {
             return;

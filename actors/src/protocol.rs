@@ -60,6 +60,11 @@ pub enum ClientRequest {
         /// The graph.
         graph: GraphId,
     },
+    /// Where these keys stand, at once and without their values.
+    Status {
+        /// The keys, answered in this order.
+        keys: Vec<Key>,
+    },
 }
 
 /// The outcome of one graph of a [`ClientRequest::Submit`].
@@ -81,6 +86,19 @@ pub enum KeyResult {
     /// Not finished yet.
     Pending,
     /// The node has no such key (never submitted, or released).
+    Unknown,
+}
+
+/// Where a key stands at its owner (the answer to [`ClientRequest::Status`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyStatus {
+    /// Waiting, queued or running.
+    Pending,
+    /// Its value is in memory on the cluster.
+    Finished,
+    /// The task, or one it depends on, failed.
+    Error(TaskError),
+    /// The node has no such key (never submitted, released, or its graph was lost).
     Unknown,
 }
 
@@ -114,6 +132,8 @@ pub enum ClientResponse {
     Explained(Vec<Option<String>>),
     /// Answer to `Owner`: the ownership entry, if the node knows one.
     Owner(Option<Ownership>),
+    /// Answer to `Status`: one per key, in order.
+    Statuses(Vec<KeyStatus>),
     /// The request could not be served (e.g. an incompatible protocol version).
     Refused(String),
     /// This node no longer owns the client's graphs: another node took them over while
@@ -183,6 +203,8 @@ pub struct Assignment {
     /// How many times the task changed hands (placement and each steal count one): a
     /// copy with no more hops than one already seen is a stale duplicate.
     pub hops: u32,
+    /// Times the function is run again here after it fails.
+    pub retries: u8,
 }
 
 /// A message from one node to another. Every message is idempotent: a message delivered

@@ -303,6 +303,10 @@ impl Actor for NodeActor {
                         }
                         return Ok(());
                     }
+                    ClientRequest::Status { keys } => {
+                        reply(ClientResponse::Statuses(state.core.key_statuses(&keys)));
+                        return Ok(());
+                    }
                     ClientRequest::Explain { keys } => {
                         let lines = keys.iter().map(|k| state.core.describe(k)).collect();
                         reply(ClientResponse::Explained(lines));

@@ -1,4 +1,4 @@
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -10,16 +10,16 @@ use futures::future::BoxFuture;
 use ractor::ActorRef;
 use rdask_actors::NodeMsg;
 use rdask_actors::protocol::{
-    ClientRequest, ClientResponse, GraphSubmission, KeyResult, NodeStatus, SubmitOutcome,
+    ClientRequest, ClientResponse, GraphSubmission, KeyResult, KeyStatus, NodeStatus, SubmitOutcome,
 };
 use rdask_gossip::PROTOCOL_VERSION;
-use rdask_graph::{GraphId, Key, Registry, TaskFn, TaskSpec};
+use rdask_graph::{Arg, GraphId, Key, Registry, TaskFn, TaskSpec};
 use rdask_node::{NodeConfig, NodeHandle, RemoteNode};
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use crate::address::parse_address;
-use crate::future::{ArgContext, Args, FutureShared, IntoArg, Submitted, decode};
+use crate::future::{ArgContext, Args, FutureShared, FutureStatus, IntoArg, Submitted, decode};
 use crate::{Error, Future, Result, TaskOptions};
 
 /// How long the node may hold a gather before answering with what is ready (the client
@@ -137,7 +137,9 @@ pub(crate) struct ClientInner {
     /// Whether the flusher waits to be woken (rather than looking by itself).
     flusher_idle: AtomicBool,
     handle: tokio::runtime::Handle,
-    live: Mutex<HashSet<Key>>,
+    /// Keys of live futures, with how many futures hold each (a pure or explicit key may
+    /// be held by several).
+    live: Mutex<HashMap<Key, usize>>,
     closed: AtomicBool,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     local: Mutex<Option<NodeHandle>>,
@@ -193,6 +195,34 @@ fn run_on<T: Send + 'static>(
         let _ = tx.send(f.await);
     });
     rx.recv().map_err(|_| Error::Closed)
+}
+
+/// The key of a pure call: `prefix-` and a 128-bit FNV-1a hash of the function's name and
+/// the encoded arguments (the same on every client and every build).
+fn pure_key(prefix: &str, function: &str, args: &[Arg]) -> Key {
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    let mut h: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ u128::from(b)).wrapping_mul(PRIME);
+        }
+    };
+    eat(function.as_bytes());
+    for a in args {
+        match a {
+            Arg::Value(b) => {
+                eat(b"v");
+                eat(&(b.len() as u64).to_le_bytes());
+                eat(b);
+            }
+            Arg::Key(k) => {
+                eat(b"k");
+                eat(&(k.as_str().len() as u64).to_le_bytes());
+                eat(k.as_str().as_bytes());
+            }
+        }
+    }
+    Key::from(format!("{prefix}-{h:032x}").as_str())
 }
 
 fn splitmix64(mut x: u64) -> u64 {
@@ -293,7 +323,7 @@ impl Client {
             outbox_ready: Arc::new(tokio::sync::Notify::new()),
             flusher_idle: AtomicBool::new(true),
             handle: rt.handle().clone(),
-            live: Mutex::new(HashSet::new()),
+            live: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             runtime: Mutex::new(Some(rt)),
             local: Mutex::new(local),
@@ -336,6 +366,10 @@ impl Client {
         Client { inner }
     }
 
+    pub(crate) fn inner(&self) -> &Arc<ClientInner> {
+        &self.inner
+    }
+
     /// Runs `task` on the cluster with `args` (a tuple with one value or future per
     /// parameter) and returns the future of its value at once.
     ///
@@ -346,32 +380,61 @@ impl Client {
         self.submit_with(task, args, &TaskOptions::default())
     }
 
-    /// [`Client::submit`] with options: where the task may run and what resources it
-    /// holds.
+    /// [`Client::submit`] with options: its key (explicit, or `pure`: a hash of the call),
+    /// priority, retries, where the task may run and what resources it holds.
+    ///
+    /// ```
+    /// # #[rdask::task] fn inc(x: i64) -> i64 { x + 1 }
+    /// # fn main() -> rdask::Result<()> {
+    /// let client = rdask::Client::local()?;
+    /// let pure = rdask::TaskOptions::new().pure(true);
+    /// let a = client.submit_with(inc, (1,), &pure);
+    /// let b = client.submit_with(inc, (1,), &pure); // the same call: the same task
+    /// assert_eq!(a.key(), b.key());
+    /// assert_eq!(rdask::block_on(b.result())?, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn submit_with<F, P, O, A: Args<P>>(
         &self,
         task: TaskFn<F, P, O>,
         args: A,
         options: &TaskOptions,
     ) -> Future<O> {
-        let key = self.inner.next_key(task.prefix());
+        let (key, spec) = self.spec(&task, args, options, None);
+        let submitted = match spec {
+            Ok(spec) => self.inner.submit_graph(vec![spec], vec![key.clone()]),
+            Err(e) => futures::future::ready(Err(e)).boxed().shared(),
+        };
+        Future::new(self.inner.future(key, submitted))
+    }
+
+    /// The key and spec of one call of `task` (`index`: its place in a map).
+    fn spec<F, P, O, A: Args<P>>(
+        &self,
+        task: &TaskFn<F, P, O>,
+        args: A,
+        options: &TaskOptions,
+        index: Option<usize>,
+    ) -> (Key, Result<TaskSpec>) {
+        let mut key = match options.key_for(index) {
+            Some(k) => Key::from(k.as_str()),
+            None => self.inner.next_key(task.prefix()),
+        };
         let cx = ArgContext {
             client: &self.inner,
             key: &key,
         };
-        match args.into_args(&cx) {
-            Ok(args) => {
-                let mut spec = TaskSpec::new(key.clone(), task.name(), args);
-                spec.placement = options.placement();
-                spec.resources = options.resource_list();
-                let submitted = self.inner.submit_graph(vec![spec], vec![key.clone()]);
-                Future::new(self.inner.future(key, submitted))
-            }
-            Err(e) => Future::new(
-                self.inner
-                    .future(key, futures::future::ready(Err(e)).boxed().shared()),
-            ),
+        let args = match args.into_args(&cx) {
+            Ok(args) => args,
+            Err(e) => return (key, Err(e)),
+        };
+        if options.is_pure() && options.key_for(index).is_none() {
+            key = pure_key(task.prefix(), task.name(), &args);
         }
+        let mut spec = TaskSpec::new(key.clone(), task.name(), args);
+        options.apply(&mut spec);
+        (key, Ok(spec))
     }
 
     /// Runs a one-parameter `task` on every item (values or futures), as one graph.
@@ -380,17 +443,62 @@ impl Client {
         I: IntoIterator,
         I::Item: IntoArg<P>,
     {
+        self.map_args(task, items.into_iter().map(|x| (x,)))
+    }
+
+    /// [`Client::map`] with options (applied to every task; an explicit key `k` gives task
+    /// `i` the key `k-i`).
+    pub fn map_with<F, P, O, I>(
+        &self,
+        task: TaskFn<F, (P,), O>,
+        items: I,
+        options: &TaskOptions,
+    ) -> Vec<Future<O>>
+    where
+        I: IntoIterator,
+        I::Item: IntoArg<P>,
+    {
+        self.map_args_with(task, items.into_iter().map(|x| (x,)), options)
+    }
+
+    /// Runs `task` on every tuple of arguments, as one graph: several iterators zipped
+    /// together map a task of several parameters (Dask's `client.map(f, xs, ys)`).
+    ///
+    /// ```
+    /// # #[rdask::task] fn add(a: i64, b: i64) -> i64 { a + b }
+    /// # fn main() -> rdask::Result<()> {
+    /// let client = rdask::Client::local()?;
+    /// let sums = client.map_args(add, (0..3).zip(10..13));
+    /// assert_eq!(rdask::block_on(client.gather(&sums))?, vec![10, 12, 14]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn map_args<F, P, O, I>(&self, task: TaskFn<F, P, O>, items: I) -> Vec<Future<O>>
+    where
+        I: IntoIterator,
+        I::Item: Args<P>,
+    {
+        self.map_args_with(task, items, &TaskOptions::default())
+    }
+
+    /// [`Client::map_args`] with options.
+    pub fn map_args_with<F, P, O, I>(
+        &self,
+        task: TaskFn<F, P, O>,
+        items: I,
+        options: &TaskOptions,
+    ) -> Vec<Future<O>>
+    where
+        I: IntoIterator,
+        I::Item: Args<P>,
+    {
         let mut specs = Vec::new();
         let mut keys = Vec::new();
         let mut failed = None;
-        for item in items {
-            let key = self.inner.next_key(task.prefix());
-            let cx = ArgContext {
-                client: &self.inner,
-                key: &key,
-            };
-            match item.into_arg(&cx) {
-                Ok(arg) => specs.push(TaskSpec::new(key.clone(), task.name(), vec![arg])),
+        for (i, item) in items.into_iter().enumerate() {
+            let (key, spec) = self.spec(&task, item, options, Some(i));
+            match spec {
+                Ok(spec) => specs.push(spec),
                 Err(e) => {
                     failed.get_or_insert(e);
                 }
@@ -573,6 +681,7 @@ impl ClientInner {
             key,
             client: self.clone(),
             submitted,
+            cancelled: AtomicBool::new(false),
         })
     }
 
@@ -591,10 +700,12 @@ impl ClientInner {
         }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let id = GraphId((u128::from(self.id) << 64) | u128::from(n));
-        self.live
-            .lock()
-            .expect("live set")
-            .extend(keep.iter().cloned());
+        {
+            let mut live = self.live.lock().expect("live set");
+            for k in &keep {
+                *live.entry(k.clone()).or_insert(0) += 1;
+            }
+        }
         if self.remote() {
             // The client's copy, in case the cluster loses the graph with its owner.
             let copy = Arc::new(tasks.clone());
@@ -622,8 +733,22 @@ impl ClientInner {
         if self.closed.load(Ordering::Acquire) {
             return;
         }
-        self.live.lock().expect("live set").remove(key);
-        self.retained.lock().expect("retained graphs").remove(key);
+        let last = {
+            let mut live = self.live.lock().expect("live set");
+            match live.get_mut(key) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                _ => {
+                    live.remove(key);
+                    true
+                }
+            }
+        };
+        if last {
+            self.retained.lock().expect("retained graphs").remove(key);
+        }
         let full = {
             let mut outbox = self.outbox.lock().expect("outbox");
             outbox.released.push(key.clone());
@@ -869,6 +994,9 @@ impl ClientInner {
             if let Some(Err(e)) = item.submitted.peek() {
                 return Err(e.clone());
             }
+            if item.cancelled.load(Ordering::Acquire) {
+                return Err(Error::Cancelled(item.key.clone()));
+            }
         }
         self.flush();
         let mut out: Vec<Option<Bytes>> = vec![None; items.len()];
@@ -926,6 +1054,66 @@ impl ClientInner {
         Ok(out.into_iter().map(|b| b.expect("filled")).collect())
     }
 
+    /// Runs `f` on the client's runtime (its timers and sockets live there) and waits for
+    /// it from any executor.
+    pub(crate) async fn spawn<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Result<T> {
+        self.handle.spawn(f).await.map_err(|_| Error::Closed)
+    }
+
+    /// Where these futures stand (no value travels).
+    pub(crate) async fn statuses(&self, items: &[&Arc<FutureShared>]) -> Result<Vec<FutureStatus>> {
+        self.check_open()?;
+        let mut out = vec![FutureStatus::Pending; items.len()];
+        let mut ask = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            if item.cancelled.load(Ordering::Acquire) {
+                out[i] = FutureStatus::Cancelled;
+            } else if let Some(Err(_)) = item.submitted.peek() {
+                // Never accepted: its error is what `result()` gives.
+                out[i] = FutureStatus::Error;
+            } else {
+                ask.push(i);
+            }
+        }
+        if ask.is_empty() {
+            return Ok(out);
+        }
+        self.flush();
+        let keys: Vec<Key> = ask.iter().map(|&i| items[i].key.clone()).collect();
+        let statuses = loop {
+            let generation = self.generation.load(Ordering::Acquire);
+            let request = ClientRequest::Status { keys: keys.clone() };
+            match self.conn().send(request).await {
+                Ok(ClientResponse::Statuses(s)) if s.len() == keys.len() => break s,
+                Err(Error::ConnectionLost(reason)) if self.remote() => {
+                    self.reattach(generation, &reason).await?;
+                }
+                Err(e) => return Err(e),
+                Ok(other) => {
+                    return Err(Error::Protocol(format!(
+                        "unexpected answer to status: {other:?}"
+                    )));
+                }
+            }
+        };
+        for (&i, s) in ask.iter().zip(statuses) {
+            out[i] = match s {
+                KeyStatus::Pending => FutureStatus::Pending,
+                KeyStatus::Finished => FutureStatus::Finished,
+                KeyStatus::Error(_) => FutureStatus::Error,
+                KeyStatus::Unknown => match items[i].submitted.peek() {
+                    // Not accepted yet: the submission is on its way.
+                    None => FutureStatus::Pending,
+                    Some(_) => FutureStatus::Lost,
+                },
+            };
+        }
+        Ok(out)
+    }
+
     fn close(&self) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
@@ -934,7 +1122,13 @@ impl ClientInner {
         if local.is_none() {
             // Release what this client holds on a remote cluster, and wait (briefly) until
             // every queued operation has reached the node.
-            let mut keys: Vec<Key> = self.live.lock().expect("live set").drain().collect();
+            let mut keys: Vec<Key> = self
+                .live
+                .lock()
+                .expect("live set")
+                .drain()
+                .flat_map(|(k, n)| std::iter::repeat_n(k, n))
+                .collect();
             {
                 let mut outbox = self.outbox.lock().expect("outbox");
                 outbox.graphs.clear();

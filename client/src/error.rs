@@ -63,6 +63,12 @@ pub enum Error {
     /// The in-process cluster could not start.
     #[error("cannot start the local cluster: {0}")]
     LocalCluster(String),
+    /// The future was cancelled ([`crate::Future::cancel`]).
+    #[error("{0} was cancelled")]
+    Cancelled(Key),
+    /// The value did not come within the time given.
+    #[error("no result within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 impl Error {

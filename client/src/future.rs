@@ -1,6 +1,7 @@
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
@@ -19,11 +20,37 @@ pub(crate) struct FutureShared {
     pub(crate) key: Key,
     pub(crate) client: Arc<ClientInner>,
     pub(crate) submitted: Submitted,
+    /// Cancelled: its reference on the cluster is released already.
+    pub(crate) cancelled: AtomicBool,
 }
 
 impl Drop for FutureShared {
     fn drop(&mut self) {
-        self.client.release(&self.key);
+        if !self.cancelled.load(Ordering::Acquire) {
+            self.client.release(&self.key);
+        }
+    }
+}
+
+/// Where a future stands ([`Future::status`]), as Dask's `future.status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FutureStatus {
+    /// Waiting for inputs, queued or running.
+    Pending,
+    /// The value is in memory on the cluster.
+    Finished,
+    /// The task, or one it depends on, failed ([`Future::result`] gives the error).
+    Error,
+    /// Cancelled by this client.
+    Cancelled,
+    /// The cluster no longer knows the key (released elsewhere, or every copy lost).
+    Lost,
+}
+
+impl FutureStatus {
+    /// Whether the future will not change any more (anything but `Pending`).
+    pub fn is_done(self) -> bool {
+        self != FutureStatus::Pending
     }
 }
 
@@ -71,6 +98,33 @@ impl<T> Future<T> {
     pub fn key(&self) -> &Key {
         &self.shared.key
     }
+
+    /// Where the task stands: pending, finished, failed, cancelled or lost. Asks the
+    /// cluster (no value travels).
+    pub async fn status(&self) -> Result<FutureStatus> {
+        Ok(self.shared.client.statuses(&[&self.shared]).await?[0])
+    }
+
+    /// Whether the task is finished, failed, cancelled or lost (Dask's `future.done()`).
+    pub async fn done(&self) -> Result<bool> {
+        Ok(self.status().await?.is_done())
+    }
+
+    /// Cancels the task: this client's hold on it is released at once, so the cluster
+    /// drops it unless another future (or a task still to run) needs it — queued work is
+    /// dropped, a running function's value is dropped when it returns. Afterwards
+    /// [`Future::result`] and [`Future::status`] report the cancellation, and passing the
+    /// future as an argument fails. Clones share the cancellation.
+    pub fn cancel(&self) {
+        if !self.shared.cancelled.swap(true, Ordering::AcqRel) {
+            self.shared.client.release(&self.shared.key);
+        }
+    }
+
+    /// Whether [`Future::cancel`] was called on this future or a clone.
+    pub fn is_cancelled(&self) -> bool {
+        self.shared.cancelled.load(Ordering::Acquire)
+    }
 }
 
 impl<T: DeserializeOwned> Future<T> {
@@ -78,6 +132,24 @@ impl<T: DeserializeOwned> Future<T> {
     pub async fn result(&self) -> Result<T> {
         let bytes = self.shared.client.fetch(&[&self.shared]).await?;
         decode(&self.shared.key, &bytes[0])
+    }
+
+    /// Waits for the value at most `timeout`: [`Error::Timeout`] after that (the task goes
+    /// on; ask again later).
+    pub async fn result_timeout(&self, timeout: std::time::Duration) -> Result<T>
+    where
+        T: Send + 'static,
+    {
+        let me = self.clone();
+        let client = self.shared.client.clone();
+        client
+            .spawn(async move {
+                match tokio::time::timeout(timeout, me.result()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::Timeout(timeout)),
+                }
+            })
+            .await?
     }
 }
 
@@ -126,6 +198,9 @@ impl<T> IntoArg<T> for &Future<T> {
     fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
         if !Arc::ptr_eq(&self.shared.client, cx.client) {
             return Err(Error::ForeignFuture(cx.key.clone()));
+        }
+        if self.is_cancelled() {
+            return Err(Error::Cancelled(self.shared.key.clone()));
         }
         Ok(Arg::Key(self.shared.key.clone()))
     }

@@ -40,15 +40,17 @@ mod client;
 mod error;
 mod future;
 mod options;
+mod wait;
 
 pub use address::parse_address;
 pub use client::Client;
 pub use error::{Error, Result};
-pub use future::{Args, Future, IntoArg};
+pub use future::{Args, Future, FutureStatus, IntoArg};
 pub use options::TaskOptions;
 pub use rdask_actors::protocol::NodeStatus;
 pub use rdask_gossip::{LoadSummary, MemberInfo, MemberState};
 pub use rdask_graph::{GraphError, Key, TaskError, TaskErrorKind, TaskFn};
+pub use wait::{AsCompleted, ReturnWhen, Waited};
 
 /// Registers a plain Rust function as a task function that the cluster can run.
 ///

@@ -23,6 +23,10 @@ pub struct TaskOptions {
     workers: Vec<Arc<str>>,
     allow_other_workers: bool,
     resources: Vec<(Arc<str>, u64)>,
+    key: Option<String>,
+    pure: bool,
+    priority: i32,
+    retries: u8,
 }
 
 impl TaskOptions {
@@ -66,8 +70,55 @@ impl TaskOptions {
         self
     }
 
-    pub(crate) fn resource_list(&self) -> Vec<(Arc<str>, u64)> {
-        self.resources.clone()
+    /// The key to store the result under, instead of a fresh one (Dask's `key=`). A key
+    /// the cluster already knows is the same task: its result is shared, nothing runs
+    /// again. With [`crate::Client::map_with`], task `i` gets `{key}-{i}`.
+    pub fn key(mut self, key: impl Into<String>) -> TaskOptions {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Keys the task by a hash of its function and arguments (Dask's `pure=True`): the
+    /// same call submitted again — by this client, or another client of the same entry
+    /// node (the owner of both) — reuses the result held there instead of running again.
+    /// Only for functions whose result depends on their arguments alone.
+    pub fn pure(mut self, pure: bool) -> TaskOptions {
+        self.pure = pure;
+        self
+    }
+
+    /// Among tasks ready on a node, higher priorities run first (Dask's `priority=`;
+    /// default 0, negative allowed). Tasks of equal priority run in submission order.
+    pub fn priority(mut self, priority: i32) -> TaskOptions {
+        self.priority = priority;
+        self
+    }
+
+    /// Runs the function again, up to `retries` times, when it fails (returns `Err` or
+    /// panics) before its error is final (Dask's `retries=`).
+    pub fn retries(mut self, retries: u8) -> TaskOptions {
+        self.retries = retries;
+        self
+    }
+
+    /// Applies the options that travel with the task to its spec.
+    pub(crate) fn apply(&self, spec: &mut rdask_graph::TaskSpec) {
+        spec.placement = self.placement();
+        spec.resources = self.resources.clone();
+        spec.priority = self.priority;
+        spec.retries = self.retries;
+    }
+
+    /// The key the options ask for, if any (`index`: the task's place in a map).
+    pub(crate) fn key_for(&self, index: Option<usize>) -> Option<String> {
+        self.key.as_ref().map(|k| match index {
+            Some(i) => format!("{k}-{i}"),
+            None => k.clone(),
+        })
+    }
+
+    pub(crate) fn is_pure(&self) -> bool {
+        self.pure
     }
 
     pub(crate) fn placement(&self) -> Option<Placement> {

@@ -30,6 +30,12 @@ pub struct TaskSpec {
     /// nodes started with at least as much of each (`--resources GPU=2`), and no more such
     /// tasks run at once on a node than its amounts allow.
     pub resources: Vec<(Arc<str>, u64)>,
+    /// Among ready tasks of a node, higher runs first (Dask's `priority=`); equal ones in
+    /// submission order.
+    pub priority: i32,
+    /// Times the function is run again after it fails (returns `Err` or panics) before the
+    /// failure is final (Dask's `retries=`).
+    pub retries: u8,
 }
 
 /// A restriction of where a task runs (Dask's `workers=` and `allow_other_workers=`).
@@ -50,6 +56,8 @@ impl TaskSpec {
             args,
             placement: None,
             resources: Vec::new(),
+            priority: 0,
+            retries: 0,
         }
     }
 

@@ -315,6 +315,8 @@ fn submission(id: u128, g: &PlanGraph) -> GraphSubmission {
                 } else {
                     Vec::new()
                 },
+                priority: 0,
+                retries: 0,
             }
         })
         .collect();

@@ -72,6 +72,25 @@ pub fn logged_add(a: i64, b: i64, tag: u64, log: String) -> i64 {
     a + b
 }
 
+/// Fails the first `fails` times it runs (counted in the file `log`, one line per run,
+/// across every node process of a test), then returns `x`: a task that needs retries.
+#[rdask::task]
+pub fn flaky(x: i64, fails: u32, log: String) -> Result<i64, String> {
+    append_line(&log, &format!("flaky {x} {}", std::process::id()));
+    let runs = std::fs::read_to_string(&log)
+        .map(|t| {
+            t.lines()
+                .filter(|l| l.starts_with(&format!("flaky {x} ")))
+                .count()
+        })
+        .unwrap_or(0);
+    if runs as u32 <= fails {
+        Err(format!("run {runs} of {x} fails on purpose"))
+    } else {
+        Ok(x)
+    }
+}
+
 fn append_line(path: &str, line: &str) {
     use std::io::Write;
     // One write of a whole line with O_APPEND: lines of concurrent writers do not mix.

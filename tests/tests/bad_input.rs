@@ -260,6 +260,7 @@ fn bad_batches_from_a_peer_end_its_stream_and_nonsense_messages_are_ignored() {
                 args,
                 priority: u64::MAX,
                 hops: u32::MAX,
+                retries: u8::MAX,
                 placement: None,
                 resources: vec![("GPU".into(), u64::MAX)],
             })
@@ -335,6 +336,7 @@ fn bad_batches_from_a_peer_end_its_stream_and_nonsense_messages_are_ignored() {
                     args: vec![],
                     priority: 0,
                     hops: u32::MAX,
+                    retries: u8::MAX,
                     placement: Some(rdask_graph::Placement {
                         nodes: vec!["nowhere".into()],
                         loose: false,

@@ -240,6 +240,8 @@ impl NodeCore {
             args,
             placement: self.placement_names(&t.placement),
             resources: t.resources.to_vec(),
+            priority: super::user_priority(t.priority),
+            retries: t.retries,
         }
     }
 

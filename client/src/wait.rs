@@ -1,0 +1,203 @@
+//! Waiting on many futures: [`Client::wait`] and [`AsCompleted`] (Dask's `wait` and
+//! `as_completed`).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::client::ClientInner;
+use crate::future::FutureShared;
+use crate::{Client, Future, FutureStatus, Result};
+
+/// The first pause between two looks at the futures' states; it doubles up to
+/// [`MAX_POLL`] while nothing changes.
+const FIRST_POLL: Duration = Duration::from_millis(1);
+const MAX_POLL: Duration = Duration::from_millis(100);
+
+/// When [`Client::wait`] returns (Dask's `return_when`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReturnWhen {
+    /// Once every future is done (finished, failed, cancelled or lost).
+    AllCompleted,
+    /// Once any future is done.
+    FirstCompleted,
+    /// Once any future failed, or every future is done.
+    FirstException,
+}
+
+/// What [`Client::wait`] found: the futures that are done and those that are not, each in
+/// the order given.
+#[derive(Debug)]
+pub struct Waited<T> {
+    /// Finished, failed, cancelled or lost.
+    pub done: Vec<Future<T>>,
+    /// Still pending.
+    pub not_done: Vec<Future<T>>,
+}
+
+/// Looks at the states of `futures` until `enough` holds for them (with growing pauses, on
+/// the client's runtime); returns the states.
+async fn poll_until(
+    inner: &Arc<ClientInner>,
+    futures: Vec<Arc<FutureShared>>,
+    enough: fn(&[FutureStatus]) -> bool,
+) -> Result<Vec<FutureStatus>> {
+    let me = inner.clone();
+    inner
+        .spawn(async move {
+            let mut pause = FIRST_POLL;
+            loop {
+                let items: Vec<&Arc<FutureShared>> = futures.iter().collect();
+                let statuses = me.statuses(&items).await?;
+                if enough(&statuses) {
+                    return Ok(statuses);
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_POLL);
+            }
+        })
+        .await?
+}
+
+impl Client {
+    /// Waits until the futures are done as `when` says, and returns which are done and
+    /// which are not (Dask's `wait`). Nothing is fetched: await the futures (or
+    /// [`Client::gather`]) for the values.
+    ///
+    /// ```
+    /// # #[rdask::task] fn inc(x: i64) -> i64 { x + 1 }
+    /// # fn main() -> rdask::Result<()> {
+    /// use rdask::ReturnWhen;
+    /// let client = rdask::Client::local()?;
+    /// let futures = client.map(inc, 0..8);
+    /// let waited = rdask::block_on(client.wait(&futures, ReturnWhen::AllCompleted))?;
+    /// assert_eq!((waited.done.len(), waited.not_done.len()), (8, 0));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn wait<T>(&self, futures: &[Future<T>], when: ReturnWhen) -> Result<Waited<T>> {
+        let enough: fn(&[FutureStatus]) -> bool = match when {
+            ReturnWhen::AllCompleted => |s| s.iter().all(|s| s.is_done()),
+            ReturnWhen::FirstCompleted => |s| s.is_empty() || s.iter().any(|s| s.is_done()),
+            ReturnWhen::FirstException => {
+                |s| s.iter().all(|s| s.is_done()) || s.contains(&FutureStatus::Error)
+            }
+        };
+        let shared = futures.iter().map(|f| f.shared.clone()).collect();
+        let statuses = poll_until(self.inner(), shared, enough).await?;
+        let mut waited = Waited {
+            done: Vec::new(),
+            not_done: Vec::new(),
+        };
+        for (f, s) in futures.iter().zip(statuses) {
+            if s.is_done() {
+                waited.done.push(f.clone());
+            } else {
+                waited.not_done.push(f.clone());
+            }
+        }
+        Ok(waited)
+    }
+
+    /// The futures in the order they complete (Dask's `as_completed`); more can be added
+    /// while iterating.
+    ///
+    /// ```
+    /// # #[rdask::task] fn inc(x: i64) -> i64 { x + 1 }
+    /// # fn main() -> rdask::Result<()> {
+    /// let client = rdask::Client::local()?;
+    /// let mut done = client.as_completed(client.map(inc, 0..4));
+    /// let mut total = 0;
+    /// rdask::block_on(async {
+    ///     while let Some(f) = done.next().await {
+    ///         let x = f?.result().await?;
+    ///         if x == 1 {
+    ///             done.add(client.submit(inc, (100,))); // grows while in use
+    ///         }
+    ///         total += x;
+    ///     }
+    ///     Ok::<_, rdask::Error>(())
+    /// })?;
+    /// assert_eq!(total, 1 + 2 + 3 + 4 + 101);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn as_completed<T>(&self, futures: impl IntoIterator<Item = Future<T>>) -> AsCompleted<T> {
+        AsCompleted {
+            inner: self.inner().clone(),
+            pending: futures.into_iter().collect(),
+            ready: VecDeque::new(),
+        }
+    }
+}
+
+/// Futures handed out as they complete: see [`Client::as_completed`].
+pub struct AsCompleted<T> {
+    inner: Arc<ClientInner>,
+    pending: Vec<Future<T>>,
+    ready: VecDeque<Future<T>>,
+}
+
+impl<T> AsCompleted<T> {
+    /// Adds a future to those waited for.
+    pub fn add(&mut self, future: Future<T>) {
+        self.pending.push(future);
+    }
+
+    /// Futures not handed out yet.
+    pub fn len(&self) -> usize {
+        self.pending.len() + self.ready.len()
+    }
+
+    /// Whether every future was handed out.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next future to complete (finished, failed, cancelled or lost); `None` once every
+    /// future was handed out. Futures that complete together come out in the order they
+    /// were added.
+    pub async fn next(&mut self) -> Option<Result<Future<T>>> {
+        if let Some(f) = self.ready.pop_front() {
+            return Some(Ok(f));
+        }
+        if self.pending.is_empty() {
+            return None;
+        }
+        let shared = self.pending.iter().map(|f| f.shared.clone()).collect();
+        let statuses =
+            match poll_until(&self.inner, shared, |s| s.iter().any(|s| s.is_done())).await {
+                Ok(s) => s,
+                Err(e) => return Some(Err(e)),
+            };
+        let mut still = Vec::new();
+        for (f, s) in std::mem::take(&mut self.pending).into_iter().zip(statuses) {
+            if s.is_done() {
+                self.ready.push_back(f);
+            } else {
+                still.push(f);
+            }
+        }
+        self.pending = still;
+        self.ready.pop_front().map(Ok)
+    }
+}
+
+impl<T: DeserializeOwned> AsCompleted<T> {
+    /// The next future to complete with its result (Dask's `with_results=True`).
+    pub async fn next_with_result(&mut self) -> Option<(Future<T>, Result<T>)> {
+        match self.next().await? {
+            Ok(f) => {
+                let r = f.result().await;
+                Some((f, r))
+            }
+            Err(e) => {
+                // The cluster could not be asked: hand out a pending future with the error.
+                let f = self.pending.pop()?;
+                Some((f, Err(e)))
+            }
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The futures API a Dask user expects, against a real cluster of node processes: status,
+//! cancel, timeouts, retries, pure and explicit keys, priorities, `wait`, `as_completed`
+//! and `map_args`.
+
+use std::time::{Duration, Instant};
+
+use rdask::{Client, Error, FutureStatus, ReturnWhen, TaskOptions};
+use rdask_tests::{NodeProcess, bounded, flaky, inc, logged_inc, slow_inc};
+
+const NODE: &str = env!("CARGO_BIN_EXE_rdask-test-node");
+
+/// Two nodes of one thread each, joined; a client of the first.
+fn cluster() -> (Vec<NodeProcess>, Client) {
+    let a = NodeProcess::start(NODE, &["--nthreads", "1"]);
+    let b = NodeProcess::start(NODE, &["--nthreads", "1", "--join", &a.multiaddr]);
+    let client = Client::connect(&a.multiaddr).expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rdask::block_on(client.nodes()).expect("nodes").len() < 2 {
+        assert!(Instant::now() < deadline, "the two nodes did not meet");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (vec![a, b], client)
+}
+
+fn temp_log(name: &str) -> String {
+    let path = std::env::temp_dir().join(format!("rdask-{name}-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path.to_string_lossy().into_owned()
+}
+
+fn runs(log: &str) -> usize {
+    std::fs::read_to_string(log).map_or(0, |t| t.lines().count())
+}
+
+#[test]
+fn status_timeout_and_cancel_of_running_work_frees_the_nodes() {
+    bounded(120, || {
+        let (_nodes, client) = cluster();
+        let slow = client.submit(slow_inc, (1, 3_000));
+        assert_eq!(
+            rdask::block_on(slow.status()).unwrap(),
+            FutureStatus::Pending
+        );
+        assert!(!rdask::block_on(slow.done()).unwrap());
+        match rdask::block_on(slow.result_timeout(Duration::from_millis(200))) {
+            Err(Error::Timeout(_)) => {}
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        let quick = client.submit(inc, (41,));
+        assert_eq!(rdask::block_on(quick.result()).unwrap(), 42);
+        assert_eq!(
+            rdask::block_on(quick.status()).unwrap(),
+            FutureStatus::Finished
+        );
+
+        // A graph of 40 one-second tasks on two one-thread nodes, cancelled: the nodes are
+        // idle again once the two running functions return, not after 20 s.
+        let many = client.map_args(slow_inc, (0..40).map(|i| (i, 1_000u64)));
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        for f in &many {
+            f.cancel();
+        }
+        slow.cancel();
+        assert_eq!(
+            rdask::block_on(many[0].status()).unwrap(),
+            FutureStatus::Cancelled
+        );
+        match rdask::block_on(many[39].result()) {
+            Err(Error::Cancelled(k)) => assert_eq!(&k, many[39].key()),
+            other => panic!("expected a cancellation, got {other:?}"),
+        }
+        // A cancelled future cannot be used as an argument.
+        let dependent = client.submit(inc, (&many[3],));
+        assert!(matches!(
+            rdask::block_on(dependent.result()),
+            Err(Error::Cancelled(_))
+        ));
+        loop {
+            let nodes = rdask::block_on(client.nodes()).unwrap();
+            let busy: u64 = nodes.iter().map(|n| n.load.queued + n.load.running).sum();
+            if busy == 0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "still busy after cancelling: {busy} tasks"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+}
+
+#[test]
+fn a_task_retried_after_two_failures_succeeds_and_one_retry_is_not_enough() {
+    bounded(120, || {
+        let (_nodes, client) = cluster();
+        let log = temp_log("flaky");
+        let twice = TaskOptions::new().retries(2);
+        let f = client.submit_with(flaky, (7, 2, log.clone()), &twice);
+        assert_eq!(rdask::block_on(f.result()).unwrap(), 7);
+        assert_eq!(runs(&log), 3, "two failed runs, then one that succeeded");
+
+        let once = TaskOptions::new().retries(1);
+        let g = client.submit_with(flaky, (8, 2, log.clone()), &once);
+        let e = rdask::block_on(g.result()).unwrap_err();
+        let te = e.task_error().expect("a task error");
+        assert!(te.message.contains("fails on purpose"), "{te}");
+        assert_eq!(rdask::block_on(g.status()).unwrap(), FutureStatus::Error);
+        let _ = std::fs::remove_file(&log);
+    });
+}
+
+#[test]
+fn pure_and_explicit_keys_reuse_results_across_clients() {
+    bounded(120, || {
+        let (nodes, client) = cluster();
+        let log = temp_log("pure");
+        let pure = TaskOptions::new().pure(true);
+        let a = client.submit_with(logged_inc, (5, 0, log.clone()), &pure);
+        assert_eq!(rdask::block_on(a.result()).unwrap(), 6);
+        // The same call from another client of the same node: the same key, and nothing
+        // runs again while the first client holds the result.
+        let other = Client::connect(&nodes[0].multiaddr).expect("connect");
+        let b = other.submit_with(logged_inc, (5, 0, log.clone()), &pure);
+        assert_eq!(a.key(), b.key());
+        assert_eq!(rdask::block_on(b.result()).unwrap(), 6);
+        let c = client.submit_with(logged_inc, (6, 0, log.clone()), &pure);
+        assert_ne!(a.key(), c.key(), "other arguments, another key");
+        assert_eq!(rdask::block_on(c.result()).unwrap(), 7);
+        assert_eq!(runs(&log), 2);
+
+        let named = TaskOptions::new().key("answer");
+        let x = client.submit_with(inc, (41,), &named);
+        assert_eq!(x.key().as_str(), "answer");
+        assert_eq!(rdask::block_on(x.result()).unwrap(), 42);
+        let xs = client.map_with(inc, [1, 2], &named);
+        assert_eq!(xs[1].key().as_str(), "answer-1");
+        assert_eq!(rdask::block_on(client.gather(&xs)).unwrap(), vec![2, 3]);
+        let _ = std::fs::remove_file(&log);
+    });
+}
+
+#[test]
+fn higher_priority_tasks_run_first_on_a_busy_node() {
+    bounded(120, || {
+        let client = Client::local_with_threads(1).expect("local cluster");
+        let log = temp_log("priority");
+        // The one thread is busy; then low, high and default tasks queue behind it.
+        let blocker = client.submit(logged_inc, (0, 500, log.clone()));
+        std::thread::sleep(Duration::from_millis(100));
+        let low = TaskOptions::new().priority(-5);
+        let high = TaskOptions::new().priority(10);
+        let l = client.map_args_with(logged_inc, (1..4).map(|i| (i, 0, log.clone())), &low);
+        let d = client.submit(logged_inc, (10, 0, log.clone()));
+        let h = client.submit_with(logged_inc, (20, 0, log.clone()), &high);
+        rdask::block_on(client.wait(&l, ReturnWhen::AllCompleted)).unwrap();
+        for f in [&blocker, &d, &h] {
+            rdask::block_on(f.result()).unwrap();
+        }
+        let order: Vec<i64> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|l| l.split(' ').nth(1).unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(order, vec![0, 20, 10, 1, 2, 3]);
+        let _ = std::fs::remove_file(&log);
+    });
+}
+
+#[test]
+fn wait_and_as_completed_follow_completion_order() {
+    bounded(120, || {
+        // as_completed: 900, 100 and 500 ms tasks running at once come out fastest first,
+        // and one added while iterating comes out too.
+        let local = Client::local_with_threads(3).expect("local cluster");
+        let futures = local.map_args(slow_inc, [(3, 900u64), (1, 100), (2, 500)]);
+        let mut done = local.as_completed(futures);
+        let mut seen = Vec::new();
+        rdask::block_on(async {
+            while let Some((_, r)) = done.next_with_result().await {
+                let v = r.unwrap();
+                seen.push(v);
+                if v == 2 {
+                    done.add(local.submit(slow_inc, (99, 0)));
+                }
+            }
+        });
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert_eq!(seen[0], 2, "{seen:?}");
+        let at = |v| seen.iter().position(|&x| x == v).unwrap();
+        assert!(at(3) < at(4) && seen.contains(&100), "{seen:?}");
+        drop(local);
+
+        let (_nodes, client) = cluster();
+
+        let slow = client.submit(slow_inc, (1, 2_000));
+        let fast = client.submit(slow_inc, (2, 10));
+        let both = [slow.clone(), fast.clone()];
+        let w = rdask::block_on(client.wait(&both, ReturnWhen::FirstCompleted)).unwrap();
+        assert_eq!(w.done.len(), 1);
+        assert_eq!(w.done[0].key(), fast.key());
+        assert_eq!(w.not_done[0].key(), slow.key());
+
+        let failing = client.submit(flaky, (3, 5, temp_log("never")));
+        let w = rdask::block_on(
+            client.wait(&[slow.clone(), failing.clone()], ReturnWhen::FirstException),
+        )
+        .unwrap();
+        assert_eq!(w.done.len(), 1);
+        assert_eq!(w.done[0].key(), failing.key());
+        let all = rdask::block_on(client.wait(&both, ReturnWhen::AllCompleted)).unwrap();
+        assert_eq!(all.done.len(), 2);
+    });
+}
