@@ -172,9 +172,25 @@ pub(crate) struct ClientInner {
 /// # Ok(())
 /// # }
 /// ```
+#[derive(Clone)]
 pub struct Client {
     inner: Arc<ClientInner>,
+    /// Shared by the clones of this client: the last one dropped closes it.
+    closer: Arc<Closer>,
 }
+
+/// Closes the client when the last handle goes.
+struct Closer(Arc<ClientInner>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// The default client: the last one created (unless it asked not to be), for delayed
+/// values and collections that are not given one.
+static DEFAULT: Mutex<std::sync::Weak<Closer>> = Mutex::new(std::sync::Weak::new());
 
 fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -363,11 +379,46 @@ impl Client {
                 inner.flush();
             }
         });
-        Client { inner }
+        let client = Client {
+            closer: Arc::new(Closer(inner.clone())),
+            inner,
+        };
+        client.set_as_default(true);
+        client
     }
 
     pub(crate) fn inner(&self) -> &Arc<ClientInner> {
         &self.inner
+    }
+
+    /// The default client: the last one created that did not opt out with
+    /// [`Client::set_as_default`]`(false)` and is not closed (Dask's `Client.current()`).
+    /// A handle to the same client: clones share the connection, and the client closes when
+    /// the last handle is dropped or [`Client::close`]d.
+    pub fn current() -> Result<Client> {
+        let closer = DEFAULT
+            .lock()
+            .expect("default client")
+            .upgrade()
+            .ok_or(Error::NoDefaultClient)?;
+        if closer.0.closed.load(Ordering::Acquire) {
+            return Err(Error::NoDefaultClient);
+        }
+        Ok(Client {
+            inner: closer.0.clone(),
+            closer,
+        })
+    }
+
+    /// Makes this client the default one ([`Client::current`]), or (`false`) stops it
+    /// being the default. Every client is made the default when it is created.
+    pub fn set_as_default(&self, yes: bool) {
+        let mut default = DEFAULT.lock().expect("default client");
+        if yes {
+            *default = Arc::downgrade(&self.closer);
+        } else if std::ptr::eq(default.as_ptr(), Arc::as_ptr(&self.closer)) {
+            *default = std::sync::Weak::new();
+        }
     }
 
     /// Runs `task` on the cluster with `args` (a tuple with one value or future per
@@ -624,15 +675,10 @@ impl Client {
     }
 
     /// Releases everything the client holds on the cluster and closes the connection
-    /// (the in-process cluster of `Client::local()` stops). Futures of this client then
-    /// fail with [`Error::Closed`]. Dropping the client does the same.
+    /// (the in-process cluster of `Client::local()` stops), for every handle of it.
+    /// Futures of this client then fail with [`Error::Closed`]. Dropping the last handle
+    /// does the same.
     pub fn close(self) {
-        drop(self)
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
         self.inner.close();
     }
 }

@@ -66,6 +66,9 @@ pub enum Error {
     /// The future was cancelled ([`crate::Future::cancel`]).
     #[error("{0} was cancelled")]
     Cancelled(Key),
+    /// [`crate::Client::current`] found no open default client.
+    #[error("no default client: create one first (Client::local() or Client::connect(…))")]
+    NoDefaultClient,
     /// The value did not come within the time given.
     #[error("no result within {0:?}")]
     Timeout(std::time::Duration),

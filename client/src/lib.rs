@@ -36,6 +36,7 @@
 extern crate self as rdask;
 
 mod address;
+pub mod blocking;
 mod client;
 mod error;
 mod future;

@@ -9,6 +9,13 @@ use rdask_tests::{NodeProcess, bounded, flaky, inc, logged_inc, slow_inc};
 
 const NODE: &str = env!("CARGO_BIN_EXE_rdask-test-node");
 
+/// The tests of this file run one at a time: the default client is one per process.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Two nodes of one thread each, joined; a client of the first.
 fn cluster() -> (Vec<NodeProcess>, Client) {
     let a = NodeProcess::start(NODE, &["--nthreads", "1"]);
@@ -34,6 +41,7 @@ fn runs(log: &str) -> usize {
 
 #[test]
 fn status_timeout_and_cancel_of_running_work_frees_the_nodes() {
+    let _one = serial();
     bounded(120, || {
         let (_nodes, client) = cluster();
         let slow = client.submit(slow_inc, (1, 3_000));
@@ -93,6 +101,7 @@ fn status_timeout_and_cancel_of_running_work_frees_the_nodes() {
 
 #[test]
 fn a_task_retried_after_two_failures_succeeds_and_one_retry_is_not_enough() {
+    let _one = serial();
     bounded(120, || {
         let (_nodes, client) = cluster();
         let log = temp_log("flaky");
@@ -113,6 +122,7 @@ fn a_task_retried_after_two_failures_succeeds_and_one_retry_is_not_enough() {
 
 #[test]
 fn pure_and_explicit_keys_reuse_results_across_clients() {
+    let _one = serial();
     bounded(120, || {
         let (nodes, client) = cluster();
         let log = temp_log("pure");
@@ -143,6 +153,7 @@ fn pure_and_explicit_keys_reuse_results_across_clients() {
 
 #[test]
 fn higher_priority_tasks_run_first_on_a_busy_node() {
+    let _one = serial();
     bounded(120, || {
         let client = Client::local_with_threads(1).expect("local cluster");
         let log = temp_log("priority");
@@ -170,6 +181,7 @@ fn higher_priority_tasks_run_first_on_a_busy_node() {
 
 #[test]
 fn wait_and_as_completed_follow_completion_order() {
+    let _one = serial();
     bounded(120, || {
         // as_completed: 900, 100 and 500 ms tasks running at once come out fastest first,
         // and one added while iterating comes out too.
@@ -211,5 +223,52 @@ fn wait_and_as_completed_follow_completion_order() {
         assert_eq!(w.done[0].key(), failing.key());
         let all = rdask::block_on(client.wait(&both, ReturnWhen::AllCompleted)).unwrap();
         assert_eq!(all.done.len(), 2);
+    });
+}
+
+/// One script, written twice: for the async client and for the blocking one.
+async fn script_async(client: &Client) -> (i64, Vec<i64>, FutureStatus) {
+    let xs = client.map(inc, 0..20);
+    let sums = client.map_args(rdask_tests::add, xs.iter().zip(xs.iter().rev()));
+    let total = client.submit(rdask_tests::add, (&sums[0], &sums[19]));
+    let values = client.gather(&sums).await.unwrap();
+    (total.await.unwrap(), values, xs[0].status().await.unwrap())
+}
+
+fn script_blocking(client: &rdask::blocking::Client) -> (i64, Vec<i64>, FutureStatus) {
+    let xs = client.map(inc, 0..20);
+    let sums = client.map_args(rdask_tests::add, xs.iter().zip(xs.iter().rev()));
+    let total = client.submit(rdask_tests::add, (&sums[0], &sums[19]));
+    let values = client.gather(&sums).unwrap();
+    (total.result().unwrap(), values, xs[0].status().unwrap())
+}
+
+#[test]
+fn a_blocking_and_an_async_client_give_the_same_results_and_the_last_is_the_default() {
+    let _one = serial();
+    bounded(120, || {
+        let (nodes, client) = cluster();
+        let by_async = rdask::block_on(script_async(&client));
+        let blocking = rdask::blocking::Client::connect(&nodes[1].multiaddr).expect("connect");
+        // The last client created is the default one.
+        assert_eq!(
+            Client::current().unwrap().session_id(),
+            blocking.asynchronous().session_id()
+        );
+        let by_blocking = script_blocking(&blocking);
+        assert_eq!(by_async, by_blocking);
+        assert_eq!(by_async.0, 2 * 21);
+        assert_eq!(by_async.2, FutureStatus::Finished);
+        // Opting out leaves no default; a handle from `current()` shares the client.
+        blocking.set_as_default(false);
+        assert!(matches!(Client::current(), Err(Error::NoDefaultClient)));
+        client.set_as_default(true);
+        let again = Client::current().unwrap();
+        assert_eq!(again.session_id(), client.session_id());
+        drop(again);
+        assert_eq!(
+            rdask::block_on(client.submit(inc, (1,)).result()).unwrap(),
+            2
+        );
     });
 }

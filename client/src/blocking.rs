@@ -1,0 +1,311 @@
+//! The client for programs that are not async: the same surface as [`crate::Client`],
+//! every call returning when its answer is in (as `reqwest::blocking` does).
+//!
+//! ```
+//! #[rdask::task]
+//! fn square(x: i64) -> i64 {
+//!     x * x
+//! }
+//!
+//! # fn main() -> rdask::Result<()> {
+//! use rdask::blocking::Client;
+//! let client = Client::local()?;
+//! let squares = client.map(square, 0..4);
+//! let total: i64 = client.gather(&squares)?.into_iter().sum();
+//! assert_eq!(total, 14);
+//! let f = client.submit(square, (&squares[3],)); // futures as arguments, as in async
+//! assert_eq!(f.result()?, 81);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Do not call it from inside an async runtime: a blocking call there stalls the runtime's
+//! thread. Use [`crate::Client`] in async code.
+
+use std::time::Duration;
+
+use futures::executor::block_on;
+use rdask_graph::{Arg, Key, TaskFn};
+use serde::de::DeserializeOwned;
+
+use crate::future::ArgContext;
+use crate::{Args, FutureStatus, IntoArg, NodeStatus, Result, ReturnWhen, TaskOptions};
+
+/// A blocking client: see [the module](self).
+#[derive(Clone)]
+pub struct Client {
+    inner: crate::Client,
+}
+
+/// The handle of a task's value, for blocking code: see [`crate::Future`].
+pub struct Future<T> {
+    inner: crate::Future<T>,
+}
+
+impl<T> Clone for Future<T> {
+    fn clone(&self) -> Self {
+        Future {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Future<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.inner, f)
+    }
+}
+
+fn wrap<T>(futures: Vec<crate::Future<T>>) -> Vec<Future<T>> {
+    futures.into_iter().map(|inner| Future { inner }).collect()
+}
+
+fn unwrap<T>(futures: &[Future<T>]) -> Vec<crate::Future<T>> {
+    futures.iter().map(|f| f.inner.clone()).collect()
+}
+
+impl Client {
+    /// Starts an in-process cluster on this machine's cores ([`crate::Client::local`]).
+    pub fn local() -> Result<Client> {
+        crate::Client::local().map(Client::from)
+    }
+
+    /// Starts an in-process cluster with `nthreads` task threads.
+    pub fn local_with_threads(nthreads: usize) -> Result<Client> {
+        crate::Client::local_with_threads(nthreads).map(Client::from)
+    }
+
+    /// Connects to a running node ([`crate::Client::connect`]).
+    pub fn connect(address: &str) -> Result<Client> {
+        crate::Client::connect(address).map(Client::from)
+    }
+
+    /// The default client ([`crate::Client::current`]).
+    pub fn current() -> Result<Client> {
+        crate::Client::current().map(Client::from)
+    }
+
+    /// The async client this one wraps (they share the connection).
+    pub fn asynchronous(&self) -> &crate::Client {
+        &self.inner
+    }
+
+    /// See [`crate::Client::set_as_default`].
+    pub fn set_as_default(&self, yes: bool) {
+        self.inner.set_as_default(yes)
+    }
+
+    /// See [`crate::Client::submit`].
+    pub fn submit<F, P, O, A: Args<P>>(&self, task: TaskFn<F, P, O>, args: A) -> Future<O> {
+        Future {
+            inner: self.inner.submit(task, args),
+        }
+    }
+
+    /// See [`crate::Client::submit_with`].
+    pub fn submit_with<F, P, O, A: Args<P>>(
+        &self,
+        task: TaskFn<F, P, O>,
+        args: A,
+        options: &TaskOptions,
+    ) -> Future<O> {
+        Future {
+            inner: self.inner.submit_with(task, args, options),
+        }
+    }
+
+    /// See [`crate::Client::map`].
+    pub fn map<F, P, O, I>(&self, task: TaskFn<F, (P,), O>, items: I) -> Vec<Future<O>>
+    where
+        I: IntoIterator,
+        I::Item: IntoArg<P>,
+    {
+        wrap(self.inner.map(task, items))
+    }
+
+    /// See [`crate::Client::map_with`].
+    pub fn map_with<F, P, O, I>(
+        &self,
+        task: TaskFn<F, (P,), O>,
+        items: I,
+        options: &TaskOptions,
+    ) -> Vec<Future<O>>
+    where
+        I: IntoIterator,
+        I::Item: IntoArg<P>,
+    {
+        wrap(self.inner.map_with(task, items, options))
+    }
+
+    /// See [`crate::Client::map_args`].
+    pub fn map_args<F, P, O, I>(&self, task: TaskFn<F, P, O>, items: I) -> Vec<Future<O>>
+    where
+        I: IntoIterator,
+        I::Item: Args<P>,
+    {
+        wrap(self.inner.map_args(task, items))
+    }
+
+    /// See [`crate::Client::map_args_with`].
+    pub fn map_args_with<F, P, O, I>(
+        &self,
+        task: TaskFn<F, P, O>,
+        items: I,
+        options: &TaskOptions,
+    ) -> Vec<Future<O>>
+    where
+        I: IntoIterator,
+        I::Item: Args<P>,
+    {
+        wrap(self.inner.map_args_with(task, items, options))
+    }
+
+    /// The values of `futures`, in order; the first error is returned.
+    pub fn gather<T: DeserializeOwned>(&self, futures: &[Future<T>]) -> Result<Vec<T>> {
+        block_on(self.inner.gather(&unwrap(futures)))
+    }
+
+    /// See [`crate::Client::wait`].
+    pub fn wait<T>(&self, futures: &[Future<T>], when: ReturnWhen) -> Result<Waited<T>> {
+        let w = block_on(self.inner.wait(&unwrap(futures), when))?;
+        Ok(Waited {
+            done: wrap(w.done),
+            not_done: wrap(w.not_done),
+        })
+    }
+
+    /// The futures as they complete, as an iterator that can grow while in use (see
+    /// [`crate::Client::as_completed`]).
+    pub fn as_completed<T>(&self, futures: impl IntoIterator<Item = Future<T>>) -> AsCompleted<T> {
+        AsCompleted {
+            inner: self
+                .inner
+                .as_completed(futures.into_iter().map(|f| f.inner)),
+        }
+    }
+
+    /// See [`crate::Client::nodes`].
+    pub fn nodes(&self) -> Result<Vec<NodeStatus>> {
+        block_on(self.inner.nodes())
+    }
+
+    /// See [`crate::Client::explain`].
+    pub fn explain<T>(&self, future: &Future<T>) -> Result<String> {
+        block_on(self.inner.explain(&future.inner))
+    }
+
+    /// See [`crate::Client::node_id`].
+    pub fn node_id(&self) -> String {
+        self.inner.node_id()
+    }
+
+    /// See [`crate::Client::address`].
+    pub fn address(&self) -> &str {
+        self.inner.address()
+    }
+
+    /// See [`crate::Client::close`].
+    pub fn close(self) {
+        self.inner.close()
+    }
+}
+
+impl From<crate::Client> for Client {
+    fn from(inner: crate::Client) -> Client {
+        Client { inner }
+    }
+}
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.inner, f)
+    }
+}
+
+impl<T> Future<T> {
+    /// The key of the task.
+    pub fn key(&self) -> &Key {
+        self.inner.key()
+    }
+
+    /// See [`crate::Future::status`].
+    pub fn status(&self) -> Result<FutureStatus> {
+        block_on(self.inner.status())
+    }
+
+    /// See [`crate::Future::done`].
+    pub fn done(&self) -> Result<bool> {
+        block_on(self.inner.done())
+    }
+
+    /// See [`crate::Future::cancel`].
+    pub fn cancel(&self) {
+        self.inner.cancel()
+    }
+
+    /// See [`crate::Future::is_cancelled`].
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.is_cancelled()
+    }
+
+    /// The async future this one wraps.
+    pub fn asynchronous(&self) -> &crate::Future<T> {
+        &self.inner
+    }
+}
+
+impl<T: DeserializeOwned> Future<T> {
+    /// Waits for the value.
+    pub fn result(&self) -> Result<T> {
+        block_on(self.inner.result())
+    }
+
+    /// Waits for the value at most `timeout` ([`crate::Error::Timeout`] after that).
+    pub fn result_timeout(&self, timeout: Duration) -> Result<T>
+    where
+        T: Send + 'static,
+    {
+        block_on(self.inner.result_timeout(timeout))
+    }
+}
+
+impl<T> IntoArg<T> for &Future<T> {
+    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
+        (&self.inner).into_arg(cx)
+    }
+}
+
+impl<T> IntoArg<T> for Future<T> {
+    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
+        (&self.inner).into_arg(cx)
+    }
+}
+
+/// What [`Client::wait`] found.
+#[derive(Debug)]
+pub struct Waited<T> {
+    /// Finished, failed, cancelled or lost.
+    pub done: Vec<Future<T>>,
+    /// Still pending.
+    pub not_done: Vec<Future<T>>,
+}
+
+/// Futures handed out as they complete: see [`Client::as_completed`].
+pub struct AsCompleted<T> {
+    inner: crate::AsCompleted<T>,
+}
+
+impl<T> AsCompleted<T> {
+    /// Adds a future to those waited for.
+    pub fn add(&mut self, future: Future<T>) {
+        self.inner.add(future.inner)
+    }
+}
+
+impl<T> Iterator for AsCompleted<T> {
+    type Item = Result<Future<T>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        block_on(self.inner.next()).map(|r| r.map(|inner| Future { inner }))
+    }
+}
