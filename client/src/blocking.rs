@@ -184,6 +184,11 @@ impl Client {
         }
     }
 
+    /// See [`crate::Client::progress`].
+    pub fn progress<T>(&self, futures: &[Future<T>]) -> Result<crate::ProgressSummary> {
+        block_on(self.inner.progress(&unwrap(futures)))
+    }
+
     /// See [`crate::Client::nodes`].
     pub fn nodes(&self) -> Result<Vec<NodeStatus>> {
         block_on(self.inner.nodes())

@@ -51,7 +51,7 @@ pub use options::TaskOptions;
 pub use rdask_actors::protocol::NodeStatus;
 pub use rdask_gossip::{LoadSummary, MemberInfo, MemberState};
 pub use rdask_graph::{GraphError, Key, TaskError, TaskErrorKind, TaskFn};
-pub use wait::{AsCompleted, ReturnWhen, Waited};
+pub use wait::{AsCompleted, ProgressSummary, ReturnWhen, Waited};
 
 /// Registers a plain Rust function as a task function that the cluster can run.
 ///

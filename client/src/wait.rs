@@ -201,3 +201,97 @@ impl<T: DeserializeOwned> AsCompleted<T> {
         }
     }
 }
+
+/// How often [`Client::progress`] looks at the futures.
+const PROGRESS_TICK: Duration = Duration::from_millis(100);
+
+/// What [`Client::progress`] saw once every future was done.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProgressSummary {
+    /// Futures with a value.
+    pub finished: usize,
+    /// Futures whose task (or an input's) failed.
+    pub errors: usize,
+    /// Futures cancelled or lost.
+    pub other: usize,
+}
+
+impl Client {
+    /// Shows a progress bar per task prefix (`inc`, `add`, …) on the terminal until every
+    /// future is done (Dask's `progress`), and returns what they ended as. Nothing is drawn
+    /// when standard error is not a terminal.
+    pub async fn progress<T>(&self, futures: &[Future<T>]) -> Result<ProgressSummary> {
+        use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+        let shared: Vec<Arc<FutureShared>> = futures.iter().map(|f| f.shared.clone()).collect();
+        let me = self.inner().clone();
+        me.clone()
+            .spawn(async move {
+                let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+                let style =
+                    ProgressStyle::with_template("{prefix:>16} [{bar:40}] {pos}/{len} {msg}")
+                        .expect("a valid template")
+                        .progress_chars("=> ");
+                // One bar per prefix, in order of first appearance.
+                let mut prefixes: Vec<String> = Vec::new();
+                let mut of: Vec<usize> = Vec::with_capacity(shared.len());
+                for f in &shared {
+                    let p = f.key.prefix().to_string();
+                    let i = match prefixes.iter().position(|q| *q == p) {
+                        Some(i) => i,
+                        None => {
+                            prefixes.push(p);
+                            prefixes.len() - 1
+                        }
+                    };
+                    of.push(i);
+                }
+                let mut totals = vec![0u64; prefixes.len()];
+                for &i in &of {
+                    totals[i] += 1;
+                }
+                let shown: Vec<ProgressBar> = prefixes
+                    .iter()
+                    .zip(&totals)
+                    .map(|(p, &n)| {
+                        let bar = bars.add(ProgressBar::new(n));
+                        bar.set_style(style.clone());
+                        bar.set_prefix(p.clone());
+                        bar
+                    })
+                    .collect();
+                loop {
+                    let items: Vec<&Arc<FutureShared>> = shared.iter().collect();
+                    let statuses = me.statuses(&items).await?;
+                    let mut done = vec![0u64; prefixes.len()];
+                    let mut failed = vec![0u64; prefixes.len()];
+                    let mut summary = ProgressSummary::default();
+                    for (&i, s) in of.iter().zip(&statuses) {
+                        match s {
+                            FutureStatus::Pending => continue,
+                            FutureStatus::Finished => summary.finished += 1,
+                            FutureStatus::Error => {
+                                summary.errors += 1;
+                                failed[i] += 1;
+                            }
+                            FutureStatus::Cancelled | FutureStatus::Lost => summary.other += 1,
+                        }
+                        done[i] += 1;
+                    }
+                    for ((bar, &d), &e) in shown.iter().zip(&done).zip(&failed) {
+                        bar.set_position(d);
+                        if e > 0 {
+                            bar.set_message(format!("{e} failed"));
+                        }
+                    }
+                    if statuses.iter().all(|s| s.is_done()) {
+                        for bar in &shown {
+                            bar.finish();
+                        }
+                        return Ok(summary);
+                    }
+                    tokio::time::sleep(PROGRESS_TICK).await;
+                }
+            })
+            .await?
+    }
+}

@@ -223,6 +223,19 @@ fn wait_and_as_completed_follow_completion_order() {
         assert_eq!(w.done[0].key(), failing.key());
         let all = rdask::block_on(client.wait(&both, ReturnWhen::AllCompleted)).unwrap();
         assert_eq!(all.done.len(), 2);
+        // progress: quiet here (not a terminal), it returns once all are done.
+        let more = client.map_args(slow_inc, (0..6).map(|i| (i, 50u64)));
+        let mut mixed = vec![slow.clone(), failing.clone()];
+        mixed.extend(more);
+        let summary = rdask::block_on(client.progress(&mixed)).unwrap();
+        assert_eq!(
+            summary,
+            rdask::ProgressSummary {
+                finished: 7,
+                errors: 1,
+                other: 0
+            }
+        );
     });
 }
 
