@@ -165,6 +165,14 @@ impl Client {
         block_on(self.inner.gather(&unwrap(futures)))
     }
 
+    /// Every future's outcome, in order (see [`crate::Client::gather_results`]).
+    pub fn gather_results<T: DeserializeOwned>(
+        &self,
+        futures: &[Future<T>],
+    ) -> Result<Vec<Result<T>>> {
+        block_on(self.inner.gather_results(&unwrap(futures)))
+    }
+
     /// See [`crate::Client::wait`].
     pub fn wait<T>(&self, futures: &[Future<T>], when: ReturnWhen) -> Result<Waited<T>> {
         let w = block_on(self.inner.wait(&unwrap(futures), when))?;

@@ -565,6 +565,36 @@ impl Client {
             .collect()
     }
 
+    /// Waits for every future and returns each one's outcome, in order: values and errors
+    /// side by side (Dask's `gather(errors="skip")` is `.into_iter().filter_map(Result::ok)`).
+    /// The outer error is the client's own (closed, the cluster unreachable).
+    ///
+    /// ```
+    /// # #[rdask::task] fn half(x: i64) -> Result<i64, String> {
+    /// #     if x % 2 == 0 { Ok(x / 2) } else { Err(format!("{x} is odd")) }
+    /// # }
+    /// # fn main() -> rdask::Result<()> {
+    /// let client = rdask::Client::local()?;
+    /// let halves = client.map(half, 0..4);
+    /// let each = rdask::block_on(client.gather_results(&halves))?;
+    /// let ok: Vec<i64> = each.into_iter().filter_map(Result::ok).collect();
+    /// assert_eq!(ok, vec![0, 1]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn gather_results<T: DeserializeOwned>(
+        &self,
+        futures: &[Future<T>],
+    ) -> Result<Vec<Result<T>>> {
+        let shared: Vec<&Arc<FutureShared>> = futures.iter().map(|f| &f.shared).collect();
+        let values = self.inner.fetch_each(&shared, false).await?;
+        Ok(futures
+            .iter()
+            .zip(values)
+            .map(|(f, b)| b.and_then(|b| decode(f.key(), &b)))
+            .collect())
+    }
+
     /// Waits for the values of many futures, in order. The first error is returned.
     pub async fn gather<T: DeserializeOwned>(&self, futures: &[Future<T>]) -> Result<Vec<T>> {
         let shared: Vec<&Arc<FutureShared>> = futures.iter().map(|f| &f.shared).collect();
@@ -1034,19 +1064,37 @@ impl ClientInner {
     /// The values of these futures' keys, waiting as long as they take. A lost entry node
     /// makes the client re-attach and go on waiting there.
     pub(crate) async fn fetch(&self, items: &[&Arc<FutureShared>]) -> Result<Vec<Bytes>> {
+        self.fetch_each(items, true).await?.into_iter().collect()
+    }
+
+    /// The values of `items`, each with its own outcome. `stop_early`: return at the first
+    /// failed item (its error as the `Err` of the whole) instead of waiting for the rest.
+    /// The outer `Err` is for the client itself (closed, connection lost for good).
+    pub(crate) async fn fetch_each(
+        &self,
+        items: &[&Arc<FutureShared>],
+        stop_early: bool,
+    ) -> Result<Vec<Result<Bytes>>> {
         self.check_open()?;
+        let mut out: Vec<Option<Result<Bytes>>> = vec![None; items.len()];
         // A future whose argument could not be encoded was never sent.
-        for item in items {
-            if let Some(Err(e)) = item.submitted.peek() {
-                return Err(e.clone());
-            }
-            if item.cancelled.load(Ordering::Acquire) {
-                return Err(Error::Cancelled(item.key.clone()));
+        for (i, item) in items.iter().enumerate() {
+            let early = if let Some(Err(e)) = item.submitted.peek() {
+                Some(e.clone())
+            } else if item.cancelled.load(Ordering::Acquire) {
+                Some(Error::Cancelled(item.key.clone()))
+            } else {
+                None
+            };
+            if let Some(e) = early {
+                if stop_early {
+                    return Err(e);
+                }
+                out[i] = Some(Err(e));
             }
         }
         self.flush();
-        let mut out: Vec<Option<Bytes>> = vec![None; items.len()];
-        let mut pending: Vec<usize> = (0..items.len()).collect();
+        let mut pending: Vec<usize> = (0..items.len()).filter(|&i| out[i].is_none()).collect();
         let mut resubmits = 0;
         while !pending.is_empty() {
             let keys = pending.iter().map(|&i| items[i].key.clone()).collect();
@@ -1071,27 +1119,46 @@ impl ClientInner {
             let mut still = Vec::new();
             let mut lost = Vec::new();
             for (i, r) in pending.into_iter().zip(results) {
-                match r {
-                    KeyResult::Value(b) => out[i] = Some(b),
-                    KeyResult::Error(e) => return Err(Error::Task(e)),
-                    KeyResult::Pending => still.push(i),
+                let failed = match r {
+                    KeyResult::Value(b) => {
+                        out[i] = Some(Ok(b));
+                        continue;
+                    }
+                    KeyResult::Error(e) => Error::Task(e),
+                    KeyResult::Pending => {
+                        still.push(i);
+                        continue;
+                    }
                     KeyResult::Unknown => {
                         // The submission may have been rejected: that is the error to report.
-                        items[i].submitted.clone().await?;
-                        if generation > 0 && resubmits < RESUBMITS {
-                            lost.push(i);
-                            still.push(i);
-                        } else {
-                            return Err(Error::Lost(items[i].key.clone()));
+                        match items[i].submitted.clone().await {
+                            Err(e) => e,
+                            Ok(()) if generation > 0 && resubmits < RESUBMITS => {
+                                lost.push(i);
+                                still.push(i);
+                                continue;
+                            }
+                            Ok(()) => Error::Lost(items[i].key.clone()),
                         }
                     }
+                };
+                if stop_early {
+                    return Err(failed);
                 }
+                out[i] = Some(Err(failed));
             }
             if !lost.is_empty() {
                 resubmits += 1;
                 let keys: Vec<Key> = lost.iter().map(|&i| items[i].key.clone()).collect();
                 if !self.resubmit_lost(&keys) {
-                    return Err(Error::Lost(keys[0].clone()));
+                    let e = Error::Lost(keys[0].clone());
+                    if stop_early {
+                        return Err(e);
+                    }
+                    for &i in &lost {
+                        out[i] = Some(Err(Error::Lost(items[i].key.clone())));
+                    }
+                    still.retain(|i| !lost.contains(i));
                 }
             }
             pending = still;

@@ -25,9 +25,21 @@ fn run(name: &str) -> String {
             .and_then(|n| n.to_str())
             .unwrap_or("debug")
             .to_string();
-        let profile = if profile_dir == "debug" { "dev" } else { &profile_dir };
+        let profile = if profile_dir == "debug" {
+            "dev"
+        } else {
+            &profile_dir
+        };
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "rdask", "--example", name, "--profile", profile])
+            .args([
+                "build",
+                "-p",
+                "rdask",
+                "--example",
+                name,
+                "--profile",
+                profile,
+            ])
             .status()
             .expect("run cargo");
         assert!(status.success(), "building example {name} failed");

@@ -1087,6 +1087,14 @@ impl Sim {
                             .push(format!("{key} has a wrong value"));
                     }
                 }
+                (KeyResult::Error(e), _)
+                    if e.kind == TaskErrorKind::Lost && self.report.stats.declared_across > 0 =>
+                {
+                    // Each node a partition cut off, once declared dead, counts as a failed
+                    // attempt of the tasks placed on it (the allowed failures): a task placed
+                    // on several of them in turn is given up, as documented.
+                    self.report.stats.given_up += 1;
+                }
                 (KeyResult::Error(e), Err(causes)) => {
                     if !causes.contains(&e.key) {
                         self.report.violations.push(format!(
@@ -1097,14 +1105,6 @@ impl Sim {
                     self.report.errors += 1;
                 }
                 (KeyResult::Pending, _) => complete = false,
-                (KeyResult::Error(e), Ok(_))
-                    if e.kind == TaskErrorKind::Lost && self.report.stats.declared_across > 0 =>
-                {
-                    // Each node a partition cut off, once declared dead, counts as a failed
-                    // attempt of the tasks placed on it (the allowed failures): a task placed
-                    // on several of them in turn is given up, as documented.
-                    self.report.stats.given_up += 1;
-                }
                 (other, _) => self
                     .report
                     .violations

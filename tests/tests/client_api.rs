@@ -116,6 +116,21 @@ fn a_task_retried_after_two_failures_succeeds_and_one_retry_is_not_enough() {
         let te = e.task_error().expect("a task error");
         assert!(te.message.contains("fails on purpose"), "{te}");
         assert_eq!(rdask::block_on(g.status()).unwrap(), FutureStatus::Error);
+        // Gathering keeps each future's outcome: failures are skipped, not fatal.
+        let halves = client.map(rdask_tests::halve, 0..6);
+        let each = rdask::block_on(client.gather_results(&halves)).unwrap();
+        let ok: Vec<i64> = each
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
+        assert_eq!(ok, vec![0, 1, 2]);
+        let odd = each[1]
+            .as_ref()
+            .unwrap_err()
+            .task_error()
+            .expect("a task error");
+        assert_eq!(&odd.key, halves[1].key());
+        assert!(rdask::block_on(client.gather(&halves)).is_err());
         let _ = std::fs::remove_file(&log);
     });
 }
