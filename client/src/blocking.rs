@@ -114,6 +114,21 @@ impl Client {
         }
     }
 
+    /// See [`crate::Client::scatter`].
+    pub fn scatter<T: serde::Serialize>(&self, value: &T) -> Future<T> {
+        Future {
+            inner: self.inner.scatter(value),
+        }
+    }
+
+    /// See [`crate::Client::scatter_many`].
+    pub fn scatter_many<'a, T: serde::Serialize + 'a>(
+        &self,
+        values: impl IntoIterator<Item = &'a T>,
+    ) -> Vec<Future<T>> {
+        wrap(self.inner.scatter_many(values))
+    }
+
     /// See [`crate::Client::map`].
     pub fn map<F, P, O, I>(&self, task: TaskFn<F, (P,), O>, items: I) -> Vec<Future<O>>
     where

@@ -488,6 +488,65 @@ impl Client {
         (key, Ok(spec))
     }
 
+    /// Sends `value` to the cluster and returns a future of it (Dask's `scatter`): pass
+    /// the future to many tasks and the value travels from the client once. The key is a
+    /// hash of the value, so scattering the same value again gives the same future.
+    ///
+    /// ```
+    /// # #[rdask::task] fn count(words: Vec<String>, w: String) -> usize {
+    /// #     words.iter().filter(|x| **x == w).count()
+    /// # }
+    /// # fn main() -> rdask::Result<()> {
+    /// let client = rdask::Client::local()?;
+    /// let words: Vec<String> = "a b a c a".split(' ').map(String::from).collect();
+    /// let text = client.scatter(&words);
+    /// let counts = client.map_args(count, ["a", "b"].map(|w| (&text, w.to_string())));
+    /// assert_eq!(rdask::block_on(client.gather(&counts))?, vec![3, 1]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn scatter<T: serde::Serialize>(&self, value: &T) -> Future<T> {
+        self.scatter_many(std::iter::once(value)).remove(0)
+    }
+
+    /// [`Client::scatter`] of many values at once (one submission): one future each.
+    pub fn scatter_many<'a, T: serde::Serialize + 'a>(
+        &self,
+        values: impl IntoIterator<Item = &'a T>,
+    ) -> Vec<Future<T>> {
+        let mut specs = Vec::new();
+        let mut keys = Vec::new();
+        let mut failed = None;
+        for v in values {
+            match rdask_graph::value::encode(v) {
+                Ok(bytes) => {
+                    let args = vec![Arg::Value(bytes)];
+                    let key = pure_key("scatter", rdask_node::builtins::SCATTER, &args);
+                    specs.push(TaskSpec::new(
+                        key.clone(),
+                        rdask_node::builtins::SCATTER,
+                        args,
+                    ));
+                    keys.push(key);
+                }
+                Err(e) => {
+                    failed.get_or_insert(Error::Encode(e.to_string()));
+                    keys.push(self.inner.next_key("scatter"));
+                }
+            }
+        }
+        // A value scattered twice in one call is one task.
+        let mut seen = std::collections::HashSet::new();
+        specs.retain(|s| seen.insert(s.key.clone()));
+        let submitted = match failed {
+            Some(e) => futures::future::ready(Err(e)).boxed().shared(),
+            None => self.inner.submit_graph(specs, keys.clone()),
+        };
+        keys.into_iter()
+            .map(|k| Future::new(self.inner.future(k, submitted.clone())))
+            .collect()
+    }
+
     /// Runs a one-parameter `task` on every item (values or futures), as one graph.
     pub fn map<F, P, O, I>(&self, task: TaskFn<F, (P,), O>, items: I) -> Vec<Future<O>>
     where

@@ -52,10 +52,35 @@ pub fn panic(message: String) -> u64 {
     std::panic::panic_any(message)
 }
 
+/// The function behind a client's `scatter`: its one argument is the encoded value, and
+/// its result is that value, kept on the cluster under the task's key.
+pub const SCATTER: &str = "rdask::scatter";
+
+fn scatter_invoke(
+    args: &[rdask_graph::__private::Bytes],
+) -> Result<Vec<u8>, rdask_graph::__private::TaskFailure> {
+    match args {
+        [value] => Ok(value.to_vec()),
+        _ => Err(rdask_graph::__private::TaskFailure::WrongArity {
+            expected: 1,
+            got: args.len(),
+        }),
+    }
+}
+
+rdask_graph::__private::inventory::submit! {
+    rdask_graph::__private::TaskEntry {
+        name: SCATTER,
+        arity: 1,
+        invoke: scatter_invoke,
+    }
+}
+
 /// The names of the built-in functions; naming them also keeps them linked into every
 /// binary that starts a node.
-pub fn names() -> [&'static str; 8] {
+pub fn names() -> [&'static str; 9] {
     [
+        SCATTER,
         inc.name(),
         add.name(),
         mul.name(),

@@ -155,6 +155,23 @@ fn pure_and_explicit_keys_reuse_results_across_clients() {
         assert_eq!(rdask::block_on(c.result()).unwrap(), 7);
         assert_eq!(runs(&log), 2);
 
+        // Scattered values: sent once, used by many tasks on any node, keyed by content.
+        let parts: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let scattered = client.scatter(&parts);
+        assert_eq!(client.scatter(&parts).key(), scattered.key());
+        let joined = client.map_args(
+            rdask_tests::join,
+            ["-", "+", "/"].map(|sep| (&scattered, sep.to_string())),
+        );
+        assert_eq!(
+            rdask::block_on(client.gather(&joined)).unwrap(),
+            vec!["a-b-c", "a+b+c", "a/b/c"]
+        );
+        let many = client.scatter_many(&[1i64, 2, 1]);
+        assert_eq!(many[0].key(), many[2].key());
+        let sums = client.map_args(rdask_tests::add, [(&many[0], &many[1])]);
+        assert_eq!(rdask::block_on(sums[0].result()).unwrap(), 3);
+
         let named = TaskOptions::new().key("answer");
         let x = client.submit_with(inc, (41,), &named);
         assert_eq!(x.key().as_str(), "answer");
