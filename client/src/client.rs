@@ -215,7 +215,7 @@ fn run_on<T: Send + 'static>(
 
 /// The key of a pure call: `prefix-` and a 128-bit FNV-1a hash of the function's name and
 /// the encoded arguments (the same on every client and every build).
-fn pure_key(prefix: &str, function: &str, args: &[Arg]) -> Key {
+pub(crate) fn pure_key(prefix: &str, function: &str, args: &[Arg]) -> Key {
     const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
     let mut h: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
     let mut eat = |bytes: &[u8]| {
@@ -452,31 +452,31 @@ impl Client {
         args: A,
         options: &TaskOptions,
     ) -> Future<O> {
-        let (key, spec) = self.spec(&task, args, options, None);
-        let submitted = match spec {
-            Ok(spec) => self.inner.submit_graph(vec![spec], vec![key.clone()]),
+        let (key, specs) = self.spec(&task, args, options, None);
+        let submitted = match specs {
+            Ok(specs) => self.inner.submit_graph(specs, vec![key.clone()]),
             Err(e) => futures::future::ready(Err(e)).boxed().shared(),
         };
         Future::new(self.inner.future(key, submitted))
     }
 
-    /// The key and spec of one call of `task` (`index`: its place in a map).
+    /// The key of one call of `task` (`index`: its place in a map) and its spec, after the
+    /// specs of the delayed values its arguments name.
     fn spec<F, P, O, A: Args<P>>(
         &self,
         task: &TaskFn<F, P, O>,
         args: A,
         options: &TaskOptions,
         index: Option<usize>,
-    ) -> (Key, Result<TaskSpec>) {
+    ) -> (Key, Result<Vec<TaskSpec>>) {
         let mut key = match options.key_for(index) {
             Some(k) => Key::from(k.as_str()),
             None => self.inner.next_key(task.prefix()),
         };
-        let cx = ArgContext {
-            client: &self.inner,
-            key: &key,
-        };
-        let args = match args.into_args(&cx) {
+        let cx = ArgContext::new(Some(&self.inner), &key);
+        let args = args.into_args(&cx);
+        let deps = cx.deps.into_inner();
+        let args = match args {
             Ok(args) => args,
             Err(e) => return (key, Err(e)),
         };
@@ -485,7 +485,11 @@ impl Client {
         }
         let mut spec = TaskSpec::new(key.clone(), task.name(), args);
         options.apply(&mut spec);
-        (key, Ok(spec))
+        // Delayed values among the arguments are computed with it.
+        (
+            key,
+            Ok(spec).and_then(|s| crate::delayed::with_delayed(&self.inner, deps, s)),
+        )
     }
 
     /// Sends `value` to the cluster and returns a future of it (Dask's `scatter`): pass
@@ -605,10 +609,12 @@ impl Client {
         let mut specs = Vec::new();
         let mut keys = Vec::new();
         let mut failed = None;
+        // Delayed values shared by several items are sent once.
+        let mut seen = std::collections::HashSet::new();
         for (i, item) in items.into_iter().enumerate() {
             let (key, spec) = self.spec(&task, item, options, Some(i));
             match spec {
-                Ok(spec) => specs.push(spec),
+                Ok(list) => specs.extend(list.into_iter().filter(|s| seen.insert(s.key.clone()))),
                 Err(e) => {
                     failed.get_or_insert(e);
                 }
@@ -806,12 +812,12 @@ impl ClientInner {
         }
     }
 
-    fn next_key(&self, prefix: &str) -> Key {
+    pub(crate) fn next_key(&self, prefix: &str) -> Key {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         Key::with_hash(prefix, splitmix64(self.id ^ splitmix64(n)))
     }
 
-    fn future(self: &Arc<Self>, key: Key, submitted: Submitted) -> Arc<FutureShared> {
+    pub(crate) fn future(self: &Arc<Self>, key: Key, submitted: Submitted) -> Arc<FutureShared> {
         Arc::new(FutureShared {
             key,
             client: self.clone(),
@@ -829,7 +835,7 @@ impl ClientInner {
         matches!(*self.conn.lock().expect("connection"), Conn::Remote(_))
     }
 
-    fn submit_graph(&self, tasks: Vec<TaskSpec>, keep: Vec<Key>) -> Submitted {
+    pub(crate) fn submit_graph(&self, tasks: Vec<TaskSpec>, keep: Vec<Key>) -> Submitted {
         if self.check_open().is_err() {
             return futures::future::ready(Err(Error::Closed)).boxed().shared();
         }

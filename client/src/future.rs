@@ -174,8 +174,22 @@ impl<T: DeserializeOwned + Send + 'static> std::future::IntoFuture for Future<T>
 /// the first error met.
 #[doc(hidden)]
 pub struct ArgContext<'a> {
-    pub(crate) client: &'a Arc<ClientInner>,
+    /// The client the call is submitted through (`None`: a delayed call, bound to a
+    /// client when computed).
+    pub(crate) client: Option<&'a Arc<ClientInner>>,
     pub(crate) key: &'a Key,
+    /// The futures and delayed values the arguments name.
+    pub(crate) deps: std::cell::RefCell<Vec<crate::delayed::Dep>>,
+}
+
+impl<'a> ArgContext<'a> {
+    pub(crate) fn new(client: Option<&'a Arc<ClientInner>>, key: &'a Key) -> ArgContext<'a> {
+        ArgContext {
+            client,
+            key,
+            deps: std::cell::RefCell::new(Vec::new()),
+        }
+    }
 }
 
 /// A value usable as an argument of type `T` of a task function: a `T` itself (sent to the
@@ -196,9 +210,14 @@ impl<T: Serialize> IntoArg<T> for T {
 
 impl<T> IntoArg<T> for &Future<T> {
     fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
-        if !Arc::ptr_eq(&self.shared.client, cx.client) {
+        if let Some(client) = cx.client
+            && !Arc::ptr_eq(&self.shared.client, client)
+        {
             return Err(Error::ForeignFuture(cx.key.clone()));
         }
+        cx.deps
+            .borrow_mut()
+            .push(crate::delayed::Dep::Future(self.shared.clone()));
         if self.is_cancelled() {
             return Err(Error::Cancelled(self.shared.key.clone()));
         }

@@ -38,6 +38,7 @@ extern crate self as rdask;
 mod address;
 pub mod blocking;
 mod client;
+mod delayed;
 mod error;
 mod future;
 mod options;
@@ -45,6 +46,7 @@ mod wait;
 
 pub use address::parse_address;
 pub use client::Client;
+pub use delayed::{Delayed, delayed, delayed_with};
 pub use error::{Error, Result};
 pub use future::{Args, Future, FutureStatus, IntoArg};
 pub use options::TaskOptions;

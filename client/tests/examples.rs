@@ -72,3 +72,10 @@ fn the_blocking_example_runs() {
     assert!(out.contains("99 pairs done"), "{out}");
     assert!(out.contains("sum of neighbours: 9999"), "{out}");
 }
+
+#[test]
+fn the_delayed_example_runs() {
+    let out = run("delayed");
+    assert!(out.contains("total = 5330667"), "{out}");
+    assert!(out.contains("digraph rdask"), "{out}");
+}

@@ -317,3 +317,45 @@ fn a_blocking_and_an_async_client_give_the_same_results_and_the_last_is_the_defa
         );
     });
 }
+
+#[test]
+fn delayed_graphs_run_shared_parts_once_and_mix_with_futures() {
+    let _one = serial();
+    bounded(120, || {
+        let (_nodes, client) = cluster();
+        let log = temp_log("delayed");
+        // a diamond: `a` feeds `b` and `c`, both feed `d`; nothing runs before compute.
+        let a = rdask::delayed(logged_inc, (1, 0, log.clone()));
+        let b = rdask::delayed(logged_inc, (&a, 0, log.clone()));
+        let c = rdask::delayed(logged_inc, (&a, 0, log.clone()));
+        let d = rdask::delayed(rdask_tests::add, (&b, &c));
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(runs(&log), 0, "delayed calls run only when computed");
+        assert_eq!(rdask::block_on(client.compute(&d)).unwrap(), 3 + 3);
+        assert_eq!(runs(&log), 3, "a ran once for both of its users");
+
+        // Several values computed together share their parts; an unused branch is culled.
+        let unused = rdask::delayed(logged_inc, (&a, 1, log.clone()));
+        let e = rdask::delayed(logged_inc, (&b, 0, log.clone()));
+        let both = rdask::block_on(client.compute_all(&[b.clone(), e.clone()])).unwrap();
+        assert_eq!(both, vec![3, 4]);
+        assert_eq!(runs(&log), 3 + 3, "a, b and e (not the unused branch)");
+        drop(unused);
+
+        // Futures as arguments of delayed calls, delayed values as arguments of submit.
+        let f = client.submit(inc, (10,));
+        let g = rdask::delayed(rdask_tests::add, (&f, &d));
+        let h = client.submit(inc, (&g,));
+        assert_eq!(rdask::block_on(h.result()).unwrap(), 11 + 6 + 1);
+        // persist gives a future; the default client computes too.
+        let p = client.persist(&g);
+        assert_eq!(rdask::block_on(p.result()).unwrap(), 17);
+        assert_eq!(rdask::block_on(g.compute()).unwrap(), 17);
+
+        // The graph as DOT: five calls and the future, six edges.
+        let dot = g.to_dot();
+        assert_eq!(dot.matches("->").count(), 6, "{dot}");
+        assert_eq!(dot.matches("shape=box").count(), 1, "{dot}");
+        let _ = std::fs::remove_file(&log);
+    });
+}
