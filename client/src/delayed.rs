@@ -120,7 +120,7 @@ impl<T> Delayed<T> {
     /// The graph it stands for, in Graphviz DOT: one node per call (and per future it
     /// names), an edge from each input to its user (Dask's `visualize`).
     pub fn to_dot(&self) -> String {
-        dot(&[self.node.clone()])
+        dot(std::slice::from_ref(&self.node))
     }
 
     /// Writes [`Delayed::to_dot`] to `path` (render it with `dot -Tsvg`).
