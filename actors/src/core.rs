@@ -819,6 +819,25 @@ impl NodeCore {
             .push((request, ClientResponse::Submitted(outcomes)));
     }
 
+    /// The nodes that hold the values of `keys` (this node first when it does).
+    pub fn who_has(&self, keys: &[Key]) -> Vec<Vec<NodeId>> {
+        keys.iter()
+            .map(|k| match self.index.get(k).and_then(|id| self.task(*id)) {
+                Some(Task {
+                    state: State::Memory { value, holders, .. },
+                    ..
+                }) => value
+                    .is_some()
+                    .then_some(0)
+                    .into_iter()
+                    .chain(holders.iter().copied())
+                    .map(|p| self.peers[p as usize].node.clone())
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
     /// Where `keys` stand, without their values (a future's `status()`).
     pub fn key_statuses(&self, keys: &[Key]) -> Vec<KeyStatus> {
         keys.iter()

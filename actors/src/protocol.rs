@@ -65,6 +65,11 @@ pub enum ClientRequest {
         /// The keys, answered in this order.
         keys: Vec<Key>,
     },
+    /// Which nodes hold the values of these keys.
+    WhoHas {
+        /// The keys, answered in this order.
+        keys: Vec<Key>,
+    },
 }
 
 /// The outcome of one graph of a [`ClientRequest::Submit`].
@@ -134,6 +139,9 @@ pub enum ClientResponse {
     Owner(Option<Ownership>),
     /// Answer to `Status`: one per key, in order.
     Statuses(Vec<KeyStatus>),
+    /// Answer to `WhoHas`: the nodes holding each key's value, in order (empty: not in
+    /// memory, or unknown).
+    Holders(Vec<Vec<NodeId>>),
     /// The request could not be served (e.g. an incompatible protocol version).
     Refused(String),
     /// This node no longer owns the client's graphs: another node took them over while

@@ -303,6 +303,10 @@ impl Actor for NodeActor {
                         }
                         return Ok(());
                     }
+                    ClientRequest::WhoHas { keys } => {
+                        reply(ClientResponse::Holders(state.core.who_has(&keys)));
+                        return Ok(());
+                    }
                     ClientRequest::Status { keys } => {
                         reply(ClientResponse::Statuses(state.core.key_statuses(&keys)));
                         return Ok(());

@@ -217,6 +217,11 @@ impl Client {
         block_on(self.inner.nodes())
     }
 
+    /// See [`crate::Client::who_has`].
+    pub fn who_has<T>(&self, futures: &[Future<T>]) -> Result<Vec<Vec<String>>> {
+        block_on(self.inner.who_has(&unwrap(futures)))
+    }
+
     /// See [`crate::Client::explain`].
     pub fn explain<T>(&self, future: &Future<T>) -> Result<String> {
         block_on(self.inner.explain(&future.inner))

@@ -716,6 +716,28 @@ impl Client {
         }
     }
 
+    /// The nodes that hold each future's value, in order (Dask's `who_has`): node ids as
+    /// [`Client::nodes`] shows them; empty while a value is not computed (or was lost).
+    pub async fn who_has<T>(&self, futures: &[Future<T>]) -> Result<Vec<Vec<String>>> {
+        self.inner.check_open()?;
+        self.inner.flush();
+        let keys: Vec<Key> = futures.iter().map(|f| f.key().clone()).collect();
+        match self
+            .inner
+            .conn()
+            .send(ClientRequest::WhoHas { keys })
+            .await?
+        {
+            ClientResponse::Holders(h) if h.len() == futures.len() => Ok(h
+                .into_iter()
+                .map(|nodes| nodes.into_iter().map(|n| n.0.to_string()).collect())
+                .collect()),
+            other => Err(Error::Protocol(format!(
+                "unexpected answer to who_has: {other:?}"
+            ))),
+        }
+    }
+
     /// The id of this client's session: the upper half of the ids of the graphs it
     /// submits.
     pub fn session_id(&self) -> u64 {

@@ -60,6 +60,21 @@ fn status_timeout_and_cancel_of_running_work_frees_the_nodes() {
             rdask::block_on(quick.status()).unwrap(),
             FutureStatus::Finished
         );
+        // who_has names a member of the cluster for a finished value, nobody for one
+        // still running.
+        let members: Vec<String> = rdask::block_on(client.nodes())
+            .unwrap()
+            .iter()
+            .map(|n| n.member.id.0.to_string())
+            .collect();
+        let holders = rdask::block_on(client.who_has(&[quick.clone(), slow.clone()])).unwrap();
+        // (where it ran, and the entry node once the client fetched it from there)
+        assert!(!holders[0].is_empty(), "{holders:?}");
+        assert!(
+            holders[0].iter().all(|h| members.contains(h)),
+            "{holders:?} {members:?}"
+        );
+        assert!(holders[1].is_empty(), "{holders:?}");
 
         // A graph of 40 one-second tasks on two one-thread nodes, cancelled: the nodes are
         // idle again once the two running functions return, not after 20 s.
