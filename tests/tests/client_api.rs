@@ -374,3 +374,37 @@ fn delayed_graphs_run_shared_parts_once_and_mix_with_futures() {
         let _ = std::fs::remove_file(&log);
     });
 }
+
+#[test]
+fn a_dropped_future_releases_its_value_on_the_node() {
+    let _one = serial();
+    bounded(120, || {
+        let (_nodes, client) = cluster();
+        let stored = || -> u64 {
+            rdask::block_on(client.nodes())
+                .unwrap()
+                .iter()
+                .map(|n| n.load.memory_used)
+                .sum()
+        };
+        let before = stored();
+        let big = client.submit(rdask_tests::blob, (4, 7));
+        let value = rdask::block_on(big.result()).unwrap();
+        assert_eq!(value.len(), 4 << 20);
+        let held = stored();
+        assert!(held >= before + (4 << 20), "{before} → {held}");
+        drop(big);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = stored();
+            if now < before + (1 << 20) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still {now} bytes held after the future was dropped (before: {before})"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+}
