@@ -1217,7 +1217,11 @@ impl NodeCore {
         // Values nobody needs are simply gone; needed ones are computed again.
         let mut needed = Vec::new();
         for id in lost {
-            let t = self.task_mut(id).expect("listed");
+            // Dropping one may have dropped another of the list (an input only it needed).
+            let Some(t) = self.task_mut(id) else { continue };
+            if !matches!(t.state, State::Memory { .. }) {
+                continue;
+            }
             t.state = State::Released;
             if t.client_refs > 0 || t.pending_dependents > 0 {
                 needed.push(id);
@@ -1227,7 +1231,12 @@ impl NodeCore {
         }
         let dead_name = self.peers[p as usize].node.0.clone();
         for id in replace {
-            let t = self.task_mut(id).expect("listed");
+            // A task given up earlier in this loop may have failed or cancelled others of
+            // the list (its dependents, inputs only they needed): those stay as they are.
+            let Some(t) = self.task_mut(id) else { continue };
+            if !matches!(t.state, State::Remote { node, .. } if node == p) || t.cancelled {
+                continue;
+            }
             if crashed {
                 t.attempts = t.attempts.saturating_add(1);
             }
@@ -2678,6 +2687,40 @@ impl NodeCore {
                 && self.in_flight < self.nthreads * MAX_POOL_DEPTH)
     }
 
+    /// Whether every input of `t` has its value on this node.
+    fn inputs_here(&self, t: &Task) -> bool {
+        t.deps.iter().all(|d| {
+            matches!(
+                self.task(*d).map(|t| &t.state),
+                Some(State::Memory { value: Some(_), .. })
+            )
+        })
+    }
+
+    /// A ready task whose inputs are not all here: inputs whose values are gone are
+    /// computed again, and the task waits for them (or fetches them) again.
+    fn unready(&mut self, id: TaskId) {
+        let gone: Vec<TaskId> = self
+            .task(id)
+            .map(|t| {
+                t.deps
+                    .iter()
+                    .copied()
+                    .filter(|d| {
+                        self.task(*d)
+                            .is_some_and(|dt| matches!(dt.state, State::Released))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if gone.is_empty() {
+            self.requeue(id);
+        } else {
+            // Reviving them waits this task (one of their dependents) for them again.
+            self.revive(gone);
+        }
+    }
+
     fn dispatch(&mut self) {
         if self.leaving.is_some() {
             return;
@@ -2694,7 +2737,17 @@ impl NodeCore {
                 }
             } else {
                 match self.task(id) {
-                    Some(t) if matches!(t.state, State::Ready) => &t.key,
+                    Some(t) if matches!(t.state, State::Ready) => {
+                        if !self.inputs_here(t) {
+                            // Should not happen; a node never panics on its own state either:
+                            // the task waits for its inputs again.
+                            tracing::warn!(key = %t.key, "a ready task's input is not here; it waits for it again");
+                            self.ready.pop();
+                            self.unready(id);
+                            continue;
+                        }
+                        &t.key
+                    }
                     _ => {
                         self.ready.pop();
                         continue;
@@ -2745,7 +2798,7 @@ impl NodeCore {
                     ArgSlot::Value(b) => b.clone(),
                     ArgSlot::Dep(d) => match self.task(*d).map(|t| &t.state) {
                         Some(State::Memory { value: Some(b), .. }) => b.clone(),
-                        _ => unreachable!("a ready task's inputs are here"),
+                        _ => unreachable!("checked by inputs_here"),
                     },
                 })
                 .collect();
