@@ -545,6 +545,8 @@ pub struct NodeCore {
     /// Sessions this node stepped down from (another node took them over while this one was
     /// taken for dead), with the node that did: their submissions are answered `Moved`.
     superseded: FxHashMap<u64, u32>,
+    /// The sessions this node took over, by the owner it took them from.
+    taken: FxHashMap<u32, Vec<u64>>,
     /// Take-overs waiting for the members' inventories, by dead owner.
     recovery: FxHashMap<u32, Recovery>,
     /// Tasks inserted by a take-over, in order, not to be placed before the inventories
@@ -638,6 +640,7 @@ impl NodeCore {
             replicas: FxHashMap::default(),
             alias: FxHashMap::default(),
             superseded: FxHashMap::default(),
+            taken: FxHashMap::default(),
             orphans: FxHashMap::default(),
             recovery: FxHashMap::default(),
             adopting: None,
@@ -1481,7 +1484,7 @@ impl NodeCore {
                 PeerMsg::Stored { key, .. } => self.stored(key),
                 PeerMsg::HandOver { members } => self.handed_over_to_me(p, members),
                 PeerMsg::Forgot => self.forgot_by(p),
-                PeerMsg::Superseded { epoch } => self.superseded(p, epoch),
+                PeerMsg::Superseded { sessions, epoch } => self.superseded(p, &sessions, epoch),
             }
         }
     }

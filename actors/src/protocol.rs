@@ -354,9 +354,12 @@ pub enum PeerMsg {
     /// sender (placed again, computed again if needed) and drops what it keeps for the
     /// sender's graphs (any member → any member).
     Forgot,
-    /// The sender took over the receiver's graphs while the receiver was taken for dead:
-    /// the receiver steps down as their owner (new owner → stale owner).
+    /// The sender took over these sessions (in this epoch) while the receiver was taken
+    /// for dead, or took over the same dead owner in a higher epoch: the receiver steps
+    /// down as their owner (new owner → stale owner).
     Superseded {
+        /// The sessions taken over.
+        sessions: Vec<u64>,
         /// The epoch of the take-over.
         epoch: u64,
     },

@@ -147,6 +147,10 @@ impl NodeCore {
     /// Chooses this node's backups again (after a membership change); new ones get a full
     /// copy, former ones are told to drop theirs.
     pub(super) fn update_backups(&mut self) {
+        if self.leaving.as_ref().is_some_and(|l| l.handed_over) {
+            // Handed over: the successor owns the graphs now; no new copy may appear.
+            return;
+        }
         let backups: Vec<u32> = self
             .rendezvous_order(0)
             .into_iter()
@@ -407,7 +411,8 @@ impl NodeCore {
         if let Some((to, epoch)) = self.alias.remove(&p)
             && to == 0
         {
-            self.send(p, PeerMsg::Superseded { epoch });
+            let sessions = self.taken.get(&p).cloned().unwrap_or_default();
+            self.send(p, PeerMsg::Superseded { sessions, epoch });
         }
         self.drop_owner(p);
         self.send(p, PeerMsg::Forgot);
@@ -429,12 +434,11 @@ impl NodeCore {
     /// sessions); tasks of these graphs running here finish unheard; results held by
     /// members are released (members that took the take-over's inventory re-keyed theirs
     /// and are not touched).
-    pub(super) fn superseded(&mut self, from: u32, epoch: u64) {
-        let stale: Vec<u64> = self
-            .sessions
+    pub(super) fn superseded(&mut self, from: u32, sessions: &[u64], epoch: u64) {
+        let stale: Vec<u64> = sessions
             .iter()
-            .filter(|(_, e)| **e < epoch)
-            .map(|(s, _)| *s)
+            .copied()
+            .filter(|s| self.sessions.get(s).is_some_and(|&e| e < epoch))
             .collect();
         if stale.is_empty() {
             return;
@@ -449,6 +453,15 @@ impl NodeCore {
         for s in &stale {
             self.sessions.remove(s);
             self.superseded.insert(*s, from);
+        }
+        for list in self.taken.values_mut() {
+            list.retain(|s| !stale.contains(s));
+        }
+        if !self.sessions.is_empty() {
+            // Tasks are not filed by session: with other sessions still owned here, the
+            // stepped-down ones finish here too (their clients, sent elsewhere by their next
+            // submission, get their results once, from whichever owner they ask).
+            return;
         }
         // Waiting clients find the new owner.
         let mut waiting: Vec<RequestId> = self.waiters.keys().copied().collect();
@@ -549,6 +562,10 @@ impl NodeCore {
         }
         let mut sessions: Vec<(u64, u64)> = kept.sessions.into_iter().collect();
         sessions.sort_unstable();
+        self.taken
+            .entry(old)
+            .or_default()
+            .extend(sessions.iter().map(|&(s, _)| s));
         for (s, _) in sessions {
             self.sessions.insert(s, epoch);
             self.claims.push((s, epoch));
@@ -789,6 +806,12 @@ impl NodeCore {
         if let Some(&(to, e)) = self.alias.get(&o)
             && (to != from || e != epoch)
         {
+            if to == 0 && epoch > e {
+                // Two nodes took over the same owner (their views of the members differed):
+                // the higher epoch owns its sessions, this node steps down.
+                let sessions = self.taken.get(&o).cloned().unwrap_or_default();
+                self.superseded(from, &sessions, epoch);
+            }
             // Another take-over came first: its owner keeps what was here.
             self.send(from, empty_inventory(old));
             return;

@@ -29,7 +29,7 @@ pub(super) struct Leaving {
     /// that took the graphs over since).
     pending: FxHashSet<Key>,
     /// [`PeerMsg::HandOver`] sent (or nothing to hand over).
-    handed_over: bool,
+    pub(super) handed_over: bool,
     /// The node that takes over its graphs.
     successor: Option<u32>,
     /// Everything is handed over.
@@ -111,6 +111,11 @@ impl NodeCore {
                 .map(|p| self.peers[p].node.clone())
                 .collect();
             self.send(b, PeerMsg::HandOver { members });
+            // The other backups drop their copies: only the successor takes over (their
+            // own rendezvous order may put them first).
+            for other in self.backups.clone().into_iter().skip(1) {
+                self.send(other, PeerMsg::ReplicaEnd);
+            }
         }
         let l = self.leaving.as_mut().expect("leaving");
         l.handed_over = true;
