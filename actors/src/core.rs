@@ -1081,8 +1081,10 @@ impl NodeCore {
                 lost.push(p);
                 peer.dead_since = self.now_ms;
             }
-            if peer.dead && m.alive {
-                // Declared dead, and back: a partition healed, a long pause ended.
+            if peer.dead && m.alive && !peer.leaving {
+                // Declared dead, and back: a partition healed, a long pause ended. (A node
+                // that said it was leaving does not come back: membership flapping while it
+                // finishes its goodbye is not a return.)
                 back.push(p);
             }
             peer.nthreads = m.nthreads.max(1);
@@ -1470,7 +1472,11 @@ impl NodeCore {
                 PeerMsg::ReplicaEnd => {
                     self.replicas.remove(&p);
                 }
-                PeerMsg::Recover { old, epoch } => self.recover(p, old, epoch),
+                PeerMsg::Recover {
+                    old,
+                    epoch,
+                    handover,
+                } => self.recover(p, old, epoch, handover),
                 PeerMsg::Inventory {
                     old,
                     held,

@@ -312,6 +312,9 @@ pub enum PeerMsg {
         old: NodeId,
         /// The epoch of the take-over.
         epoch: u64,
+        /// The old owner handed its graphs over (it is leaving, alive): a member answers
+        /// even if it has not heard that the old owner is leaving.
+        handover: bool,
     },
     /// The sender is leaving the cluster (told to stop): place nothing more on it (leaving
     /// node → every member).

@@ -256,6 +256,12 @@ impl Gossip {
             self.membership.live().map(|p| &p.node).collect();
         self.state
             .members()
+            // A record gossiped before the membership protocol here has seen the node up
+            // (it is joining) is not a member yet: listing it as down would have it taken
+            // for dead, and its arrival for a return.
+            .filter(|(node, _)| {
+                *node == me || live.contains(node) || self.down_since.contains_key(*node)
+            })
             .map(|(node, info)| {
                 let alive = node == me || live.contains(node);
                 MemberView {

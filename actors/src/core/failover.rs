@@ -72,6 +72,8 @@ pub(super) struct Kept {
 /// A take-over waiting for inventories.
 pub(super) struct Recovery {
     epoch: u64,
+    /// The old owner handed over (it is alive, leaving).
+    handover: bool,
     /// Members that have not answered yet.
     pending: FxHashSet<u32>,
     due_ms: u64,
@@ -658,12 +660,14 @@ impl NodeCore {
         let name = self.peers[old as usize].node.clone();
         let mut sorted: Vec<u32> = pending.iter().copied().collect();
         sorted.sort_unstable();
+        let handover = !also.is_empty();
         for p in sorted {
             self.send(
                 p,
                 PeerMsg::Recover {
                     old: name.clone(),
                     epoch,
+                    handover,
                 },
             );
         }
@@ -671,6 +675,7 @@ impl NodeCore {
             old,
             Recovery {
                 epoch,
+                handover,
                 pending,
                 due_ms: self.now_ms + RECOVER_RETRY_MS,
                 tries: 1,
@@ -700,7 +705,14 @@ impl NodeCore {
         if !self.replicas.contains_key(&from) {
             // No copy here (it was never sent): the leaving node need not wait.
             let old = self.peers[from as usize].node.clone();
-            self.send(from, PeerMsg::Recover { old, epoch: 0 });
+            self.send(
+                from,
+                PeerMsg::Recover {
+                    old,
+                    epoch: 0,
+                    handover: true,
+                },
+            );
             return;
         }
         let mut queued: Vec<Key> = self
@@ -761,7 +773,7 @@ impl NodeCore {
 
     /// A new owner took over the dead owner `old`: what this node keeps for it is now
     /// `from`'s; answer with what that is.
-    pub(super) fn recover(&mut self, from: u32, old: NodeId, epoch: u64) {
+    pub(super) fn recover(&mut self, from: u32, old: NodeId, epoch: u64, handover: bool) {
         let o = self.intern(&old);
         if o == 0 {
             // This node handed its graphs over (it is leaving): its results are copied
@@ -797,7 +809,7 @@ impl NodeCore {
             self.send(from, empty_inventory(old));
             return;
         }
-        if peer.alive && !peer.leaving {
+        if peer.alive && !peer.leaving && !handover {
             // Alive as far as this node knows: its death has not reached this node yet (the
             // new owner asks again), or the new owner is wrong about it (cut off from it);
             // either way what this node keeps for it stays its own for now.
@@ -1035,7 +1047,7 @@ impl NodeCore {
             }
             r.tries += 1;
             r.due_ms = now + RECOVER_RETRY_MS;
-            let epoch = r.epoch;
+            let (epoch, handover) = (r.epoch, r.handover);
             let mut ask: Vec<u32> = r.pending.iter().copied().collect();
             ask.sort_unstable();
             let name = self.peers[o as usize].node.clone();
@@ -1045,6 +1057,7 @@ impl NodeCore {
                     PeerMsg::Recover {
                         old: name.clone(),
                         epoch,
+                        handover,
                     },
                 );
             }
