@@ -1400,10 +1400,11 @@ impl NodeCore {
         }
         if self.alias.contains_key(&p) {
             // An owner taken over: what it sent is void, but for its answer to the take-over
-            // (it was handing over, alive).
+            // and its last changes (it was handing over, alive: clients it still served may
+            // have dropped futures).
             batch
                 .msgs
-                .retain(|m| matches!(m, PeerMsg::Inventory { .. }));
+                .retain(|m| matches!(m, PeerMsg::Inventory { .. } | PeerMsg::Replica(_)));
             if batch.msgs.is_empty() {
                 return;
             }

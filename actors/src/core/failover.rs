@@ -270,7 +270,24 @@ impl NodeCore {
 
     /// A copy of `owner`'s graphs (or a change to it) arrived.
     pub(super) fn replica(&mut self, owner: u32, r: Replica) {
-        if self.alias.contains_key(&owner) {
+        if let Some(&(to, _)) = self.alias.get(&owner) {
+            if to == 0 {
+                // Taken over here: futures its clients dropped meanwhile are released on the
+                // tasks this node now owns (else their results would be kept, or computed
+                // again, for nobody).
+                for k in r.released {
+                    if let Some(&id) = self.index.get(&k)
+                        && let Some(t) = self.task_mut(id)
+                        && t.client_refs > 0
+                    {
+                        t.client_refs -= 1;
+                        if !self.backups.is_empty() {
+                            self.replica_out.released.push(k.clone());
+                        }
+                        self.maybe_forget(id);
+                    }
+                }
+            }
             return;
         }
         let now = self.now_ms;
