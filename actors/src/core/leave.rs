@@ -235,6 +235,11 @@ impl NodeCore {
 
     /// A task placed on `from` comes back unstarted.
     pub(super) fn returned(&mut self, from: u32, key: Key, hops: u32) {
+        if !self.peers[from as usize].leaving {
+            // Only a leaving node gives work back: its `Leaving` did not reach this node (it
+            // did not know this node yet). Nothing more is placed on it.
+            self.peer_leaving(from);
+        }
         let Some(&id) = self.index.get(&key) else {
             return;
         };
