@@ -907,18 +907,24 @@ impl NodeCore {
     /// tasks nobody needs any more are cancelled. Replies `Released`.
     pub fn handle_release(&mut self, request: RequestId, keys: Vec<Key>) {
         for k in keys {
-            if let Some(&id) = self.index.get(&k)
-                && let Some(t) = self.task_mut(id)
-                && t.client_refs > 0
-            {
-                t.client_refs -= 1;
-                if !self.backups.is_empty() {
-                    self.replica_out.released.push(k.clone());
-                }
-                self.maybe_forget(id);
-            }
+            self.client_release(k);
         }
         self.replies.push((request, ClientResponse::Released));
+    }
+
+    /// A client dropped one future of `k`: one reference less (the backups are told), and
+    /// the task goes if nothing else needs it.
+    pub(super) fn client_release(&mut self, k: Key) {
+        if let Some(&id) = self.index.get(&k)
+            && let Some(t) = self.task_mut(id)
+            && t.client_refs > 0
+        {
+            t.client_refs -= 1;
+            if !self.backups.is_empty() {
+                self.replica_out.released.push(k);
+            }
+            self.maybe_forget(id);
+        }
     }
 
     // ----- inputs: the pool, the clock, the cluster ----------------------------------

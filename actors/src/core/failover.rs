@@ -276,16 +276,7 @@ impl NodeCore {
                 // tasks this node now owns (else their results would be kept, or computed
                 // again, for nobody).
                 for k in r.released {
-                    if let Some(&id) = self.index.get(&k)
-                        && let Some(t) = self.task_mut(id)
-                        && t.client_refs > 0
-                    {
-                        t.client_refs -= 1;
-                        if !self.backups.is_empty() {
-                            self.replica_out.released.push(k.clone());
-                        }
-                        self.maybe_forget(id);
-                    }
+                    self.client_release(k);
                 }
             }
             return;
