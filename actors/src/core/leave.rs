@@ -111,11 +111,6 @@ impl NodeCore {
                 .map(|p| self.peers[p].node.clone())
                 .collect();
             self.send(b, PeerMsg::HandOver { members });
-            // The other backups drop their copies: only the successor takes over (their
-            // own rendezvous order may put them first).
-            for other in self.backups.clone().into_iter().skip(1) {
-                self.send(other, PeerMsg::ReplicaEnd);
-            }
         }
         let l = self.leaving.as_mut().expect("leaving");
         l.handed_over = true;
