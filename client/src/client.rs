@@ -387,6 +387,23 @@ impl Client {
         client
     }
 
+    /// Submits `specs` as one graph and returns a future per key of `keys` (all failing
+    /// with `failed`, and nothing sent, when a spec could not be built).
+    pub(crate) fn submit_specs<T>(
+        &self,
+        specs: Vec<TaskSpec>,
+        keys: Vec<Key>,
+        failed: Option<Error>,
+    ) -> Vec<Future<T>> {
+        let submitted = match failed {
+            Some(e) => futures::future::ready(Err(e)).boxed().shared(),
+            None => self.inner.submit_graph(specs, keys.clone()),
+        };
+        keys.into_iter()
+            .map(|k| Future::new(self.inner.future(k, submitted.clone())))
+            .collect()
+    }
+
     pub(crate) fn inner(&self) -> &Arc<ClientInner> {
         &self.inner
     }
@@ -542,13 +559,7 @@ impl Client {
         // A value scattered twice in one call is one task.
         let mut seen = std::collections::HashSet::new();
         specs.retain(|s| seen.insert(s.key.clone()));
-        let submitted = match failed {
-            Some(e) => futures::future::ready(Err(e)).boxed().shared(),
-            None => self.inner.submit_graph(specs, keys.clone()),
-        };
-        keys.into_iter()
-            .map(|k| Future::new(self.inner.future(k, submitted.clone())))
-            .collect()
+        self.submit_specs(specs, keys, failed)
     }
 
     /// Runs a one-parameter `task` on every item (values or futures), as one graph.
@@ -621,13 +632,7 @@ impl Client {
             }
             keys.push(key);
         }
-        let submitted = match failed {
-            Some(e) => futures::future::ready(Err(e)).boxed().shared(),
-            None => self.inner.submit_graph(specs, keys.clone()),
-        };
-        keys.into_iter()
-            .map(|k| Future::new(self.inner.future(k, submitted.clone())))
-            .collect()
+        self.submit_specs(specs, keys, failed)
     }
 
     /// Waits for every future and returns each one's outcome, in order: values and errors

@@ -253,13 +253,10 @@ impl Client {
             .map(|v| Dep::Delayed(v.node.clone()))
             .collect();
         let keys: Vec<Key> = values.iter().map(|v| v.node.key.clone()).collect();
-        let submitted = match closure(inner, roots, &mut HashSet::new()) {
-            Ok(specs) => inner.submit_graph(specs, keys.clone()),
-            Err(e) => futures::future::ready(Err(e)).boxed().shared(),
-        };
-        keys.into_iter()
-            .map(|k| Future::new(inner.future(k, submitted.clone())))
-            .collect()
+        match closure(inner, roots, &mut HashSet::new()) {
+            Ok(specs) => self.submit_specs(specs, keys, None),
+            Err(e) => self.submit_specs(Vec::new(), keys, Some(e)),
+        }
     }
 
     /// Computes `value` on the cluster and brings it back (Dask's `compute`).
@@ -274,5 +271,3 @@ impl Client {
         self.gather(&futures).await
     }
 }
-
-use futures::FutureExt;
