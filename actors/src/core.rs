@@ -33,6 +33,7 @@ use crate::protocol::{
     PeerBatch, PeerMsg, Replica, SubmitOutcome,
 };
 
+mod datasets;
 mod failover;
 mod leave;
 use failover::{Kept, ORPHAN_MS, Recovery};
@@ -561,6 +562,18 @@ pub struct NodeCore {
     /// here to finish.
     handovers: Vec<(u32, Vec<NodeId>, u64)>,
 
+    // datasets (see `datasets.rs`)
+    /// Datasets published here, with the keys they hold a reference on.
+    published: FxHashMap<String, Vec<Key>>,
+    /// Dataset entries for the replicated table.
+    dataset_writes: Vec<(String, rdask_gossip::Dataset)>,
+    /// Client requests forwarded to a peer, by request id: the peer, and the answer to
+    /// give should it go.
+    forwards: FxHashMap<u64, (u32, ClientResponse)>,
+    /// Requests peers forwarded here, by this node's id for them: the peer and its id.
+    forwarded_in: FxHashMap<u64, (u32, u64)>,
+    next_forwarded: u64,
+
     replies: Vec<(RequestId, ClientResponse)>,
     jobs: Vec<Job>,
     timers: Vec<(RequestId, u32)>,
@@ -647,6 +660,11 @@ impl NodeCore {
             adopted_here: FxHashMap::default(),
             leaving: None,
             handovers: Vec::new(),
+            published: FxHashMap::default(),
+            dataset_writes: Vec::new(),
+            forwards: FxHashMap::default(),
+            forwarded_in: FxHashMap::default(),
+            next_forwarded: 0,
             replies: Vec::new(),
             jobs: Vec::new(),
             timers: Vec::new(),
@@ -788,6 +806,10 @@ impl NodeCore {
 
     /// Graphs from a client, in order. Replies `Submitted` with one outcome per graph.
     pub fn handle_submit(&mut self, request: RequestId, graphs: Vec<GraphSubmission>) {
+        if let Some(why) = self.moved_away() {
+            self.replies.push((request, ClientResponse::Moved(why)));
+            return;
+        }
         if let Some(g) = graphs
             .iter()
             .find(|g| self.superseded.contains_key(&((g.id.0 >> 64) as u64)))
@@ -861,6 +883,10 @@ impl NodeCore {
     /// values fetched here from their holders), at once when `wait_ms` is 0, otherwise after
     /// a timer of `wait_ms` (see [`NodeCore::take_timers`]).
     pub fn handle_gather(&mut self, request: RequestId, keys: Vec<Key>, wait_ms: u32) {
+        if let Some(why) = self.moved_away() {
+            self.replies.push((request, ClientResponse::Moved(why)));
+            return;
+        }
         let ids: Vec<Option<TaskId>> = keys.iter().map(|k| self.index.get(k).copied()).collect();
         let mut unfinished = Vec::new();
         let mut remote = Vec::new();
@@ -1141,6 +1167,7 @@ impl NodeCore {
     /// dropped.
     fn peer_lost(&mut self, p: u32) {
         self.stats.peers_lost += 1;
+        self.forwards_lost(p);
         // Worker side: tasks and results of graphs `p` owned wait for a take-over.
         if !self.alias.contains_key(&p) {
             self.orphans.insert(p, self.now_ms + ORPHAN_MS);
@@ -1498,6 +1525,9 @@ impl NodeCore {
                 PeerMsg::HandOver { members } => self.handed_over_to_me(p, members),
                 PeerMsg::Forgot => self.forgot_by(p),
                 PeerMsg::Superseded { sessions, epoch } => self.superseded(p, &sessions, epoch),
+                PeerMsg::Forward { req, request } => self.forwarded_in(p, req, request),
+                PeerMsg::Forwarded { req, reply } => self.forwarded_back(p, req, reply),
+                PeerMsg::Unpublished { name, keys } => self.unpublished(name, keys),
             }
         }
     }
@@ -1506,6 +1536,7 @@ impl NodeCore {
 
     /// Replies to send, in the order they were produced.
     pub fn take_replies(&mut self) -> Vec<(RequestId, ClientResponse)> {
+        self.route_forwarded();
         std::mem::take(&mut self.replies)
     }
 
@@ -1518,6 +1549,7 @@ impl NodeCore {
 
     /// Batches for peers, one per peer with something to say.
     pub fn take_sends(&mut self) -> Vec<(NodeId, PeerBatch)> {
+        self.route_forwarded();
         self.handover_progress();
         self.leave_progress();
         self.flush_replica();

@@ -6,7 +6,8 @@ use crate::protocol::next_epoch;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rdask_gossip::{
-    Event, Gossip, GossipConfig, GossipTimer, LoadSummary, MemberInfo, MemberView, Ownership, Peer,
+    Dataset, Event, Gossip, GossipConfig, GossipTimer, LoadSummary, MemberInfo, MemberView, NodeId,
+    Ownership, Peer,
 };
 
 /// Where the gossip shell sends datagrams: the network layer.
@@ -33,7 +34,16 @@ pub enum GossipMsg {
     SetOwner(u128, Ownership),
     /// The ownership entry of a graph, as this node knows it.
     Owner(u128, Box<dyn FnOnce(Option<Ownership>) + Send>),
+    /// Write a dataset entry (this node owns its session, or a client unpublished it here).
+    SetDataset(String, Dataset),
+    /// A published dataset, with the owner of its session (by the ownership table).
+    Dataset(String, DatasetReply),
+    /// The names of the published datasets, sorted.
+    Datasets(Box<dyn FnOnce(Vec<String>) + Send>),
 }
+
+/// Where the answer to a [`GossipMsg::Dataset`] goes.
+pub type DatasetReply = Box<dyn FnOnce(Option<(Dataset, Option<NodeId>)>) + Send>;
 
 /// What a gossip actor starts with.
 pub struct GossipArgs {
@@ -159,6 +169,28 @@ impl Actor for GossipActor {
             }
             GossipMsg::Owner(graph, reply) => {
                 reply(state.core.state().owner(graph).cloned());
+                return Ok(());
+            }
+            GossipMsg::SetDataset(name, dataset) => state.core.set_dataset(&name, dataset, now),
+            GossipMsg::Dataset(name, reply) => {
+                let s = state.core.state();
+                reply(s.dataset(&name).map(|d| {
+                    let owner = s
+                        .owner(u128::from(d.session) << 64)
+                        .map(|o| o.owner.clone());
+                    (d.clone(), owner)
+                }));
+                return Ok(());
+            }
+            GossipMsg::Datasets(reply) => {
+                reply(
+                    state
+                        .core
+                        .state()
+                        .datasets()
+                        .map(|(n, _)| n.to_string())
+                        .collect(),
+                );
                 return Ok(());
             }
         }

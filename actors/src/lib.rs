@@ -22,7 +22,7 @@ mod shell;
 
 pub use crate::core::{CoreStats, Job, NodeCore, PeerUpdate, RequestId, TaskDone};
 pub use gossip_shell::{
-    GossipActor, GossipArgs, GossipMsg, GossipSend, LOAD_EVERY, now_ms, spawn_gossip,
+    DatasetReply, GossipActor, GossipArgs, GossipMsg, GossipSend, LOAD_EVERY, now_ms, spawn_gossip,
 };
 pub use pool::{Completions, TaskPool};
 pub use shell::{NodeActor, NodeArgs, NodeMsg, PeerSend, ReplyTo, spawn_node};

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rdask_gossip::{LoadSummary, MemberInfo, MemberState, NodeId, Ownership};
+use rdask_gossip::{Dataset, LoadSummary, MemberInfo, MemberState, NodeId, Ownership};
 use rdask_graph::{GraphError, GraphId, Key, TaskError, TaskSpec};
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +69,44 @@ pub enum ClientRequest {
     WhoHas {
         /// The keys, answered in this order.
         keys: Vec<Key>,
+    },
+    /// Publish results of this client's graphs under a name, readable by any client
+    /// through any node until unpublished (Dask's `publish_dataset`). The node must own
+    /// `session`. Answered `Published`, or `Refused` with the reason.
+    Publish {
+        /// The dataset's name.
+        name: String,
+        /// The client's session (the upper half of its graph ids).
+        session: u64,
+        /// The result keys.
+        keys: Vec<Key>,
+    },
+    /// Unpublish the dataset `name`, as the replicated table holds it (`dataset`): its
+    /// results are released by the owner of its session. Answered `Released`.
+    Unpublish {
+        /// The dataset's name.
+        name: String,
+        /// The entry as the client read it (see [`ClientRequest::GetDataset`]).
+        dataset: Dataset,
+        /// The owner of its session, as the client read it.
+        owner: Option<NodeId>,
+    },
+    /// A published dataset: answered `Dataset`.
+    GetDataset {
+        /// Its name.
+        name: String,
+    },
+    /// The names of the published datasets: answered `Datasets`.
+    ListDatasets,
+    /// A `Gather` or `Status` of keys that another node owns (a dataset another client
+    /// published): the node forwards it to `owner` and relays the answer. Answered like the
+    /// inner request; with [`KeyResult::Pending`] or [`KeyStatus::Pending`] for every key
+    /// when `owner` cannot be reached (the client asks the table for the owner again).
+    Forward {
+        /// The node that owns the keys, by the ownership table.
+        owner: NodeId,
+        /// A `Gather` or `Status`.
+        request: Box<ClientRequest>,
     },
 }
 
@@ -142,6 +180,13 @@ pub enum ClientResponse {
     /// Answer to `WhoHas`: the nodes holding each key's value, in order (empty: not in
     /// memory, or unknown).
     Holders(Vec<Vec<NodeId>>),
+    /// Answer to `Publish`.
+    Published,
+    /// Answer to `GetDataset`: the entry, and the node that owns its session (by the
+    /// ownership table), if published.
+    Dataset(Option<(Dataset, Option<NodeId>)>),
+    /// Answer to `ListDatasets`: the names, sorted.
+    Datasets(Vec<String>),
     /// The request could not be served (e.g. an incompatible protocol version).
     Refused(String),
     /// This node no longer owns the client's graphs: another node took them over while
@@ -365,6 +410,30 @@ pub enum PeerMsg {
         sessions: Vec<u64>,
         /// The epoch of the take-over.
         epoch: u64,
+    },
+    /// A client request forwarded by the node the client is connected to (see
+    /// [`ClientRequest::Forward`]): answered with [`PeerMsg::Forwarded`] under the same
+    /// `req` (any member → owner).
+    Forward {
+        /// The forwarding node's request id.
+        req: u64,
+        /// A `Gather` or `Status`.
+        request: ClientRequest,
+    },
+    /// The answer to a [`PeerMsg::Forward`] (owner → forwarding node).
+    Forwarded {
+        /// The forwarding node's request id.
+        req: u64,
+        /// The answer.
+        reply: ClientResponse,
+    },
+    /// A client unpublished a dataset of the receiver's sessions through another node: one
+    /// reference on each key is released (any member → owner).
+    Unpublished {
+        /// The dataset's name.
+        name: String,
+        /// Its keys.
+        keys: Vec<Key>,
     },
     /// The answer to a [`PeerMsg::Recover`]: what this node held and ran for `old`, now the
     /// receiver's (member → new owner).

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use rdask_gossip::{MemberInfo, MemberState, MemberView, NodeId, Ownership, PROTOCOL_VERSION};
+use rdask_gossip::{
+    Dataset, MemberInfo, MemberState, MemberView, NodeId, Ownership, PROTOCOL_VERSION,
+};
 use rdask_graph::Registry;
 use rustc_hash::FxHashMap;
 
@@ -84,6 +86,9 @@ pub struct NodeState {
     started: Instant,
     /// Told when a leave is complete.
     left: Option<Box<dyn FnOnce() + Send>>,
+    /// The dataset table of a node without gossip (a local cluster); with gossip, the
+    /// replicated state holds it.
+    datasets: std::collections::BTreeMap<String, Dataset>,
 }
 
 /// The resources a member offers, as the core counts them.
@@ -133,6 +138,19 @@ impl NodeState {
                     batches = sends.len(),
                     "a node without network dropped batches for peers"
                 ),
+            }
+        }
+        for (name, dataset) in self.core.take_dataset_writes() {
+            match &self.gossip {
+                Some(g) => {
+                    let _ = g.send_message(GossipMsg::SetDataset(name, dataset));
+                }
+                None if dataset.removed => {
+                    self.datasets.remove(&name);
+                }
+                None => {
+                    self.datasets.insert(name, dataset);
+                }
             }
         }
         let claims = self.core.take_claims();
@@ -235,6 +253,7 @@ impl Actor for NodeActor {
             send_peer: args.send_peer,
             started: Instant::now(),
             left: None,
+            datasets: Default::default(),
         })
     }
 
@@ -303,6 +322,12 @@ impl Actor for NodeActor {
                         }
                         return Ok(());
                     }
+                    ClientRequest::WhoHas { .. } | ClientRequest::Status { .. }
+                        if let Some(why) = state.core.moved_away() =>
+                    {
+                        reply(ClientResponse::Moved(why));
+                        return Ok(());
+                    }
                     ClientRequest::WhoHas { keys } => {
                         reply(ClientResponse::Holders(state.core.who_has(&keys)));
                         return Ok(());
@@ -341,6 +366,70 @@ impl Actor for NodeActor {
                             }
                         }
                         return Ok(());
+                    }
+                    ClientRequest::GetDataset { name } => {
+                        match &state.gossip {
+                            None => {
+                                let me = state.member.id.clone();
+                                reply(ClientResponse::Dataset(
+                                    state.datasets.get(&name).map(|d| (d.clone(), Some(me))),
+                                ));
+                            }
+                            Some(gossip) => {
+                                let ask = GossipMsg::Dataset(
+                                    name,
+                                    Box::new(move |d| reply(ClientResponse::Dataset(d))),
+                                );
+                                if let Err(ractor::MessagingErr::SendErr(GossipMsg::Dataset(
+                                    _,
+                                    f,
+                                ))) = gossip.send_message(ask)
+                                {
+                                    f(None);
+                                }
+                            }
+                        }
+                        return Ok(());
+                    }
+                    ClientRequest::ListDatasets => {
+                        match &state.gossip {
+                            None => {
+                                reply(ClientResponse::Datasets(
+                                    state.datasets.keys().cloned().collect(),
+                                ));
+                            }
+                            Some(gossip) => {
+                                let ask = GossipMsg::Datasets(Box::new(move |names| {
+                                    reply(ClientResponse::Datasets(names))
+                                }));
+                                if let Err(ractor::MessagingErr::SendErr(GossipMsg::Datasets(f))) =
+                                    gossip.send_message(ask)
+                                {
+                                    f(Vec::new());
+                                }
+                            }
+                        }
+                        return Ok(());
+                    }
+                    ClientRequest::Publish {
+                        name,
+                        session,
+                        keys,
+                    } => {
+                        state.pending.insert(id, reply);
+                        state.core.handle_publish(id, name, session, keys);
+                    }
+                    ClientRequest::Unpublish {
+                        name,
+                        dataset,
+                        owner,
+                    } => {
+                        state.pending.insert(id, reply);
+                        state.core.handle_unpublish(id, name, dataset, owner);
+                    }
+                    ClientRequest::Forward { owner, request } => {
+                        state.pending.insert(id, reply);
+                        state.core.handle_forward(id, &owner, *request);
                     }
                     ClientRequest::Submit { graphs } => {
                         state.pending.insert(id, reply);

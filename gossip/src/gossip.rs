@@ -175,6 +175,11 @@ impl Gossip {
         self.state.set_owner(graph, ownership)
     }
 
+    /// Writes a dataset entry (for the scheduling layer: the owner of its session).
+    pub fn set_dataset(&mut self, name: &str, dataset: crate::state::Dataset, now_ms: u64) {
+        self.state.set_dataset(name, dataset, now_ms);
+    }
+
     /// Publishes a new record of this node (e.g. its addresses changed).
     pub fn set_info(&mut self, info: MemberInfo) {
         self.state.set_info(info);
@@ -322,15 +327,15 @@ impl Gossip {
                 }
             }
             StateMsg::Digest(theirs) => {
-                let (delta, want, want_owners) =
-                    self.state.delta_for(&theirs, self.config.max_delta_entries);
-                if !delta.is_empty() || !want.is_empty() || !want_owners.is_empty() {
+                let (delta, wanted) = self.state.delta_for(&theirs, self.config.max_delta_entries);
+                if !delta.is_empty() || !wanted.is_empty() {
                     self.send_state(
                         from,
                         StateMsg::Delta {
                             delta,
-                            want,
-                            want_owners,
+                            want: wanted.nodes,
+                            want_owners: wanted.owners,
+                            want_datasets: wanted.datasets,
                         },
                     );
                 }
@@ -339,13 +344,19 @@ impl Gossip {
                 mut delta,
                 want,
                 want_owners,
+                want_datasets,
             } => {
                 // A removal made elsewhere does not apply to a member this node sees alive:
                 // that member refutes it when it hears of it.
                 delta.removed.retain(|(n, _)| !self.membership.is_live(n));
                 self.state.merge(delta, now_ms);
-                if !want.is_empty() || !want_owners.is_empty() {
-                    let back = self.state.entries_of_all(&want, &want_owners);
+                let wanted = crate::state::Wanted {
+                    nodes: want,
+                    owners: want_owners,
+                    datasets: want_datasets,
+                };
+                if !wanted.is_empty() {
+                    let back = self.state.entries_of_all(&wanted);
                     if !back.is_empty() {
                         self.send_state(
                             from,
@@ -353,6 +364,7 @@ impl Gossip {
                                 delta: back,
                                 want: Vec::new(),
                                 want_owners: Vec::new(),
+                                want_datasets: Vec::new(),
                             },
                         );
                     }

@@ -19,7 +19,10 @@ use std::sync::Arc;
 
 pub use gossip::{Gossip, GossipConfig, GossipError, GossipTimer, MemberState, MemberView, Wire};
 pub use membership::{Event, Membership, MembershipConfig, MembershipError, Peer, Timer};
-pub use state::{ClusterState, Delta, Digest, OwnerMark, Ownership, StateMsg, Version};
+pub use state::{
+    ClusterState, Dataset, DatasetMark, Delta, Digest, OwnerMark, Ownership, StateMsg, Version,
+    Wanted,
+};
 
 use serde::{Deserialize, Serialize};
 

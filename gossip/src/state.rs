@@ -57,6 +57,28 @@ pub struct OwnerMark {
     pub owner: NodeId,
 }
 
+/// A published dataset: named results of one client session, kept alive by the node that
+/// owns the session (Dask's `publish_dataset`). Readable through any node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dataset {
+    /// The client session whose graphs computed the keys (the upper half of their graph
+    /// ids): the ownership table names the node that serves them.
+    pub session: u64,
+    /// The result keys, in the order they were published.
+    pub keys: Vec<String>,
+    /// Unpublished (a tombstone, dropped after a grace period).
+    pub removed: bool,
+}
+
+/// The marker of a dataset entry: a later stamp wins; the writer's id breaks ties.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DatasetMark {
+    /// Milliseconds of the writer's clock, raised past the entry it replaces.
+    pub stamp: u64,
+    /// The node that wrote it (the owner of the session).
+    pub writer: NodeId,
+}
+
 /// The versions a node holds, sent when hashes differ.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Digest {
@@ -64,6 +86,8 @@ pub struct Digest {
     pub members: Vec<DigestEntry>,
     /// Ownership entries by graph id.
     pub owners: Vec<(u128, OwnerMark)>,
+    /// Dataset entries by name.
+    pub datasets: Vec<(String, DatasetMark)>,
 }
 
 /// Entries sent to a peer.
@@ -77,6 +101,8 @@ pub struct Delta {
     pub removed: Vec<(NodeId, Version)>,
     /// Ownership entries by graph id.
     pub owners: Vec<(u128, LWWReg<Ownership, OwnerMark>)>,
+    /// Dataset entries by name.
+    pub datasets: Vec<(String, LWWReg<Dataset, DatasetMark>)>,
 }
 
 impl Delta {
@@ -86,6 +112,7 @@ impl Delta {
             && self.loads.is_empty()
             && self.removed.is_empty()
             && self.owners.is_empty()
+            && self.datasets.is_empty()
     }
 }
 
@@ -104,7 +131,27 @@ pub enum StateMsg {
         want: Vec<NodeId>,
         /// Graphs whose newer ownership entries the sender wants.
         want_owners: Vec<u128>,
+        /// Datasets whose newer entries the sender wants.
+        want_datasets: Vec<String>,
     },
+}
+
+/// The entries a peer holds newer versions of: asked for in a [`StateMsg::Delta`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Wanted {
+    /// Nodes whose records or loads.
+    pub nodes: Vec<NodeId>,
+    /// Graphs whose ownership entries.
+    pub owners: Vec<u128>,
+    /// Datasets by name.
+    pub datasets: Vec<String>,
+}
+
+impl Wanted {
+    /// Whether nothing is wanted.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty() && self.owners.is_empty() && self.datasets.is_empty()
+    }
 }
 
 /// The replicated state as one node holds it.
@@ -119,6 +166,8 @@ pub struct ClusterState {
     removed: BTreeMap<NodeId, (Version, u64)>,
     /// The ownership table: graph id → owner, epoch, backups.
     owners: BTreeMap<u128, LWWReg<Ownership, OwnerMark>>,
+    /// Published datasets by name (with tombstones of unpublished ones).
+    datasets: BTreeMap<String, LWWReg<Dataset, DatasetMark>>,
     /// [`ClusterState::hash`], computed when first asked after a change.
     hash_cache: std::cell::Cell<Option<u64>>,
 }
@@ -134,6 +183,7 @@ impl ClusterState {
             loads: BTreeMap::new(),
             removed: BTreeMap::new(),
             owners: BTreeMap::new(),
+            datasets: BTreeMap::new(),
             hash_cache: std::cell::Cell::new(None),
         };
         s.set_info(me);
@@ -241,6 +291,43 @@ impl ClusterState {
         }
     }
 
+    /// Writes a dataset entry at `now_ms` of this node's clock (stamped past the entry it
+    /// replaces, so it wins wherever the earlier one went).
+    pub fn set_dataset(&mut self, name: &str, dataset: Dataset, now_ms: u64) {
+        let stamp = self
+            .datasets
+            .get(name)
+            .map_or(now_ms, |r| now_ms.max(r.marker.stamp + 1));
+        let marker = DatasetMark {
+            stamp,
+            writer: self.me.clone(),
+        };
+        self.datasets.insert(
+            name.to_string(),
+            LWWReg {
+                val: dataset,
+                marker,
+            },
+        );
+        self.hash_cache.set(None);
+    }
+
+    /// A published dataset (none once unpublished).
+    pub fn dataset(&self, name: &str) -> Option<&Dataset> {
+        self.datasets
+            .get(name)
+            .map(|r| &r.val)
+            .filter(|d| !d.removed)
+    }
+
+    /// The published datasets, by name.
+    pub fn datasets(&self) -> impl Iterator<Item = (&str, &Dataset)> {
+        self.datasets
+            .iter()
+            .filter(|(_, r)| !r.val.removed)
+            .map(|(n, r)| (n.as_str(), &r.val))
+    }
+
     /// Number of member records held.
     pub fn len(&self) -> usize {
         self.members.len()
@@ -279,7 +366,10 @@ impl ClusterState {
         let before = self.removed.len();
         self.removed
             .retain(|_, (_, at)| now_ms.saturating_sub(*at) < grace_ms);
-        if self.removed.len() != before {
+        let datasets = self.datasets.len();
+        self.datasets
+            .retain(|_, r| !r.val.removed || now_ms.saturating_sub(r.marker.stamp) < grace_ms);
+        if self.removed.len() != before || self.datasets.len() != datasets {
             self.hash_cache.set(None);
         }
     }
@@ -332,6 +422,9 @@ impl ClusterState {
         for (graph, reg) in delta.owners {
             changed |= merge_keyed(&mut self.owners, graph, reg);
         }
+        for (name, reg) in delta.datasets {
+            changed |= merge_keyed(&mut self.datasets, name, reg);
+        }
         if changed {
             self.hash_cache.set(None);
         }
@@ -346,6 +439,11 @@ impl ClusterState {
                 .owners
                 .iter()
                 .map(|(g, r)| (*g, r.marker.clone()))
+                .collect(),
+            datasets: self
+                .datasets
+                .iter()
+                .map(|(n, r)| (n.clone(), r.marker.clone()))
                 .collect(),
         }
     }
@@ -405,16 +503,21 @@ impl ClusterState {
                 eat(u64::from(b) ^ 0x7f);
             }
         }
+        for (name, r) in &self.datasets {
+            for b in name.bytes() {
+                eat(u64::from(b) ^ 0x3f);
+            }
+            eat(r.marker.stamp);
+            for b in r.marker.writer.0.bytes() {
+                eat(u64::from(b) ^ 0x1f);
+            }
+        }
         h
     }
 
-    /// What a peer with digest `digest` lacks (at most `max_entries` entries), the nodes
-    /// where the peer holds newer entries, and the graphs whose ownership it knows better.
-    pub fn delta_for(
-        &self,
-        digest: &Digest,
-        max_entries: usize,
-    ) -> (Delta, Vec<NodeId>, Vec<u128>) {
+    /// What a peer with digest `digest` lacks (at most `max_entries` entries), and what it
+    /// knows better: the nodes, graphs and datasets whose newer entries to ask it for.
+    pub fn delta_for(&self, digest: &Digest, max_entries: usize) -> (Delta, Wanted) {
         use std::cmp::Ordering;
         let mut delta = Delta::default();
         let mut want = Vec::new();
@@ -496,7 +599,37 @@ impl ClusterState {
             .map(|(g, _)| *g)
             .take(max_entries)
             .collect();
-        (delta, want, want_owners)
+        let their_datasets: BTreeMap<&str, &DatasetMark> = digest
+            .datasets
+            .iter()
+            .map(|(n, m)| (n.as_str(), m))
+            .collect();
+        for (name, reg) in &self.datasets {
+            if budget == 0 {
+                break;
+            }
+            if their_datasets
+                .get(name.as_str())
+                .is_none_or(|m| reg.marker > **m)
+            {
+                delta.datasets.push((name.clone(), reg.clone()));
+                budget -= 1;
+            }
+        }
+        let want_datasets = their_datasets
+            .iter()
+            .filter(|(n, m)| self.datasets.get(**n).is_none_or(|r| &r.marker < *m))
+            .map(|(n, _)| n.to_string())
+            .take(max_entries)
+            .collect();
+        (
+            delta,
+            Wanted {
+                nodes: want,
+                owners: want_owners,
+                datasets: want_datasets,
+            },
+        )
     }
 
     /// Every node with an entry, sorted, with its record and load registers.
@@ -535,12 +668,17 @@ impl ClusterState {
         }
     }
 
-    /// The entries of these nodes and graphs (an answer to `want` and `want_owners`).
-    pub fn entries_of_all(&self, nodes: &[NodeId], graphs: &[u128]) -> Delta {
-        let mut delta = self.entries_of(nodes);
-        for g in graphs {
+    /// The entries a peer asked for.
+    pub fn entries_of_all(&self, wanted: &Wanted) -> Delta {
+        let mut delta = self.entries_of(&wanted.nodes);
+        for g in &wanted.owners {
             if let Some(r) = self.owners.get(g) {
                 delta.owners.push((*g, r.clone()));
+            }
+        }
+        for n in &wanted.datasets {
+            if let Some(r) = self.datasets.get(n) {
+                delta.datasets.push((n.clone(), r.clone()));
             }
         }
         delta
@@ -612,9 +750,9 @@ mod tests {
             return;
         }
         let digest_b = b.digest();
-        let (delta, want, want_owners) = a.delta_for(&digest_b, 1000);
+        let (delta, wanted) = a.delta_for(&digest_b, 1000);
         b.merge(delta, 0);
-        let back = b.entries_of_all(&want, &want_owners);
+        let back = b.entries_of_all(&wanted);
         a.merge(back, 0);
     }
 
@@ -626,8 +764,39 @@ mod tests {
         assert_eq!(a.hash(), b.hash());
         assert_eq!(a.member(&NodeId("n1".into())).unwrap().nthreads, 4);
         assert_eq!(b.member(&NodeId("n0".into())).unwrap().nthreads, 2);
-        let (delta, want, want_owners) = a.delta_for(&b.digest(), 1000);
-        assert!(delta.is_empty() && want.is_empty() && want_owners.is_empty());
+        let (delta, wanted) = a.delta_for(&b.digest(), 1000);
+        assert!(delta.is_empty() && wanted.is_empty());
+    }
+
+    #[test]
+    fn a_dataset_spreads_both_ways_and_an_unpublish_wins_over_the_older_entry() {
+        let mut a = ClusterState::new(info(0, 2), 1);
+        let mut b = ClusterState::new(info(1, 4), 1);
+        let d = Dataset {
+            session: 7,
+            keys: vec!["inc-1".into(), "inc-2".into()],
+            removed: false,
+        };
+        // b publishes: a round started by a (b is newer) brings it over.
+        b.set_dataset("points", d.clone(), 1_000);
+        round(&mut a, &mut b);
+        assert_eq!(a.dataset("points"), Some(&d));
+        assert_eq!(a.datasets().count(), 1);
+        // a unpublishes at a clock behind b's: the stamp still goes past b's entry.
+        a.set_dataset(
+            "points",
+            Dataset {
+                removed: true,
+                ..d.clone()
+            },
+            10,
+        );
+        round(&mut b, &mut a);
+        assert_eq!(b.dataset("points"), None);
+        assert_eq!(a.hash(), b.hash());
+        // The tombstone goes after the grace period.
+        b.collect_garbage(100_000, 1_000);
+        assert_eq!(b.datasets.len(), 0);
     }
 
     #[test]
@@ -737,7 +906,7 @@ mod tests {
             );
         }
         let fresh = ClusterState::new(info(500, 1), 1);
-        let (delta, _, _) = a.delta_for(&fresh.digest(), 16);
+        let (delta, _) = a.delta_for(&fresh.digest(), 16);
         assert_eq!(delta.members.len() + delta.loads.len(), 16);
     }
 }

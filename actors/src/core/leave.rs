@@ -299,6 +299,18 @@ impl NodeCore {
         }
     }
 
+    /// Why a client request about graphs is not answered here: this node handed its graphs
+    /// over and forgot them. The client, told `Moved`, re-attaches to the owner the table
+    /// names (an answer of "unknown key" would read as a lost result).
+    pub fn moved_away(&self) -> Option<String> {
+        let l = self.leaving.as_ref()?;
+        let successor = l.successor.filter(|_| l.done)?;
+        Some(format!(
+            "{} left the cluster: {} took its graphs over",
+            self.node, self.peers[successor as usize].node
+        ))
+    }
+
     /// An assignment reaching a leaving node goes back to its owner.
     pub(super) fn refuse_while_leaving(&mut self, owner: u32, key: Key, hops: u32) {
         self.tombstone(owner, key.clone(), Gone::Released(hops));

@@ -515,6 +515,13 @@ fn a_leaving_owner_hands_its_results_and_graphs_over_and_nothing_is_computed_aga
     let ran = run_all(&mut b);
     assert_eq!(ran, vec!["y".to_string()]);
     assert_eq!(int(&gather(&mut b, &["y"])[0]), 12);
+    // The client still connected to the node that left is sent on, not told its keys are
+    // unknown (which would read as lost results).
+    a.handle_gather(RequestId(7), vec![Key::from("y")], 1_000);
+    assert!(matches!(
+        a.take_replies().as_slice(),
+        [(RequestId(7), ClientResponse::Moved(_))]
+    ));
 }
 
 #[test]
