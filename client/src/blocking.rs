@@ -222,6 +222,26 @@ impl Client {
         block_on(self.inner.who_has(&unwrap(futures)))
     }
 
+    /// See [`crate::Client::publish_dataset`].
+    pub fn publish_dataset<T>(&self, name: &str, futures: &[Future<T>]) -> Result<()> {
+        block_on(self.inner.publish_dataset(name, &unwrap(futures)))
+    }
+
+    /// See [`crate::Client::get_dataset`].
+    pub fn get_dataset<T>(&self, name: &str) -> Result<Vec<Future<T>>> {
+        Ok(wrap(block_on(self.inner.get_dataset(name))?))
+    }
+
+    /// See [`crate::Client::list_datasets`].
+    pub fn list_datasets(&self) -> Result<Vec<String>> {
+        block_on(self.inner.list_datasets())
+    }
+
+    /// See [`crate::Client::unpublish_dataset`].
+    pub fn unpublish_dataset(&self, name: &str) -> Result<()> {
+        block_on(self.inner.unpublish_dataset(name))
+    }
+
     /// See [`crate::Client::explain`].
     pub fn explain<T>(&self, future: &Future<T>) -> Result<String> {
         block_on(self.inner.explain(&future.inner))

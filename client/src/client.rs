@@ -743,6 +743,35 @@ impl Client {
         }
     }
 
+    /// Sends `request` to the entry node after what the client queued, re-attaching (and
+    /// asking again) when the entry node is lost.
+    pub(crate) async fn request(&self, request: ClientRequest) -> Result<ClientResponse> {
+        self.inner.check_open()?;
+        self.inner.flush();
+        loop {
+            let generation = self.inner.generation.load(Ordering::Acquire);
+            match self.inner.conn().send(request.clone()).await {
+                Err(Error::ConnectionLost(reason)) if self.inner.remote() => {
+                    self.inner.reattach(generation, &reason).await?;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// A future of this client for a result of `session`'s graphs (a published dataset):
+    /// it reads the value through the entry node, and holds no reference of its own.
+    pub(crate) fn borrowed_future<T>(&self, key: Key, session: u64) -> Future<T> {
+        let ready: Submitted = futures::future::ready(Ok(())).boxed().shared();
+        Future::new(Arc::new(FutureShared {
+            key,
+            client: self.inner.clone(),
+            submitted: ready,
+            cancelled: AtomicBool::new(false),
+            borrowed: Some(session),
+        }))
+    }
+
     /// The id of this client's session: the upper half of the ids of the graphs it
     /// submits.
     pub fn session_id(&self) -> u64 {
@@ -850,6 +879,7 @@ impl ClientInner {
             client: self.clone(),
             submitted,
             cancelled: AtomicBool::new(false),
+            borrowed: None,
         })
     }
 
@@ -1189,24 +1219,14 @@ impl ClientInner {
         let mut pending: Vec<usize> = (0..items.len()).filter(|&i| out[i].is_none()).collect();
         let mut resubmits = 0;
         while !pending.is_empty() {
-            let keys = pending.iter().map(|&i| items[i].key.clone()).collect();
-            let request = ClientRequest::Gather {
-                keys,
-                wait_ms: LONG_POLL_MS,
-            };
             let generation = self.generation.load(Ordering::Acquire);
-            let results = match self.conn().send(request).await {
-                Ok(ClientResponse::Results(r)) if r.len() == pending.len() => r,
+            let results = match self.gather_round(items, &pending).await {
+                Ok(r) => r,
                 Err(Error::ConnectionLost(reason)) if self.remote() => {
                     self.reattach(generation, &reason).await?;
                     continue;
                 }
                 Err(e) => return Err(e),
-                Ok(other) => {
-                    return Err(Error::Protocol(format!(
-                        "unexpected answer to gather: {other:?}"
-                    )));
-                }
             };
             let mut still = Vec::new();
             let mut lost = Vec::new();
@@ -1225,7 +1245,11 @@ impl ClientInner {
                         // The submission may have been rejected: that is the error to report.
                         match items[i].submitted.clone().await {
                             Err(e) => e,
-                            Ok(()) if generation > 0 && resubmits < RESUBMITS => {
+                            Ok(())
+                                if generation > 0
+                                    && resubmits < RESUBMITS
+                                    && items[i].borrowed.is_none() =>
+                            {
                                 lost.push(i);
                                 still.push(i);
                                 continue;
@@ -1259,6 +1283,114 @@ impl ClientInner {
         Ok(out.into_iter().map(|b| b.expect("filled")).collect())
     }
 
+    /// One long-poll gather of `items[idx]`: this client's own keys from the entry node,
+    /// keys of published datasets through it from their owners, all at once. The results
+    /// come in the order of `idx`.
+    async fn gather_round(
+        &self,
+        items: &[&Arc<FutureShared>],
+        idx: &[usize],
+    ) -> Result<Vec<KeyResult>> {
+        let groups = by_origin(items, idx);
+        let asks = groups.iter().map(|(origin, at)| {
+            let keys: Vec<Key> = at.iter().map(|&p| items[idx[p]].key.clone()).collect();
+            let n = keys.len();
+            let request = ClientRequest::Gather {
+                keys,
+                wait_ms: LONG_POLL_MS,
+            };
+            async move {
+                match self.send_for(*origin, request).await? {
+                    ClientResponse::Results(r) if r.len() == n => Ok(r),
+                    other => Err(Error::Protocol(format!(
+                        "unexpected answer to gather: {other:?}"
+                    ))),
+                }
+            }
+        });
+        let answers = futures::future::join_all(asks).await;
+        let mut out = vec![KeyResult::Pending; idx.len()];
+        for ((_, at), answer) in groups.iter().zip(answers) {
+            for (&p, r) in at.iter().zip(answer?) {
+                out[p] = r;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Where `items[idx]` stand, like [`ClientInner::gather_round`] but without values.
+    async fn status_round(
+        &self,
+        items: &[&Arc<FutureShared>],
+        idx: &[usize],
+    ) -> Result<Vec<KeyStatus>> {
+        let groups = by_origin(items, idx);
+        let asks = groups.iter().map(|(origin, at)| {
+            let keys: Vec<Key> = at.iter().map(|&p| items[idx[p]].key.clone()).collect();
+            let n = keys.len();
+            let request = ClientRequest::Status { keys };
+            async move {
+                match self.send_for(*origin, request).await? {
+                    ClientResponse::Statuses(s) if s.len() == n => Ok(s),
+                    other => Err(Error::Protocol(format!(
+                        "unexpected answer to status: {other:?}"
+                    ))),
+                }
+            }
+        });
+        let answers = futures::future::join_all(asks).await;
+        let mut out = vec![KeyStatus::Pending; idx.len()];
+        for ((_, at), answer) in groups.iter().zip(answers) {
+            for (&p, s) in at.iter().zip(answer?) {
+                out[p] = s;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends a `Gather` or `Status` about keys of `origin`: this client's own (`None`) to
+    /// the entry node; a published dataset's to its session's owner (by the ownership
+    /// table), forwarded by the entry node. While no owner is known (a take-over under
+    /// way), every key is pending.
+    async fn send_for(
+        &self,
+        origin: Option<u64>,
+        request: ClientRequest,
+    ) -> Result<ClientResponse> {
+        let Some(session) = origin else {
+            return self.conn().send(request).await;
+        };
+        let graph = GraphId(u128::from(session) << 64);
+        let owner = match self.conn().send(ClientRequest::Owner { graph }).await? {
+            ClientResponse::Owner(o) => o.map(|o| o.owner),
+            other => {
+                return Err(Error::Protocol(format!(
+                    "unexpected answer to owner: {other:?}"
+                )));
+            }
+        };
+        match owner {
+            Some(owner) => {
+                let request = Box::new(request);
+                self.conn()
+                    .send(ClientRequest::Forward { owner, request })
+                    .await
+            }
+            None => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(match request {
+                    ClientRequest::Gather { keys, .. } => {
+                        ClientResponse::Results(vec![KeyResult::Pending; keys.len()])
+                    }
+                    ClientRequest::Status { keys } => {
+                        ClientResponse::Statuses(vec![KeyStatus::Pending; keys.len()])
+                    }
+                    _ => ClientResponse::Refused("not a gather or a status".into()),
+                })
+            }
+        }
+    }
+
     /// Runs `f` on the client's runtime (its timers and sockets live there) and waits for
     /// it from any executor.
     pub(crate) async fn spawn<T: Send + 'static>(
@@ -1287,21 +1419,14 @@ impl ClientInner {
             return Ok(out);
         }
         self.flush();
-        let keys: Vec<Key> = ask.iter().map(|&i| items[i].key.clone()).collect();
         let statuses = loop {
             let generation = self.generation.load(Ordering::Acquire);
-            let request = ClientRequest::Status { keys: keys.clone() };
-            match self.conn().send(request).await {
-                Ok(ClientResponse::Statuses(s)) if s.len() == keys.len() => break s,
+            match self.status_round(items, &ask).await {
+                Ok(s) => break s,
                 Err(Error::ConnectionLost(reason)) if self.remote() => {
                     self.reattach(generation, &reason).await?;
                 }
                 Err(e) => return Err(e),
-                Ok(other) => {
-                    return Err(Error::Protocol(format!(
-                        "unexpected answer to status: {other:?}"
-                    )));
-                }
             }
         };
         for (&i, s) in ask.iter().zip(statuses) {
@@ -1309,6 +1434,7 @@ impl ClientInner {
                 KeyStatus::Pending => FutureStatus::Pending,
                 KeyStatus::Finished => FutureStatus::Finished,
                 KeyStatus::Error(_) => FutureStatus::Error,
+                KeyStatus::Unknown if items[i].borrowed.is_some() => FutureStatus::Lost,
                 KeyStatus::Unknown => match items[i].submitted.peek() {
                     // Not accepted yet: the submission is on its way.
                     None => FutureStatus::Pending,
@@ -1356,6 +1482,21 @@ impl ClientInner {
 }
 
 /// The futures' outcomes of one submission, from the node's answer.
+/// Positions in `idx` grouped by where their keys are served: this client's own first,
+/// then one group per borrowed session.
+fn by_origin(items: &[&Arc<FutureShared>], idx: &[usize]) -> Vec<(Option<u64>, Vec<usize>)> {
+    let mut groups: Vec<(Option<u64>, Vec<usize>)> = Vec::new();
+    for (p, &i) in idx.iter().enumerate() {
+        let origin = items[i].borrowed;
+        match groups.iter_mut().find(|(o, _)| *o == origin) {
+            Some((_, at)) => at.push(p),
+            None => groups.push((origin, vec![p])),
+        }
+    }
+    groups.sort_by_key(|(o, _)| o.is_some());
+    groups
+}
+
 fn submit_outcomes(response: Result<ClientResponse>, n: usize) -> Vec<Result<()>> {
     match response {
         Ok(ClientResponse::Submitted(o)) if o.len() == n => o

@@ -66,6 +66,12 @@ pub enum Error {
     /// The future was cancelled ([`crate::Future::cancel`]).
     #[error("{0} was cancelled")]
     Cancelled(Key),
+    /// No dataset of that name is published on the cluster.
+    #[error("no dataset named {0:?} is published")]
+    NoDataset(String),
+    /// A dataset of that name is published already (unpublish it first).
+    #[error("a dataset named {0:?} is already published")]
+    DatasetExists(String),
     /// [`crate::Client::current`] found no open default client.
     #[error("no default client: create one first (Client::local() or Client::connect(…))")]
     NoDefaultClient,

@@ -22,11 +22,14 @@ pub(crate) struct FutureShared {
     pub(crate) submitted: Submitted,
     /// Cancelled: its reference on the cluster is released already.
     pub(crate) cancelled: AtomicBool,
+    /// A result of another client's session, read from a published dataset: the session,
+    /// whose owner serves it. Such a future holds no reference (the dataset does).
+    pub(crate) borrowed: Option<u64>,
 }
 
 impl Drop for FutureShared {
     fn drop(&mut self) {
-        if !self.cancelled.load(Ordering::Acquire) {
+        if self.borrowed.is_none() && !self.cancelled.load(Ordering::Acquire) {
             self.client.release(&self.key);
         }
     }
@@ -116,7 +119,7 @@ impl<T> Future<T> {
     /// [`Future::result`] and [`Future::status`] report the cancellation, and passing the
     /// future as an argument fails. Clones share the cancellation.
     pub fn cancel(&self) {
-        if !self.shared.cancelled.swap(true, Ordering::AcqRel) {
+        if !self.shared.cancelled.swap(true, Ordering::AcqRel) && self.shared.borrowed.is_none() {
             self.shared.client.release(&self.shared.key);
         }
     }

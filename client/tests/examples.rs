@@ -79,3 +79,15 @@ fn the_delayed_example_runs() {
     assert!(out.contains("total = 5330667"), "{out}");
     assert!(out.contains("digraph rdask"), "{out}");
 }
+
+#[test]
+fn the_data_example_runs() {
+    let out = run("data");
+    assert!(
+        out.contains("counts of [\"the\", \"and\", \"cat\"]: [3, 2, 1]"),
+        "{out}"
+    );
+    assert!(out.contains("checked(-1) failed"), "{out}");
+    assert!(out.contains("word-total = 6"), "{out}");
+    assert!(out.contains("datasets after unpublish: []"), "{out}");
+}

@@ -408,3 +408,76 @@ fn a_dropped_future_releases_its_value_on_the_node() {
         }
     });
 }
+
+#[test]
+fn a_dataset_published_through_one_node_is_read_and_unpublished_through_another() {
+    let _one = serial();
+    bounded(120, || {
+        let (nodes, publisher) = cluster();
+        let numbers = publisher.map(inc, 0..20i64);
+        rdask::block_on(publisher.publish_dataset("numbers", &numbers)).expect("publish");
+        match rdask::block_on(publisher.publish_dataset("numbers", &numbers)) {
+            Err(Error::DatasetExists(name)) => assert_eq!(name, "numbers"),
+            other => panic!("expected DatasetExists, got {other:?}"),
+        }
+        // The publisher goes: the dataset keeps the results.
+        drop(numbers);
+        publisher.close();
+
+        // A second client, of the other node, sees the name once gossip brings it.
+        let reader = Client::connect(&nodes[1].multiaddr).expect("connect to the second node");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !rdask::block_on(reader.list_datasets())
+            .expect("list")
+            .contains(&"numbers".to_string())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the dataset never reached the second node"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let got: Vec<rdask::Future<i64>> =
+            rdask::block_on(reader.get_dataset("numbers")).expect("get");
+        assert_eq!(
+            rdask::block_on(reader.gather(&got)).expect("gather through the other node"),
+            (1..=20).collect::<Vec<i64>>()
+        );
+        assert_eq!(
+            rdask::block_on(got[3].status()).unwrap(),
+            FutureStatus::Finished
+        );
+        // A dataset future as an argument: fine at its owner's node only; elsewhere the
+        // node names the key it does not know.
+        match rdask::block_on(reader.submit(inc, (&got[0],)).result()) {
+            Err(Error::GraphRejected(e)) => {
+                assert!(e.to_string().contains(got[0].key().as_str()), "{e}")
+            }
+            other => panic!("expected a rejected graph, got {other:?}"),
+        }
+        match rdask::block_on(reader.get_dataset::<i64>("nothing")) {
+            Err(Error::NoDataset(name)) => assert_eq!(name, "nothing"),
+            other => panic!("expected NoDataset, got {other:?}"),
+        }
+
+        // Unpublished through the second node: the name goes, and the owner releases the
+        // results (nobody else holds them).
+        rdask::block_on(reader.unpublish_dataset("numbers")).expect("unpublish");
+        assert!(
+            !rdask::block_on(reader.list_datasets())
+                .unwrap()
+                .contains(&"numbers".to_string())
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match rdask::block_on(got[0].status()).unwrap() {
+                FutureStatus::Lost => break,
+                s => assert!(
+                    Instant::now() < deadline,
+                    "the owner still holds the result after the unpublish: {s:?}"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+}
