@@ -147,6 +147,8 @@ pub struct CoreStats {
     pub tasks_run: u64,
     /// Failed runs run again (`retries`).
     pub task_retries: u64,
+    /// Running tasks that gave their thread slot up to wait for other tasks.
+    pub seceded: u64,
     /// Tasks of this node's graphs placed on a peer.
     pub placed_remote: u64,
     /// Steal requests sent.
@@ -483,6 +485,8 @@ pub struct NodeCore {
     waiters: FxHashMap<RequestId, Waiter>,
     next_priority: u64,
     in_flight: u32,
+    /// Running tasks that gave their thread slot up (not counted in `in_flight`).
+    seceded: rustc_hash::FxHashSet<TaskId>,
     /// Expected run time of the tasks handed to the pool.
     pool_ns: f64,
     /// Resources not held by running tasks.
@@ -602,6 +606,7 @@ impl NodeCore {
             waiters: FxHashMap::default(),
             next_priority: 0,
             in_flight: 0,
+            seceded: Default::default(),
             pool_ns: 0.0,
             available: Vec::new(),
             blocked: Vec::new(),
@@ -955,6 +960,29 @@ impl NodeCore {
 
     // ----- inputs: the pool, the clock, the cluster ----------------------------------
 
+    /// A running task gave its thread slot up while it waits for other tasks (a new pool
+    /// thread took it): it no longer counts as running, so another task starts.
+    pub fn handle_seceded(&mut self, task: TaskId) {
+        let running = if task.foreign() {
+            self.foreign_ref(task)
+                .is_some_and(|f| f.state == ForeignState::Running)
+        } else {
+            self.task(task)
+                .is_some_and(|t| matches!(t.state, State::Running))
+        };
+        if running && self.seceded.insert(task) {
+            self.in_flight -= 1;
+            self.stats.seceded += 1;
+        }
+    }
+
+    /// A running task returned: its slot is free (unless it gave it up already).
+    fn free_slot(&mut self, task: TaskId) {
+        if !self.seceded.remove(&task) {
+            self.in_flight -= 1;
+        }
+    }
+
     /// The pool finished a task.
     pub fn handle_task_done(&mut self, done: TaskDone) {
         if done.task.foreign() {
@@ -967,7 +995,7 @@ impl NodeCore {
         if !matches!(task.state, State::Running) {
             return;
         }
-        self.in_flight -= 1;
+        self.free_slot(done.task);
         self.stats.tasks_run += 1;
         self.measure(done.task, done.elapsed_ns);
         let task = self.task_mut(done.task).expect("checked above");
@@ -3441,7 +3469,7 @@ impl NodeCore {
         if f.state != ForeignState::Running {
             return;
         }
-        self.in_flight -= 1;
+        self.free_slot(done.task);
         self.stats.tasks_run += 1;
         self.measure(done.task, done.elapsed_ns);
         if done.result.is_err()

@@ -24,5 +24,5 @@ pub use crate::core::{CoreStats, Job, NodeCore, PeerUpdate, RequestId, TaskDone}
 pub use gossip_shell::{
     DatasetReply, GossipActor, GossipArgs, GossipMsg, GossipSend, LOAD_EVERY, now_ms, spawn_gossip,
 };
-pub use pool::{Completions, TaskPool};
+pub use pool::{Completions, TaskPool, current_node, secede};
 pub use shell::{NodeActor, NodeArgs, NodeMsg, PeerSend, ReplyTo, spawn_node};

@@ -1,11 +1,74 @@
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
+use ractor::ActorRef;
 
-use crate::core::{Job, TaskDone};
+use crate::core::{Job, TaskDone, TaskId};
+use crate::shell::NodeMsg;
+
+/// What every thread of one pool shares: enough to start another thread like it.
+struct Shared {
+    name: String,
+    jobs: Receiver<Job>,
+    done: Sender<TaskDone>,
+    pending_wake: Arc<AtomicBool>,
+    notify: Arc<dyn Fn() + Send + Sync>,
+    /// The node the pool runs tasks for (none for a pool without a node actor).
+    node: Option<ActorRef<NodeMsg>>,
+}
+
+/// The task running on this thread, if it is a pool thread running one.
+struct Current {
+    shared: Arc<Shared>,
+    task: TaskId,
+    /// The task gave its slot up: a new thread took it, and this one ends with the task.
+    seceded: bool,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
+}
+
+/// The node actor of the task function running on this thread (`None` outside a task of
+/// a node's pool): a task reaches its own cluster through it (the client crate's
+/// `worker_client`).
+pub fn current_node() -> Option<ActorRef<NodeMsg>> {
+    CURRENT.with(|c| c.borrow().as_ref().and_then(|c| c.shared.node.clone()))
+}
+
+/// The task function running on this thread gives its slot up (Dask's `secede`): it is
+/// about to wait for other tasks, and must not keep them from running. A new pool thread
+/// takes the slot at once and the node counts one task less as running; this thread ends
+/// when the task returns. Returns whether the slot was given up now (`false` outside a
+/// task, or when it was given up already).
+pub fn secede() -> bool {
+    CURRENT.with(|c| {
+        let mut c = c.borrow_mut();
+        let Some(cur) = c.as_mut() else { return false };
+        if cur.seceded {
+            return false;
+        }
+        let shared = cur.shared.clone();
+        let name = format!("{}-seceded", shared.name);
+        let spawned = std::thread::Builder::new().name(name).spawn({
+            let shared = shared.clone();
+            move || worker(shared)
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start a thread to take a seceding task's slot");
+            return false;
+        }
+        cur.seceded = true;
+        if let Some(node) = &shared.node {
+            let _ = node.send_message(NodeMsg::Seceded(cur.task));
+        }
+        true
+    })
+}
 
 /// A dedicated pool of OS threads that run task functions.
 ///
@@ -36,24 +99,33 @@ impl Completions {
 impl TaskPool {
     /// Starts `nthreads` threads named `{name}-{i}`. `notify` wakes the owner, who then
     /// calls [`Completions::drain`].
+    ///
+    /// `node`: the node actor whose tasks it runs, told when a task secedes ([`secede`])
+    /// and reachable by task functions ([`current_node`]).
     pub fn start(
         name: &str,
         nthreads: usize,
         notify: Arc<dyn Fn() + Send + Sync>,
+        node: Option<ActorRef<NodeMsg>>,
     ) -> std::io::Result<(TaskPool, Completions)> {
         let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
         let (done_tx, done_rx) = crossbeam_channel::unbounded::<TaskDone>();
         let pending_wake = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared {
+            name: name.to_string(),
+            jobs: job_rx,
+            done: done_tx,
+            pending_wake: pending_wake.clone(),
+            notify,
+            node,
+        });
         let mut threads = Vec::with_capacity(nthreads);
         for i in 0..nthreads.max(1) {
-            let job_rx = job_rx.clone();
-            let done_tx = done_tx.clone();
-            let pending_wake = pending_wake.clone();
-            let notify = notify.clone();
+            let shared = shared.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("{name}-{i}"))
-                    .spawn(move || worker(job_rx, done_tx, pending_wake, notify))?,
+                    .spawn(move || worker(shared))?,
             );
         }
         Ok((
@@ -113,20 +185,24 @@ fn next_job(jobs: &Receiver<Job>) -> Option<Job> {
     }
 }
 
-fn worker(
-    jobs: Receiver<Job>,
-    done: Sender<TaskDone>,
-    pending_wake: Arc<AtomicBool>,
-    notify: Arc<dyn Fn() + Send + Sync>,
-) {
-    while let Some(job) = next_job(&jobs) {
+fn worker(shared: Arc<Shared>) {
+    while let Some(job) = next_job(&shared.jobs) {
         let start = Instant::now();
+        CURRENT.with(|c| {
+            *c.borrow_mut() = Some(Current {
+                shared: shared.clone(),
+                task: job.task,
+                seceded: false,
+            })
+        });
         let result = job.entry.call(&job.args);
+        let seceded = CURRENT.with(|c| c.borrow_mut().take().is_some_and(|c| c.seceded));
         let elapsed_ns = start.elapsed().as_nanos() as u64;
         if let Err(e) = &result {
             tracing::debug!(key = %job.key, error = %e, "task failed");
         }
-        if done
+        if shared
+            .done
             .send(TaskDone {
                 task: job.task,
                 result,
@@ -136,8 +212,12 @@ fn worker(
         {
             return;
         }
-        if !pending_wake.swap(true, Ordering::SeqCst) {
-            notify();
+        if !shared.pending_wake.swap(true, Ordering::SeqCst) {
+            (shared.notify)();
+        }
+        if seceded {
+            // Another thread took this one's slot.
+            return;
         }
     }
 }

@@ -48,6 +48,9 @@ pub enum NodeMsg {
     Members(Vec<MemberView>),
     /// The clock: sent every 25 ms.
     Tick,
+    /// A running task gave its thread slot up to wait for other tasks (see
+    /// [`crate::pool::secede`]).
+    Seceded(crate::core::TaskId),
     /// The node is told to stop: hand everything over, then call the closure (see
     /// [`NodeCore::handle_leave`]).
     Leave(Box<dyn FnOnce() + Send>),
@@ -236,7 +239,8 @@ impl Actor for NodeActor {
         let notify: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             let _ = me.send_message(NodeMsg::TasksDone);
         });
-        let (pool, completions) = TaskPool::start("rdask-worker", args.nthreads, notify)?;
+        let (pool, completions) =
+            TaskPool::start("rdask-worker", args.nthreads, notify, Some(myself.clone()))?;
         myself.send_interval(TICK_EVERY, || NodeMsg::Tick);
         let mut core = NodeCore::new(&args.member.id.0, args.registry, args.nthreads as u32);
         core.set_resources(resources_of(&args.member));
@@ -446,6 +450,7 @@ impl Actor for NodeActor {
                 }
             }
             NodeMsg::Timer => state.expire(&myself),
+            NodeMsg::Seceded(task) => state.core.handle_seceded(task),
             NodeMsg::Status(port) => {
                 let _ = port.send(state.status());
                 return Ok(());

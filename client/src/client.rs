@@ -271,13 +271,9 @@ impl Client {
         })??;
         let (node, status) = node;
         let conn = Conn::Local(node.actor());
-        Ok(Client::new(
-            rt,
-            conn,
-            Some(node),
-            "inproc://local".into(),
-            status,
-        ))
+        let client = Client::new(rt, conn, Some(node), "inproc://local".into(), status);
+        client.set_as_default(true);
+        Ok(client)
     }
 
     /// Connects to a running node: `tcp://host:port`, `host:port`, or a multiaddr such as
@@ -311,6 +307,7 @@ impl Client {
             }
         })??;
         let client = Client::new(rt, Conn::Remote(remote), None, shown, status);
+        client.set_as_default(true);
         // Learn the cluster for `Display`; a failure here shows up on the next request.
         let _ = futures::executor::block_on(client.nodes());
         Ok(client)
@@ -379,12 +376,28 @@ impl Client {
                 inner.flush();
             }
         });
-        let client = Client {
+        Client {
             closer: Arc::new(Closer(inner.clone())),
             inner,
-        };
-        client.set_as_default(true);
-        client
+        }
+    }
+
+    /// A client of the node whose task is running on this thread: see
+    /// [`crate::worker_client`]. Not the default client.
+    pub(crate) fn of_running_task() -> Result<Client> {
+        let node = rdask_actors::current_node().ok_or(Error::NotInTask)?;
+        let rt = runtime(1)?;
+        let actor = node.clone();
+        let status = run_on(&rt, async move {
+            ractor::call!(actor, NodeMsg::Status).map_err(|_| Error::Closed)
+        })??;
+        Ok(Client::new(
+            rt,
+            Conn::Local(node),
+            None,
+            "inproc://worker".into(),
+            status,
+        ))
     }
 
     /// Submits `specs` as one graph and returns a future per key of `keys` (all failing
@@ -1481,7 +1494,6 @@ impl ClientInner {
     }
 }
 
-/// The futures' outcomes of one submission, from the node's answer.
 /// Positions in `idx` grouped by where their keys are served: this client's own first,
 /// then one group per borrowed session.
 fn by_origin(items: &[&Arc<FutureShared>], idx: &[usize]) -> Vec<(Option<u64>, Vec<usize>)> {
@@ -1497,6 +1509,7 @@ fn by_origin(items: &[&Arc<FutureShared>], idx: &[usize]) -> Vec<(Option<u64>, V
     groups
 }
 
+/// The futures' outcomes of one submission, from the node's answer.
 fn submit_outcomes(response: Result<ClientResponse>, n: usize) -> Vec<Result<()>> {
     match response {
         Ok(ClientResponse::Submitted(o)) if o.len() == n => o

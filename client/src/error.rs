@@ -66,6 +66,9 @@ pub enum Error {
     /// The future was cancelled ([`crate::Future::cancel`]).
     #[error("{0} was cancelled")]
     Cancelled(Key),
+    /// [`crate::worker_client`] was called outside a task function running on a node.
+    #[error("worker_client() works only inside a task function running on a node")]
+    NotInTask,
     /// No dataset of that name is published on the cluster.
     #[error("no dataset named {0:?} is published")]
     NoDataset(String),

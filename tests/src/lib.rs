@@ -19,6 +19,14 @@ pub fn add(a: i64, b: i64) -> i64 {
     a + b
 }
 
+/// `inc(0) + … + inc(n - 1)`, computed by `n` tasks this task submits and waits for.
+#[rdask::task]
+pub fn sum_of_incs(n: i64) -> Result<i64, rdask::Error> {
+    let client = rdask::worker_client()?;
+    let parts = client.map(inc, 0..n);
+    Ok(client.gather(&parts)?.into_iter().sum())
+}
+
 /// Panics with a message naming `x`.
 #[rdask::task]
 pub fn explode(x: i64) -> i64 {

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use rdask::{Client, Error, FutureStatus, ReturnWhen, TaskOptions};
-use rdask_tests::{NodeProcess, bounded, flaky, inc, logged_inc, slow_inc};
+use rdask_tests::{NodeProcess, bounded, flaky, inc, logged_inc, slow_inc, sum_of_incs};
 
 const NODE: &str = env!("CARGO_BIN_EXE_rdask-test-node");
 
@@ -479,5 +479,24 @@ fn a_dataset_published_through_one_node_is_read_and_unpublished_through_another(
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    });
+}
+
+#[test]
+fn tasks_submit_tasks_and_wait_for_them_without_holding_a_thread() {
+    let _one = serial();
+    bounded(120, || {
+        // Two nodes of one thread each and four parents at once: were a waiting parent to
+        // keep its thread, two parents would wait forever for children with no thread.
+        let (_nodes, client) = cluster();
+        let parents: Vec<_> = [10i64, 20, 30, 40]
+            .iter()
+            .map(|&n| client.submit(sum_of_incs, (n,)))
+            .collect();
+        let sums = rdask::block_on(client.gather(&parents)).expect("the parents finish");
+        let expected: Vec<i64> = [10i64, 20, 30, 40].iter().map(|&n| (1..=n).sum()).collect();
+        assert_eq!(sums, expected);
+        // Outside a task, worker_client is a clear error.
+        assert!(matches!(rdask::worker_client(), Err(Error::NotInTask)));
     });
 }
