@@ -33,6 +33,7 @@ use crate::protocol::{
     PeerBatch, PeerMsg, Replica, SubmitOutcome,
 };
 
+mod copies;
 mod datasets;
 mod failover;
 mod leave;
@@ -149,6 +150,8 @@ pub struct CoreStats {
     pub task_retries: u64,
     /// Running tasks that gave their thread slot up to wait for other tasks.
     pub seceded: u64,
+    /// Copies of results started by `replicate` and `rebalance`.
+    pub copies_made: u64,
     /// Tasks of this node's graphs placed on a peer.
     pub placed_remote: u64,
     /// Steal requests sent.
@@ -577,6 +580,8 @@ pub struct NodeCore {
     /// Requests peers forwarded here, by this node's id for them: the peer and its id.
     forwarded_in: FxHashMap<u64, (u32, u64)>,
     next_forwarded: u64,
+    /// Results a rebalance moves, by key: from which node to which (see `copies.rs`).
+    moving: FxHashMap<Key, (u32, u32)>,
 
     replies: Vec<(RequestId, ClientResponse)>,
     jobs: Vec<Job>,
@@ -670,6 +675,7 @@ impl NodeCore {
             forwards: FxHashMap::default(),
             forwarded_in: FxHashMap::default(),
             next_forwarded: 0,
+            moving: FxHashMap::default(),
             replies: Vec::new(),
             jobs: Vec::new(),
             timers: Vec::new(),
@@ -1196,6 +1202,7 @@ impl NodeCore {
     fn peer_lost(&mut self, p: u32) {
         self.stats.peers_lost += 1;
         self.forwards_lost(p);
+        self.moves_lost(p);
         // Worker side: tasks and results of graphs `p` owned wait for a take-over.
         if !self.alias.contains_key(&p) {
             self.orphans.insert(p, self.now_ms + ORPHAN_MS);
@@ -2397,6 +2404,7 @@ impl NodeCore {
             if !holders.contains(&from) {
                 holders.push(from);
             }
+            self.moved_copy(from, &key);
             return;
         }
         self.release_at(from, key);
@@ -2637,6 +2645,7 @@ impl NodeCore {
                 *v = Some(value.clone());
                 self.stored += 1;
                 self.memory_used += len;
+                self.moved_copy(0, &key);
             }
         } else {
             self.keep_foreign(o, key.clone(), value.clone());

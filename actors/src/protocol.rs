@@ -91,6 +91,20 @@ pub enum ClientRequest {
         /// The owner of its session, as the client read it.
         owner: Option<NodeId>,
     },
+    /// Copy each finished result of `keys` until `n` nodes hold it (every node when there
+    /// are fewer). Answered `Copying` with the copies started.
+    Replicate {
+        /// The keys.
+        keys: Vec<Key>,
+        /// Nodes that should hold each.
+        n: u32,
+    },
+    /// Move finished results of `keys` from the nodes holding the most bytes of them to
+    /// those holding the least. Answered `Copying` with the moves started.
+    Rebalance {
+        /// The keys.
+        keys: Vec<Key>,
+    },
     /// A published dataset: answered `Dataset`.
     GetDataset {
         /// Its name.
@@ -182,6 +196,8 @@ pub enum ClientResponse {
     Holders(Vec<Vec<NodeId>>),
     /// Answer to `Publish`.
     Published,
+    /// Answer to `Replicate` and `Rebalance`: the copies started.
+    Copying(u64),
     /// Answer to `GetDataset`: the entry, and the node that owns its session (by the
     /// ownership table), if published.
     Dataset(Option<(Dataset, Option<NodeId>)>),

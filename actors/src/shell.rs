@@ -431,6 +431,14 @@ impl Actor for NodeActor {
                         state.pending.insert(id, reply);
                         state.core.handle_unpublish(id, name, dataset, owner);
                     }
+                    ClientRequest::Replicate { keys, n } => {
+                        state.pending.insert(id, reply);
+                        state.core.handle_replicate(id, keys, n);
+                    }
+                    ClientRequest::Rebalance { keys } => {
+                        state.pending.insert(id, reply);
+                        state.core.handle_rebalance(id, keys);
+                    }
                     ClientRequest::Forward { owner, request } => {
                         state.pending.insert(id, reply);
                         state.core.handle_forward(id, &owner, *request);

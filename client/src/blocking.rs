@@ -222,6 +222,23 @@ impl Client {
         block_on(self.inner.who_has(&unwrap(futures)))
     }
 
+    /// See [`crate::Client::replicate`].
+    pub fn replicate<T>(&self, futures: &[Future<T>], n: usize) -> Result<()> {
+        block_on(self.inner.replicate(&unwrap(futures), n))
+    }
+
+    /// See [`crate::Client::rebalance`].
+    pub fn rebalance<T>(&self, futures: &[Future<T>]) -> Result<usize> {
+        block_on(self.inner.rebalance(&unwrap(futures)))
+    }
+
+    /// See [`crate::Client::scatter_broadcast`].
+    pub fn scatter_broadcast<T: serde::Serialize>(&self, value: &T) -> Result<Future<T>> {
+        Ok(Future {
+            inner: block_on(self.inner.scatter_broadcast(value))?,
+        })
+    }
+
     /// See [`crate::Client::publish_dataset`].
     pub fn publish_dataset<T>(&self, name: &str, futures: &[Future<T>]) -> Result<()> {
         block_on(self.inner.publish_dataset(name, &unwrap(futures)))

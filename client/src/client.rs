@@ -1390,7 +1390,9 @@ impl ClientInner {
                     .await
             }
             None => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // On the client's runtime: the caller may be any executor.
+                self.spawn(async { tokio::time::sleep(Duration::from_millis(200)).await })
+                    .await?;
                 Ok(match request {
                     ClientRequest::Gather { keys, .. } => {
                         ClientResponse::Results(vec![KeyResult::Pending; keys.len()])

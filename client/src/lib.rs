@@ -38,6 +38,7 @@ extern crate self as rdask;
 mod address;
 pub mod blocking;
 mod client;
+mod copies;
 mod datasets;
 mod delayed;
 mod error;

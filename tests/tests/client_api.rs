@@ -500,3 +500,62 @@ fn tasks_submit_tasks_and_wait_for_them_without_holding_a_thread() {
         assert!(matches!(rdask::worker_client(), Err(Error::NotInTask)));
     });
 }
+
+#[test]
+fn replicate_broadcast_and_rebalance_move_copies_between_nodes() {
+    let _one = serial();
+    bounded(120, || {
+        let (_nodes, client) = cluster();
+        let members: Vec<String> = rdask::block_on(client.nodes())
+            .unwrap()
+            .iter()
+            .map(|n| n.member.id.0.to_string())
+            .collect();
+        // Eight results pinned to the first node.
+        let here = TaskOptions::new().workers([members[0].clone()]);
+        let pinned: Vec<_> = (0..8i64)
+            .map(|i| client.submit_with(inc, (i,), &here))
+            .collect();
+        rdask::block_on(client.wait(&pinned, ReturnWhen::AllCompleted)).unwrap();
+        let before = rdask::block_on(client.who_has(&pinned)).unwrap();
+        assert!(
+            before.iter().all(|h| h == &vec![members[0].clone()]),
+            "{before:?}"
+        );
+
+        // Rebalance: half of them move to the other node, each held once. (Until the
+        // entry node's core has taken the other node in, about a second after gossip
+        // lists it, there is nowhere to move to.)
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let moved = loop {
+            let moved = rdask::block_on(client.rebalance(&pinned)).expect("rebalance");
+            if moved > 0 || Instant::now() > deadline {
+                break moved;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(moved, 4);
+        let after = rdask::block_on(client.who_has(&pinned)).unwrap();
+        let on_second = after
+            .iter()
+            .filter(|h| h == &&vec![members[1].clone()])
+            .count();
+        assert_eq!(on_second, 4, "{after:?}");
+        assert!(after.iter().all(|h| h.len() == 1), "{after:?}");
+        // The values are still right, wherever they are.
+        assert_eq!(
+            rdask::block_on(client.gather(&pinned)).unwrap(),
+            (1..=8).collect::<Vec<i64>>()
+        );
+
+        // Replicate: two holders each.
+        rdask::block_on(client.replicate(&pinned[..3], 2)).expect("replicate");
+        let copies = rdask::block_on(client.who_has(&pinned[..3])).unwrap();
+        assert!(copies.iter().all(|h| h.len() == 2), "{copies:?}");
+
+        // Broadcast: every node holds the scattered value.
+        let table = rdask::block_on(client.scatter_broadcast(&vec![1u8; 1000])).unwrap();
+        let holders = rdask::block_on(client.who_has(std::slice::from_ref(&table))).unwrap();
+        assert_eq!(holders[0].len(), 2, "{holders:?}");
+    });
+}

@@ -619,3 +619,47 @@ fn a_stale_owner_steps_down_when_a_partition_heals_and_its_client_is_sent_to_the
     // Nothing of the old graph runs at a any more.
     assert!(run_all(&mut a[0]).is_empty());
 }
+
+#[test]
+fn a_rebalance_moves_half_of_one_nodes_results_and_drops_them_where_they_were() {
+    let mut a = core_named("node-a");
+    let mut b = core_named("node-b");
+    // Computed on a alone; b joins afterwards.
+    let id = (11u128 << 64) | 1;
+    let g: Vec<TaskSpec> = (0..4)
+        .map(|i| spec(&format!("x{i}"), "inc", vec![lit(i)]))
+        .collect();
+    assert_eq!(submit(&mut a, id, g), SubmitOutcome::Accepted);
+    assert_eq!(run_all(&mut a).len(), 4);
+    let all = |c: &NodeCore| vec![member(c, "node-a", true), member(c, "node-b", true)];
+    a.handle_members(&all(&a));
+    b.handle_members(&all(&b));
+    let keys: Vec<Key> = (0..4).map(|i| Key::from(format!("x{i}"))).collect();
+    a.handle_rebalance(RequestId(5), keys.clone());
+    assert!(matches!(
+        a.take_replies().as_slice(),
+        [(RequestId(5), ClientResponse::Copying(2))]
+    ));
+    for _ in 0..6 {
+        deliver(&mut a, &mut b);
+        deliver(&mut b, &mut a);
+    }
+    let holders = a.who_has(&keys);
+    let on_b = holders
+        .iter()
+        .filter(|h| h.len() == 1 && &*h[0].0 == "node-b")
+        .count();
+    assert_eq!(on_b, 2, "{holders:?}");
+    assert!(holders.iter().all(|h| h.len() == 1), "{holders:?}");
+    // The values are right wherever they are: a fetches the moved ones back for a gather.
+    a.handle_gather(RequestId(6), keys.clone(), 1_000);
+    for _ in 0..6 {
+        deliver(&mut a, &mut b);
+        deliver(&mut b, &mut a);
+    }
+    let replies = a.take_replies();
+    let Some((_, ClientResponse::Results(r))) = replies.last() else {
+        panic!("no results: {replies:?}");
+    };
+    assert_eq!(r.iter().map(int).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+}
