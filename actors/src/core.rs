@@ -408,6 +408,9 @@ enum FetchWaiter {
     Foreign(TaskId, u32),
     /// A copy asked for by this leaving peer (answer [`PeerMsg::Stored`] when it is here).
     Take(u32),
+    /// A copy of a result of a take-over still waiting for inventories, handed by this
+    /// leaving peer: kept for the rebuild (and [`PeerMsg::Stored`] answered).
+    Adopt(u32),
     /// Nobody: the owner checks that its holders still have the value (a holder that
     /// lacks it answers so, and the value is computed again).
     Check,
@@ -2549,7 +2552,7 @@ impl NodeCore {
             FetchWaiter::Foreign(id, _) => self
                 .foreign_ref(id)
                 .is_some_and(|f| f.state == ForeignState::Fetching),
-            FetchWaiter::Take(p) => self.peers[p as usize].alive,
+            FetchWaiter::Take(p) | FetchWaiter::Adopt(p) => self.peers[p as usize].alive,
             FetchWaiter::Check => {
                 k.0 == 0
                     && self
@@ -2664,6 +2667,23 @@ impl NodeCore {
                     }
                 }
                 FetchWaiter::Foreign(id, i) => self.foreign_input(id, i, &value),
+                FetchWaiter::Adopt(p) => {
+                    if let Some((_, kept)) = self.adopted_here.values_mut().next()
+                        && kept.insert(key.clone(), value.clone()).is_none()
+                    {
+                        // Counted as this node's memory, as the rebuild expects.
+                        self.stored += 1;
+                        self.memory_used += value.len() as u64;
+                    }
+                    let owner = self.peers[0].node.clone();
+                    self.send(
+                        p,
+                        PeerMsg::Stored {
+                            owner,
+                            key: key.clone(),
+                        },
+                    );
+                }
                 FetchWaiter::Take(p) => {
                     let owner = self.peers[o as usize].node.clone();
                     self.send(

@@ -189,6 +189,20 @@ impl NodeCore {
     /// A leaving peer asks for a copy of a result it keeps.
     pub(super) fn take(&mut self, from: u32, owner: rdask_gossip::NodeId, key: Key, size: u64) {
         let o = self.owner_of(&owner);
+        if o == 0
+            && !self.recovery.is_empty()
+            && self
+                .index
+                .get(&key)
+                .and_then(|id| self.task(*id))
+                .is_some_and(|t| matches!(t.state, State::Waiting))
+        {
+            // A result of a take-over still waiting for inventories: the leaving node's
+            // copy may be the only one (its inventory, sent before, names it), so it is
+            // fetched and kept for the rebuild, not waved through.
+            self.fetch(0, key, vec![from], FetchWaiter::Adopt(from));
+            return;
+        }
         let here = if o == 0 {
             if self
                 .index
