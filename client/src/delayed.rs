@@ -239,8 +239,9 @@ fn dot(roots: &[Arc<Node>]) -> String {
 
 impl Client {
     /// Starts computing `value` and its inputs on the cluster and returns the future of
-    /// its value (Dask's `persist`): only the calls it needs are sent (culling), and calls
-    /// already on the cluster (by key) are not run again.
+    /// its value (Dask's `persist`): only the calls it needs are sent (culling), calls
+    /// already on the cluster (by key) are not run again, and each linear chain of calls
+    /// (every call but the last used only by the next) runs as one task (fusion).
     pub fn persist<T>(&self, value: &Delayed<T>) -> Future<T> {
         self.persist_all(std::slice::from_ref(value)).remove(0)
     }
@@ -254,7 +255,12 @@ impl Client {
             .collect();
         let keys: Vec<Key> = values.iter().map(|v| v.node.key.clone()).collect();
         match closure(inner, roots, &mut HashSet::new()) {
-            Ok(specs) => self.submit_specs(specs, keys, None),
+            Ok(specs) => {
+                // Linear chains run as one task each (their inner keys are not kept).
+                let keep: HashSet<Key> = keys.iter().cloned().collect();
+                let specs = rdask_graph::fuse::fuse_chains(specs, &keep);
+                self.submit_specs(specs, keys, None)
+            }
             Err(e) => self.submit_specs(Vec::new(), keys, Some(e)),
         }
     }

@@ -26,6 +26,7 @@
 //! ```
 
 mod error;
+pub mod fuse;
 mod graph;
 mod key;
 pub mod registry;

@@ -35,6 +35,10 @@ pub struct TaskEntry {
 
 inventory::collect!(TaskEntry);
 
+/// The [`TaskEntry::arity`] of a function that takes any number of arguments (built-ins
+/// such as a fused chain's).
+pub const VARIADIC: usize = usize::MAX;
+
 /// Why a call through [`TaskEntry::invoke`] produced no value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TaskFailure {
@@ -85,7 +89,7 @@ pub fn encode_output<T: Serialize>(v: &T) -> Result<Vec<u8>, TaskFailure> {
 impl TaskEntry {
     /// Calls the function, turning a panic into [`TaskFailure::Panicked`].
     pub fn call(&self, args: &[Bytes]) -> Result<Vec<u8>, TaskFailure> {
-        if args.len() != self.arity {
+        if self.arity != VARIADIC && args.len() != self.arity {
             return Err(TaskFailure::WrongArity {
                 expected: self.arity,
                 got: args.len(),

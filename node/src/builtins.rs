@@ -76,11 +76,30 @@ rdask_graph::__private::inventory::submit! {
     }
 }
 
+/// The function behind a fused chain of tasks (see [`rdask_graph::fuse`]): runs each
+/// stage with the functions this program registers.
+pub const CHAIN: &str = rdask_graph::fuse::CHAIN;
+
+fn chain_invoke(
+    args: &[rdask_graph::__private::Bytes],
+) -> Result<Vec<u8>, rdask_graph::__private::TaskFailure> {
+    rdask_graph::fuse::run_chain(rdask_graph::Registry::global(), args)
+}
+
+rdask_graph::__private::inventory::submit! {
+    rdask_graph::__private::TaskEntry {
+        name: CHAIN,
+        arity: rdask_graph::registry::VARIADIC,
+        invoke: chain_invoke,
+    }
+}
+
 /// The names of the built-in functions; naming them also keeps them linked into every
 /// binary that starts a node.
-pub fn names() -> [&'static str; 9] {
+pub fn names() -> [&'static str; 10] {
     [
         SCATTER,
+        CHAIN,
         inc.name(),
         add.name(),
         mul.name(),

@@ -371,6 +371,25 @@ fn delayed_graphs_run_shared_parts_once_and_mix_with_futures() {
         let dot = g.to_dot();
         assert_eq!(dot.matches("->").count(), 6, "{dot}");
         assert_eq!(dot.matches("shape=box").count(), 1, "{dot}");
+
+        // A linear chain runs as one task: each call runs once, and the inner ones are
+        // never tasks of their own (unfused, the first call's value would be held while the
+        // second, 300 ms long, runs).
+        let before = runs(&log);
+        let mut chain = rdask::delayed(logged_inc, (100, 300, log.clone()));
+        let first = chain.clone();
+        for _ in 0..4 {
+            chain = rdask::delayed(logged_inc, (&chain, 300, log.clone()));
+        }
+        let running = client.persist(&chain);
+        std::thread::sleep(Duration::from_millis(450));
+        let explained = rdask::block_on(client.explain_keys(&[first.key().clone()])).unwrap();
+        assert!(
+            explained[0].contains("unknown"),
+            "the chain's first call was fused, not a task: {explained:?}"
+        );
+        assert_eq!(rdask::block_on(running.result()).unwrap(), 105);
+        assert_eq!(runs(&log), before + 5, "every call of the chain ran once");
         let _ = std::fs::remove_file(&log);
     });
 }
