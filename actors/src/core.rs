@@ -152,6 +152,8 @@ pub struct CoreStats {
     pub seceded: u64,
     /// Copies of results started by `replicate` and `rebalance`.
     pub copies_made: u64,
+    /// Failed tasks run again at a client's request (`retry`).
+    pub retried: u64,
     /// Tasks of this node's graphs placed on a peer.
     pub placed_remote: u64,
     /// Steal requests sent.
@@ -941,6 +943,38 @@ impl NodeCore {
             self.replies
                 .push((request, ClientResponse::Results(results)));
         }
+    }
+
+    /// The client retries failed keys (Dask's `future.retry()`): each failed task among
+    /// `keys` and the failed tasks they depend on run again (their inputs computed again if
+    /// they were freed). Replies `Retried` with how many.
+    pub fn handle_retry(&mut self, request: RequestId, keys: Vec<Key>) {
+        if let Some(why) = self.moved_away() {
+            self.replies.push((request, ClientResponse::Moved(why)));
+            return;
+        }
+        let mut roots = Vec::new();
+        let mut stack: Vec<TaskId> = keys
+            .iter()
+            .filter_map(|k| self.index.get(k).copied())
+            .collect();
+        let mut seen = rustc_hash::FxHashSet::default();
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            let Some(t) = self.task_mut(id) else { continue };
+            if !matches!(t.state, State::Erred(_)) {
+                continue;
+            }
+            t.state = State::Released;
+            roots.push(id);
+            stack.extend(t.deps.iter().copied());
+        }
+        let n = roots.len() as u64;
+        self.stats.retried += n;
+        self.revive(roots);
+        self.replies.push((request, ClientResponse::Retried(n)));
     }
 
     /// The client dropped one future per key. Values nobody needs any more are dropped;

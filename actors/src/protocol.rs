@@ -105,6 +105,12 @@ pub enum ClientRequest {
         /// The keys.
         keys: Vec<Key>,
     },
+    /// Run again the failed tasks of these keys and the failed tasks they depend on (Dask's
+    /// `retry`). Answered `Retried` with the number of tasks run again.
+    Retry {
+        /// The keys.
+        keys: Vec<Key>,
+    },
     /// A published dataset: answered `Dataset`.
     GetDataset {
         /// Its name.
@@ -198,6 +204,8 @@ pub enum ClientResponse {
     Published,
     /// Answer to `Replicate` and `Rebalance`: the copies started.
     Copying(u64),
+    /// Answer to `Retry`: the failed tasks that run again.
+    Retried(u64),
     /// Answer to `GetDataset`: the entry, and the node that owns its session (by the
     /// ownership table), if published.
     Dataset(Option<(Dataset, Option<NodeId>)>),

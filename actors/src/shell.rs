@@ -435,6 +435,10 @@ impl Actor for NodeActor {
                         state.pending.insert(id, reply);
                         state.core.handle_replicate(id, keys, n);
                     }
+                    ClientRequest::Retry { keys } => {
+                        state.pending.insert(id, reply);
+                        state.core.handle_retry(id, keys);
+                    }
                     ClientRequest::Rebalance { keys } => {
                         state.pending.insert(id, reply);
                         state.core.handle_rebalance(id, keys);

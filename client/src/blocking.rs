@@ -313,6 +313,11 @@ impl<T> Future<T> {
         self.inner.cancel()
     }
 
+    /// See [`crate::Future::retry`].
+    pub fn retry(&self) -> Result<bool> {
+        block_on(self.inner.retry())
+    }
+
     /// See [`crate::Future::is_cancelled`].
     pub fn is_cancelled(&self) -> bool {
         self.inner.is_cancelled()

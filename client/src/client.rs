@@ -1158,6 +1158,30 @@ impl ClientInner {
         Ok(())
     }
 
+    /// Asks the entry node to run the failed tasks of `keys` again; how many run again.
+    pub(crate) async fn retry(&self, keys: &[Key]) -> Result<u64> {
+        self.check_open()?;
+        self.flush();
+        loop {
+            let generation = self.generation.load(Ordering::Acquire);
+            let request = ClientRequest::Retry {
+                keys: keys.to_vec(),
+            };
+            match self.conn().send(request).await {
+                Ok(ClientResponse::Retried(n)) => return Ok(n),
+                Err(Error::ConnectionLost(reason)) if self.remote() => {
+                    self.reattach(generation, &reason).await?;
+                }
+                Err(e) => return Err(e),
+                Ok(other) => {
+                    return Err(Error::Protocol(format!(
+                        "unexpected answer to retry: {other:?}"
+                    )));
+                }
+            }
+        }
+    }
+
     /// Submits again the client's copies of the graphs of `keys`, which the cluster lost
     /// (with their owner, before any backup had them): under new graph ids, holding futures
     /// for these keys only (the others are still counted). Whether every key had a copy.

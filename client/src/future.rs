@@ -124,6 +124,27 @@ impl<T> Future<T> {
         }
     }
 
+    /// Runs the task again if it failed, with the failed tasks it depends on (Dask's
+    /// `future.retry()`): for a failure that was not the function's fault (a resource that
+    /// was missing, a flaky service). Returns whether anything runs again (`false` for a
+    /// task that did not fail). [`Future::result`] then waits for the new outcome.
+    pub async fn retry(&self) -> Result<bool> {
+        if self.shared.borrowed.is_some() {
+            return Err(Error::Refused(format!(
+                "{} is another client's dataset: only its publisher can retry it",
+                self.shared.key
+            )));
+        }
+        if self.is_cancelled() {
+            return Err(Error::Cancelled(self.shared.key.clone()));
+        }
+        self.shared
+            .client
+            .retry(&[self.shared.key.clone()])
+            .await
+            .map(|n| n > 0)
+    }
+
     /// Whether [`Future::cancel`] was called on this future or a clone.
     pub fn is_cancelled(&self) -> bool {
         self.shared.cancelled.load(Ordering::Acquire)

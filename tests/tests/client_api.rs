@@ -131,6 +131,20 @@ fn a_task_retried_after_two_failures_succeeds_and_one_retry_is_not_enough() {
         let te = e.task_error().expect("a task error");
         assert!(te.message.contains("fails on purpose"), "{te}");
         assert_eq!(rdask::block_on(g.status()).unwrap(), FutureStatus::Error);
+        // `retry()` runs it (and a failed input) again: its third run succeeds, and a
+        // dependent that failed with it is retried through it.
+        let h = client.submit(inc, (&g,));
+        assert!(rdask::block_on(h.result()).is_err());
+        assert!(
+            rdask::block_on(h.retry()).unwrap(),
+            "the failed tasks run again"
+        );
+        assert_eq!(rdask::block_on(h.result()).unwrap(), 9);
+        assert_eq!(rdask::block_on(g.result()).unwrap(), 8);
+        assert!(
+            !rdask::block_on(g.retry()).unwrap(),
+            "nothing failed any more"
+        );
         // Gathering keeps each future's outcome: failures are skipped, not fatal.
         let halves = client.map(rdask_tests::halve, 0..6);
         let each = rdask::block_on(client.gather_results(&halves)).unwrap();

@@ -155,6 +155,16 @@ fn a_failed_task_fails_its_dependents_with_the_same_cause_and_the_node_keeps_ser
     submit(&mut c, 3, vec![spec("inc-4", "inc", vec![lit(1)])]);
     run_all(&mut c);
     assert_eq!(int(&gather(&mut c, &["inc-4"])[0]), 2);
+    // A retry of the last key runs the failed chain below it again (and it fails again).
+    c.handle_retry(RequestId(77), vec![Key::from("add-1")]);
+    assert!(matches!(
+        c.take_replies().as_slice(),
+        [(RequestId(77), ClientResponse::Retried(3))]
+    ));
+    assert_eq!(run_all(&mut c), vec!["boom-1".to_string()]);
+    assert!(
+        matches!(&gather(&mut c, &["add-1"])[0], KeyResult::Error(e) if e.key.as_str() == "boom-1")
+    );
 }
 
 #[test]
