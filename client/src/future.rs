@@ -140,7 +140,7 @@ impl<T> Future<T> {
         }
         self.shared
             .client
-            .retry(&[self.shared.key.clone()])
+            .retry(std::slice::from_ref(&self.shared.key))
             .await
             .map(|n| n > 0)
     }
