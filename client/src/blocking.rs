@@ -39,7 +39,7 @@ pub struct Client {
 
 /// The handle of a task's value, for blocking code: see [`crate::Future`].
 pub struct Future<T> {
-    inner: crate::Future<T>,
+    pub(crate) inner: crate::Future<T>,
 }
 
 impl<T> Clone for Future<T> {

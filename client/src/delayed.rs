@@ -28,6 +28,17 @@ pub(crate) struct Node {
     deps: Vec<Dep>,
 }
 
+impl Node {
+    /// A call recorded for its users' graphs (e.g. the packing of a collection of futures).
+    pub(crate) fn new(key: Key, spec: TaskSpec, deps: Vec<Dep>) -> Node {
+        Node {
+            key,
+            spec: Ok(spec),
+            deps,
+        }
+    }
+}
+
 /// A call of a task function recorded for later: see [`delayed`].
 ///
 /// Pass it (or a reference) as an argument of other delayed calls — or of

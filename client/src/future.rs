@@ -232,6 +232,20 @@ impl<T: Serialize> IntoArg<T> for T {
     }
 }
 
+/// A future may be an argument of a call through `cx`: it is this client's, and not
+/// cancelled.
+pub(crate) fn check_future(shared: &FutureShared, cx: &ArgContext<'_>) -> Result<()> {
+    if let Some(client) = cx.client
+        && !Arc::ptr_eq(&shared.client, client)
+    {
+        return Err(Error::ForeignFuture(cx.key.clone()));
+    }
+    if shared.cancelled.load(Ordering::Acquire) {
+        return Err(Error::Cancelled(shared.key.clone()));
+    }
+    Ok(())
+}
+
 impl<T> IntoArg<T> for &Future<T> {
     fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
         if let Some(client) = cx.client
@@ -242,9 +256,7 @@ impl<T> IntoArg<T> for &Future<T> {
         cx.deps
             .borrow_mut()
             .push(crate::delayed::Dep::Future(self.shared.clone()));
-        if self.is_cancelled() {
-            return Err(Error::Cancelled(self.shared.key.clone()));
-        }
+        check_future(&self.shared, cx)?;
         Ok(Arg::Key(self.shared.key.clone()))
     }
 }

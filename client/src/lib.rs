@@ -44,6 +44,7 @@ mod delayed;
 mod error;
 mod future;
 mod options;
+mod packed;
 mod wait;
 mod worker;
 

@@ -29,6 +29,7 @@ mod error;
 pub mod fuse;
 mod graph;
 mod key;
+pub mod pack;
 pub mod registry;
 mod spec;
 mod taskfn;

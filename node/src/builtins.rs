@@ -94,12 +94,31 @@ rdask_graph::__private::inventory::submit! {
     }
 }
 
+/// The function that packs results into one collection value (see
+/// [`rdask_graph::pack`]).
+pub const PACK: &str = rdask_graph::pack::PACK;
+
+fn pack_invoke(
+    args: &[rdask_graph::__private::Bytes],
+) -> Result<Vec<u8>, rdask_graph::__private::TaskFailure> {
+    rdask_graph::pack::run_pack(args)
+}
+
+rdask_graph::__private::inventory::submit! {
+    rdask_graph::__private::TaskEntry {
+        name: PACK,
+        arity: rdask_graph::registry::VARIADIC,
+        invoke: pack_invoke,
+    }
+}
+
 /// The names of the built-in functions; naming them also keeps them linked into every
 /// binary that starts a node.
-pub fn names() -> [&'static str; 10] {
+pub fn names() -> [&'static str; 11] {
     [
         SCATTER,
         CHAIN,
+        PACK,
         inc.name(),
         add.name(),
         mul.name(),

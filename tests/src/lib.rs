@@ -27,6 +27,21 @@ pub fn sum_of_incs(n: i64) -> Result<i64, rdask::Error> {
     Ok(client.gather(&parts)?.into_iter().sum())
 }
 
+/// `a - b` of a pair.
+#[rdask::task]
+pub fn pair_diff(pair: (i64, i64)) -> i64 {
+    pair.0 - pair.1
+}
+
+/// The entries of a map, as `key=value` joined by commas (in key order).
+#[rdask::task]
+pub fn show_map(m: std::collections::BTreeMap<String, i64>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Panics with a message naming `x`.
 #[rdask::task]
 pub fn explode(x: i64) -> i64 {

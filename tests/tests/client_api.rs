@@ -592,3 +592,34 @@ fn replicate_broadcast_and_rebalance_move_copies_between_nodes() {
         assert_eq!(holders[0].len(), 2, "{holders:?}");
     });
 }
+
+#[test]
+fn collections_of_futures_are_arguments_of_the_collections_of_their_values() {
+    let _one = serial();
+    bounded(120, || {
+        let (_nodes, client) = cluster();
+        let xs = client.map(inc, 0..100i64);
+        // A Vec of futures for a Vec<i64> parameter: packed on the cluster.
+        let total = client.submit(rdask::builtins::sum, (&xs,));
+        assert_eq!(
+            rdask::block_on(total.result()).unwrap(),
+            (1..=100).sum::<i64>()
+        );
+        // A pair, and a map.
+        let d = client.submit(rdask_tests::pair_diff, ((&xs[9], &xs[2]),));
+        assert_eq!(rdask::block_on(d.result()).unwrap(), 7);
+        let m: std::collections::BTreeMap<String, rdask::Future<i64>> = [
+            ("b".to_string(), xs[1].clone()),
+            ("a".to_string(), xs[0].clone()),
+        ]
+        .into();
+        let shown = client.submit(rdask_tests::show_map, (m,));
+        assert_eq!(rdask::block_on(shown.result()).unwrap(), "a=1,b=2");
+        // The same in a delayed graph, and an empty collection.
+        let lazy = rdask::delayed(rdask::builtins::sum, (&xs[..10],));
+        assert_eq!(rdask::block_on(client.compute(&lazy)).unwrap(), 55);
+        let none: Vec<rdask::Future<i64>> = Vec::new();
+        let zero = client.submit(rdask::builtins::sum, (none,));
+        assert_eq!(rdask::block_on(zero.result()).unwrap(), 0);
+    });
+}
