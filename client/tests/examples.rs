@@ -91,3 +91,10 @@ fn the_data_example_runs() {
     assert!(out.contains("word-total = 6"), "{out}");
     assert!(out.contains("datasets after unpublish: []"), "{out}");
 }
+
+#[test]
+fn the_nested_example_runs() {
+    let out = run("nested");
+    assert!(out.contains("primes below 1000: 168"), "{out}");
+    assert!(out.contains("primes below 100000: 9592"), "{out}");
+}
