@@ -37,6 +37,7 @@ mod copies;
 mod datasets;
 mod failover;
 mod leave;
+mod observe;
 use failover::{Kept, ORPHAN_MS, Recovery};
 use leave::Leaving;
 
@@ -142,7 +143,7 @@ pub struct PeerUpdate {
 }
 
 /// Counters of what the core did, for tests, simulations and metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CoreStats {
     /// Tasks that ran here (for any owner).
     pub tasks_run: u64,
@@ -244,6 +245,9 @@ impl State {
 
 struct Task {
     key: Key,
+    /// The client session whose graph submitted it (0 for a take-over's copies), for the
+    /// dashboard.
+    session: u64,
     entry: &'static TaskEntry,
     args: Vec<ArgSlot>,
     /// Distinct dependencies.
@@ -1720,6 +1724,12 @@ impl NodeCore {
             .filter(|t| !self.index.contains_key(&t.key))
             .collect();
         let registry = self.registry;
+        // A take-over's copies (inserted while adopting) come under an id of its own.
+        let session = if self.adopting.is_some() {
+            0
+        } else {
+            (g.id.0 >> 64) as u64
+        };
         let valid =
             Graph::new(tasks).validate(|k| self.index.contains_key(k), |f| registry.contains(f))?;
         let mut failed = Vec::new();
@@ -1730,7 +1740,7 @@ impl NodeCore {
                 .expect("validated against the registry");
             let placement = spec.placement.map(|pl| self.restrict(&pl.nodes, pl.loose));
             let resources = spec.resources.into_boxed_slice();
-            let how = (spec.priority, spec.retries);
+            let how = (spec.priority, spec.retries, session);
             match self.insert(spec.key, entry, spec.args, placement, resources, how) {
                 Inserted::Failed(id, e) => failed.push((id, e)),
                 Inserted::Ready(id) => ready.push(id),
@@ -1803,7 +1813,7 @@ impl NodeCore {
         spec_args: Vec<Arg>,
         placement: Option<Box<Restrict>>,
         resources: Amounts,
-        (user_priority, retries): (i32, u8),
+        (user_priority, retries, session): (i32, u8, u64),
     ) -> Inserted {
         let mut args = Vec::with_capacity(spec_args.len());
         let mut deps = Vec::new();
@@ -1843,6 +1853,7 @@ impl NodeCore {
         }
         self.slots[idx as usize].item = Some(Task {
             key,
+            session,
             entry,
             args,
             deps,

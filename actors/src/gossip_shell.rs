@@ -40,6 +40,8 @@ pub enum GossipMsg {
     Dataset(String, DatasetReply),
     /// The names of the published datasets, sorted.
     Datasets(Box<dyn FnOnce(Vec<String>) + Send>),
+    /// What the gossip did so far.
+    Stats(Box<dyn FnOnce(rdask_gossip::GossipStats) + Send>),
 }
 
 /// Where the answer to a [`GossipMsg::Dataset`] goes.
@@ -180,6 +182,10 @@ impl Actor for GossipActor {
                         .map(|o| o.owner.clone());
                     (d.clone(), owner)
                 }));
+                return Ok(());
+            }
+            GossipMsg::Stats(reply) => {
+                reply(state.core.stats());
                 return Ok(());
             }
             GossipMsg::Datasets(reply) => {

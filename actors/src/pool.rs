@@ -1,6 +1,7 @@
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -8,6 +9,22 @@ use crossbeam_channel::{Receiver, Sender};
 use ractor::ActorRef;
 
 use crate::core::{Job, TaskDone, TaskId};
+use crate::protocol::TaskEvent;
+use rdask_graph::Key;
+
+/// Task-stream events kept per thread (the oldest go first).
+const EVENTS_PER_THREAD: usize = 2_000;
+
+/// A task that ran, as a thread records it (times relative to the pool's start).
+struct RawEvent {
+    key: Key,
+    start_ns: u64,
+    elapsed_ns: u64,
+    ok: bool,
+}
+
+/// One thread's recent events. Only that thread writes; a reader takes the lock briefly.
+type Ring = Arc<Mutex<VecDeque<RawEvent>>>;
 use crate::shell::NodeMsg;
 
 /// What every thread of one pool shares: enough to start another thread like it.
@@ -19,6 +36,22 @@ struct Shared {
     notify: Arc<dyn Fn() + Send + Sync>,
     /// The node the pool runs tasks for (none for a pool without a node actor).
     node: Option<ActorRef<NodeMsg>>,
+    /// When the pool started, on both clocks: event times are kept relative to it.
+    base: (Instant, u64),
+    /// Each thread's recent events, by thread number.
+    rings: Mutex<Vec<Ring>>,
+    /// Nanoseconds task functions ran, in all.
+    compute_ns: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    /// A new thread's ring and number.
+    fn ring(&self) -> (u32, Ring) {
+        let ring: Ring = Arc::new(Mutex::new(VecDeque::with_capacity(64)));
+        let mut rings = self.rings.lock().expect("rings");
+        rings.push(ring.clone());
+        ((rings.len() - 1) as u32, ring)
+    }
 }
 
 /// The task running on this thread, if it is a pool thread running one.
@@ -79,6 +112,7 @@ pub fn secede() -> bool {
 pub struct TaskPool {
     jobs: Option<Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
 }
 
 /// The receiving side of a pool's completions.
@@ -118,6 +152,9 @@ impl TaskPool {
             pending_wake: pending_wake.clone(),
             notify,
             node,
+            base: (Instant::now(), crate::gossip_shell::now_ms()),
+            rings: Mutex::new(Vec::new()),
+            compute_ns: std::sync::atomic::AtomicU64::new(0),
         });
         let mut threads = Vec::with_capacity(nthreads);
         for i in 0..nthreads.max(1) {
@@ -132,6 +169,7 @@ impl TaskPool {
             TaskPool {
                 jobs: Some(job_tx),
                 threads,
+                shared,
             },
             Completions {
                 done: done_rx,
@@ -153,6 +191,35 @@ impl TaskPool {
     /// The number of threads.
     pub fn nthreads(&self) -> usize {
         self.threads.len()
+    }
+
+    /// Microseconds task functions ran on this pool, in all.
+    pub fn compute_us(&self) -> u64 {
+        self.shared.compute_ns.load(Ordering::Relaxed) / 1_000
+    }
+
+    /// Tasks that ended after `since_ms` (ms since the Unix epoch), oldest first, at most
+    /// the last few thousand per thread: the dashboard's task stream.
+    pub fn events_since(&self, since_ms: u64) -> Vec<TaskEvent> {
+        let (base, base_ms) = self.shared.base;
+        let since_ns = since_ms.saturating_sub(base_ms).saturating_mul(1_000_000);
+        let rings: Vec<Ring> = self.shared.rings.lock().expect("rings").clone();
+        let mut out = Vec::new();
+        for (thread, ring) in rings.iter().enumerate() {
+            let ring = ring.lock().expect("ring");
+            for e in ring.iter().filter(|e| e.start_ns + e.elapsed_ns > since_ns) {
+                out.push(TaskEvent {
+                    key: e.key.clone(),
+                    thread: thread as u32,
+                    start_ms: base_ms + e.start_ns / 1_000_000,
+                    duration_us: e.elapsed_ns / 1_000,
+                    ok: e.ok,
+                });
+            }
+        }
+        let _ = base;
+        out.sort_by_key(|e| e.start_ms);
+        out
     }
 }
 
@@ -186,6 +253,7 @@ fn next_job(jobs: &Receiver<Job>) -> Option<Job> {
 }
 
 fn worker(shared: Arc<Shared>) {
+    let (_, ring) = shared.ring();
     while let Some(job) = next_job(&shared.jobs) {
         let start = Instant::now();
         CURRENT.with(|c| {
@@ -198,6 +266,19 @@ fn worker(shared: Arc<Shared>) {
         let result = job.entry.call(&job.args);
         let seceded = CURRENT.with(|c| c.borrow_mut().take().is_some_and(|c| c.seceded));
         let elapsed_ns = start.elapsed().as_nanos() as u64;
+        shared.compute_ns.fetch_add(elapsed_ns, Ordering::Relaxed);
+        {
+            let mut ring = ring.lock().expect("ring");
+            if ring.len() == EVENTS_PER_THREAD {
+                ring.pop_front();
+            }
+            ring.push_back(RawEvent {
+                key: job.key.clone(),
+                start_ns: start.duration_since(shared.base.0).as_nanos() as u64,
+                elapsed_ns,
+                ok: result.is_ok(),
+            });
+        }
         if let Err(e) = &result {
             tracing::debug!(key = %job.key, error = %e, "task failed");
         }

@@ -111,6 +111,19 @@ pub enum ClientRequest {
         /// The keys.
         keys: Vec<Key>,
     },
+    /// What the node is doing, for the dashboard: answered `Snapshot`.
+    Snapshot {
+        /// Task-stream events that ended after this time (ms since the Unix epoch).
+        events_since_ms: u64,
+    },
+    /// The tasks of one client session this node owns, with their states and inputs (at
+    /// most `limit`, for drawing the graph): answered `Dag`.
+    Dag {
+        /// The session.
+        session: u64,
+        /// Most tasks returned.
+        limit: u32,
+    },
     /// A published dataset: answered `Dataset`.
     GetDataset {
         /// Its name.
@@ -206,6 +219,10 @@ pub enum ClientResponse {
     Copying(u64),
     /// Answer to `Retry`: the failed tasks that run again.
     Retried(u64),
+    /// Answer to `Snapshot`.
+    Snapshot(Box<NodeSnapshot>),
+    /// Answer to `Dag`: the tasks, and whether there were more than the limit.
+    Dag(Vec<DagNode>, bool),
     /// Answer to `GetDataset`: the entry, and the node that owns its session (by the
     /// ownership table), if published.
     Dataset(Option<(Dataset, Option<NodeId>)>),
@@ -217,6 +234,91 @@ pub enum ClientResponse {
     /// this one was taken for dead (a partition, a long pause). The client finds the new
     /// owner (the ownership table names it) and asks it again.
     Moved(String),
+}
+
+/// One task that ran on a node's task threads: a bar of the dashboard's task stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    /// The task.
+    pub key: Key,
+    /// The task thread (0-based; threads started for seceded tasks come after).
+    pub thread: u32,
+    /// When it started, in ms since the Unix epoch.
+    pub start_ms: u64,
+    /// How long it ran, in µs.
+    pub duration_us: u64,
+    /// Whether it returned a value (not an error or a panic).
+    pub ok: bool,
+}
+
+/// Tasks of one key prefix of one client session, at the node that owns them, by state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixProgress {
+    /// The client session.
+    pub session: u64,
+    /// The key prefix (the task function's name, by default).
+    pub prefix: String,
+    /// Waiting for inputs (or for a node they may run on).
+    pub waiting: u64,
+    /// Ready, in the owner's queue.
+    pub queued: u64,
+    /// Running here or placed on a peer.
+    pub processing: u64,
+    /// Finished, value in memory.
+    pub memory: u64,
+    /// Finished, value dropped (nobody needs it).
+    pub released: u64,
+    /// Failed (or an input failed).
+    pub erred: u64,
+}
+
+/// One client session whose graphs a node owns.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSummary {
+    /// The session (the upper half of its graphs' ids; 0: copies adopted by a take-over).
+    pub session: u64,
+    /// The ownership epoch (raised by each take-over).
+    pub epoch: u64,
+    /// Tasks known.
+    pub tasks: u64,
+    /// Finished ones (value in memory or released).
+    pub done: u64,
+    /// Failed ones.
+    pub erred: u64,
+    /// The first few errors, where they were raised.
+    pub errors: Vec<TaskError>,
+}
+
+/// What a node is doing: its part of the dashboard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSnapshot {
+    /// The node, its load and its record.
+    pub status: NodeStatus,
+    /// Milliseconds since the node started.
+    pub uptime_ms: u64,
+    /// Its clock (ms since the Unix epoch) when the snapshot was taken.
+    pub now_ms: u64,
+    /// Counters of what it did.
+    pub stats: crate::CoreStats,
+    /// Microseconds its task functions ran, in all.
+    pub compute_us: u64,
+    /// Tasks of the graphs it owns, by session and prefix.
+    pub progress: Vec<PrefixProgress>,
+    /// The sessions it owns.
+    pub sessions: Vec<SessionSummary>,
+    /// Tasks that ran here recently (bounded).
+    pub events: Vec<TaskEvent>,
+}
+
+/// One task of a graph, for drawing it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DagNode {
+    /// The task.
+    pub key: Key,
+    /// `waiting`, `queued`, `processing`, `memory`, `released` or `erred`.
+    pub state: String,
+    /// Its inputs, as positions in the same list (inputs outside the list are left out).
+    pub deps: Vec<u32>,
 }
 
 /// An ownership epoch is a take-over generation (the upper 32 bits) and the claimant's

@@ -13,7 +13,10 @@ use rustc_hash::FxHashMap;
 use crate::core::{NodeCore, PeerUpdate, RequestId};
 use crate::gossip_shell::{GossipMsg, LOAD_EVERY};
 use crate::pool::{Completions, TaskPool};
-use crate::protocol::{ClientRequest, ClientResponse, NodeStatus, PeerBatch};
+use crate::protocol::{
+    ClientRequest, ClientResponse, NodeSnapshot, NodeStatus, PeerBatch, PrefixProgress,
+    SessionSummary,
+};
 
 /// How often the core is handed the clock ([`NodeCore::handle_tick`]).
 const TICK_EVERY: Duration = Duration::from_millis(25);
@@ -38,6 +41,8 @@ pub enum NodeMsg {
     Status(RpcReplyPort<NodeStatus>),
     /// The node's listen addresses changed.
     SetAddresses(Vec<String>),
+    /// The address of the node's dashboard (`http://host:port`).
+    SetDashboard(String),
     /// The node now gossips with a cluster through this actor.
     SetGossip(ActorRef<GossipMsg>),
     /// Time to publish the load into the gossiped state (and to refresh the members).
@@ -89,6 +94,9 @@ pub struct NodeState {
     started: Instant,
     /// Told when a leave is complete.
     left: Option<Box<dyn FnOnce() + Send>>,
+    /// The last progress walk and when it was made: reused for half a second, so that
+    /// dashboards watching cannot keep the node walking its tasks.
+    progress: Option<(Instant, Vec<PrefixProgress>, Vec<SessionSummary>)>,
     /// The dataset table of a node without gossip (a local cluster); with gossip, the
     /// replicated state holds it.
     datasets: std::collections::BTreeMap<String, Dataset>,
@@ -116,6 +124,29 @@ impl NodeState {
             load: self.core.load(),
             state: MemberState::Alive,
             down_for_ms: 0,
+        }
+    }
+
+    /// What the node is doing, for the dashboard.
+    fn snapshot(&mut self, events_since_ms: u64) -> NodeSnapshot {
+        let fresh = self
+            .progress
+            .as_ref()
+            .is_some_and(|(at, _, _)| at.elapsed() < Duration::from_millis(500));
+        if !fresh {
+            let (progress, sessions) = self.core.progress();
+            self.progress = Some((Instant::now(), progress, sessions));
+        }
+        let (_, progress, sessions) = self.progress.as_ref().expect("filled above");
+        NodeSnapshot {
+            status: self.status(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            now_ms: crate::gossip_shell::now_ms(),
+            stats: self.core.stats(),
+            compute_us: self.pool.compute_us(),
+            progress: progress.clone(),
+            sessions: sessions.clone(),
+            events: self.pool.events_since(events_since_ms),
         }
     }
 
@@ -258,6 +289,7 @@ impl Actor for NodeActor {
             started: Instant::now(),
             left: None,
             datasets: Default::default(),
+            progress: None,
         })
     }
 
@@ -435,6 +467,17 @@ impl Actor for NodeActor {
                         state.pending.insert(id, reply);
                         state.core.handle_replicate(id, keys, n);
                     }
+                    ClientRequest::Snapshot { events_since_ms } => {
+                        reply(ClientResponse::Snapshot(Box::new(
+                            state.snapshot(events_since_ms),
+                        )));
+                        return Ok(());
+                    }
+                    ClientRequest::Dag { session, limit } => {
+                        let (nodes, more) = state.core.dag(session, limit as usize);
+                        reply(ClientResponse::Dag(nodes, more));
+                        return Ok(());
+                    }
                     ClientRequest::Retry { keys } => {
                         state.pending.insert(id, reply);
                         state.core.handle_retry(id, keys);
@@ -465,6 +508,13 @@ impl Actor for NodeActor {
             NodeMsg::Seceded(task) => state.core.handle_seceded(task),
             NodeMsg::Status(port) => {
                 let _ = port.send(state.status());
+                return Ok(());
+            }
+            NodeMsg::SetDashboard(link) => {
+                state.member.dashboard = link;
+                if let Some(g) = &state.gossip {
+                    let _ = g.send_message(GossipMsg::SetInfo(state.member.clone()));
+                }
                 return Ok(());
             }
             NodeMsg::SetAddresses(addrs) => {

@@ -117,6 +117,18 @@ pub struct Gossip {
     events: Vec<Event>,
     /// Members declared down, and when.
     down_since: BTreeMap<NodeId, u64>,
+    stats: GossipStats,
+}
+
+/// Counters of a node's gossip, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GossipStats {
+    /// Anti-entropy rounds started.
+    pub rounds: u64,
+    /// Datagrams sent (membership and state).
+    pub sent: u64,
+    /// Bytes of those datagrams.
+    pub sent_bytes: u64,
 }
 
 impl Gossip {
@@ -137,6 +149,7 @@ impl Gossip {
             timers: Vec::new(),
             events: Vec::new(),
             down_since: BTreeMap::new(),
+            stats: GossipStats::default(),
             config,
         };
         g.timers
@@ -214,6 +227,7 @@ impl Gossip {
                     let pick = self.rng.random_range(0..n);
                     let to = self.membership.live().nth(pick).cloned();
                     if let Some(to) = to {
+                        self.stats.rounds += 1;
                         self.send_state(to, StateMsg::Hash(self.state.hash()));
                     }
                 }
@@ -241,7 +255,14 @@ impl Gossip {
 
     /// Messages to send.
     pub fn take_sends(&mut self) -> Vec<(Peer, Bytes)> {
+        self.stats.sent += self.sends.len() as u64;
+        self.stats.sent_bytes += self.sends.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
         std::mem::take(&mut self.sends)
+    }
+
+    /// What this node's gossip did so far.
+    pub fn stats(&self) -> GossipStats {
+        self.stats
     }
 
     /// Timers to schedule.

@@ -17,7 +17,9 @@ pub mod state;
 use std::fmt;
 use std::sync::Arc;
 
-pub use gossip::{Gossip, GossipConfig, GossipError, GossipTimer, MemberState, MemberView, Wire};
+pub use gossip::{
+    Gossip, GossipConfig, GossipError, GossipStats, GossipTimer, MemberState, MemberView, Wire,
+};
 pub use membership::{Event, Membership, MembershipConfig, MembershipError, Peer, Timer};
 pub use state::{
     ClusterState, Dataset, DatasetMark, Delta, Digest, OwnerMark, Ownership, StateMsg, Version,
@@ -76,6 +78,9 @@ pub struct MemberInfo {
     pub protocol: u32,
     /// Abstract resources it offers to tasks (`--resources GPU=2,MEM=8000000000`).
     pub resources: Vec<(String, u64)>,
+    /// The address of its dashboard (`http://host:port`), empty when it serves none.
+    #[serde(default)]
+    pub dashboard: String,
 }
 
 /// A node's load, as gossiped later and reported to clients now.
@@ -107,6 +112,8 @@ mod tests {
             version: "0.1.0".into(),
             protocol: PROTOCOL_VERSION,
             resources: vec![("GPU".into(), 2)],
+
+            dashboard: String::new(),
         };
         let bytes = postcard::to_allocvec(&m).unwrap();
         assert_eq!(postcard::from_bytes::<MemberInfo>(&bytes).unwrap(), m);

@@ -741,6 +741,8 @@ mod tests {
             version: "0.1.0".into(),
             protocol: PROTOCOL_VERSION,
             resources: Vec::new(),
+
+            dashboard: String::new(),
         }
     }
 

@@ -68,6 +68,19 @@ pub struct Cli {
     #[arg(long, env = "RDASK_RESOURCES", value_parser = parse_resources, default_value = "")]
     pub resources: Resources,
 
+    /// Where the dashboard (web page, JSON API, /metrics, /health) listens; the default is
+    /// loopback only: `0.0.0.0:8787` exposes it. If the port is taken, another is used.
+    #[arg(
+        long,
+        env = "RDASK_DASHBOARD_ADDRESS",
+        default_value = "127.0.0.1:8787"
+    )]
+    pub dashboard_address: std::net::SocketAddr,
+
+    /// Serve no dashboard.
+    #[arg(long, env = "RDASK_NO_DASHBOARD")]
+    pub no_dashboard: bool,
+
     /// Print the task functions compiled into this binary and exit.
     #[arg(long)]
     pub list_functions: bool,
@@ -94,6 +107,8 @@ pub struct NodeConfig {
     pub max_value: u64,
     /// Resources offered to tasks.
     pub resources: Vec<(String, u64)>,
+    /// Where the dashboard listens; `None`: no dashboard.
+    pub dashboard: Option<std::net::SocketAddr>,
 }
 
 /// `--resources`: NAME=AMOUNT pairs.
@@ -139,6 +154,7 @@ impl NodeConfig {
             max_frame: DEFAULT_MAX_FRAME,
             max_value: DEFAULT_MAX_VALUE,
             resources: Vec::new(),
+            dashboard: None,
         }
     }
 }
@@ -167,6 +183,7 @@ impl Cli {
             max_frame: self.max_frame_bytes,
             max_value: self.max_value_bytes,
             resources: self.resources.0,
+            dashboard: (!self.no_dashboard).then_some(self.dashboard_address),
         })
     }
 }

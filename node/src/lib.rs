@@ -14,8 +14,10 @@
 pub mod builtins;
 pub mod codec;
 mod config;
+pub mod dashboard;
 pub mod net;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -59,6 +61,39 @@ pub enum NodeError {
     /// The node actor could not start.
     #[error("cannot start the node: {0}")]
     Spawn(String),
+    /// The dashboard's address could not be bound.
+    #[error(
+        "cannot serve the dashboard on {addr}: {reason} (--dashboard-address, or --no-dashboard)"
+    )]
+    Dashboard {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The link to a dashboard bound at `bound`: its own address, unless that is unspecified
+/// (0.0.0.0), then the host of the advertised multiaddr (or loopback).
+fn dashboard_link(bound: SocketAddr, advertised: Option<&Multiaddr>) -> String {
+    use libp2p::multiaddr::Protocol;
+    let host = if bound.ip().is_unspecified() {
+        advertised
+            .and_then(|a| {
+                a.iter().find_map(|p| match p {
+                    Protocol::Ip4(ip) => Some(ip.to_string()),
+                    Protocol::Ip6(ip) => Some(format!("[{ip}]")),
+                    Protocol::Dns(h) | Protocol::Dns4(h) | Protocol::Dns6(h) => Some(h.to_string()),
+                    _ => None,
+                })
+            })
+            .unwrap_or_else(|| "127.0.0.1".into())
+    } else if bound.is_ipv6() {
+        format!("[{}]", bound.ip())
+    } else {
+        bound.ip().to_string()
+    };
+    format!("http://{host}:{}", bound.port())
 }
 
 /// Longest a stopping node spends handing its work over before it stops anyway.
@@ -72,6 +107,7 @@ pub struct NodeHandle {
     gossip: Option<ActorRef<rdask_actors::GossipMsg>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    dashboard: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
 }
 
 impl NodeHandle {
@@ -83,6 +119,11 @@ impl NodeHandle {
     /// The addresses it listened on at start (empty for a node without network).
     pub fn listen_addrs(&self) -> &[Multiaddr] {
         &self.listen_addrs
+    }
+
+    /// The address of the node's dashboard, if it serves one.
+    pub fn dashboard_addr(&self) -> Option<SocketAddr> {
+        self.dashboard.as_ref().map(|(a, _)| *a)
     }
 
     /// The node actor, for in-process clients.
@@ -127,6 +168,9 @@ impl NodeHandle {
     /// it leaves, then closes its listeners, connections and task pool.
     pub async fn shutdown(self) {
         self.leave(LEAVE_TIMEOUT).await;
+        if let Some((_, task)) = &self.dashboard {
+            task.abort();
+        }
         if let Some(gossip) = &self.gossip {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let leave = rdask_actors::GossipMsg::Leave(Box::new(move || {
@@ -224,6 +268,8 @@ fn member_info(
         version: VERSION.to_string(),
         protocol: PROTOCOL_VERSION,
         resources: resources.to_vec(),
+
+        dashboard: String::new(),
     }
 }
 
@@ -255,13 +301,30 @@ pub async fn start(
     };
     let peer_id = keypair.public().to_peer_id();
     let nthreads = config.nthreads.max(1);
-    let member = member_info(
+    let dashboard_listener = match config.dashboard {
+        Some(addr) => Some(
+            dashboard::bind(addr)
+                .await
+                .map_err(|e| NodeError::Dashboard {
+                    addr,
+                    reason: e.to_string(),
+                })?,
+        ),
+        None => None,
+    };
+    let dashboard_addr = dashboard_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok());
+    let mut member = member_info(
         NodeId(peer_id.to_string().into()),
         Vec::new(),
         nthreads,
         registry,
         &config.resources,
     );
+    member.dashboard = dashboard_addr
+        .map(|a| dashboard_link(a, None))
+        .unwrap_or_default();
     // The swarm first (when there is a network): the node actor sends to peers through it.
     let swarm = if !config.listen.is_empty() || !config.join.is_empty() {
         let agent = format!("rdask-node/{VERSION}");
@@ -371,6 +434,10 @@ pub async fn start(
             .or_else(|| pick_advertised(&listen_addrs))
             .map(|a| a.to_string())
             .unwrap_or_default();
+        let link = dashboard_addr.map(|a| dashboard_link(a, advertised.parse().ok().as_ref()));
+        if let Some(link) = &link {
+            let _ = actor.send_message(NodeMsg::SetDashboard(link.clone()));
+        }
         let me = rdask_gossip::Peer {
             node: NodeId(peer_id.to_string().into()),
             addr: advertised.into(),
@@ -379,20 +446,23 @@ pub async fn start(
         let (gossip_tx, gossip_rx) = tokio::sync::mpsc::unbounded_channel();
         let (gossip, gossip_task) = rdask_actors::spawn_gossip(rdask_actors::GossipArgs {
             me: me.clone(),
-            info: member_info(
-                me.node.clone(),
-                std::iter::once(me.addr.to_string())
-                    .chain(
-                        listen_addrs
-                            .iter()
-                            .map(|a| a.to_string())
-                            .filter(|a| **a != *me.addr),
-                    )
-                    .collect(),
-                nthreads,
-                registry,
-                &config.resources,
-            ),
+            info: MemberInfo {
+                dashboard: link.clone().unwrap_or_default(),
+                ..member_info(
+                    me.node.clone(),
+                    std::iter::once(me.addr.to_string())
+                        .chain(
+                            listen_addrs
+                                .iter()
+                                .map(|a| a.to_string())
+                                .filter(|a| **a != *me.addr),
+                        )
+                        .collect(),
+                    nthreads,
+                    registry,
+                    &config.resources,
+                )
+            },
             config: rdask_gossip::GossipConfig::lan(config.cluster_size),
             seed: rand_seed(),
             send: Box::new(move |to, data| {
@@ -417,6 +487,18 @@ pub async fn start(
             wiring,
         )));
     }
+    let dashboard = dashboard_listener.map(|listener| {
+        let addr = dashboard_addr.expect("a bound listener has an address");
+        let task = dashboard::serve(
+            listener,
+            actor.clone(),
+            gossip_actor.clone(),
+            NodeId(peer_id.to_string().into()),
+            config.max_frame,
+        );
+        tracing::info!(%addr, "dashboard");
+        (addr, task)
+    });
     Ok(NodeHandle {
         peer_id,
         listen_addrs,
@@ -424,6 +506,7 @@ pub async fn start(
         gossip: gossip_actor,
         shutdown,
         tasks,
+        dashboard,
     })
 }
 
@@ -504,6 +587,9 @@ pub fn run_cli(cli: Cli) -> i32 {
         );
         for a in node.listen_addrs() {
             println!("listening on {a}/p2p/{}", node.peer_id());
+        }
+        if let Some(a) = node.dashboard_addr() {
+            println!("dashboard at http://{a}/");
         }
         use std::io::Write;
         let _ = std::io::stdout().flush();

@@ -386,6 +386,8 @@ impl Cluster {
             version: "sim".into(),
             protocol: PROTOCOL_VERSION,
             resources: Vec::new(),
+
+            dashboard: String::new(),
         };
         self.nodes[i].core = Some(Gossip::new(peer, info, self.config.clone(), seed));
         self.drain(i);

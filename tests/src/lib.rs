@@ -126,6 +126,51 @@ fn append_line(path: &str, line: &str) {
     }
 }
 
+/// A plain HTTP/1.1 GET of `url` (`http://host:port/path`, loopback only), bounded by
+/// 10 s: the status and the body.
+pub fn http_get(url: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http:// url");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let mut stream = std::net::TcpStream::connect(host).expect("connect to the dashboard");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read the answer");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("headers end");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    if !chunked {
+        return (status, body.to_string());
+    }
+    // Chunked: size line, data, repeat.
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    (status, out)
+}
+
 /// `mib` MiB of bytes that depend on `seed` (a value to move between nodes).
 #[rdask::task]
 pub fn blob(mib: u32, seed: u64) -> bytes::Bytes {
@@ -175,14 +220,25 @@ pub struct NodeProcess {
     pub port: u16,
     /// Its peer id.
     pub peer_id: String,
+    /// Its dashboard, `http://127.0.0.1:PORT` (none with `--no-dashboard`).
+    pub dashboard: Option<String>,
 }
 
 impl NodeProcess {
-    /// Starts `binary` with `--listen /ip4/127.0.0.1/tcp/0` and `extra` arguments, and waits
-    /// (at most 30 s) until it prints its address.
+    /// Starts `binary` with `--listen /ip4/127.0.0.1/tcp/0`, its dashboard on a free
+    /// loopback port, and `extra` arguments, and waits (at most 30 s) until it prints its
+    /// addresses.
     pub fn start(binary: &str, extra: &[&str]) -> NodeProcess {
-        let mut child = Command::new(binary)
-            .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+        let own_dashboard = extra
+            .iter()
+            .any(|a| *a == "--dashboard-address" || *a == "--no-dashboard");
+        let mut command = Command::new(binary);
+        command.args(["--listen", "/ip4/127.0.0.1/tcp/0"]);
+        if !own_dashboard {
+            command.args(["--dashboard-address", "127.0.0.1:0"]);
+        }
+        let wants_dashboard = !extra.contains(&"--no-dashboard");
+        let mut child = command
             .args(extra)
             .env(
                 "RUST_LOG",
@@ -197,17 +253,26 @@ impl NodeProcess {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(addr.to_string());
+                    let _ = tx.send((false, addr.to_string()));
+                } else if let Some(url) = line.strip_prefix("dashboard at ") {
+                    let _ = tx.send((true, url.trim_end_matches('/').to_string()));
                 }
             }
         });
         let deadline = Instant::now() + Duration::from_secs(30);
-        let multiaddr = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!("{binary} did not print its address within 30 s")
-            });
+        let mut multiaddr = None;
+        let mut dashboard = None;
+        while multiaddr.is_none() || (wants_dashboard && dashboard.is_none()) {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok((false, addr)) => multiaddr = Some(addr),
+                Ok((true, url)) => dashboard = Some(url),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("{binary} did not print its addresses within 30 s")
+                }
+            }
+        }
+        let multiaddr = multiaddr.expect("waited for");
         let parts: Vec<&str> = multiaddr.split('/').collect();
         let port = parts[4].parse().expect("a tcp port");
         let peer_id = parts[6].to_string();
@@ -216,6 +281,7 @@ impl NodeProcess {
             multiaddr,
             port,
             peer_id,
+            dashboard,
         }
     }
 

@@ -1,0 +1,205 @@
+//! The dashboard of every node, over real node processes: the JSON API, `/health`,
+//! Prometheus `/metrics`, and the page in a real browser (headless Chromium).
+
+use std::time::{Duration, Instant};
+
+use rdask::{Client, MemberState};
+use rdask_tests::{NodeProcess, bounded, http_get, slow_inc};
+
+const NODE: &str = env!("CARGO_BIN_EXE_rdask-test-node");
+
+/// One cluster at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Three nodes of two threads; a client of the first, which has seen all three.
+fn cluster() -> (Vec<NodeProcess>, Client) {
+    let a = NodeProcess::start(NODE, &["--nthreads", "2"]);
+    let b = NodeProcess::start(NODE, &["--nthreads", "2", "--join", &a.multiaddr]);
+    let c = NodeProcess::start(NODE, &["--nthreads", "2", "--join", &a.multiaddr]);
+    let client = Client::connect(&a.multiaddr).expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let alive = |url: &str| {
+            let (status, body) = http_get(&format!("{url}/api/v1/nodes"));
+            status == 200 && body.matches("\"Alive\"").count() == 3
+        };
+        if alive(b.dashboard.as_deref().expect("a dashboard")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the nodes did not meet");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The entry node's loop takes its peers in about a second after gossip lists them.
+    std::thread::sleep(Duration::from_millis(1_200));
+    (vec![a, b, c], client)
+}
+
+fn json(url: &str) -> serde_json::Value {
+    let (status, body) = http_get(url);
+    assert_eq!(status, 200, "{url}: {body}");
+    // Session ids are 64-bit; serde_json keeps them exact.
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}: {body}"))
+}
+
+/// Waits (bounded) until `f` holds.
+fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "not within {secs} s: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn every_endpoint_of_the_json_api_describes_the_whole_cluster_from_any_node() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    bounded(180, || {
+        let (nodes, client) = cluster();
+        let other = nodes[1].dashboard.clone().expect("a dashboard");
+        // A graph that runs for a few seconds, owned by the first node.
+        let running: Vec<_> = (0..60).map(|i| client.submit(slow_inc, (i, 200))).collect();
+
+        // /health
+        let (status, body) = http_get(&format!("{other}/health"));
+        assert_eq!((status, body.trim()), (200, "ok"));
+
+        // /api/v1/nodes: three live members, each with its dashboard.
+        let members = json(&format!("{other}/api/v1/nodes"));
+        let members = members.as_array().expect("a list");
+        assert_eq!(members.len(), 3);
+        for m in members {
+            assert_eq!(m["state"], "Alive");
+            assert!(
+                m["member"]["dashboard"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("http://127.0.0.1:")
+            );
+        }
+
+        // /api/v1/node: the answering node's own snapshot.
+        let me = json(&format!("{other}/api/v1/node"));
+        assert_eq!(me["status"]["member"]["id"], nodes[1].peer_id.as_str());
+        assert!(me["uptime_ms"].as_u64().unwrap() > 0);
+
+        // /api/v1/cluster: every member answered, and the graph's tasks ran somewhere.
+        eventually(30, "task-stream events in the cluster view", || {
+            let view = json(&format!("{other}/api/v1/cluster"));
+            let nodes = view["nodes"].as_array().expect("nodes");
+            nodes.len() == 3
+                && nodes.iter().all(|n| n["snapshot"].is_object())
+                && nodes.iter().any(|n| {
+                    n["snapshot"]["events"].as_array().is_some_and(|e| {
+                        e.iter()
+                            .any(|e| e["key"].as_str().unwrap().starts_with("slow-inc-"))
+                    })
+                })
+        });
+
+        // /api/v1/graphs: the client's session, owned by the first node, by prefix.
+        let session = client.session_id().to_string();
+        let graphs = json(&format!("{other}/api/v1/graphs"));
+        let mine = graphs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["session"] == session.as_str())
+            .unwrap_or_else(|| panic!("session {session} not listed: {graphs}"));
+        assert_eq!(mine["owner"], nodes[0].peer_id.as_str());
+        assert_eq!(mine["tasks"], 60);
+        assert_eq!(mine["prefixes"][0]["prefix"], "slow-inc");
+
+        // /api/v1/graphs/{session}: its tasks with their states, through another node.
+        let dag = json(&format!("{other}/api/v1/graphs/{session}"));
+        assert_eq!(dag["tasks"].as_array().unwrap().len(), 60);
+        assert_eq!(dag["owner"], nodes[0].peer_id.as_str());
+        let (bad, _) = http_get(&format!("{other}/api/v1/graphs/not-a-number"));
+        assert_eq!(bad, 400);
+        let (missing, _) = http_get(&format!("{other}/api/v1/graphs/12345"));
+        assert_eq!(missing, 404);
+
+        // /metrics: Prometheus text, every sample of a family announced by HELP and TYPE.
+        let owner_dashboard = nodes[0].dashboard.clone().expect("a dashboard");
+        let (status, text) = http_get(&format!("{owner_dashboard}/metrics"));
+        assert_eq!(status, 200);
+        check_metrics_text(&text);
+        assert!(
+            text.contains("rdask_tasks{prefix=\"slow-inc\",state="),
+            "{text}"
+        );
+        assert!(text.contains("rdask_members{state=\"alive\"} 3"), "{text}");
+        assert!(text.contains("rdask_gossip_rounds_total"), "{text}");
+        if let Some(promtool) = which("promtool") {
+            let path =
+                std::env::temp_dir().join(format!("rdask-metrics-{}.txt", std::process::id()));
+            std::fs::write(&path, &text).expect("write the metrics");
+            let out = std::process::Command::new(promtool)
+                .args(["check", "metrics"])
+                .stdin(std::fs::File::open(&path).expect("open"))
+                .output()
+                .expect("run promtool");
+            let _ = std::fs::remove_file(&path);
+            assert!(
+                out.status.success(),
+                "promtool check metrics: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        } else {
+            eprintln!(
+                "promtool not found (Debian's prometheus package): the format was checked by the test alone"
+            );
+        }
+        let sum: i64 = rdask::block_on(client.gather(&running))
+            .unwrap()
+            .iter()
+            .sum();
+        assert_eq!(sum, (1..=60).sum::<i64>());
+        drop(client);
+        drop(nodes);
+        let _ = MemberState::Alive;
+    });
+}
+
+/// Checks the exposition format: HELP and TYPE before a family's samples, a valid name,
+/// labels, and a number on each sample line.
+fn check_metrics_text(text: &str) {
+    let mut typed = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            let name = parts.next().expect("a name");
+            let kind = parts.next().expect("a kind");
+            assert!(["counter", "gauge"].contains(&kind), "{line}");
+            assert!(typed.insert(name.to_string()), "TYPE twice: {line}");
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("a value");
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("not a number: {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line}"
+        );
+        assert!(typed.contains(name), "a sample before its TYPE: {line}");
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "{line}"
+            );
+        }
+    }
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    })
+}
