@@ -222,6 +222,11 @@ impl Client {
         block_on(self.inner.who_has(&unwrap(futures)))
     }
 
+    /// See [`crate::Client::dashboard_link`].
+    pub fn dashboard_link(&self) -> Option<String> {
+        self.inner.dashboard_link()
+    }
+
     /// See [`crate::Client::replicate`].
     pub fn replicate<T>(&self, futures: &[Future<T>], n: usize) -> Result<()> {
         block_on(self.inner.replicate(&unwrap(futures), n))

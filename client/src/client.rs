@@ -828,6 +828,15 @@ impl Client {
             .to_string()
     }
 
+    /// The address of the dashboard of the node this client talks to
+    /// (`http://host:port/`; every node's shows the whole cluster), if it serves one (Dask's
+    /// `client.dashboard_link`).
+    pub fn dashboard_link(&self) -> Option<String> {
+        let welcome = self.inner.welcome.lock().expect("welcome");
+        let link = &welcome.member.dashboard;
+        (!link.is_empty()).then(|| format!("{link}/"))
+    }
+
     /// Task threads of the node this client talks to (as it said when the client connected).
     pub fn nthreads(&self) -> u32 {
         self.inner.welcome.lock().expect("welcome").member.nthreads
@@ -856,13 +865,18 @@ impl fmt::Display for Client {
         let (nodes, threads, memory) = alive.fold((0, 0, 0u64), |(n, t, m), s| {
             (n + 1, t + s.member.nthreads, m + s.member.memory_bytes)
         });
+        let welcome = self.inner.welcome.lock().expect("welcome");
         write!(
             f,
-            "<Client: {} node={} nodes={nodes} threads={threads} memory={:.2} GiB>",
+            "<Client: {} node={} nodes={nodes} threads={threads} memory={:.2} GiB",
             self.inner.address,
-            self.inner.welcome.lock().expect("welcome").member.id,
+            welcome.member.id,
             memory as f64 / (1u64 << 30) as f64
-        )
+        )?;
+        if !welcome.member.dashboard.is_empty() {
+            write!(f, " dashboard={}/", welcome.member.dashboard)?;
+        }
+        f.write_str(">")
     }
 }
 

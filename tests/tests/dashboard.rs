@@ -59,6 +59,14 @@ fn every_endpoint_of_the_json_api_describes_the_whole_cluster_from_any_node() {
         // A graph that runs for a few seconds, owned by the first node.
         let running: Vec<_> = (0..60).map(|i| client.submit(slow_inc, (i, 200))).collect();
 
+        // The client names its node's dashboard.
+        let link = client.dashboard_link().expect("a dashboard link");
+        assert_eq!(link, format!("{}/", nodes[0].dashboard.as_deref().unwrap()));
+        assert!(
+            client.to_string().contains(&format!("dashboard={link}")),
+            "{client}"
+        );
+
         // /health
         let (status, body) = http_get(&format!("{other}/health"));
         assert_eq!((status, body.trim()), (200, "ok"));
@@ -118,6 +126,11 @@ fn every_endpoint_of_the_json_api_describes_the_whole_cluster_from_any_node() {
         let (missing, _) = http_get(&format!("{other}/api/v1/graphs/12345"));
         assert_eq!(missing, 404);
 
+        // /api/v1/stream: server-sent events, the first at once.
+        let first = first_event(&format!("{other}/api/v1/stream"));
+        assert!(first.starts_with("event: cluster\ndata: {"), "{first}");
+        assert!(first.contains(&nodes[2].peer_id), "{first}");
+
         // /metrics: Prometheus text, every sample of a family announced by HELP and TYPE.
         let owner_dashboard = nodes[0].dashboard.clone().expect("a dashboard");
         let (status, text) = http_get(&format!("{owner_dashboard}/metrics"));
@@ -161,6 +174,37 @@ fn every_endpoint_of_the_json_api_describes_the_whole_cluster_from_any_node() {
     });
 }
 
+/// The first server-sent event of `url` (up to its blank line), read within 10 s.
+fn first_event(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http url");
+    let (host, path) = rest.split_at(rest.find('/').expect("a path"));
+    let mut s = std::net::TcpStream::connect(host).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = s.read(&mut buf).expect("read the stream");
+        assert!(n > 0 && Instant::now() < deadline, "the stream ended early");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some(start) = text.find("event: ")
+            && let Some(end) = text[start..].find("\n\n")
+        {
+            // Chunked transfer: the event may be split by chunk sizes; the first one fits
+            // in a chunk of its own.
+            return text[start..start + end].to_string();
+        }
+    }
+}
+
 /// Checks the exposition format: HELP and TYPE before a family's samples, a valid name,
 /// labels, and a number on each sample line.
 fn check_metrics_text(text: &str) {
@@ -202,4 +246,109 @@ fn which(program: &str) -> Option<std::path::PathBuf> {
             .map(|d| d.join(program))
             .find(|p| p.is_file())
     })
+}
+
+/// Headless Chromium, if installed (Debian's `chromium`). `.ci/run` installs it and sets
+/// `RDASK_REQUIRE_BROWSER=1`, which turns a missing browser into a failure.
+fn chromium() -> Option<std::path::PathBuf> {
+    let found = which("chromium").or_else(|| which("chromium-browser"));
+    if found.is_none() {
+        assert!(
+            std::env::var_os("RDASK_REQUIRE_BROWSER").is_none(),
+            "RDASK_REQUIRE_BROWSER is set but no chromium is installed (apt-get install chromium)"
+        );
+        eprintln!(
+            "SKIPPED: no chromium on this machine (apt-get install chromium); the page was not opened in a browser"
+        );
+    }
+    found
+}
+
+/// Opens `url` in headless Chromium for `budget_ms` of virtual time; writes a screenshot
+/// to `png` if given, else returns the page's DOM.
+fn open_in_browser(
+    browser: &std::path::Path,
+    url: &str,
+    budget_ms: u32,
+    png: Option<&std::path::Path>,
+) -> String {
+    let profile = std::env::temp_dir().join(format!(
+        "rdask-chromium-{}-{}",
+        std::process::id(),
+        png.is_some()
+    ));
+    let mut cmd = std::process::Command::new(browser);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        "--window-size=1400,1100",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg(format!("--virtual-time-budget={budget_ms}"));
+    match png {
+        Some(p) => cmd.arg(format!("--screenshot={}", p.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    cmd.arg(url);
+    let out = bounded(60, move || cmd.output().expect("run chromium"));
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(
+        out.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_browser_opened_on_another_node_shows_the_members_progress_and_task_stream() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(browser) = chromium() else { return };
+    bounded(240, move || {
+        let (nodes, client) = cluster();
+        // A graph on node 1 that runs for several seconds.
+        let running: Vec<_> = (0..120)
+            .map(|i| client.submit(slow_inc, (i, 300)))
+            .collect();
+        let page = nodes[1].dashboard.clone().expect("a dashboard");
+        eventually(30, "the graph's tasks in the task stream", || {
+            let (_, body) = http_get(&format!("{page}/api/v1/cluster"));
+            body.contains("\"key\":\"slow-inc-")
+        });
+        // `?poll=1`: the page asks once a second instead of holding a stream open, which
+        // would keep the browser's virtual time from running.
+        let dom = open_in_browser(&browser, &format!("{page}/?poll=1"), 3_000, None);
+        let members = dom.matches("<td class=\"alive\">alive</td>").count();
+        assert_eq!(members, 3, "the members table lists the 3 nodes: {dom}");
+        assert!(
+            dom.contains("<tr data-prefix=\"slow-inc\">"),
+            "a progress bar for the graph's prefix: {dom}"
+        );
+        let bars = dom
+            .matches("class=\"task\" data-prefix=\"slow-inc\"")
+            .count();
+        assert!(
+            bars > 0,
+            "bars of the graph's tasks in the task stream: {dom}"
+        );
+        // A screenshot of the status page.
+        let png = std::env::temp_dir().join(format!("rdask-dashboard-{}.png", std::process::id()));
+        open_in_browser(&browser, &format!("{page}/?poll=1"), 3_000, Some(&png));
+        let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
+        assert!(
+            size > 10_000,
+            "a screenshot was saved at {} ({size} bytes)",
+            png.display()
+        );
+        eprintln!("screenshot: {}", png.display());
+        rdask::block_on(client.gather(&running)).unwrap();
+        drop(nodes);
+    });
 }
