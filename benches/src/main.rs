@@ -85,6 +85,11 @@ struct Args {
     /// SIGKILL of the node that owns it 300 ms in.
     #[arg(long)]
     failover: bool,
+    /// Only the dashboard figure: tiny-task throughput of a node process with and without
+    /// its dashboard watched (the live stream open, and the cluster view asked for four
+    /// times a second), runs interleaved.
+    #[arg(long)]
+    dashboard: bool,
     /// Run as a node (used by the benchmark itself for the network figures).
     #[arg(long, hide = true, num_args = 0.., allow_hyphen_values = true)]
     node: Option<Vec<String>>,
@@ -202,6 +207,12 @@ impl Drop for NodeProcess {
 }
 
 fn start_node(nthreads: usize, join: Option<&str>) -> (NodeProcess, String) {
+    let (node, addr, _) = start_node_with_dashboard(nthreads, join);
+    (node, addr)
+}
+
+/// A node process, its address and its dashboard's (`127.0.0.1:PORT`).
+fn start_node_with_dashboard(nthreads: usize, join: Option<&str>) -> (NodeProcess, String, String) {
     let exe = std::env::current_exe().expect("own path");
     let threads = nthreads.to_string();
     let mut node_args = vec![
@@ -210,6 +221,8 @@ fn start_node(nthreads: usize, join: Option<&str>) -> (NodeProcess, String) {
         "/ip4/127.0.0.1/tcp/0",
         "--nthreads",
         &threads,
+        "--dashboard-address",
+        "127.0.0.1:0",
     ];
     if let Some(seed) = join {
         node_args.extend(["--join", seed]);
@@ -226,13 +239,107 @@ fn start_node(nthreads: usize, join: Option<&str>) -> (NodeProcess, String) {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(a) = line.strip_prefix("listening on ") {
                 let _ = tx.send(a.to_string());
+            } else if let Some(d) = line.strip_prefix("dashboard at http://") {
+                let _ = tx.send(d.trim_end_matches('/').to_string());
             }
         }
     });
     let addr = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("the node prints its address");
-    (NodeProcess(child), addr)
+    let dashboard = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the node prints its dashboard");
+    (NodeProcess(child), addr, dashboard)
+}
+
+/// Watches a dashboard as a busy page would, until `stop`: the live stream open (read as
+/// it comes) and the cluster view asked for every 250 ms. Returns the requests answered.
+fn watch(
+    dashboard: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let stream_host = dashboard.clone();
+    let stream_stop = stop.clone();
+    std::thread::spawn(move || {
+        if let Ok(mut s) = std::net::TcpStream::connect(&stream_host) {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+            let _ = write!(
+                s,
+                "GET /api/v1/stream HTTP/1.1\r\nHost: {stream_host}\r\n\r\n"
+            );
+            let mut buf = [0u8; 65536];
+            while !stream_stop.load(Ordering::Relaxed) {
+                let _ = s.read(&mut buf);
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        let mut answered = 0;
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(mut s) = std::net::TcpStream::connect(&dashboard) {
+                let _ = write!(
+                    s,
+                    "GET /api/v1/cluster HTTP/1.1\r\nHost: {dashboard}\r\nConnection: close\r\n\r\n"
+                );
+                let mut body = Vec::new();
+                if s.read_to_end(&mut body).is_ok() && body.starts_with(b"HTTP/1.1 200") {
+                    answered += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        answered
+    })
+}
+
+/// Tiny-task throughput of one node process, without and with its dashboard watched.
+fn dashboard_figure(args: &Args) -> rdask::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (_node, addr, dashboard) = start_node_with_dashboard(args.nthreads, None);
+    let client = Client::connect(&addr)?;
+    let run = || -> rdask::Result<f64> {
+        let start = Instant::now();
+        let futs = client.map(inc, 0..args.tasks as i64);
+        let values = rdask::block_on(client.gather(&futs))?;
+        assert_eq!(values.len(), args.tasks);
+        Ok(args.tasks as f64 / start.elapsed().as_secs_f64())
+    };
+    run()?; // warm-up
+    let (mut quiet, mut watched) = (Vec::new(), Vec::new());
+    let mut answered = 0;
+    for _ in 0..args.repeats {
+        quiet.push(run()?);
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let watcher = watch(dashboard.clone(), stop.clone());
+        std::thread::sleep(Duration::from_millis(300));
+        watched.push(run()?);
+        stop.store(true, Ordering::Relaxed);
+        answered += watcher.join().unwrap_or(0);
+    }
+    let (q, w) = (spread(quiet), spread(watched));
+    println!(
+        "{:<8} {:<36} {:>12.0} {:<8} ({:.0} – {:.0})",
+        "network",
+        format!("{} tiny tasks, dashboard closed", args.tasks),
+        q.median,
+        "tasks/s",
+        q.min,
+        q.max
+    );
+    println!(
+        "{:<8} {:<36} {:>12.0} {:<8} ({:.0} – {:.0}); {answered} cluster views served meanwhile",
+        "network",
+        format!("{} tiny tasks, dashboard watched", args.tasks),
+        w.median,
+        "tasks/s",
+        w.min,
+        w.max
+    );
+    println!("watched ÷ closed: {:.3}", w.median / q.median);
+    Ok(())
 }
 
 fn main() -> rdask::Result<()> {
@@ -250,6 +357,9 @@ fn main() -> rdask::Result<()> {
     );
     if args.failover {
         return failover(&args);
+    }
+    if args.dashboard {
+        return dashboard_figure(&args);
     }
     {
         let client = Client::local_with_threads(args.nthreads)?;
