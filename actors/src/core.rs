@@ -77,6 +77,9 @@ const MOVE_COST_NS: f64 = 200_000.0;
 const BYTES_PER_NS: f64 = 1.0;
 /// Inputs at least this large pin a task to their holder, however busy.
 const HEAVY_INPUT_BYTES: u64 = 1 << 20;
+/// Values from peers remembered for the dashboard.
+const TRANSFERS_KEPT: usize = 1_000;
+
 /// Bit of [`TaskId::idx`] marking a task run for another owner.
 const FOREIGN: u32 = 1 << 31;
 
@@ -591,6 +594,8 @@ pub struct NodeCore {
     next_forwarded: u64,
     /// Results a rebalance moves, by key: from which node to which (see `copies.rs`).
     moving: FxHashMap<Key, (u32, u32)>,
+    /// The last values that arrived from peers: key, from, bytes, when (this node's clock).
+    transfers: VecDeque<(Key, u32, u64, u64)>,
 
     replies: Vec<(RequestId, ClientResponse)>,
     jobs: Vec<Job>,
@@ -685,6 +690,7 @@ impl NodeCore {
             forwarded_in: FxHashMap::default(),
             next_forwarded: 0,
             moving: FxHashMap::default(),
+            transfers: VecDeque::new(),
             replies: Vec::new(),
             jobs: Vec::new(),
             timers: Vec::new(),
@@ -2681,6 +2687,11 @@ impl NodeCore {
         };
         self.stats.fetched += 1;
         self.stats.fetched_bytes += value.len() as u64;
+        if self.transfers.len() == TRANSFERS_KEPT {
+            self.transfers.pop_front();
+        }
+        self.transfers
+            .push_back((k.1.clone(), from, value.len() as u64, self.now_ms));
         let (o, key) = k;
         if o == 0 {
             if let Some(&id) = self.index.get(&key)

@@ -251,6 +251,20 @@ pub struct TaskEvent {
     pub ok: bool,
 }
 
+/// A value that arrived at a node from another (a task's input, a copy, a gather's value):
+/// a mark of the dashboard's task stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferEvent {
+    /// The value's key.
+    pub key: Key,
+    /// The node it came from.
+    pub from: NodeId,
+    /// Its size.
+    pub bytes: u64,
+    /// When it arrived, in ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
 /// Tasks of one key prefix of one client session, at the node that owns them, by state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrefixProgress {
@@ -308,6 +322,8 @@ pub struct NodeSnapshot {
     pub sessions: Vec<SessionSummary>,
     /// Tasks that ran here recently (bounded).
     pub events: Vec<TaskEvent>,
+    /// Values that arrived here from other nodes recently (bounded).
+    pub transfers: Vec<TransferEvent>,
 }
 
 /// One task of a graph, for drawing it.

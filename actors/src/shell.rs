@@ -15,7 +15,7 @@ use crate::gossip_shell::{GossipMsg, LOAD_EVERY};
 use crate::pool::{Completions, TaskPool};
 use crate::protocol::{
     ClientRequest, ClientResponse, NodeSnapshot, NodeStatus, PeerBatch, PrefixProgress,
-    SessionSummary,
+    SessionSummary, TransferEvent,
 };
 
 /// How often the core is handed the clock ([`NodeCore::handle_tick`]).
@@ -138,7 +138,23 @@ impl NodeState {
             self.progress = Some((Instant::now(), progress, sessions));
         }
         let (_, progress, sessions) = self.progress.as_ref().expect("filled above");
+        // The core's clock counts from the node's start; the snapshot's, from the epoch.
+        let wall = crate::gossip_shell::now_ms();
+        let uptime = self.started.elapsed().as_millis() as u64;
+        let offset = wall.saturating_sub(uptime);
+        let transfers = self
+            .core
+            .transfers_since(events_since_ms.saturating_sub(offset))
+            .into_iter()
+            .map(|(key, from, bytes, at)| TransferEvent {
+                key,
+                from,
+                bytes,
+                at_ms: offset + at,
+            })
+            .collect();
         NodeSnapshot {
+            transfers,
             status: self.status(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
             now_ms: crate::gossip_shell::now_ms(),

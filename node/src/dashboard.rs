@@ -53,7 +53,13 @@ struct Dash {
     max_frame: usize,
     /// Sessions to other members, kept between requests (dropped when one fails).
     peers: tokio::sync::Mutex<HashMap<NodeId, RemoteNode>>,
+    /// Graphs this dashboard has listed, with when: shown as finished for a while after
+    /// their owner forgets them.
+    recent: std::sync::Mutex<HashMap<String, (GraphView, std::time::Instant)>>,
 }
+
+/// How long a graph its owner has forgotten stays listed.
+const RECENT_FOR: Duration = Duration::from_secs(600);
 
 /// Binds `addr`, or, if that port is taken, any free port on the same host (as Dask does,
 /// with a warning).
@@ -88,6 +94,7 @@ pub fn serve(
         me,
         max_frame,
         peers: tokio::sync::Mutex::new(HashMap::new()),
+        recent: std::sync::Mutex::new(HashMap::new()),
     });
     let app = router(dash);
     tokio::spawn(async move {
@@ -328,8 +335,11 @@ async fn api_cluster(
 }
 
 /// One client session's graphs, at the node that owns them.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct GraphView {
+    /// `running`, `finished` (every task done or failed), or `released` (its owner has
+    /// forgotten it: the client released its results; listed for ten minutes).
+    pub status: String,
     /// The session (a 64-bit number, as text: JavaScript's numbers would round it).
     pub session: String,
     /// The node that owns them.
@@ -360,6 +370,11 @@ async fn api_graphs(State(dash): State<Arc<Dash>>) -> ApiResult<Vec<GraphView>> 
         let Some(s) = n.snapshot else { continue };
         for g in &s.sessions {
             out.push(GraphView {
+                status: if g.done + g.erred < g.tasks {
+                    "running".into()
+                } else {
+                    "finished".into()
+                },
                 session: g.session.to_string(),
                 owner: n.status.member.id.0.to_string(),
                 dashboard: n.status.member.dashboard.clone(),
@@ -377,6 +392,24 @@ async fn api_graphs(State(dash): State<Arc<Dash>>) -> ApiResult<Vec<GraphView>> 
             });
         }
     }
+    // Graphs listed before and gone since: released, for a while.
+    let now = std::time::Instant::now();
+    let mut recent = dash.recent.lock().expect("recent graphs");
+    for g in &out {
+        recent.insert(g.session.clone(), (g.clone(), now));
+    }
+    recent.retain(|_, (_, seen)| now.duration_since(*seen) < RECENT_FOR);
+    let listed: std::collections::HashSet<String> = out.iter().map(|g| g.session.clone()).collect();
+    let mut gone: Vec<GraphView> = recent
+        .values()
+        .filter(|(g, _)| !listed.contains(&g.session))
+        .map(|(g, _)| GraphView {
+            status: "released".into(),
+            ..g.clone()
+        })
+        .collect();
+    gone.sort_by(|a, b| a.session.cmp(&b.session));
+    out.extend(gone);
     Ok(Json(out))
 }
 

@@ -163,12 +163,33 @@ fn every_endpoint_of_the_json_api_describes_the_whole_cluster_from_any_node() {
                 "promtool not found (Debian's prometheus package): the format was checked by the test alone"
             );
         }
+        assert_eq!(mine["status"], "running");
         let sum: i64 = rdask::block_on(client.gather(&running))
             .unwrap()
             .iter()
             .sum();
         assert_eq!(sum, (1..=60).sum::<i64>());
+        // The owner fetched the values that ran elsewhere: transfers in its snapshot.
+        let owner = json(&format!("{owner_dashboard}/api/v1/node"));
+        let transfers = owner["transfers"].as_array().expect("transfers");
+        assert!(
+            transfers
+                .iter()
+                .any(|t| t["key"].as_str().unwrap().starts_with("slow-inc-")
+                    && t["from"] != nodes[0].peer_id.as_str()),
+            "{owner}"
+        );
+        // Released by its client: still listed, as released.
+        drop(running);
         drop(client);
+        eventually(30, "the released graph listed as released", || {
+            let graphs = json(&format!("{other}/api/v1/graphs"));
+            graphs
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g["session"] == session.as_str() && g["status"] == "released")
+        });
         drop(nodes);
         let _ = MemberState::Alive;
     });

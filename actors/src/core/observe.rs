@@ -73,6 +73,26 @@ impl NodeCore {
         (progress, sessions)
     }
 
+    /// Values that arrived from peers at or after `since_ms` (this node's clock): key, the
+    /// node it came from, size, when.
+    pub fn transfers_since(
+        &self,
+        since_ms: u64,
+    ) -> Vec<(rdask_graph::Key, rdask_gossip::NodeId, u64, u64)> {
+        self.transfers
+            .iter()
+            .filter(|t| t.3 >= since_ms)
+            .map(|(k, from, bytes, at)| {
+                (
+                    k.clone(),
+                    self.peers[*from as usize].node.clone(),
+                    *bytes,
+                    *at,
+                )
+            })
+            .collect()
+    }
+
     /// The tasks of `session` this node owns, inputs first, at most `limit` of them; and
     /// whether there were more.
     pub fn dag(&self, session: u64, limit: usize) -> (Vec<DagNode>, bool) {
