@@ -192,6 +192,21 @@ impl Drop for Closer {
 /// values and collections that are not given one.
 static DEFAULT: Mutex<std::sync::Weak<Closer>> = Mutex::new(std::sync::Weak::new());
 
+/// Where the local cluster's dashboard listens, by the environment.
+fn local_dashboard() -> Result<Option<std::net::SocketAddr>> {
+    if std::env::var_os("RDASK_NO_DASHBOARD").is_some_and(|v| !v.is_empty() && v != "0") {
+        return Ok(None);
+    }
+    match std::env::var("RDASK_DASHBOARD_ADDRESS") {
+        Ok(a) => a.parse().map(Some).map_err(|e| {
+            Error::LocalCluster(format!(
+                "RDASK_DASHBOARD_ADDRESS={a:?} is not host:port: {e}"
+            ))
+        }),
+        Err(_) => Ok(Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8787)))),
+    }
+}
+
 fn runtime(workers: usize) -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -257,10 +272,17 @@ impl Client {
     }
 
     /// Starts an in-process cluster with `nthreads` task threads.
+    ///
+    /// Like Dask's `LocalCluster`, it serves a dashboard, on `127.0.0.1:8787` (another free
+    /// port if that one is taken; [`Client::dashboard_link`] says which):
+    /// `RDASK_DASHBOARD_ADDRESS=host:port` chooses the address, `RDASK_NO_DASHBOARD=1`
+    /// turns it off.
     pub fn local_with_threads(nthreads: usize) -> Result<Client> {
         let rt = runtime(2)?;
+        let mut config = NodeConfig::in_process(nthreads);
+        config.dashboard = local_dashboard()?;
         let node = run_on(&rt, async move {
-            let node = rdask_node::start(NodeConfig::in_process(nthreads), Registry::global())
+            let node = rdask_node::start(config, Registry::global())
                 .await
                 .map_err(|e| Error::LocalCluster(e.to_string()))?;
             let status = node

@@ -373,3 +373,18 @@ fn a_browser_opened_on_another_node_shows_the_members_progress_and_task_stream()
         drop(nodes);
     });
 }
+
+#[test]
+fn the_local_cluster_serves_a_dashboard_like_dasks_local_cluster() {
+    let client = Client::local_with_threads(2).expect("a local cluster");
+    let link = client.dashboard_link().expect("a dashboard");
+    let base = link.trim_end_matches('/');
+    let xs = client.map(rdask_tests::inc, 0..100i64);
+    assert_eq!(rdask::block_on(client.gather(&xs)).unwrap().len(), 100);
+    let me = json(&format!("{base}/api/v1/node"));
+    assert_eq!(me["status"]["member"]["id"], client.node_id().as_str());
+    assert!(me["stats"]["tasks_run"].as_u64().unwrap() >= 100, "{me}");
+    let (status, page) = http_get(&format!("{base}/"));
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>rdask dashboard</title>"));
+}
