@@ -18,6 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+
+mod compare;
 use rdask::builtins::{identity, inc, sleep_ms};
 use rdask::{Client, MemberState, TaskOptions};
 
@@ -85,6 +87,10 @@ struct Args {
     /// SIGKILL of the node that owns it 300 ms in.
     #[arg(long)]
     failover: bool,
+    /// The rdask side of the comparison with Dask, as JSON lines (see
+    /// `benches/compare/compare.py`, which runs both sides).
+    #[arg(long)]
+    compare: bool,
     /// Only the dashboard figure: tiny-task throughput of a node process with and without
     /// its dashboard watched (the live stream open, and the cluster view asked for four
     /// times a second), runs interleaved.
@@ -247,9 +253,15 @@ fn start_node_with_dashboard(nthreads: usize, join: Option<&str>) -> (NodeProces
     let addr = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("the node prints its address");
-    let dashboard = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the node prints its dashboard");
+    // None with RDASK_NO_DASHBOARD set.
+    let no_dashboard =
+        std::env::var_os("RDASK_NO_DASHBOARD").is_some_and(|v| !v.is_empty() && v != "0");
+    let dashboard = if no_dashboard {
+        String::new()
+    } else {
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the node prints its dashboard")
+    };
     (NodeProcess(child), addr, dashboard)
 }
 
@@ -348,6 +360,9 @@ fn main() -> rdask::Result<()> {
         let cli =
             rdask_node::Cli::parse_from(std::iter::once("rdask-node".to_string()).chain(node_args));
         std::process::exit(rdask_node::run_cli(cli));
+    }
+    if args.compare {
+        return compare::run(&args);
     }
     println!(
         "rdask {} — {} task threads, {} repetitions each, median (min – max)",

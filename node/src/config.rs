@@ -78,7 +78,12 @@ pub struct Cli {
     pub dashboard_address: std::net::SocketAddr,
 
     /// Serve no dashboard.
-    #[arg(long, env = "RDASK_NO_DASHBOARD")]
+    #[arg(
+        long,
+        env = "RDASK_NO_DASHBOARD",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub no_dashboard: bool,
 
     /// Print the task functions compiled into this binary and exit.
