@@ -12,10 +12,10 @@
 
 use std::time::Instant;
 
+use rdask::Client;
 use rdask::builtins::{add, inc, sleep_ms};
-use rdask::{Client, TaskOptions};
 
-use crate::{Args, blob, byte_len, start_cluster, start_node};
+use crate::{Args, start_cluster, start_node};
 
 /// One figure's values, as a JSON line.
 fn emit(setting: &str, workload: &str, unit: &str, values: &[f64]) {
@@ -168,23 +168,7 @@ pub(crate) fn run(args: &Args) -> rdask::Result<()> {
         "ratio",
         &eff,
     );
-    let members = rdask::block_on(client.nodes())?;
-    let here = members[0].member.id.0.to_string();
-    let there = members[1].member.id.0.to_string();
-    let mut rates = Vec::new();
-    for r in 0..args.repeats.min(3) {
-        let data = client.submit_with(
-            blob,
-            (args.mib, r as u64),
-            &TaskOptions::new().workers([&there]),
-        );
-        let made = client.submit_with(byte_len, (&data,), &TaskOptions::new().workers([&there]));
-        rdask::block_on(made.result())?;
-        let start = Instant::now();
-        let moved = client.submit_with(byte_len, (&data,), &TaskOptions::new().workers([&here]));
-        let len = rdask::block_on(moved.result())?;
-        rates.push(len as f64 / start.elapsed().as_secs_f64() / 1e6);
-    }
+    let rates = crate::transfer_rates(&client, args.mib, args.repeats.min(3))?;
     emit(
         "cluster",
         &format!("{} MiB between two nodes", args.mib),

@@ -425,27 +425,7 @@ fn cluster(args: &Args) -> rdask::Result<()> {
         m.median
     );
 
-    // A value made on node 2, read on node 1.
-    let members = rdask::block_on(client.nodes())?;
-    let here = members[0].member.id.0.to_string();
-    let there = members[1].member.id.0.to_string();
-    let mut rates = Vec::new();
-    for r in 0..args.repeats.min(3) {
-        let data = client.submit_with(
-            blob,
-            (args.mib, r as u64),
-            &TaskOptions::new().workers([&there]),
-        );
-        let made = client.submit_with(byte_len, (&data,), &TaskOptions::new().workers([&there]));
-        rdask::block_on(made.result())?;
-        let start = Instant::now();
-        let moved = client.submit_with(byte_len, (&data,), &TaskOptions::new().workers([&here]));
-        let len = rdask::block_on(moved.result())?;
-        let secs = start.elapsed().as_secs_f64();
-        assert_eq!(len, u64::from(args.mib) << 20);
-        rates.push(len as f64 / secs / 1e6);
-    }
-    let r = spread(rates);
+    let r = spread(transfer_rates(&client, args.mib, args.repeats.min(3))?);
     println!(
         "{label:<8} {:<36} {:>12.1} {:<8} ({:.1} – {:.1})",
         format!("{} MiB between two nodes", args.mib),
@@ -456,6 +436,27 @@ fn cluster(args: &Args) -> rdask::Result<()> {
     );
     drop(nodes);
     Ok(())
+}
+
+/// MB/s of a value of `mib` MiB made on the cluster's second node and read on its first
+/// (one figure per repetition).
+fn transfer_rates(client: &Client, mib: u32, repeats: usize) -> rdask::Result<Vec<f64>> {
+    let members = rdask::block_on(client.nodes())?;
+    let here = members[0].member.id.0.to_string();
+    let there = members[1].member.id.0.to_string();
+    let mut rates = Vec::new();
+    for r in 0..repeats {
+        let data = client.submit_with(blob, (mib, r as u64), &TaskOptions::new().workers([&there]));
+        let made = client.submit_with(byte_len, (&data,), &TaskOptions::new().workers([&there]));
+        rdask::block_on(made.result())?;
+        let start = Instant::now();
+        let moved = client.submit_with(byte_len, (&data,), &TaskOptions::new().workers([&here]));
+        let len = rdask::block_on(moved.result())?;
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(len, u64::from(mib) << 20);
+        rates.push(len as f64 / secs / 1e6);
+    }
+    Ok(rates)
 }
 
 /// Starts `n` node processes joined into one cluster and a client of the first, once the
