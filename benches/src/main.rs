@@ -20,6 +20,11 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 mod compare;
+
+/// mimalloc, as the stock `rdask-node` uses (the node processes of the network figures are
+/// this binary too).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use rdask::builtins::{identity, inc, sleep_ms};
 use rdask::{Client, MemberState, TaskOptions};
 

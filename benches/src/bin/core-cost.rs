@@ -91,6 +91,10 @@ fn one(core: &mut NodeCore, id: u128, n: usize, chained: bool) {
     core.take_replies();
 }
 
+/// The allocator of the stock `rdask-node` (see BENCHMARKS.md for the figure with glibc's).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let n: usize = std::env::args()
         .nth(1)
