@@ -325,7 +325,12 @@ fn open_in_browser(
         "chromium: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    // The page's own script is in the DOM too: only what it rendered counts.
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    match (dom.find("<script>"), dom.rfind("</script>")) {
+        (Some(a), Some(b)) if a < b => format!("{}{}", &dom[..a], &dom[b..]),
+        _ => dom,
+    }
 }
 
 #[test]
@@ -358,6 +363,20 @@ fn a_browser_opened_on_another_node_shows_the_members_progress_and_task_stream()
         assert!(
             bars > 0,
             "bars of the graph's tasks in the task stream: {dom}"
+        );
+        // The graph's drawing, coloured by task state, from the Graphs tab.
+        let session = client.session_id();
+        let dag = open_in_browser(
+            &browser,
+            &format!("{page}/?poll=1#graph/{session}"),
+            3_000,
+            None,
+        );
+        let drawn = dag.matches("class=\"dag-task\"").count();
+        assert_eq!(drawn, 120, "the graph's 120 tasks drawn: {dag}");
+        assert!(
+            dag.contains("class=\"graph-row\""),
+            "the graphs table lists it: {dag}"
         );
         // A screenshot of the status page.
         let png = std::env::temp_dir().join(format!("rdask-dashboard-{}.png", std::process::id()));
