@@ -1364,31 +1364,16 @@ impl ClientInner {
         items: &[&Arc<FutureShared>],
         idx: &[usize],
     ) -> Result<Vec<KeyResult>> {
-        let groups = by_origin(items, idx);
-        let asks = groups.iter().map(|(origin, at)| {
-            let keys: Vec<Key> = at.iter().map(|&p| items[idx[p]].key.clone()).collect();
-            let n = keys.len();
-            let request = ClientRequest::Gather {
-                keys,
-                wait_ms: LONG_POLL_MS,
-            };
-            async move {
-                match self.send_for(*origin, request).await? {
-                    ClientResponse::Results(r) if r.len() == n => Ok(r),
-                    other => Err(Error::Protocol(format!(
-                        "unexpected answer to gather: {other:?}"
-                    ))),
-                }
-            }
-        });
-        let answers = futures::future::join_all(asks).await;
-        let mut out = vec![KeyResult::Pending; idx.len()];
-        for ((_, at), answer) in groups.iter().zip(answers) {
-            for (&p, r) in at.iter().zip(answer?) {
-                out[p] = r;
-            }
-        }
-        Ok(out)
+        let ask = |keys| ClientRequest::Gather {
+            keys,
+            wait_ms: LONG_POLL_MS,
+        };
+        let answer = |r| match r {
+            ClientResponse::Results(r) => Ok(r),
+            other => Err(format!("{other:?}")),
+        };
+        self.round(items, idx, ask, answer, KeyResult::Pending, "gather")
+            .await
     }
 
     /// Where `items[idx]` stand, like [`ClientInner::gather_round`] but without values.
@@ -1397,25 +1382,50 @@ impl ClientInner {
         items: &[&Arc<FutureShared>],
         idx: &[usize],
     ) -> Result<Vec<KeyStatus>> {
+        let ask = |keys| ClientRequest::Status { keys };
+        let answer = |r| match r {
+            ClientResponse::Statuses(s) => Ok(s),
+            other => Err(format!("{other:?}")),
+        };
+        self.round(items, idx, ask, answer, KeyStatus::Pending, "status")
+            .await
+    }
+
+    /// One request per origin of `items[idx]` (made by `ask` from the keys), sent at once;
+    /// the answers (taken out by `answer`, one per key; another response shown as text)
+    /// in the order of `idx`.
+    async fn round<T: Clone>(
+        &self,
+        items: &[&Arc<FutureShared>],
+        idx: &[usize],
+        ask: impl Fn(Vec<Key>) -> ClientRequest,
+        answer: impl Fn(ClientResponse) -> std::result::Result<Vec<T>, String> + Copy,
+        pending: T,
+        what: &str,
+    ) -> Result<Vec<T>> {
         let groups = by_origin(items, idx);
         let asks = groups.iter().map(|(origin, at)| {
             let keys: Vec<Key> = at.iter().map(|&p| items[idx[p]].key.clone()).collect();
             let n = keys.len();
-            let request = ClientRequest::Status { keys };
+            let request = ask(keys);
             async move {
-                match self.send_for(*origin, request).await? {
-                    ClientResponse::Statuses(s) if s.len() == n => Ok(s),
-                    other => Err(Error::Protocol(format!(
-                        "unexpected answer to status: {other:?}"
+                match answer(self.send_for(*origin, request).await?) {
+                    Ok(v) if v.len() == n => Ok(v),
+                    Ok(v) => Err(Error::Protocol(format!(
+                        "{} answers to a {what} of {n} keys",
+                        v.len()
+                    ))),
+                    Err(other) => Err(Error::Protocol(format!(
+                        "unexpected answer to {what}: {other}"
                     ))),
                 }
             }
         });
         let answers = futures::future::join_all(asks).await;
-        let mut out = vec![KeyStatus::Pending; idx.len()];
+        let mut out = vec![pending; idx.len()];
         for ((_, at), answer) in groups.iter().zip(answers) {
-            for (&p, s) in at.iter().zip(answer?) {
-                out[p] = s;
+            for (&p, v) in at.iter().zip(answer?) {
+                out[p] = v;
             }
         }
         Ok(out)
