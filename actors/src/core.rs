@@ -832,8 +832,7 @@ impl NodeCore {
 
     /// Graphs from a client, in order. Replies `Submitted` with one outcome per graph.
     pub fn handle_submit(&mut self, request: RequestId, graphs: Vec<GraphSubmission>) {
-        if let Some(why) = self.moved_away() {
-            self.replies.push((request, ClientResponse::Moved(why)));
+        if self.refused_as_moved(request) {
             return;
         }
         if let Some(g) = graphs
@@ -909,8 +908,7 @@ impl NodeCore {
     /// values fetched here from their holders), at once when `wait_ms` is 0, otherwise after
     /// a timer of `wait_ms` (see [`NodeCore::take_timers`]).
     pub fn handle_gather(&mut self, request: RequestId, keys: Vec<Key>, wait_ms: u32) {
-        if let Some(why) = self.moved_away() {
-            self.replies.push((request, ClientResponse::Moved(why)));
+        if self.refused_as_moved(request) {
             return;
         }
         let ids: Vec<Option<TaskId>> = keys.iter().map(|k| self.index.get(k).copied()).collect();
@@ -959,8 +957,7 @@ impl NodeCore {
     /// `keys` and the failed tasks they depend on run again (their inputs computed again if
     /// they were freed). Replies `Retried` with how many.
     pub fn handle_retry(&mut self, request: RequestId, keys: Vec<Key>) {
-        if let Some(why) = self.moved_away() {
-            self.replies.push((request, ClientResponse::Moved(why)));
+        if self.refused_as_moved(request) {
             return;
         }
         let mut roots = Vec::new();

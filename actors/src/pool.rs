@@ -201,7 +201,7 @@ impl TaskPool {
     /// Tasks that ended after `since_ms` (ms since the Unix epoch), oldest first, at most
     /// the last few thousand per thread: the dashboard's task stream.
     pub fn events_since(&self, since_ms: u64) -> Vec<TaskEvent> {
-        let (base, base_ms) = self.shared.base;
+        let base_ms = self.shared.base.1;
         let since_ns = since_ms.saturating_sub(base_ms).saturating_mul(1_000_000);
         let rings: Vec<Ring> = self.shared.rings.lock().expect("rings").clone();
         let mut out = Vec::new();
@@ -217,7 +217,6 @@ impl TaskPool {
                 });
             }
         }
-        let _ = base;
         out.sort_by_key(|e| e.start_ms);
         out
     }

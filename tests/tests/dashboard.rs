@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use rdask::{Client, MemberState};
+use rdask::Client;
 use rdask_tests::{NodeProcess, bounded, http_get, slow_inc};
 
 const NODE: &str = env!("CARGO_BIN_EXE_rdask-test-node");
@@ -191,7 +191,6 @@ fn every_endpoint_of_the_json_api_describes_the_whole_cluster_from_any_node() {
                 .any(|g| g["session"] == session.as_str() && g["status"] == "released")
         });
         drop(nodes);
-        let _ = MemberState::Alive;
     });
 }
 

@@ -47,8 +47,7 @@ impl NodeCore {
     /// node when there are fewer). Unfinished or unknown keys are skipped. Replies
     /// `Replicated` with the copies started.
     pub fn handle_replicate(&mut self, request: RequestId, keys: Vec<Key>, n: u32) {
-        if let Some(why) = self.moved_away() {
-            self.replies.push((request, ClientResponse::Moved(why)));
+        if self.refused_as_moved(request) {
             return;
         }
         let me = self.peers[0].node.clone();
@@ -96,8 +95,7 @@ impl NodeCore {
     /// closer (Dask's `rebalance`). Replies `Copying` with the moves started; each copy is
     /// dropped from the node it left once the new holder has it.
     pub fn handle_rebalance(&mut self, request: RequestId, keys: Vec<Key>) {
-        if let Some(why) = self.moved_away() {
-            self.replies.push((request, ClientResponse::Moved(why)));
+        if self.refused_as_moved(request) {
             return;
         }
         let nodes = self.candidates.clone();

@@ -27,8 +27,7 @@ impl NodeCore {
         session: u64,
         keys: Vec<Key>,
     ) {
-        if let Some(why) = self.moved_away() {
-            self.replies.push((request, ClientResponse::Moved(why)));
+        if self.refused_as_moved(request) {
             return;
         }
         let refuse = if name.is_empty() {

@@ -325,6 +325,19 @@ impl NodeCore {
         ))
     }
 
+    /// Answers `request` with `Moved` if this node handed its graphs over (see
+    /// [`NodeCore::moved_away`]); whether it did.
+    pub(super) fn refused_as_moved(&mut self, request: super::RequestId) -> bool {
+        match self.moved_away() {
+            Some(why) => {
+                self.replies
+                    .push((request, crate::protocol::ClientResponse::Moved(why)));
+                true
+            }
+            None => false,
+        }
+    }
+
     /// An assignment reaching a leaving node goes back to its owner.
     pub(super) fn refuse_while_leaving(&mut self, owner: u32, key: Key, hops: u32) {
         self.tombstone(owner, key.clone(), Gone::Released(hops));
