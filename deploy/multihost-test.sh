@@ -2,7 +2,8 @@
 # A multi-host test on one machine: 3 hosts and a client host in network namespaces joined
 # by a bridge. Each host runs one rdask-node; they join through the seed's name (an
 # /etc/hosts entry: --join /dns/seed/tcp/4001); a client on the fourth host runs a graph;
-# then one host is cut off and the other two must carry on.
+# then one host is cut off and the other two must carry on. The cluster has a secret
+# (RDASK_CLUSTER_SECRET): a client without it must be refused.
 #
 #   sudo deploy/multihost-test.sh [TARGET_DIR]      (run by .ci/run after the tests)
 #
@@ -54,6 +55,8 @@ for i in 1 2 3 4; do
 done
 
 LOGS=$(mktemp -d)
+# The cluster has a secret: every node and client here has it (from the environment).
+export RDASK_CLUSTER_SECRET="multi-host test secret $$"
 start_node() { # host, extra args…
   local h=$1; shift
   ip netns exec "rdask-h$h" env RUST_LOG=warn "$NODE" --listen "/ip4/10.77.0.$h/tcp/4001" \
@@ -82,6 +85,12 @@ wait_alive() { # address, count, seconds
 }
 wait_alive /dns/seed/tcp/4001 3 30
 echo "3 hosts joined through /dns/seed/tcp/4001"
+if ip netns exec rdask-h4 env -u RDASK_CLUSTER_SECRET timeout 30 "$CLI" status /dns/seed/tcp/4001 >"$LOGS/nosecret.log" 2>&1; then
+  echo "multi-host test FAILED: a client without the cluster secret was let in"
+  exit 1
+fi
+grep -q "secret" "$LOGS/nosecret.log" || { echo "multi-host test FAILED: the refusal does not mention the secret:"; cat "$LOGS/nosecret.log"; exit 1; }
+echo "a client without the cluster secret is refused"
 
 run_graph() { # address
   local out

@@ -82,6 +82,9 @@ const TRANSFERS_KEPT: usize = 1_000;
 
 /// Bit of [`TaskId::idx`] marking a task run for another owner.
 const FOREIGN: u32 = 1 << 31;
+/// The share of `--memory-limit` at which a node pauses: it starts no task and takes no
+/// work from peers until its memory is below it again (Dask's `pause` fraction).
+pub(crate) const PAUSE_FRACTION: f64 = 0.8;
 
 /// Identifies a client request whose reply the core may produce later.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -166,6 +169,8 @@ pub struct CoreStats {
     pub stolen: u64,
     /// Tasks handed to thieves.
     pub given: u64,
+    /// Times the node paused because its memory reached the pause mark of its limit.
+    pub pauses: u64,
     /// Values fetched from peers.
     pub fetched: u64,
     /// Bytes of values fetched from peers.
@@ -454,6 +459,8 @@ struct Peer {
     dead_since: u64,
     /// Declared dead once, and back since (a partition healed).
     revived: bool,
+    /// It said it is paused (its memory is near its limit): nothing is placed on it.
+    paused: bool,
     outbox: Vec<PeerMsg>,
 }
 
@@ -512,6 +519,12 @@ pub struct NodeCore {
     unfinished: u64,
     stored: u64,
     memory_used: u64,
+    /// The node's memory limit in bytes (`--memory-limit`), if any.
+    memory_limit: Option<u64>,
+    /// The process's memory as the shell last measured it.
+    process_memory: u64,
+    /// Memory is at or above [`PAUSE_FRACTION`] of the limit: no task starts.
+    paused: bool,
 
     // worker role
     foreign: Vec<Slot<Foreign>>,
@@ -633,6 +646,9 @@ impl NodeCore {
             unfinished: 0,
             stored: 0,
             memory_used: 0,
+            memory_limit: None,
+            process_memory: 0,
+            paused: false,
             foreign: Vec::new(),
             foreign_free: Vec::new(),
             foreign_index: FxHashMap::default(),
@@ -655,6 +671,7 @@ impl NodeCore {
                 dead: false,
                 dead_since: 0,
                 revived: false,
+                paused: false,
                 outbox: Vec::new(),
             }],
             peer_index,
@@ -709,6 +726,52 @@ impl NodeCore {
             running: u64::from(self.in_flight),
             stored: self.stored,
             memory_used: self.memory_used,
+            paused: self.paused,
+        }
+    }
+
+    /// Sets the node's memory limit in bytes (`None`: no limit). At [`PAUSE_FRACTION`] of
+    /// it, measured as the larger of the results held here and the process's memory
+    /// ([`NodeCore::handle_process_memory`]), the node pauses: it starts no task and asks
+    /// peers for none, peers place nothing on it and may take its queued tasks, until its
+    /// memory is below that mark again.
+    pub fn set_memory_limit(&mut self, limit: Option<u64>) {
+        self.memory_limit = limit.filter(|&l| l > 0);
+        self.update_pause();
+    }
+
+    /// The process's memory in bytes, as the shell measured it (resident set size).
+    pub fn handle_process_memory(&mut self, bytes: u64) {
+        self.process_memory = bytes;
+        self.update_pause();
+    }
+
+    /// Whether the node is paused for memory (see [`NodeCore::set_memory_limit`]).
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    fn update_pause(&mut self) {
+        let Some(limit) = self.memory_limit else {
+            self.paused = false;
+            return;
+        };
+        let used = self.memory_used.max(self.process_memory);
+        let paused = used as f64 >= PAUSE_FRACTION * limit as f64;
+        if paused != self.paused {
+            self.paused = paused;
+            let (used_mb, limit_mb) = (used >> 20, limit >> 20);
+            if paused {
+                tracing::warn!(
+                    used_mb,
+                    limit_mb,
+                    "memory at {:.0}% of the limit: pausing (no task starts until it is below)",
+                    PAUSE_FRACTION * 100.0
+                );
+                self.stats.pauses += 1;
+            } else {
+                tracing::info!(used_mb, limit_mb, "memory below the pause mark: resuming");
+            }
         }
     }
 
@@ -1208,6 +1271,7 @@ impl NodeCore {
             if peer.assigned_since == 0 {
                 peer.reported = m.load.queued + m.load.running;
                 peer.queued = m.load.queued;
+                peer.paused = m.load.paused;
             }
         }
         self.refresh_candidates();
@@ -1527,6 +1591,7 @@ impl NodeCore {
             peer.reported = u64::from(batch.load.queued) + u64::from(batch.load.running);
             peer.queued = u64::from(batch.load.queued);
             peer.nthreads = batch.load.nthreads.max(1);
+            peer.paused = batch.load.paused;
             peer.assigned_since = 0;
         }
         for msg in batch.msgs {
@@ -1622,6 +1687,7 @@ impl NodeCore {
 
     /// Tasks to start now, highest priority first. An idle node asks a peer for work here.
     pub fn take_jobs(&mut self) -> Vec<Job> {
+        self.update_pause();
         self.dispatch();
         self.maybe_steal();
         std::mem::take(&mut self.jobs)
@@ -1640,6 +1706,7 @@ impl NodeCore {
             queued: self.ready_count,
             running: self.in_flight,
             nthreads: self.nthreads,
+            paused: self.paused,
         };
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
@@ -1980,10 +2047,12 @@ impl NodeCore {
         // inputs are, or here.
         let tiny = self.estimate_ns(&t.key) < MOVE_COST_NS;
         if let Some((holder, b)) = best {
-            if b >= HEAVY_INPUT_BYTES || tiny || self.has_room(holder) {
+            if (b >= HEAVY_INPUT_BYTES || tiny || self.has_room(holder))
+                && !self.is_paused_peer(holder)
+            {
                 return Some(holder);
             }
-        } else if (tiny || self.has_room(0)) && ok(0) {
+        } else if (tiny || self.has_room(0)) && ok(0) && !self.paused {
             return Some(0);
         }
         // Two random choices over the load; this node wins ties.
@@ -1998,14 +2067,27 @@ impl NodeCore {
     /// Whether `p` has a thread (by this node's estimate) for one more task.
     fn has_room(&self, p: u32) -> bool {
         if p == 0 {
-            self.in_flight + self.ready_count < self.nthreads
+            !self.paused && self.in_flight + self.ready_count < self.nthreads
         } else {
             let peer = &self.peers[p as usize];
-            peer.reported + peer.assigned_since < u64::from(peer.nthreads)
+            !peer.paused && peer.reported + peer.assigned_since < u64::from(peer.nthreads)
+        }
+    }
+
+    /// Whether `p` said it is paused for memory.
+    fn is_paused_peer(&self, p: u32) -> bool {
+        if p == 0 {
+            self.paused
+        } else {
+            self.peers[p as usize].paused
         }
     }
 
     fn load_per_thread(&self, p: u32) -> f64 {
+        if self.is_paused_peer(p) {
+            // Last choice: a paused node runs nothing until its memory is down.
+            return f64::INFINITY;
+        }
         if p == 0 {
             f64::from(self.in_flight + self.ready_count) / f64::from(self.nthreads)
         } else {
@@ -2881,7 +2963,7 @@ impl NodeCore {
     }
 
     fn dispatch(&mut self) {
-        if self.leaving.is_some() {
+        if self.leaving.is_some() || self.paused {
             return;
         }
         while let Some(&Reverse((_, idx, generation))) = self.ready.peek() {
@@ -2997,6 +3079,7 @@ impl NodeCore {
             dead: false,
             dead_since: 0,
             revived: false,
+            paused: false,
             outbox: Vec::new(),
         });
         self.peer_index.insert(node.clone(), p);
@@ -3016,6 +3099,7 @@ impl NodeCore {
     fn maybe_steal(&mut self) {
         if self.candidates.len() <= 1
             || self.leaving.is_some()
+            || self.paused
             || self.steal_pending.is_some()
             || self.ready_count > 0
             || self.in_flight >= self.nthreads
@@ -3065,7 +3149,7 @@ impl NodeCore {
     fn give(&mut self, thief: u32, want: u32) {
         let mut tasks = Vec::new();
         let stealable = self.ready_count;
-        let busy = self.in_flight >= self.nthreads;
+        let busy = self.in_flight >= self.nthreads || self.paused;
         let mut n = (stealable / 2).min(want);
         if n == 0 && stealable > 0 && busy {
             n = 1;

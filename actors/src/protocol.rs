@@ -626,6 +626,8 @@ pub struct LoadHint {
     pub running: u32,
     /// Threads of its pool.
     pub nthreads: u32,
+    /// It is paused for memory: place nothing on it.
+    pub paused: bool,
 }
 
 /// Messages from one node to another, sent together.

@@ -71,6 +71,25 @@ pub struct NodeArgs {
     pub nthreads: usize,
     /// Where batches for other nodes go; `None` for a lone node without network.
     pub send_peer: Option<PeerSend>,
+    /// The memory limit in bytes (`--memory-limit`); `None`: no limit. Near it the node
+    /// pauses (see [`NodeCore::set_memory_limit`]).
+    pub memory_limit: Option<u64>,
+}
+
+/// Every how many ticks the process's memory is measured (when there is a limit).
+const MEMORY_EVERY_TICKS: u32 = 4;
+
+/// The resident set size of this process in bytes (Linux; `None` elsewhere).
+pub(crate) fn process_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 /// The ractor shell around [`NodeCore`]: one loop that feeds the core and drains its
@@ -92,6 +111,10 @@ pub struct NodeState {
     send_peer: Option<PeerSend>,
     /// The origin of the monotonic clock handed to the core.
     started: Instant,
+    /// Whether the process's memory is measured for the core (there is a limit).
+    measure_memory: bool,
+    /// Ticks so far.
+    ticks: u32,
     /// Told when a leave is complete.
     left: Option<Box<dyn FnOnce() + Send>>,
     /// The last progress walk and when it was made: reused for half a second, so that
@@ -291,6 +314,10 @@ impl Actor for NodeActor {
         myself.send_interval(TICK_EVERY, || NodeMsg::Tick);
         let mut core = NodeCore::new(&args.member.id.0, args.registry, args.nthreads as u32);
         core.set_resources(resources_of(&args.member));
+        core.set_memory_limit(args.memory_limit);
+        if let Some(limit) = args.memory_limit {
+            tracing::info!(limit_mb = limit >> 20, "memory limit");
+        }
         Ok(NodeState {
             core,
             pool,
@@ -302,6 +329,8 @@ impl Actor for NodeActor {
             armed: None,
             gossip: None,
             send_peer: args.send_peer,
+            measure_memory: args.memory_limit.is_some(),
+            ticks: 0,
             started: Instant::now(),
             left: None,
             datasets: Default::default(),
@@ -577,6 +606,13 @@ impl Actor for NodeActor {
             NodeMsg::Tick => {
                 let now = state.started.elapsed().as_millis() as u64;
                 state.core.handle_tick(now);
+                state.ticks = state.ticks.wrapping_add(1);
+                if state.measure_memory
+                    && state.ticks.is_multiple_of(MEMORY_EVERY_TICKS)
+                    && let Some(rss) = process_memory()
+                {
+                    state.core.handle_process_memory(rss);
+                }
             }
         }
         state.drain(&myself);

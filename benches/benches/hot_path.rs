@@ -26,6 +26,7 @@ fn codec(c: &mut Criterion) {
             queued: 3,
             running: 2,
             nthreads: 2,
+            paused: false,
         },
         msgs: (0..1_000u64)
             .map(|i| PeerMsg::Done {
@@ -164,6 +165,7 @@ fn member(i: u32) -> MemberInfo {
         addresses: vec![format!("/ip4/10.0.0.{}/tcp/4001", i % 250)],
         nthreads: 8,
         memory_bytes: 1 << 34,
+        memory_limit: 0,
         functions_digest: 7,
         functions: 11,
         version: "0.1.0".into(),
@@ -183,6 +185,7 @@ fn gossip(c: &mut Criterion) {
             running: 2,
             stored: 10,
             memory_used: 1 << 20,
+            paused: false,
         });
         source.merge(other.entries_of(&[NodeId(format!("node-{i}").into())]), 0);
     }

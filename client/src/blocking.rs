@@ -80,6 +80,12 @@ impl Client {
         crate::Client::connect(address).map(Client::from)
     }
 
+    /// Connects to a node of a cluster that has a secret
+    /// ([`crate::Client::connect_with_secret`]).
+    pub fn connect_with_secret(address: &str, secret: &str) -> Result<Client> {
+        crate::Client::connect_with_secret(address, secret).map(Client::from)
+    }
+
     /// The default client ([`crate::Client::current`]).
     pub fn current() -> Result<Client> {
         crate::Client::current().map(Client::from)

@@ -14,7 +14,7 @@ use rdask_actors::protocol::{
 };
 use rdask_gossip::PROTOCOL_VERSION;
 use rdask_graph::{Arg, GraphId, Key, Registry, TaskFn, TaskSpec};
-use rdask_node::{NodeConfig, NodeHandle, RemoteNode};
+use rdask_node::{ClusterSecret, NodeConfig, NodeHandle, RemoteNode};
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
@@ -144,6 +144,8 @@ pub(crate) struct ClientInner {
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     local: Mutex<Option<NodeHandle>>,
     address: String,
+    /// The cluster secret the client connects with, if any (re-attaching needs it too).
+    secret: Option<ClusterSecret>,
     /// The entry node, as it said when the client connected (or re-attached).
     welcome: Mutex<NodeStatus>,
     /// The cluster as last seen (at connect, and by every `nodes()`), for `Display`.
@@ -293,14 +295,36 @@ impl Client {
         })??;
         let (node, status) = node;
         let conn = Conn::Local(node.actor());
-        let client = Client::new(rt, conn, Some(node), "inproc://local".into(), status);
+        let client = Client::new(rt, conn, Some(node), "inproc://local".into(), status, None);
         client.set_as_default(true);
         Ok(client)
     }
 
     /// Connects to a running node: `tcp://host:port`, `host:port`, or a multiaddr such as
     /// `/ip4/127.0.0.1/tcp/4001` or `/dns/seed/tcp/4001`.
+    ///
+    /// A cluster started with a secret (`rdask-node --cluster-secret`) accepts only clients
+    /// that have it: this reads it from `RDASK_CLUSTER_SECRET` (or the file named by
+    /// `RDASK_CLUSTER_SECRET_FILE`); [`Client::connect_with_secret`] takes it directly.
     pub fn connect(address: &str) -> Result<Client> {
+        let secret = ClusterSecret::from_env().map_err(|reason| Error::Connect {
+            address: address.trim().to_string(),
+            reason,
+        })?;
+        Client::connect_inner(address, secret)
+    }
+
+    /// Connects to a node of a cluster that has a secret (a passphrase, or a libp2p
+    /// `swarm.key`): see [`Client::connect`].
+    pub fn connect_with_secret(address: &str, secret: &str) -> Result<Client> {
+        let secret = ClusterSecret::new(secret).map_err(|reason| Error::Connect {
+            address: address.trim().to_string(),
+            reason,
+        })?;
+        Client::connect_inner(address, Some(secret))
+    }
+
+    fn connect_inner(address: &str, secret: Option<ClusterSecret>) -> Result<Client> {
         let addr = parse_address(address)?;
         let rt = runtime(1)?;
         let shown = address.trim().to_string();
@@ -312,10 +336,14 @@ impl Client {
             }
         };
         let (remote, status) = run_on(&rt, async move {
-            let remote =
-                RemoteNode::connect(addr, rdask_node::codec::DEFAULT_MAX_FRAME, CONNECT_TIMEOUT)
-                    .await
-                    .map_err(|e| connect_err(e.to_string()))?;
+            let remote = RemoteNode::connect(
+                addr,
+                rdask_node::codec::DEFAULT_MAX_FRAME,
+                CONNECT_TIMEOUT,
+                secret.as_ref(),
+            )
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
             let conn = Conn::Remote(remote.clone());
             let hello = ClientRequest::Hello {
                 protocol: PROTOCOL_VERSION,
@@ -328,7 +356,7 @@ impl Client {
                 ))),
             }
         })??;
-        let client = Client::new(rt, Conn::Remote(remote), None, shown, status);
+        let client = Client::new(rt, Conn::Remote(remote), None, shown, status, secret);
         client.set_as_default(true);
         // Learn the cluster for `Display`; a failure here shows up on the next request.
         let _ = futures::executor::block_on(client.nodes());
@@ -341,6 +369,7 @@ impl Client {
         local: Option<NodeHandle>,
         address: String,
         welcome: NodeStatus,
+        secret: Option<ClusterSecret>,
     ) -> Client {
         let id = splitmix64(rand::random::<u64>());
         tracing::debug!(client = id, %address, "client connected");
@@ -363,6 +392,7 @@ impl Client {
             runtime: Mutex::new(Some(rt)),
             local: Mutex::new(local),
             address,
+            secret,
             cluster: Mutex::new(vec![welcome.clone()]),
             welcome: Mutex::new(welcome),
         });
@@ -419,6 +449,7 @@ impl Client {
             None,
             "inproc://worker".into(),
             status,
+            None,
         ))
     }
 
@@ -1130,7 +1161,9 @@ impl ClientInner {
                 .iter()
                 .filter(|m| m.member.id != dead && m.state == rdask_gossip::MemberState::Alive)
             {
-                let Some((remote, status)) = dial_member(&m.member.addresses).await else {
+                let Some((remote, status)) =
+                    dial_member(&m.member.addresses, self.secret.as_ref()).await
+                else {
                     continue;
                 };
                 let conn = Conn::Remote(remote.clone());
@@ -1158,7 +1191,7 @@ impl ClientInner {
                             .find(|n| n.member.id == o)
                             .map(|n| n.member.addresses.clone())
                             .unwrap_or_default();
-                        if let Some(found) = dial_member(&addresses).await {
+                        if let Some(found) = dial_member(&addresses, self.secret.as_ref()).await {
                             chosen = Some(found);
                         }
                     }
@@ -1601,12 +1634,20 @@ fn submit_outcomes(response: Result<ClientResponse>, n: usize) -> Vec<Result<()>
 
 /// Connects to a member by any of its addresses and says hello: the session and the
 /// member's status, or `None` when none answers.
-async fn dial_member(addresses: &[String]) -> Option<(RemoteNode, NodeStatus)> {
+async fn dial_member(
+    addresses: &[String],
+    secret: Option<&ClusterSecret>,
+) -> Option<(RemoteNode, NodeStatus)> {
     for a in addresses {
         let Ok(addr) = parse_address(a) else { continue };
         let Ok(remote) = tokio::time::timeout(
             REATTACH_DIAL,
-            RemoteNode::connect(addr, rdask_node::codec::DEFAULT_MAX_FRAME, REATTACH_DIAL),
+            RemoteNode::connect(
+                addr,
+                rdask_node::codec::DEFAULT_MAX_FRAME,
+                REATTACH_DIAL,
+                secret,
+            ),
         )
         .await
         else {

@@ -81,6 +81,9 @@ pub struct MemberInfo {
     /// The address of its dashboard (`http://host:port`), empty when it serves none.
     #[serde(default)]
     pub dashboard: String,
+    /// Its memory limit in bytes (`--memory-limit`); 0: none.
+    #[serde(default)]
+    pub memory_limit: u64,
 }
 
 /// A node's load, as gossiped later and reported to clients now.
@@ -94,6 +97,8 @@ pub struct LoadSummary {
     pub stored: u64,
     /// Bytes of results held in memory.
     pub memory_used: u64,
+    /// Paused: its memory reached the pause mark of its limit, so it starts no task.
+    pub paused: bool,
 }
 
 #[cfg(test)]
@@ -112,8 +117,8 @@ mod tests {
             version: "0.1.0".into(),
             protocol: PROTOCOL_VERSION,
             resources: vec![("GPU".into(), 2)],
-
             dashboard: String::new(),
+            memory_limit: 0,
         };
         let bytes = postcard::to_allocvec(&m).unwrap();
         assert_eq!(postcard::from_bytes::<MemberInfo>(&bytes).unwrap(), m);

@@ -736,6 +736,7 @@ mod tests {
             addresses: vec![format!("/mem/{i}")],
             nthreads: threads,
             memory_bytes: 1 << 30,
+            memory_limit: 0,
             functions_digest: 7,
             functions: 3,
             version: "0.1.0".into(),

@@ -348,6 +348,7 @@ mod tests {
                 queued: 3,
                 running: 2,
                 nthreads: 4,
+                paused: true,
             },
             msgs,
         }

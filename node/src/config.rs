@@ -86,6 +86,35 @@ pub struct Cli {
     )]
     pub no_dashboard: bool,
 
+    /// Memory this node may use: bytes with an optional unit (`4GiB`, `512MiB`, `8e9`,
+    /// `4Gi` as Kubernetes writes it), a fraction of the machine's memory (`0.5`), `auto`
+    /// (the container's limit if there is one, else the machine's memory) or `none`. At 80%
+    /// of it (results held plus the process's resident memory) the node pauses: it starts
+    /// no task until its memory is below that again, and peers take its queued work.
+    #[arg(
+        long,
+        env = "RDASK_MEMORY_LIMIT",
+        value_parser = parse_memory_limit,
+        default_value = "auto"
+    )]
+    pub memory_limit: MemoryLimit,
+
+    /// The cluster secret, a passphrase (or a libp2p `swarm.key`) every member and client
+    /// must share: connections without it are refused. Prefer the environment variable
+    /// (or --cluster-secret-file) to keep it out of process listings. Clients read
+    /// RDASK_CLUSTER_SECRET too.
+    #[arg(long, env = "RDASK_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+
+    /// A file holding the cluster secret (see --cluster-secret), e.g. a mounted
+    /// Kubernetes Secret.
+    #[arg(
+        long,
+        env = "RDASK_CLUSTER_SECRET_FILE",
+        conflicts_with = "cluster_secret"
+    )]
+    pub cluster_secret_file: Option<PathBuf>,
+
     /// Print the task functions compiled into this binary and exit.
     #[arg(long)]
     pub list_functions: bool,
@@ -114,6 +143,96 @@ pub struct NodeConfig {
     pub resources: Vec<(String, u64)>,
     /// Where the dashboard listens; `None`: no dashboard.
     pub dashboard: Option<std::net::SocketAddr>,
+    /// The memory limit in bytes; `None`: none.
+    pub memory_limit: Option<u64>,
+    /// The cluster secret, if any: connections are made and accepted only with it.
+    pub secret: Option<crate::ClusterSecret>,
+}
+
+/// `--memory-limit`, as given.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MemoryLimit {
+    /// The container's limit (cgroup), else the machine's memory.
+    Auto,
+    /// No limit.
+    Unlimited,
+    /// This many bytes.
+    Bytes(u64),
+    /// This share of the machine's memory (0 < f ≤ 1).
+    Fraction(f64),
+}
+
+/// Parses `--memory-limit`: `auto`, `none` (or `0`), a fraction such as `0.5`, or bytes
+/// with an optional unit: `4GiB`, `4Gi`, `4G`, `4GB`, `512MiB`, `8e9`, `1000000`.
+pub fn parse_memory_limit(text: &str) -> Result<MemoryLimit, String> {
+    let t = text.trim();
+    match t.to_ascii_lowercase().as_str() {
+        "auto" => return Ok(MemoryLimit::Auto),
+        "none" | "0" | "" => return Ok(MemoryLimit::Unlimited),
+        _ => {}
+    }
+    let split = t
+        .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: f64 = number.trim().parse().map_err(|_| {
+        format!("`{t}`: expected bytes (4GiB, 512MiB, 8e9), a fraction (0.5), auto or none")
+    })?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(format!("`{t}`: the limit must be a positive amount"));
+    }
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" if n <= 1.0 => return Ok(MemoryLimit::Fraction(n)),
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024.0 * 1024.0,
+        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "ti" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        u => {
+            return Err(format!(
+                "`{t}`: unknown unit `{u}` (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+            ));
+        }
+    };
+    let bytes = n * scale;
+    if bytes >= u64::MAX as f64 {
+        return Err(format!("`{t}`: too large"));
+    }
+    Ok(MemoryLimit::Bytes(bytes as u64))
+}
+
+/// The memory limit of the cgroup this process runs in (a container's), if it has one.
+fn cgroup_memory_limit() -> Option<u64> {
+    [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .filter_map(|p| std::fs::read_to_string(p).ok())
+    .filter_map(|s| s.trim().parse::<u64>().ok())
+    // cgroup v1 writes a huge number for "no limit".
+    .find(|&l| l > 0 && l < (1 << 62))
+}
+
+impl MemoryLimit {
+    /// The limit in bytes on a machine with `machine` bytes of memory (0: unknown).
+    pub fn resolve(self, machine: u64) -> Option<u64> {
+        let known = (machine > 0).then_some(machine);
+        match self {
+            MemoryLimit::Unlimited => None,
+            MemoryLimit::Bytes(b) => Some(b),
+            MemoryLimit::Fraction(f) => known.map(|m| (m as f64 * f) as u64),
+            MemoryLimit::Auto => match (cgroup_memory_limit(), known) {
+                (Some(c), Some(m)) => Some(c.min(m)),
+                (c, m) => c.or(m),
+            },
+        }
+        .filter(|&b| b > 0)
+    }
 }
 
 /// `--resources`: NAME=AMOUNT pairs.
@@ -160,6 +279,8 @@ impl NodeConfig {
             max_value: DEFAULT_MAX_VALUE,
             resources: Vec::new(),
             dashboard: None,
+            memory_limit: None,
+            secret: None,
         }
     }
 }
@@ -178,7 +299,15 @@ impl Cli {
         if self.max_frame_bytes < 1024 {
             return Err("--max-frame-bytes must be at least 1024".into());
         }
+        let secret = match (&self.cluster_secret, &self.cluster_secret_file) {
+            (Some(text), _) => Some(
+                crate::ClusterSecret::new(text).map_err(|e| format!("--cluster-secret: {e}"))?,
+            ),
+            (None, Some(path)) => Some(crate::ClusterSecret::from_file(path)?),
+            (None, None) => None,
+        };
         Ok(NodeConfig {
+            secret,
             listen: self.listen,
             join: self.join,
             advertise: self.advertise,
@@ -189,6 +318,7 @@ impl Cli {
             max_value: self.max_value_bytes,
             resources: self.resources.0,
             dashboard: (!self.no_dashboard).then_some(self.dashboard_address),
+            memory_limit: self.memory_limit.resolve(crate::machine_memory()),
         })
     }
 }
@@ -215,5 +345,39 @@ mod tests {
             let e = parse_resources(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn memory_limits_parse_as_dask_and_kubernetes_write_them() {
+        use MemoryLimit::*;
+        for (text, want) in [
+            ("auto", Auto),
+            ("none", Unlimited),
+            ("0", Unlimited),
+            ("4GiB", Bytes(4 << 30)),
+            ("4Gi", Bytes(4 << 30)),
+            ("512MiB", Bytes(512 << 20)),
+            ("4GB", Bytes(4_000_000_000)),
+            ("4G", Bytes(4_000_000_000)),
+            ("8e9", Bytes(8_000_000_000)),
+            ("1000000", Bytes(1_000_000)),
+            ("4294967296", Bytes(4 << 30)),
+            ("0.5", Fraction(0.5)),
+        ] {
+            assert_eq!(parse_memory_limit(text).unwrap(), want, "{text}");
+        }
+        for (bad, says) in [
+            ("lots", "expected bytes"),
+            ("4 parsecs", "unknown unit"),
+            ("-1GB", "positive"),
+        ] {
+            let e = parse_memory_limit(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert_eq!(Fraction(0.5).resolve(8 << 30), Some(4 << 30));
+        assert_eq!(Bytes(1 << 30).resolve(0), Some(1 << 30));
+        assert_eq!(Unlimited.resolve(8 << 30), None);
+        // Auto never exceeds the machine.
+        assert!(Auto.resolve(8 << 30).is_some_and(|l| l <= 8 << 30));
     }
 }

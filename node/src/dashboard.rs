@@ -51,6 +51,8 @@ struct Dash {
     gossip: Option<ActorRef<rdask_actors::GossipMsg>>,
     me: NodeId,
     max_frame: usize,
+    /// The cluster secret, to reach other members.
+    secret: Option<crate::ClusterSecret>,
     /// Sessions to other members, kept between requests (dropped when one fails).
     peers: tokio::sync::Mutex<HashMap<NodeId, RemoteNode>>,
     /// Graphs this dashboard has listed, with when: shown as finished for a while after
@@ -80,19 +82,22 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 }
 
 /// Serves the dashboard of the node `actor` (named `me`, gossiping through `gossip`) on
-/// `listener`, until the returned task is aborted.
+/// `listener`, until the returned task is aborted. It reaches other members (with the
+/// cluster's `secret`, if any) for the views of the whole cluster.
 pub fn serve(
     listener: tokio::net::TcpListener,
     actor: ActorRef<NodeMsg>,
     gossip: Option<ActorRef<rdask_actors::GossipMsg>>,
     me: NodeId,
     max_frame: usize,
+    secret: Option<crate::ClusterSecret>,
 ) -> tokio::task::JoinHandle<()> {
     let dash = Arc::new(Dash {
         actor,
         gossip,
         me,
         max_frame,
+        secret,
         peers: tokio::sync::Mutex::new(HashMap::new()),
         recent: std::sync::Mutex::new(HashMap::new()),
     });
@@ -170,9 +175,10 @@ impl Dash {
                     .iter()
                     .find_map(|a| a.parse().ok())
                     .ok_or_else(|| format!("{id} has no address"))?;
-                let r = RemoteNode::connect(addr, self.max_frame, PEER_TIMEOUT)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let r =
+                    RemoteNode::connect(addr, self.max_frame, PEER_TIMEOUT, self.secret.as_ref())
+                        .await
+                        .map_err(|e| e.to_string())?;
                 self.peers.lock().await.insert(id.clone(), r.clone());
                 r
             }
@@ -626,6 +632,18 @@ pub fn render_metrics(
         "gauge",
         "Results held in memory here.",
         &one(s.status.load.stored),
+    );
+    family(
+        "rdask_memory_limit_bytes",
+        "gauge",
+        "This node's memory limit (0: none); it pauses at 80% of it.",
+        &one(s.status.member.memory_limit),
+    );
+    family(
+        "rdask_paused",
+        "gauge",
+        "1 while this node is paused for memory (it starts no task).",
+        &one(u64::from(s.status.load.paused)),
     );
     family(
         "rdask_queued_tasks",

@@ -16,6 +16,7 @@ pub mod codec;
 mod config;
 pub mod dashboard;
 pub mod net;
+pub mod secret;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -30,10 +31,11 @@ use rdask_gossip::{MemberInfo, NodeId, PROTOCOL_VERSION};
 use rdask_graph::Registry;
 use tokio::sync::watch;
 
-pub use config::{Cli, NodeConfig, Resources, parse_resources};
+pub use config::{Cli, MemoryLimit, NodeConfig, Resources, parse_memory_limit, parse_resources};
 pub use net::{NetError, RemoteError, RemoteNode};
 /// The client protocol's messages (re-exported for tools and tests that speak it).
 pub use rdask_actors::protocol as rdask_actors_protocol;
+pub use secret::ClusterSecret;
 
 /// The rdask version of this build.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -213,7 +215,7 @@ pub fn load_or_create_identity(path: &Path) -> Result<Keypair, NodeError> {
 }
 
 /// Total memory of this machine in bytes (0 when unknown).
-fn machine_memory() -> u64 {
+pub(crate) fn machine_memory() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
@@ -257,6 +259,7 @@ fn member_info(
     nthreads: usize,
     registry: &Registry,
     resources: &[(String, u64)],
+    memory_limit: Option<u64>,
 ) -> MemberInfo {
     MemberInfo {
         id,
@@ -268,8 +271,8 @@ fn member_info(
         version: VERSION.to_string(),
         protocol: PROTOCOL_VERSION,
         resources: resources.to_vec(),
-
         dashboard: String::new(),
+        memory_limit: memory_limit.unwrap_or(0),
     }
 }
 
@@ -321,6 +324,7 @@ pub async fn start(
         nthreads,
         registry,
         &config.resources,
+        config.memory_limit,
     );
     member.dashboard = dashboard_addr
         .map(|a| dashboard_link(a, None))
@@ -328,7 +332,13 @@ pub async fn start(
     // The swarm first (when there is a network): the node actor sends to peers through it.
     let swarm = if !config.listen.is_empty() || !config.join.is_empty() {
         let agent = format!("rdask-node/{VERSION}");
-        Some(net::build_swarm(keypair, |k| {
+        if let Some(secret) = &config.secret {
+            tracing::info!(
+                fingerprint = %secret.fingerprint(),
+                "cluster secret: only members and clients with the same one can connect"
+            );
+        }
+        Some(net::build_swarm(keypair, config.secret.as_ref(), |k| {
             net::node_behaviour(k, agent)
         })?)
     } else {
@@ -347,6 +357,7 @@ pub async fn start(
         registry,
         nthreads,
         send_peer,
+        memory_limit: config.memory_limit,
     })
     .await
     .map_err(|e| NodeError::Spawn(e.to_string()))?;
@@ -461,6 +472,7 @@ pub async fn start(
                     nthreads,
                     registry,
                     &config.resources,
+                    config.memory_limit,
                 )
             },
             config: rdask_gossip::GossipConfig::lan(config.cluster_size),
@@ -495,6 +507,7 @@ pub async fn start(
             gossip_actor.clone(),
             NodeId(peer_id.to_string().into()),
             config.max_frame,
+            config.secret,
         );
         tracing::info!(%addr, "dashboard");
         (addr, task)
@@ -571,6 +584,17 @@ pub fn run_cli(cli: Cli) -> i32 {
         // node at once.
         let stop = stop_signal();
         let nthreads = config.nthreads;
+        let memory = match config.memory_limit {
+            Some(l) => format!(
+                "memory limit: {:.1} GiB (pauses at 80%)",
+                l as f64 / (1u64 << 30) as f64
+            ),
+            None => "memory limit: none".to_string(),
+        };
+        let secret = config
+            .secret
+            .map(|s| format!(", cluster secret {}", s.fingerprint()))
+            .unwrap_or_default();
         let node = match start(config, registry).await {
             Ok(n) => n,
             Err(e) => {
@@ -585,6 +609,7 @@ pub fn run_cli(cli: Cli) -> i32 {
             registry.len(),
             builtins.len()
         );
+        println!("{memory}{secret}");
         for a in node.listen_addrs() {
             println!("listening on {a}/p2p/{}", node.peer_id());
         }

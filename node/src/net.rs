@@ -36,6 +36,7 @@ use crate::codec::{
     CLIENT_PROTOCOL, Envelope, NODE_PROTOCOL, read_frame, read_peer_batch, write_frame_unflushed,
     write_peer_batch,
 };
+use crate::secret::ClusterSecret;
 
 /// The identify protocol version: peers announcing another one are refused.
 pub const IDENTIFY_PROTOCOL: &str = "/rdask/1";
@@ -95,26 +96,52 @@ mod behaviour {
     }
 }
 
-/// Builds a swarm over TCP + noise + yamux, with DNS resolution.
+/// Builds a swarm over TCP + noise + yamux, with DNS resolution. With a cluster secret,
+/// every connection is first wrapped in libp2p's private-network cipher keyed by it (see
+/// [`crate::secret`]): peers without the same secret cannot connect.
 pub fn build_swarm<B: NetworkBehaviour>(
     keypair: Keypair,
+    secret: Option<&ClusterSecret>,
     behaviour: impl FnOnce(&Keypair) -> B,
 ) -> Result<Swarm<B>, NetError> {
     let build = |e: &dyn std::fmt::Display| NetError::Build(e.to_string());
-    Ok(SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| build(&e))?
-        .with_dns()
-        .map_err(|e| build(&e))?
-        .with_behaviour(|k| behaviour(k))
-        .map_err(|e| build(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
-        .build())
+    let builder = SwarmBuilder::with_existing_identity(keypair).with_tokio();
+    let tcp_config = || tcp::Config::default().nodelay(true);
+    Ok(match secret {
+        None => builder
+            .with_tcp(tcp_config(), noise::Config::new, yamux::Config::default)
+            .map_err(|e| build(&e))?
+            .with_dns()
+            .map_err(|e| build(&e))?
+            .with_behaviour(|k| behaviour(k))
+            .map_err(|e| build(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+            .build(),
+        Some(secret) => {
+            use libp2p::Transport;
+            use libp2p::core::upgrade::Version;
+            use libp2p::pnet::PnetConfig;
+            let psk = secret.key();
+            builder
+                .with_other_transport(|key| {
+                    let noise = noise::Config::new(key)?;
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                        tcp::tokio::Transport::new(tcp_config())
+                            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                            .upgrade(Version::V1Lazy)
+                            .authenticate(noise)
+                            .multiplex(yamux::Config::default()),
+                    )
+                })
+                .map_err(|e| build(&e))?
+                .with_dns()
+                .map_err(|e| build(&e))?
+                .with_behaviour(|k| behaviour(k))
+                .map_err(|e| build(&e))?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+                .build()
+        }
+    })
 }
 
 /// The gossip protocol's name.
@@ -680,12 +707,21 @@ fn end_session(pending: &Pending, error: RemoteError) {
 impl RemoteNode {
     /// Dials `addr` (with or without a `/p2p/<peer id>` suffix), waits for the connection
     /// (at most `timeout`) and opens a session. Must be called within a tokio runtime.
+    ///
+    /// A cluster started with a secret accepts only connections made with the same one
+    /// (`secret`); without it the handshake fails or times out, and the error says so.
     pub async fn connect(
         addr: Multiaddr,
         max_frame: usize,
         timeout: Duration,
+        secret: Option<&ClusterSecret>,
     ) -> Result<RemoteNode, NetError> {
-        let mut swarm = build_swarm(Keypair::generate_ed25519(), |_| {
+        let hint = if secret.is_some() {
+            " (is this node's cluster secret the same as yours?)"
+        } else {
+            " (if the cluster has a secret, set RDASK_CLUSTER_SECRET to it)"
+        };
+        let mut swarm = build_swarm(Keypair::generate_ed25519(), secret, |_| {
             libp2p_stream::Behaviour::new()
         })?;
         let mut control = swarm.behaviour().new_control();
@@ -701,14 +737,22 @@ impl RemoteNode {
                 match swarm.select_next_some().await {
                     SwarmEvent::ConnectionEstablished { peer_id, .. } => return Ok(peer_id),
                     SwarmEvent::OutgoingConnectionError { error, .. } => {
-                        return Err(dial_err(error.to_string()));
+                        let reason = error.to_string();
+                        // A refused or unreachable address is not about secrets; a failed
+                        // handshake may be.
+                        let refused = reason.contains("refused") || reason.contains("unreachable");
+                        return Err(dial_err(if refused {
+                            reason
+                        } else {
+                            format!("{reason}{hint}")
+                        }));
                     }
                     _ => {}
                 }
             }
         })
         .await
-        .map_err(|_| dial_err(format!("no connection within {timeout:?}")))??;
+        .map_err(|_| dial_err(format!("no connection within {timeout:?}{hint}")))??;
 
         let (stop, mut stopped) = watch::channel(false);
         // The swarm must keep being polled for its connections to make progress.
@@ -864,11 +908,11 @@ mod tests {
     /// its limit).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn links_dial_by_peer_id_and_reopen_a_stream_the_peer_ended() {
-        let mut a = build_swarm(Keypair::generate_ed25519(), |k| {
+        let mut a = build_swarm(Keypair::generate_ed25519(), None, |k| {
             node_behaviour(k, "test".into())
         })
         .unwrap();
-        let mut b = build_swarm(Keypair::generate_ed25519(), |_| {
+        let mut b = build_swarm(Keypair::generate_ed25519(), None, |_| {
             libp2p_stream::Behaviour::new()
         })
         .unwrap();

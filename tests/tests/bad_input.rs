@@ -36,9 +36,14 @@ fn bounded<F: std::future::Future>(secs: u64, f: F) -> F::Output {
 
 /// The node answers a normal client: a chain of increments gives its value.
 async fn node_still_serves(addr: &Multiaddr) {
-    let remote = RemoteNode::connect(addr.clone(), DEFAULT_MAX_FRAME, Duration::from_secs(10))
-        .await
-        .expect("the node still accepts connections");
+    let remote = RemoteNode::connect(
+        addr.clone(),
+        DEFAULT_MAX_FRAME,
+        Duration::from_secs(10),
+        None,
+    )
+    .await
+    .expect("the node still accepts connections");
     let inc = rdask_tests::inc.name();
     let mut tasks = vec![rdask_graph::TaskSpec::new(
         "inc-0".into(),
@@ -122,7 +127,7 @@ fn an_oversized_frame_is_refused_and_the_node_keeps_serving() {
     let addr: Multiaddr = node.multiaddr.parse().unwrap();
     bounded(120, async {
         // A client whose own limit is far larger than the node's.
-        let big = RemoteNode::connect(addr.clone(), 1 << 30, Duration::from_secs(10))
+        let big = RemoteNode::connect(addr.clone(), 1 << 30, Duration::from_secs(10), None)
             .await
             .unwrap();
         let keys = (0..4096).map(|i| format!("{i:01000}").into()).collect();
@@ -142,7 +147,7 @@ fn malformed_frames_end_the_session_and_the_node_keeps_serving() {
     let addr: Multiaddr = node.multiaddr.parse().unwrap();
     let peer: PeerId = node.peer_id.parse().unwrap();
     bounded(120, async {
-        let mut swarm = build_swarm(Keypair::generate_ed25519(), |_| {
+        let mut swarm = build_swarm(Keypair::generate_ed25519(), None, |_| {
             libp2p_stream::Behaviour::new()
         })
         .unwrap();
@@ -184,7 +189,7 @@ fn malformed_frames_end_the_session_and_the_node_keeps_serving() {
 
 /// A peer that dials `addr` and can open streams; its swarm is polled in the background.
 async fn stranger(addr: &Multiaddr) -> (libp2p_stream::Control, PeerId) {
-    let mut swarm = build_swarm(Keypair::generate_ed25519(), |_| {
+    let mut swarm = build_swarm(Keypair::generate_ed25519(), None, |_| {
         libp2p_stream::Behaviour::new()
     })
     .unwrap();
@@ -353,6 +358,7 @@ fn bad_batches_from_a_peer_end_its_stream_and_nonsense_messages_are_ignored() {
                     queued: u32::MAX,
                     running: u32::MAX,
                     nthreads: if round == 0 { 0 } else { u32::MAX },
+                    paused: round == 2,
                 },
                 msgs: msgs.clone(),
             };
@@ -372,9 +378,14 @@ fn a_graph_with_an_unknown_function_is_rejected_whole_and_nothing_of_it_runs() {
     let node = NodeProcess::start(NODE, &[]);
     let addr: Multiaddr = node.multiaddr.parse().unwrap();
     bounded(60, async {
-        let remote = RemoteNode::connect(addr.clone(), DEFAULT_MAX_FRAME, Duration::from_secs(10))
-            .await
-            .unwrap();
+        let remote = RemoteNode::connect(
+            addr.clone(),
+            DEFAULT_MAX_FRAME,
+            Duration::from_secs(10),
+            None,
+        )
+        .await
+        .unwrap();
         let one = rdask_graph::Arg::Value(rdask_graph::value::encode(&1i64).unwrap());
         let tasks = vec![
             rdask_graph::TaskSpec::new("inc-a".into(), rdask_tests::inc.name(), vec![one.clone()]),
@@ -431,7 +442,7 @@ fn a_client_with_another_protocol_version_is_refused_with_a_reason() {
     let node = NodeProcess::start(NODE, &[]);
     let addr: Multiaddr = node.multiaddr.parse().unwrap();
     bounded(60, async {
-        let remote = RemoteNode::connect(addr, DEFAULT_MAX_FRAME, Duration::from_secs(10))
+        let remote = RemoteNode::connect(addr, DEFAULT_MAX_FRAME, Duration::from_secs(10), None)
             .await
             .unwrap();
         let resp = remote
@@ -463,7 +474,7 @@ fn a_peer_of_another_protocol_version_is_refused() {
     let mut node = NodeProcess::start(NODE, &[]);
     let addr: Multiaddr = node.multiaddr.parse().unwrap();
     bounded(60, async {
-        let mut swarm = build_swarm(Keypair::generate_ed25519(), |k| Stranger {
+        let mut swarm = build_swarm(Keypair::generate_ed25519(), None, |k| Stranger {
             identify: identify::Behaviour::new(identify::Config::new(
                 "/rdask/999".into(),
                 k.public(),

@@ -98,13 +98,29 @@ fn render(text: &str, vals: &BTreeMap<String, String>) -> Vec<String> {
         if skipping > 0 || t.contains("nindent") || t.starts_with('#') || t.is_empty() {
             continue;
         }
-        let mut l = t.replace("{{ include \"rdask.fullname\" . }}", "rdask");
+        let secret_name = match vals.get("clusterSecret.existingSecret") {
+            Some(name) if !name.is_empty() => name.clone(),
+            _ => "rdask-secret".to_string(),
+        };
+        let mut l = t
+            .replace("{{ include \"rdask.fullname\" . }}", "rdask")
+            .replace("{{ include \"rdask.secretName\" . }}", &secret_name);
         while let Some(start) = l.find("{{") {
             let end = l[start..].find("}}").expect("closed") + start + 2;
             let expr = l[start + 2..end - 2].trim();
             let (expr, quote) = match expr.strip_suffix("| quote") {
                 Some(e) => (e.trim(), true),
                 None => (expr, false),
+            };
+            // `required "message" .Values.x`: the value, which must not be empty.
+            let expr = match expr.strip_prefix("required \"") {
+                Some(rest) => {
+                    let (message, value) = rest.split_once("\" ").expect("a quoted message");
+                    let k = value.trim().trim_start_matches(".Values.");
+                    assert!(vals.get(k).is_some_and(|v| !v.is_empty()), "{message}");
+                    value.trim()
+                }
+                None => expr,
             };
             let value = if let Some(k) = expr.strip_prefix(".Values.") {
                 vals.get(k)
@@ -148,6 +164,9 @@ fn facts(lines: impl IntoIterator<Item = String>) -> BTreeSet<String> {
                 "maxUnavailable:",
                 "terminationGracePeriodSeconds:",
                 "image:",
+                "- name: RDASK_",
+                "resource: limits",
+                "key:",
             ]
             .iter()
             .any(|p| l.starts_with(p))
@@ -167,6 +186,7 @@ fn the_chart_and_the_plain_manifests_agree_on_names_ports_probes_and_the_seed() 
         "pdb.yaml",
         "servicemonitor.yaml",
         "hpa.yaml",
+        "secret.yaml",
     ] {
         rendered.extend(render(
             &read(&format!("deploy/helm/rdask/templates/{t}")),
@@ -215,6 +235,8 @@ fn the_chart_and_the_plain_manifests_agree_on_names_ports_probes_and_the_seed() 
         "--join",
         "--dashboard-address",
         "--cluster-size",
+        "--memory-limit",
+        "--cluster-secret",
     ] {
         assert!(help.contains(flag), "{flag} is not an option of rdask-node");
     }
@@ -223,9 +245,49 @@ fn the_chart_and_the_plain_manifests_agree_on_names_ports_probes_and_the_seed() 
         "RDASK_JOIN",
         "RDASK_DASHBOARD_ADDRESS",
         "RDASK_LISTEN",
+        "RDASK_MEMORY_LIMIT",
+        "RDASK_CLUSTER_SECRET",
     ] {
         assert!(help.contains(var), "{var} is not read by rdask-node");
     }
+}
+
+#[test]
+fn with_a_cluster_secret_the_chart_makes_the_secret_its_pods_read() {
+    let mut vals = values(&read("deploy/helm/rdask/values.yaml"));
+    assert_eq!(
+        vals.get("clusterSecret.enabled").map(String::as_str),
+        Some("false")
+    );
+    vals.insert("clusterSecret.enabled".into(), "true".into());
+    vals.insert("clusterSecret.value".into(), "s3cret".into());
+    let secret = render(&read("deploy/helm/rdask/templates/secret.yaml"), &vals);
+    let pods = render(&read("deploy/helm/rdask/templates/statefulset.yaml"), &vals);
+    assert!(secret.contains(&"kind: Secret".to_string()), "{secret:#?}");
+    assert!(secret.contains(&"name: rdask-secret".to_string()));
+    assert!(
+        secret.contains(&"secret: \"s3cret\"".to_string()),
+        "{secret:#?}"
+    );
+    let at = pods
+        .iter()
+        .position(|l| l == "- name: RDASK_CLUSTER_SECRET")
+        .expect("the pods read the secret");
+    assert_eq!(pods[at + 3], "name: rdask-secret");
+    assert_eq!(pods[at + 4], "key: secret");
+    // A Secret of the user's own: the chart makes none and the pods read that one.
+    vals.insert("clusterSecret.existingSecret".into(), "mine".into());
+    vals.insert("clusterSecret.value".into(), String::new());
+    let secret = render(&read("deploy/helm/rdask/templates/secret.yaml"), &vals);
+    assert!(secret.is_empty(), "{secret:#?}");
+    let pods = render(&read("deploy/helm/rdask/templates/statefulset.yaml"), &vals);
+    assert!(pods.contains(&"name: mine".to_string()));
+    // Enabled with neither: rendering fails with the chart's message.
+    vals.insert("clusterSecret.existingSecret".into(), String::new());
+    let failed = std::panic::catch_unwind(|| {
+        render(&read("deploy/helm/rdask/templates/secret.yaml"), &vals)
+    });
+    assert!(failed.is_err());
 }
 
 #[test]

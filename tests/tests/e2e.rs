@@ -217,3 +217,87 @@ fn an_identity_file_gives_the_same_peer_id_on_every_start() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_cluster_with_a_secret_admits_only_nodes_and_clients_that_have_it() {
+    let dir = std::env::temp_dir().join(format!("rdask-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("secret");
+    std::fs::write(&file, "correct horse battery staple\n").unwrap();
+    let a = NodeProcess::start(
+        NODE,
+        &[
+            "--nthreads",
+            "2",
+            "--cluster-secret-file",
+            file.to_str().unwrap(),
+        ],
+    );
+    let b = NodeProcess::start(
+        NODE,
+        &[
+            "--nthreads",
+            "2",
+            "--cluster-secret",
+            "correct horse battery staple",
+            "--join",
+            &a.multiaddr,
+        ],
+    );
+    // No secret, and a wrong one: neither gets in.
+    let c = NodeProcess::start(NODE, &["--nthreads", "2", "--join", &a.multiaddr]);
+    let d = NodeProcess::start(
+        NODE,
+        &[
+            "--nthreads",
+            "2",
+            "--cluster-secret",
+            "wrong",
+            "--join",
+            &a.multiaddr,
+        ],
+    );
+    let address = format!("tcp://127.0.0.1:{}", a.port);
+    let members = [a.peer_id.clone(), b.peer_id.clone()];
+    bounded(120, move || {
+        let client = Client::connect_with_secret(&address, "correct horse battery staple")
+            .expect("the right secret connects");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let nodes = block(client.nodes()).unwrap();
+            if nodes.len() == 2 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{nodes:#?}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        // Long enough for the outsiders to have tried to join several times.
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let mut ids: Vec<String> = block(client.nodes())
+            .unwrap()
+            .into_iter()
+            .map(|n| n.member.id.0.to_string())
+            .collect();
+        ids.sort();
+        let mut want = members.to_vec();
+        want.sort();
+        assert_eq!(ids, want, "only the nodes with the secret are members");
+        let futures = client.map(inc, 0..100i64);
+        let values = block(client.gather(&futures)).unwrap();
+        assert_eq!(values, (1..=100).collect::<Vec<i64>>());
+
+        for (secret, what) in [(None, "no secret"), (Some("wrong"), "a wrong secret")] {
+            let refused = match secret {
+                None => Client::connect(&address),
+                Some(s) => Client::connect_with_secret(&address, s),
+            };
+            let e = refused.err().unwrap_or_else(|| panic!("{what} connected"));
+            assert!(
+                matches!(e, Error::Connect { .. }) && e.to_string().contains("secret"),
+                "{what}: {e}"
+            );
+        }
+    });
+    drop((a, b, c, d));
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -212,3 +212,40 @@ fn tasks_that_need_a_gpu_run_only_on_the_node_that_has_one() {
     });
     drop((plain, gpu));
 }
+
+#[test]
+fn a_node_at_its_memory_limit_pauses_and_its_peers_run_its_clients_tasks() {
+    let plain = NodeProcess::start(NODE, &["--nthreads", "2"]);
+    // 1 MiB: the process alone is over 80% of it, so this node is paused from its start.
+    let tight = NodeProcess::start(
+        NODE,
+        &[
+            "--nthreads",
+            "2",
+            "--memory-limit",
+            "1MiB",
+            "--join",
+            &plain.multiaddr,
+        ],
+    );
+    let addrs = vec![plain.multiaddr.clone(), tight.multiaddr.clone()];
+    let (plain_pid, tight_id) = (plain.pid(), tight.peer_id.clone());
+    bounded(120, move || {
+        settle(&addrs);
+        let client = Client::connect(&addrs[1]).expect("connect");
+        let futures = client.map(where_am_i, 0..200u64);
+        let results = rdask::block_on(client.gather(&futures)).expect("gather");
+        for (i, (x, pid)) in results.into_iter().enumerate() {
+            assert_eq!(x, i as u64);
+            assert_eq!(pid, plain_pid, "task {i} ran on the paused node");
+        }
+        let nodes = rdask::block_on(client.nodes()).expect("nodes");
+        let me = nodes
+            .iter()
+            .find(|n| n.member.id.0.as_ref() == tight_id)
+            .expect("the paused node is listed");
+        assert!(me.load.paused, "{me:?}");
+        assert_eq!(me.member.memory_limit, 1 << 20);
+    });
+    drop((plain, tight));
+}

@@ -673,3 +673,96 @@ fn a_rebalance_moves_half_of_one_nodes_results_and_drops_them_where_they_were() 
     };
     assert_eq!(r.iter().map(int).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
 }
+
+#[test]
+fn a_node_at_its_memory_mark_starts_nothing_until_its_memory_is_down() {
+    let mut c = core();
+    c.set_memory_limit(Some(1000));
+    // The process's resident memory at 85% of the limit.
+    c.handle_process_memory(850);
+    assert!(c.is_paused() && c.load().paused);
+    let tasks = (0..4)
+        .map(|i| spec(&format!("inc-{i}"), "inc", vec![lit(i)]))
+        .collect();
+    assert_eq!(submit(&mut c, 1, tasks), SubmitOutcome::Accepted);
+    assert!(c.take_jobs().is_empty(), "a paused node starts no task");
+    assert_eq!(c.load().queued, 4);
+    // Memory back below 80%: the queue runs.
+    c.handle_process_memory(790);
+    assert!(!c.is_paused());
+    assert_eq!(run_all(&mut c).len(), 4);
+    let r = gather(&mut c, &["inc-0", "inc-3"]);
+    assert_eq!((int(&r[0]), int(&r[1])), (1, 4));
+    assert_eq!(c.stats().pauses, 1);
+}
+
+#[test]
+fn results_held_count_against_the_memory_limit() {
+    let mut c = core();
+    // Any stored result is over 80% of a one-byte limit.
+    c.set_memory_limit(Some(1));
+    assert!(!c.is_paused());
+    let mut tasks = vec![spec("inc-0", "inc", vec![lit(0)])];
+    for i in 1..5 {
+        tasks.push(spec(
+            &format!("inc-{i}"),
+            "inc",
+            vec![key(&format!("inc-{}", i - 1))],
+        ));
+    }
+    submit(&mut c, 1, tasks);
+    assert_eq!(run_all(&mut c), vec!["inc-0"]);
+    assert!(c.is_paused(), "{:?}", c.load());
+    // Lifting the limit lets the rest of the chain run.
+    c.set_memory_limit(None);
+    assert_eq!(run_all(&mut c).len(), 4);
+    assert_eq!(int(&gather(&mut c, &["inc-4"])[0]), 5);
+}
+
+#[test]
+fn a_paused_node_places_its_graphs_tasks_on_peers_and_peers_place_nothing_on_it() {
+    let mut a = core_named("node-a");
+    let mut b = core_named("node-b");
+    let view = |c: &NodeCore, a_paused: bool| {
+        let mut m = vec![member(c, "node-a", true), member(c, "node-b", true)];
+        m[0].load.paused = a_paused;
+        m
+    };
+    a.handle_members(&view(&a, true));
+    b.handle_members(&view(&b, true));
+    a.set_memory_limit(Some(100));
+    a.handle_process_memory(100);
+    let tasks = |p: &str| {
+        (0..6)
+            .map(|i| spec(&format!("{p}-{i}"), "inc", vec![lit(i)]))
+            .collect::<Vec<_>>()
+    };
+    submit(&mut a, 1, tasks("a"));
+    assert!(a.take_jobs().is_empty());
+    let assigned: usize = a
+        .take_sends()
+        .iter()
+        .filter(|(to, _)| &*to.0 == "node-b")
+        .map(|(_, batch)| {
+            batch
+                .msgs
+                .iter()
+                .filter(|m| matches!(m, PeerMsg::Assign(_)))
+                .count()
+        })
+        .sum();
+    assert_eq!(
+        assigned, 6,
+        "every task of the paused node's graph goes to its peer"
+    );
+    // node-b runs its own graph itself, however busy: node-a is paused.
+    submit(&mut b, 2, tasks("b"));
+    let sent_to_a = b
+        .take_sends()
+        .iter()
+        .filter(|(to, _)| &*to.0 == "node-a")
+        .flat_map(|(_, batch)| batch.msgs.iter())
+        .filter(|m| matches!(m, PeerMsg::Assign(_)))
+        .count();
+    assert_eq!(sent_to_a, 0);
+}

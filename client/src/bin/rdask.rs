@@ -70,6 +70,7 @@ fn main() {
             );
             for n in &nodes {
                 let state = match n.state {
+                    rdask::MemberState::Alive if n.load.paused => "paused",
                     rdask::MemberState::Alive => "alive",
                     rdask::MemberState::Down => "down",
                 };
@@ -78,7 +79,12 @@ fn main() {
                     n.member.id.0,
                     state,
                     n.member.nthreads,
-                    gib(n.member.memory_bytes),
+                    // The node's limit, when it has one; else the machine's memory.
+                    gib(if n.member.memory_limit > 0 {
+                        n.member.memory_limit
+                    } else {
+                        n.member.memory_bytes
+                    }),
                     n.load.queued,
                     n.load.running,
                     n.load.stored,

@@ -8,6 +8,11 @@ unless the release name contains it already. */}}
 {{- end -}}
 {{- end -}}
 
+{{/* The Secret holding the cluster secret: the one named, or the chart's own. */}}
+{{- define "rdask.secretName" -}}
+{{- default (printf "%s-secret" (include "rdask.fullname" .)) .Values.clusterSecret.existingSecret -}}
+{{- end -}}
+
 {{- define "rdask.labels" -}}
 app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
