@@ -166,6 +166,7 @@ fn member(i: u32) -> MemberInfo {
         nthreads: 8,
         memory_bytes: 1 << 34,
         memory_limit: 0,
+        data_port: 0,
         functions_digest: 7,
         functions: 11,
         version: "0.1.0".into(),

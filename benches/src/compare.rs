@@ -168,7 +168,7 @@ pub(crate) fn run(args: &Args) -> rdask::Result<()> {
         "ratio",
         &eff,
     );
-    let rates = crate::transfer_rates(&client, args.mib, args.repeats.min(3))?;
+    let rates = crate::transfer_rates(&client, args.mib, args.repeats.min(3), 0)?;
     emit(
         "cluster",
         &format!("{} MiB between two nodes", args.mib),

@@ -101,6 +101,11 @@ struct Args {
     /// times a second), runs interleaved.
     #[arg(long)]
     dashboard: bool,
+    /// Only the transfer figure: `--mib` MiB between two node processes, with the data
+    /// path (plain TCP beside libp2p) and without it (`--no-data-path`: all by libp2p),
+    /// two clusters measured in turn.
+    #[arg(long)]
+    transfer: bool,
     /// Run as a node (used by the benchmark itself for the network figures).
     #[arg(long, hide = true, num_args = 0.., allow_hyphen_values = true)]
     node: Option<Vec<String>>,
@@ -218,12 +223,16 @@ impl Drop for NodeProcess {
 }
 
 fn start_node(nthreads: usize, join: Option<&str>) -> (NodeProcess, String) {
-    let (node, addr, _) = start_node_with_dashboard(nthreads, join);
+    let (node, addr, _) = start_node_with_dashboard(nthreads, join, &[]);
     (node, addr)
 }
 
 /// A node process, its address and its dashboard's (`127.0.0.1:PORT`).
-fn start_node_with_dashboard(nthreads: usize, join: Option<&str>) -> (NodeProcess, String, String) {
+fn start_node_with_dashboard(
+    nthreads: usize,
+    join: Option<&str>,
+    extra: &[&str],
+) -> (NodeProcess, String, String) {
     let exe = std::env::current_exe().expect("own path");
     let threads = nthreads.to_string();
     let mut node_args = vec![
@@ -238,6 +247,7 @@ fn start_node_with_dashboard(nthreads: usize, join: Option<&str>) -> (NodeProces
     if let Some(seed) = join {
         node_args.extend(["--join", seed]);
     }
+    node_args.extend(extra);
     let mut child = Command::new(exe)
         .args(node_args)
         .env("RUST_LOG", "warn")
@@ -315,7 +325,7 @@ fn watch(
 /// Tiny-task throughput of one node process, without and with its dashboard watched.
 fn dashboard_figure(args: &Args) -> rdask::Result<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let (_node, addr, dashboard) = start_node_with_dashboard(args.nthreads, None);
+    let (_node, addr, dashboard) = start_node_with_dashboard(args.nthreads, None, &[]);
     let client = Client::connect(&addr)?;
     let run = || -> rdask::Result<f64> {
         let start = Instant::now();
@@ -381,6 +391,9 @@ fn main() -> rdask::Result<()> {
     if args.dashboard {
         return dashboard_figure(&args);
     }
+    if args.transfer {
+        return transfer_figure(&args);
+    }
     {
         let client = Client::local_with_threads(args.nthreads)?;
         let f = measure(&client, &args)?;
@@ -430,7 +443,7 @@ fn cluster(args: &Args) -> rdask::Result<()> {
         m.median
     );
 
-    let r = spread(transfer_rates(&client, args.mib, args.repeats.min(3))?);
+    let r = spread(transfer_rates(&client, args.mib, args.repeats.min(3), 0)?);
     println!(
         "{label:<8} {:<36} {:>12.1} {:<8} ({:.1} – {:.1})",
         format!("{} MiB between two nodes", args.mib),
@@ -443,15 +456,42 @@ fn cluster(args: &Args) -> rdask::Result<()> {
     Ok(())
 }
 
+/// The transfer figure, with and without the data path (see `--transfer`).
+fn transfer_figure(args: &Args) -> rdask::Result<()> {
+    let (_fast_nodes, fast) = start_cluster_with(2, args.nthreads, &[])?;
+    let (_slow_nodes, slow) = start_cluster_with(2, args.nthreads, &["--no-data-path"])?;
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for r in 0..args.repeats as u64 {
+        with.extend(transfer_rates(&fast, args.mib, 1, 1_000 + r)?);
+        without.extend(transfer_rates(&slow, args.mib, 1, 2_000 + r)?);
+    }
+    let (a, b) = (spread(with), spread(without));
+    for (name, s) in [("with the data path", &a), ("libp2p only", &b)] {
+        println!(
+            "{:<44} {:>10.1} MB/s ({:.1} – {:.1})",
+            format!("{} MiB between two nodes, {name}", args.mib),
+            s.median,
+            s.min,
+            s.max
+        );
+    }
+    println!("ratio of the medians: {:.2}", a.median / b.median);
+    Ok(())
+}
+
 /// MB/s of a value of `mib` MiB made on the cluster's second node and read on its first
 /// (one figure per repetition).
-fn transfer_rates(client: &Client, mib: u32, repeats: usize) -> rdask::Result<Vec<f64>> {
+fn transfer_rates(client: &Client, mib: u32, repeats: usize, seed: u64) -> rdask::Result<Vec<f64>> {
     let members = rdask::block_on(client.nodes())?;
     let here = members[0].member.id.0.to_string();
     let there = members[1].member.id.0.to_string();
     let mut rates = Vec::new();
     for r in 0..repeats {
-        let data = client.submit_with(blob, (mib, r as u64), &TaskOptions::new().workers([&there]));
+        let data = client.submit_with(
+            blob,
+            (mib, seed + r as u64),
+            &TaskOptions::new().workers([&there]),
+        );
         let made = client.submit_with(byte_len, (&data,), &TaskOptions::new().workers([&there]));
         rdask::block_on(made.result())?;
         let start = Instant::now();
@@ -467,10 +507,19 @@ fn transfer_rates(client: &Client, mib: u32, repeats: usize) -> rdask::Result<Ve
 /// Starts `n` node processes joined into one cluster and a client of the first, once the
 /// first sees every member (and its loop has been told).
 fn start_cluster(n: usize, nthreads: usize) -> rdask::Result<(Vec<NodeProcess>, Client)> {
-    let (first, seed) = start_node(nthreads, None);
+    start_cluster_with(n, nthreads, &[])
+}
+
+/// [`start_cluster`], every node started with the `extra` options.
+fn start_cluster_with(
+    n: usize,
+    nthreads: usize,
+    extra: &[&str],
+) -> rdask::Result<(Vec<NodeProcess>, Client)> {
+    let (first, seed, _) = start_node_with_dashboard(nthreads, None, extra);
     let mut nodes = vec![first];
     for _ in 1..n {
-        nodes.push(start_node(nthreads, Some(&seed)).0);
+        nodes.push(start_node_with_dashboard(nthreads, Some(&seed), extra).0);
     }
     let client = Client::connect(&seed)?;
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -84,6 +84,10 @@ pub struct MemberInfo {
     /// Its memory limit in bytes (`--memory-limit`); 0: none.
     #[serde(default)]
     pub memory_limit: u64,
+    /// The TCP port of its data path (large values, beside libp2p) on the host of its
+    /// first address; 0: none.
+    #[serde(default)]
+    pub data_port: u16,
 }
 
 /// A node's load, as gossiped later and reported to clients now.
@@ -119,6 +123,7 @@ mod tests {
             resources: vec![("GPU".into(), 2)],
             dashboard: String::new(),
             memory_limit: 0,
+            data_port: 0,
         };
         let bytes = postcard::to_allocvec(&m).unwrap();
         assert_eq!(postcard::from_bytes::<MemberInfo>(&bytes).unwrap(), m);

@@ -737,6 +737,7 @@ mod tests {
             nthreads: threads,
             memory_bytes: 1 << 30,
             memory_limit: 0,
+            data_port: 0,
             functions_digest: 7,
             functions: 3,
             version: "0.1.0".into(),

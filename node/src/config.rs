@@ -115,6 +115,21 @@ pub struct Cli {
     )]
     pub cluster_secret_file: Option<PathBuf>,
 
+    /// The TCP port of the data path: batches carrying large values go to peers over a
+    /// plain TCP connection (authenticated by the node's key, not encrypted) beside libp2p,
+    /// several times faster. 0: any free port. Off with a cluster secret.
+    #[arg(long, env = "RDASK_DATA_PORT", default_value_t = 0)]
+    pub data_port: u16,
+
+    /// No data path: every value goes through libp2p (encrypted by noise).
+    #[arg(
+        long,
+        env = "RDASK_NO_DATA_PATH",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub no_data_path: bool,
+
     /// Print the task functions compiled into this binary and exit.
     #[arg(long)]
     pub list_functions: bool,
@@ -147,6 +162,8 @@ pub struct NodeConfig {
     pub memory_limit: Option<u64>,
     /// The cluster secret, if any: connections are made and accepted only with it.
     pub secret: Option<crate::ClusterSecret>,
+    /// The data path's port (0: any free one); `None`: no data path.
+    pub data_port: Option<u16>,
 }
 
 /// `--memory-limit`, as given.
@@ -281,6 +298,7 @@ impl NodeConfig {
             dashboard: None,
             memory_limit: None,
             secret: None,
+            data_port: None,
         }
     }
 }
@@ -307,6 +325,7 @@ impl Cli {
             (None, None) => None,
         };
         Ok(NodeConfig {
+            data_port: (!self.no_data_path).then_some(self.data_port),
             secret,
             listen: self.listen,
             join: self.join,

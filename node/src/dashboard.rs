@@ -53,6 +53,8 @@ struct Dash {
     max_frame: usize,
     /// The cluster secret, to reach other members.
     secret: Option<crate::ClusterSecret>,
+    /// What went over the data path.
+    data: Arc<crate::datapath::DataStats>,
     /// Sessions to other members, kept between requests (dropped when one fails).
     peers: tokio::sync::Mutex<HashMap<NodeId, RemoteNode>>,
     /// Graphs this dashboard has listed, with when: shown as finished for a while after
@@ -91,6 +93,7 @@ pub fn serve(
     me: NodeId,
     max_frame: usize,
     secret: Option<crate::ClusterSecret>,
+    data: Arc<crate::datapath::DataStats>,
 ) -> tokio::task::JoinHandle<()> {
     let dash = Arc::new(Dash {
         actor,
@@ -98,6 +101,7 @@ pub fn serve(
         me,
         max_frame,
         secret,
+        data,
         peers: tokio::sync::Mutex::new(HashMap::new()),
         recent: std::sync::Mutex::new(HashMap::new()),
     });
@@ -535,7 +539,25 @@ async fn metrics(State(dash): State<Arc<Dash>>) -> Response {
     };
     let members = dash.members().await.unwrap_or_default();
     let gossip = dash.gossip_stats().await;
-    let body = render_metrics(&snapshot, &members, gossip);
+    let mut body = render_metrics(&snapshot, &members, gossip);
+    for (name, help, v) in [
+        (
+            "rdask_data_path_sent_bytes_total",
+            "Bytes of values sent to peers over the data path (plain TCP beside libp2p).",
+            &dash.data.sent_bytes,
+        ),
+        (
+            "rdask_data_path_received_bytes_total",
+            "Bytes of values received from peers over the data path.",
+            &dash.data.received_bytes,
+        ),
+    ] {
+        let v = v.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(
+            body,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -15,6 +15,7 @@ pub mod builtins;
 pub mod codec;
 mod config;
 pub mod dashboard;
+pub mod datapath;
 pub mod net;
 pub mod secret;
 
@@ -260,6 +261,7 @@ fn member_info(
     registry: &Registry,
     resources: &[(String, u64)],
     memory_limit: Option<u64>,
+    data_port: u16,
 ) -> MemberInfo {
     MemberInfo {
         id,
@@ -273,6 +275,7 @@ fn member_info(
         resources: resources.to_vec(),
         dashboard: String::new(),
         memory_limit: memory_limit.unwrap_or(0),
+        data_port,
     }
 }
 
@@ -283,6 +286,39 @@ fn rand_seed() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(rdask_actors::now_ms());
     h.finish()
+}
+
+/// Keeps the data path's table of peers' data ports up to date with the gossiped members
+/// (every second).
+async fn refresh_data_ports(
+    gossip: ractor::ActorRef<rdask_actors::GossipMsg>,
+    lanes: std::sync::Arc<datapath::DataLanes>,
+) {
+    loop {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let ask = rdask_actors::GossipMsg::Members(Box::new(move |m| {
+            let _ = tx.send(m);
+        }));
+        if gossip.send_message(ask).is_err() {
+            return;
+        }
+        if let Ok(members) = rx.await {
+            lanes.set_ports(
+                members
+                    .into_iter()
+                    .filter(|m| m.state == rdask_gossip::MemberState::Alive)
+                    .filter_map(|m| {
+                        let host = m
+                            .info
+                            .addresses
+                            .first()
+                            .and_then(|a| datapath::host_of(a))?;
+                        Some((m.info.id, host, m.info.data_port))
+                    }),
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Starts a node in the current tokio runtime.
@@ -303,6 +339,7 @@ pub async fn start(
         None => Keypair::generate_ed25519(),
     };
     let peer_id = keypair.public().to_peer_id();
+    let keypair_for_data = Some(keypair.clone());
     let nthreads = config.nthreads.max(1);
     let dashboard_listener = match config.dashboard {
         Some(addr) => Some(
@@ -325,6 +362,7 @@ pub async fn start(
         registry,
         &config.resources,
         config.memory_limit,
+        0,
     );
     member.dashboard = dashboard_addr
         .map(|a| dashboard_link(a, None))
@@ -344,9 +382,45 @@ pub async fn start(
     } else {
         None
     };
+    // The data path for large values (not with a secret: it would bypass it).
+    let data_listener = match (
+        &swarm,
+        config.data_port,
+        &config.secret,
+        config.listen.first(),
+    ) {
+        (Some(_), Some(port), None, Some(listen)) => Some(
+            datapath::bind(listen, port)
+                .await
+                .map_err(|e| NetError::Listen {
+                    addr: listen.clone(),
+                    reason: format!("the data port {port}: {e}"),
+                })?,
+        ),
+        (Some(_), Some(_), Some(_), _) => {
+            tracing::info!("no data path: with a cluster secret every value goes through libp2p");
+            None
+        }
+        _ => None,
+    };
+    let data_port = data_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map_or(0, |a| a.port());
+    member.data_port = data_port;
+    let data_stats = std::sync::Arc::new(datapath::DataStats::default());
+    let lanes = data_listener.as_ref().map(|_| {
+        std::sync::Arc::new(datapath::DataLanes::new(
+            keypair_for_data.clone().expect("a network node has a key"),
+            config.max_frame,
+            config.max_value,
+            data_stats.clone(),
+        ))
+    });
     let send_peer = swarm.as_ref().map(|swarm| {
         let links = net::PeerLinks::new(
             swarm.behaviour().streams.new_control(),
+            lanes.clone(),
             config.max_frame,
             config.max_value,
         );
@@ -473,6 +547,7 @@ pub async fn start(
                     registry,
                     &config.resources,
                     config.memory_limit,
+                    data_port,
                 )
             },
             config: rdask_gossip::GossipConfig::lan(config.cluster_size),
@@ -486,6 +561,17 @@ pub async fn start(
         tasks.push(gossip_task);
         let _ = actor.send_message(NodeMsg::SetGossip(gossip.clone()));
         gossip_actor = Some(gossip.clone());
+        if let (Some(listener), Some(lanes)) = (data_listener, lanes) {
+            tasks.push(tokio::spawn(datapath::serve_data(
+                listener,
+                peer_id,
+                actor.clone(),
+                data_stats.clone(),
+                config.max_frame,
+                config.max_value,
+            )));
+            tasks.push(tokio::spawn(refresh_data_ports(gossip.clone(), lanes)));
+        }
         let wiring = net::GossipWiring {
             actor: gossip,
             outgoing: gossip_rx,
@@ -508,6 +594,7 @@ pub async fn start(
             NodeId(peer_id.to_string().into()),
             config.max_frame,
             config.secret,
+            data_stats,
         );
         tracing::info!(%addr, "dashboard");
         (addr, task)

@@ -292,6 +292,8 @@ async fn serve_session(
 /// its own on the first batch for that peer, and again on the next batch after a failure.
 pub(crate) struct PeerLinks {
     control: libp2p_stream::Control,
+    /// The data path, for batches carrying large values (see [`crate::datapath`]).
+    data: Option<Arc<crate::datapath::DataLanes>>,
     links: Mutex<HashMap<PeerId, mpsc::UnboundedSender<PeerBatch>>>,
     runtime: tokio::runtime::Handle,
     max_frame: usize,
@@ -301,9 +303,15 @@ pub(crate) struct PeerLinks {
 impl PeerLinks {
     /// Links opened through `control`, their writers spawned on the current tokio runtime
     /// (must be called within one).
-    pub(crate) fn new(control: libp2p_stream::Control, max_frame: usize, max_value: u64) -> Self {
+    pub(crate) fn new(
+        control: libp2p_stream::Control,
+        data: Option<Arc<crate::datapath::DataLanes>>,
+        max_frame: usize,
+        max_value: u64,
+    ) -> Self {
         PeerLinks {
             control,
+            data,
             links: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
             max_frame,
@@ -319,6 +327,13 @@ impl PeerLinks {
                 tracing::warn!(peer = %to.0, error = %e, "dropped a batch for a node whose id is not a peer id");
                 return;
             }
+        };
+        let batch = match &self.data {
+            Some(data) => match data.send(peer, batch) {
+                Ok(()) => return,
+                Err(batch) => batch,
+            },
+            None => batch,
         };
         let mut links = self.links.lock().expect("peer links");
         let batch = match links.get(&peer) {
@@ -926,7 +941,7 @@ mod tests {
         let (a_id, b_id) = (*a.local_peer_id(), *b.local_peer_id());
         let mut incoming = b.behaviour().new_control().accept(NODE_PROTOCOL).unwrap();
         a.add_peer_address(b_id, addr);
-        let links = PeerLinks::new(a.behaviour().streams.new_control(), 1 << 20, 1 << 20);
+        let links = PeerLinks::new(a.behaviour().streams.new_control(), None, 1 << 20, 1 << 20);
         tokio::spawn(async move {
             loop {
                 a.select_next_some().await;

@@ -382,6 +382,7 @@ impl Cluster {
             nthreads: 1 + (i as u32 % 8),
             memory_bytes: 1 << 30,
             memory_limit: 0,
+            data_port: 0,
             functions_digest: 7,
             functions: 8,
             version: "sim".into(),

@@ -122,6 +122,54 @@ fn random_bytes_on_the_node_port_do_not_crash_it() {
 }
 
 #[test]
+fn random_bytes_and_forged_handshakes_on_the_data_port_do_not_crash_it() {
+    let mut node = NodeProcess::start(NODE, &[]);
+    let addr: Multiaddr = node.multiaddr.parse().unwrap();
+    // The data port, from the node's member record.
+    let port = bounded(30, async {
+        let remote = RemoteNode::connect(
+            addr.clone(),
+            DEFAULT_MAX_FRAME,
+            Duration::from_secs(10),
+            None,
+        )
+        .await
+        .unwrap();
+        match remote.request(ClientRequest::Info).await.unwrap() {
+            ClientResponse::Info(nodes) => nodes[0].member.data_port,
+            other => panic!("unexpected {other:?}"),
+        }
+    });
+    assert_ne!(port, 0, "a node without a secret has a data port");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for i in 0..30 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut hello = [0u8; 45];
+        let _ = std::io::Read::read_exact(&mut s, &mut hello);
+        assert_eq!(&hello[..13], b"rdask-data/1\n");
+        let bytes: Vec<u8> = match i % 3 {
+            // A key and a signature of plausible sizes, both wrong.
+            0 => [&[36u8, 0][..], &[1u8; 36], &[64, 0], &[2u8; 64]].concat(),
+            // A field announced far too large.
+            1 => vec![0xff, 0xff, 0, 0],
+            _ => (0..rng.random_range(1..4096))
+                .map(|_| rng.random())
+                .collect(),
+        };
+        let _ = s.write_all(&bytes);
+        // Refused: the connection is closed without the byte that accepts it.
+        let mut ok = [0u8; 1];
+        let accepted = std::io::Read::read(&mut s, &mut ok).is_ok_and(|n| n == 1 && ok[0] == 1);
+        assert!(!accepted, "a forged handshake was accepted");
+    }
+    assert!(node.is_running(), "the node died on its data port");
+    bounded(60, node_still_serves(&addr));
+    assert!(node.is_running());
+}
+
+#[test]
 fn an_oversized_frame_is_refused_and_the_node_keeps_serving() {
     let mut node = NodeProcess::start(NODE, &["--max-frame-bytes", "1048576"]);
     let addr: Multiaddr = node.multiaddr.parse().unwrap();

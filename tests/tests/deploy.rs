@@ -210,6 +210,7 @@ fn the_chart_and_the_plain_manifests_agree_on_names_ports_probes_and_the_seed() 
         "serviceName: rdask-seed",
         "clusterIP: None",
         "containerPort: 4001",
+        "containerPort: 4002",
         "containerPort: 8787",
         "path: /health",
     ] {
@@ -217,7 +218,7 @@ fn the_chart_and_the_plain_manifests_agree_on_names_ports_probes_and_the_seed() 
     }
     // The image and compose file: same ports, health check, seed form.
     let docker = read("deploy/Dockerfile");
-    assert!(docker.contains("EXPOSE 4001 8787"));
+    assert!(docker.contains("EXPOSE 4001 4002 8787"));
     assert!(docker.contains("http://127.0.0.1:8787/health"));
     assert!(docker.contains("USER 10001"));
     let compose = read("deploy/compose.yaml");
@@ -237,6 +238,7 @@ fn the_chart_and_the_plain_manifests_agree_on_names_ports_probes_and_the_seed() 
         "--cluster-size",
         "--memory-limit",
         "--cluster-secret",
+        "--data-port",
     ] {
         assert!(help.contains(flag), "{flag} is not an option of rdask-node");
     }
@@ -246,6 +248,7 @@ fn the_chart_and_the_plain_manifests_agree_on_names_ports_probes_and_the_seed() 
         "RDASK_DASHBOARD_ADDRESS",
         "RDASK_LISTEN",
         "RDASK_MEMORY_LIMIT",
+        "RDASK_DATA_PORT",
         "RDASK_CLUSTER_SECRET",
     ] {
         assert!(help.contains(var), "{var} is not read by rdask-node");

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdask::{Client, MemberState, NodeStatus, TaskOptions};
-use rdask_tests::{NodeProcess, add, blob, bounded, checksum, inc, where_am_i};
+use rdask_tests::{NodeProcess, add, blob, bounded, checksum, http_get, inc, where_am_i};
 
 const NODE: &str = env!("CARGO_BIN_EXE_rdask-test-node");
 
@@ -158,6 +158,7 @@ fn two_clients_on_two_entry_nodes_run_graphs_at_once() {
 #[test]
 fn a_256_mib_value_moves_between_two_nodes_intact() {
     let (nodes, addrs) = cluster(2);
+    let dashboard = nodes[0].dashboard.clone().expect("a dashboard");
     bounded(300, move || {
         settle(&addrs);
         let client = Client::connect(&addrs[0]).expect("connect");
@@ -177,6 +178,15 @@ fn a_256_mib_value_moves_between_two_nodes_intact() {
         assert_eq!(got, expected);
         assert_eq!(got.0, 256 << 20);
         println!("256 MiB made on one node and read on the other in {elapsed:?}");
+        // It came by the data path (plain TCP beside libp2p), as values this large do.
+        let (_, metrics) = http_get(&format!("{dashboard}/metrics"));
+        let received: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("rdask_data_path_received_bytes_total "))
+            .expect("the data path's counter")
+            .parse()
+            .expect("a number");
+        assert!(received >= 256 << 20, "{received} bytes by the data path");
     });
     drop(nodes);
 }
