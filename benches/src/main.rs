@@ -464,6 +464,12 @@ fn transfer_figure(args: &Args) -> rdask::Result<()> {
     for r in 0..args.repeats as u64 {
         with.extend(transfer_rates(&fast, args.mib, 1, 1_000 + r)?);
         without.extend(transfer_rates(&slow, args.mib, 1, 2_000 + r)?);
+        println!(
+            "repetition {}: {:.0} MB/s with the data path, {:.0} MB/s libp2p only",
+            r + 1,
+            with[with.len() - 1],
+            without[without.len() - 1]
+        );
     }
     let (a, b) = (spread(with), spread(without));
     for (name, s) in [("with the data path", &a), ("libp2p only", &b)] {

@@ -289,7 +289,7 @@ fn rand_seed() -> u64 {
 }
 
 /// Keeps the data path's table of peers' data ports up to date with the gossiped members
-/// (every second).
+/// (five times a second: a cluster that just formed moves its first large values fast).
 async fn refresh_data_ports(
     gossip: ractor::ActorRef<rdask_actors::GossipMsg>,
     lanes: std::sync::Arc<datapath::DataLanes>,
@@ -317,7 +317,7 @@ async fn refresh_data_ports(
                     }),
             );
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
