@@ -525,6 +525,8 @@ pub struct NodeCore {
     process_memory: u64,
     /// Memory is at or above [`PAUSE_FRACTION`] of the limit: no task starts.
     paused: bool,
+    /// The stack of `maybe_forget`'s walk, kept to save an allocation per call.
+    forget_stack: Vec<TaskId>,
 
     // worker role
     foreign: Vec<Slot<Foreign>>,
@@ -649,6 +651,7 @@ impl NodeCore {
             memory_limit: None,
             process_memory: 0,
             paused: false,
+            forget_stack: Vec::new(),
             foreign: Vec::new(),
             foreign_free: Vec::new(),
             foreign_index: FxHashMap::default(),
@@ -2208,8 +2211,10 @@ impl NodeCore {
     /// Marks a task finished and propagates: dependents are placed or, on error, fail
     /// with the same cause; waiters progress; values nobody needs are dropped.
     fn finish(&mut self, root: TaskId, outcome: Outcome) {
-        let mut work = vec![(root, outcome)];
-        while let Some((id, outcome)) = work.pop() {
+        // Dependents failed by this task's failure; empty (no allocation) on success.
+        let mut work = Vec::new();
+        let mut next = Some((root, outcome));
+        while let Some((id, outcome)) = next.take().or_else(|| work.pop()) {
             let Some(task) = self.task_mut(id) else {
                 continue;
             };
@@ -2286,7 +2291,9 @@ impl NodeCore {
     /// Drops a task nobody needs: a finished one's value is freed (here and on its
     /// holders), an unfinished one is cancelled (and so are inputs only it needed).
     fn maybe_forget(&mut self, root: TaskId) {
-        let mut work = vec![root];
+        // The walk's stack is kept between calls (called twice per finished task).
+        let mut work = std::mem::take(&mut self.forget_stack);
+        work.push(root);
         while let Some(id) = work.pop() {
             let Some(t) = self.task(id) else { continue };
             if t.client_refs > 0 || t.pending_dependents > 0 || t.cancelled {
@@ -2351,6 +2358,7 @@ impl NodeCore {
                 }
             }
         }
+        self.forget_stack = work;
     }
 
     fn release_inputs(&mut self, deps: &[TaskId], work: &mut Vec<TaskId>) {
