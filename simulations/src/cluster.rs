@@ -428,6 +428,8 @@ pub struct Stats {
     pub stepped_down: u64,
     /// Take-overs put off by a node that saw only a minority of the cluster alive.
     pub no_quorum: u64,
+    /// Times a node paused under memory pressure.
+    pub pauses: u64,
 }
 
 impl Stats {
@@ -445,6 +447,7 @@ impl Stats {
         self.peers_back += s.peers_back;
         self.stepped_down += s.stepped_down;
         self.no_quorum += s.no_quorum;
+        self.pauses += s.pauses;
     }
 }
 
@@ -477,7 +480,14 @@ enum Event {
     Suspect(usize, usize),
     /// Membership at the first node sees the second alive again (the partition healed).
     Revive(usize, usize),
+    /// A node's process memory is now this many bytes (as its shell would measure it):
+    /// over the pause mark of [`SIM_MEMORY_LIMIT`] it pauses, below it resumes.
+    Memory(usize, u64),
 }
+
+/// Every simulated node's memory limit (`--memory-limit`): far above what results take, so
+/// only the scenario's memory pressure (`Event::Memory`) pauses a node.
+pub const SIM_MEMORY_LIMIT: u64 = 1 << 40;
 
 enum ClientOp {
     Submit(usize),
@@ -507,8 +517,10 @@ struct SimNode {
 impl SimNode {
     /// A fresh node named `name`, seeing dead the nodes marked in `dead_seen`.
     fn new(name: &NodeId, nthreads: u32, dead_seen: Vec<bool>) -> SimNode {
+        let mut core = NodeCore::new(&name.0, registry(), nthreads);
+        core.set_memory_limit(Some(SIM_MEMORY_LIMIT));
         SimNode {
-            core: NodeCore::new(&name.0, registry(), nthreads),
+            core,
             crashed: false,
             leaving: false,
             leave_at: 0,
@@ -703,6 +715,12 @@ impl Sim {
             }
         }
         let jobs = self.nodes[i].core.take_jobs();
+        if self.nodes[i].core.is_paused() && !jobs.is_empty() {
+            self.report.violations.push(format!(
+                "node {i} started {} tasks while paused for memory",
+                jobs.len()
+            ));
+        }
         for job in jobs {
             self.note(1, job.key.as_str().len() as u64);
             if self.watch.as_ref() == Some(&job.key) {
@@ -1223,6 +1241,13 @@ impl Sim {
                     }
                 }
                 Event::Join => self.join(),
+                Event::Memory(i, bytes) => {
+                    if !self.nodes[i].crashed {
+                        self.note(9, i as u64);
+                        self.nodes[i].core.handle_process_memory(bytes);
+                        self.drain(i);
+                    }
+                }
                 Event::Partition(group) => self.partition(&group),
                 Event::Heal => self.heal(),
                 Event::Suspect(o, i) => {
@@ -1525,6 +1550,20 @@ fn chaos(seed: u64, nodes: impl FnOnce(&mut StdRng) -> usize) -> ClusterReport {
         let at = pr.random_range(0..400_000);
         sim.at(at, Event::Partition(group));
         sim.at(at + pr.random_range(300_000..8_000_000), Event::Heal);
+    }
+    // Some runs put nodes under memory pressure for a while: each pauses (starts nothing,
+    // takes no work, gets none placed on it, its queue is for thieves), then resumes. Drawn
+    // apart too.
+    let mut mp = StdRng::seed_from_u64(seed ^ 0x9a05_ed00);
+    if mp.random_bool(0.3) {
+        let k = mp.random_range(1..=(n / 2).max(1));
+        for _ in 0..k {
+            let v = mp.random_range(0..n);
+            let at = mp.random_range(0..400_000);
+            let high = SIM_MEMORY_LIMIT / 10 * 9;
+            sim.at(at, Event::Memory(v, high));
+            sim.at(at + mp.random_range(50_000..3_000_000), Event::Memory(v, 0));
+        }
     }
     sim.run(600_000_000);
     if sim.report.lost == 0 && sim.report.duplicated == 0 && sim.report.violations.is_empty() {

@@ -17,7 +17,7 @@ fn seeds(ci: u64) -> u64 {
 #[test]
 fn owners_die_and_every_graph_still_completes_with_reference_results() {
     // 3 to 32 nodes; any node may die, the owners of graphs and their backups included.
-    let mut sums = [0u64; 11];
+    let mut sums = [0u64; 12];
     let n = seeds(500);
     for seed in 0..n {
         let r = graphs_chaos_between(seed + 1_000_000, 3, 32);
@@ -40,6 +40,7 @@ fn owners_die_and_every_graph_still_completes_with_reference_results() {
             r.stats.suspicions_refuted,
             r.stats.peers_back,
             r.stats.stepped_down,
+            r.stats.pauses,
         ]) {
             *s += v;
         }
@@ -48,7 +49,7 @@ fn owners_die_and_every_graph_still_completes_with_reference_results() {
         "{n} seeds, recovery paths exercised: steals {}, owner take-overs {}, tasks adopted \
          from members {}, clients re-attached {}, results recomputed {}, tasks placed again \
          {}, nodes crashed {}, partitions {}, suspicions refuted {}, peers back after a heal \
-         {}, stale owners stepped down {}",
+         {}, stale owners stepped down {}, nodes paused for memory {}",
         sums[0],
         sums[1],
         sums[2],
@@ -59,7 +60,8 @@ fn owners_die_and_every_graph_still_completes_with_reference_results() {
         sums[7],
         sums[8],
         sums[9],
-        sums[10]
+        sums[10],
+        sums[11]
     );
     assert!(
         sums.iter().all(|&s| s > 0),

@@ -63,7 +63,7 @@ fn main() {
     if scenario == "graphs-chaos" {
         let fixed = get("--nodes").map(|_| nodes);
         let started = std::time::Instant::now();
-        let mut sums = [0u64; 23];
+        let mut sums = [0u64; 24];
         for seed in from..from + count {
             let max_nodes = get("--max-nodes").map(|_| num("--max-nodes", 32) as usize);
             let run = std::panic::catch_unwind(|| match max_nodes {
@@ -108,6 +108,7 @@ fn main() {
                 r.stats.peers_back,
                 r.stats.stepped_down,
                 r.stats.no_quorum,
+                r.stats.pauses,
             ]) {
                 *s += v;
             }
@@ -139,7 +140,8 @@ fn main() {
              take-overs {} (tasks adopted from members {}), clients re-attached {}, graphs \
              submitted again by their client {}, dead owners' leftovers dropped {}, results \
              recomputed {}\n  partitions {}: suspicions refuted {}, peers back after a heal {}, \
-             stale owners stepped down {}, take-overs put off for want of a quorum {}",
+             stale owners stepped down {}, take-overs put off for want of a quorum {}\n  \
+             nodes paused for memory {}",
             count - failed,
             started.elapsed().as_secs_f64(),
             sums[0],
@@ -166,7 +168,8 @@ fn main() {
             sums[19],
             sums[20],
             sums[21],
-            sums[22]
+            sums[22],
+            sums[23]
         );
     } else if scenario == "steal-efficiency" {
         let ps: Vec<usize> = match get("--nodes") {
