@@ -82,7 +82,7 @@ const TRANSFERS_KEPT: usize = 1_000;
 
 /// Bit of [`TaskId::idx`] marking a task run for another owner.
 const FOREIGN: u32 = 1 << 31;
-/// The share of `--memory-limit` at which a node pauses: it starts no task and takes no
+/// The share of `--memory-limit` at which a node pauses: one task at a time, and no
 /// work from peers until its memory is below it again (Dask's `pause` fraction).
 pub(crate) const PAUSE_FRACTION: f64 = 0.8;
 
@@ -735,9 +735,10 @@ impl NodeCore {
 
     /// Sets the node's memory limit in bytes (`None`: no limit). At [`PAUSE_FRACTION`] of
     /// it, measured as the larger of the results held here and the process's memory
-    /// ([`NodeCore::handle_process_memory`]), the node pauses: it starts no task and asks
-    /// peers for none, peers place nothing on it and may take its queued tasks, until its
-    /// memory is below that mark again.
+    /// ([`NodeCore::handle_process_memory`]), the node pauses until its memory is below
+    /// that mark again: it asks peers for no work, peers place nothing on it and may take
+    /// its queued tasks, and it runs what stays queued here one task at a time, only when
+    /// nothing else runs (so that a graph whose next tasks would free memory cannot hang).
     pub fn set_memory_limit(&mut self, limit: Option<u64>) {
         self.memory_limit = limit.filter(|&l| l > 0);
         self.update_pause();
@@ -2971,10 +2972,15 @@ impl NodeCore {
     }
 
     fn dispatch(&mut self) {
-        if self.leaving.is_some() || self.paused {
+        if self.leaving.is_some() {
             return;
         }
         while let Some(&Reverse((_, idx, generation))) = self.ready.peek() {
+            // Paused for memory: one task at a time, and only when nothing runs, so that a
+            // graph whose next tasks would free memory (a reduction) cannot hang.
+            if self.paused && self.in_flight > 0 {
+                break;
+            }
             let id = TaskId { idx, generation };
             let key = if id.foreign() {
                 match self.foreign_ref(id) {

@@ -89,8 +89,9 @@ pub struct Cli {
     /// Memory this node may use: bytes with an optional unit (`4GiB`, `512MiB`, `8e9`,
     /// `4Gi` as Kubernetes writes it), a fraction of the machine's memory (`0.5`), `auto`
     /// (the container's limit if there is one, else the machine's memory) or `none`. At 80%
-    /// of it (results held plus the process's resident memory) the node pauses: it starts
-    /// no task until its memory is below that again, and peers take its queued work.
+    /// of it (results held, or the process's resident memory if larger) the node pauses
+    /// until its memory is below that again: no new work, peers take its queued tasks, and
+    /// what stays runs one task at a time.
     #[arg(
         long,
         env = "RDASK_MEMORY_LIMIT",
@@ -317,7 +318,16 @@ impl Cli {
         if self.max_frame_bytes < 1024 {
             return Err("--max-frame-bytes must be at least 1024".into());
         }
-        let secret = match (&self.cluster_secret, &self.cluster_secret_file) {
+        // A variable set to nothing (`RDASK_CLUSTER_SECRET=`) counts as unset.
+        let given = self
+            .cluster_secret
+            .as_ref()
+            .filter(|t| !t.trim().is_empty());
+        let file = self
+            .cluster_secret_file
+            .as_ref()
+            .filter(|p| !p.as_os_str().is_empty());
+        let secret = match (given, file) {
             (Some(text), _) => Some(
                 crate::ClusterSecret::new(text).map_err(|e| format!("--cluster-secret: {e}"))?,
             ),

@@ -664,7 +664,7 @@ pub fn render_metrics(
     family(
         "rdask_paused",
         "gauge",
-        "1 while this node is paused for memory (it starts no task).",
+        "1 while this node is paused for memory (no new work; one task at a time).",
         &one(u64::from(s.status.load.paused)),
     );
     family(

@@ -52,6 +52,11 @@ const BROKEN_FOR: Duration = Duration::from_secs(30);
 const MAX_KEY_BYTES: usize = 512;
 /// Most batches written between two flushes.
 const BATCHES_PER_FLUSH: usize = 16;
+/// A batch's write may take this long, plus [`WRITE_SECS_PER_MB`] per MB of it: a peer
+/// that stops reading (dead, cut off) fails the data path instead of holding it.
+const WRITE_BASE: Duration = Duration::from_secs(10);
+/// See [`WRITE_BASE`]: 0.1 s per MB, i.e. no slower than 10 MB/s.
+const WRITE_SECS_PER_MB: f64 = 0.1;
 
 /// What went over the data path, for `/metrics`.
 #[derive(Debug, Default)]
@@ -216,8 +221,10 @@ struct Writer {
     max_value: u64,
 }
 
-/// Writes the bulky batches for one peer on its data connection; on a failure, drops what
-/// is queued and marks the peer's data path broken for a while.
+/// Writes the bulky batches for one peer on its data connection. On a failure (no
+/// connection, a write that takes too long, a broken socket) it drops what is queued, marks
+/// the peer's data path broken for a while and ends: the next bulky batch after that starts
+/// a writer that looks the peer's data port up afresh (it may have restarted elsewhere).
 async fn data_writer(
     peer: PeerId,
     addr: (String, u16),
@@ -254,7 +261,16 @@ async fn data_writer(
             let mut written = 0;
             while let Some(batch) = next.take() {
                 let bytes = value_bytes(&batch);
-                for reason in write_peer_batch(w, batch, max_frame, max_value).await? {
+                let limit =
+                    WRITE_BASE + Duration::from_secs_f64(bytes as f64 / 1e6 * WRITE_SECS_PER_MB);
+                let write = write_peer_batch(w, batch, max_frame, max_value);
+                let dropped = tokio::time::timeout(limit, write).await.map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("a batch of {bytes} bytes not written within {limit:?}"),
+                    )
+                })??;
+                for reason in dropped {
                     tracing::warn!(%peer, "dropped a message for a peer: {reason}");
                 }
                 stats.sent_bytes.fetch_add(bytes, Relaxed);
@@ -263,11 +279,12 @@ async fn data_writer(
                     next = rx.try_recv().ok();
                 }
             }
-            w.flush().await
+            tokio::time::timeout(WRITE_BASE, w.flush())
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "flush timed out"))?
         }
         .await;
         if let Err(e) = result {
-            conn = None;
             let mut dropped = 1;
             while rx.try_recv().is_ok() {
                 dropped += 1;
@@ -278,6 +295,7 @@ async fn data_writer(
                 .insert(peer, Instant::now() + BROKEN_FOR);
             tracing::info!(%peer, host = %addr.0, port = addr.1, error = %e, dropped,
                 "the data path to a peer failed; its values go by libp2p for a while");
+            return;
         }
     }
 }

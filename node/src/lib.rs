@@ -492,7 +492,29 @@ pub async fn start(
             Ok(())
         };
         match tokio::time::timeout(Duration::from_secs(10), wait).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                // A listener on 0.0.0.0 (or ::) reports one address per interface, one
+                // after another: take them all (until a quiet 300 ms), so that the address
+                // advertised is not loopback just because loopback came first.
+                let unspecified = config.listen.iter().any(|a| {
+                    a.iter().any(|p| match p {
+                        libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_unspecified(),
+                        libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_unspecified(),
+                        _ => false,
+                    })
+                });
+                if unspecified {
+                    use futures::StreamExt;
+                    let quiet = Duration::from_millis(300);
+                    while let Ok(event) =
+                        tokio::time::timeout(quiet, swarm.select_next_some()).await
+                    {
+                        if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } = event {
+                            listen_addrs.push(address);
+                        }
+                    }
+                }
+            }
             Ok(Err(reason)) => {
                 return Err(NetError::Listen {
                     addr: config.listen[0].clone(),
@@ -508,9 +530,6 @@ pub async fn start(
                 .into());
             }
         }
-        let _ = actor.send_message(NodeMsg::SetAddresses(
-            listen_addrs.iter().map(|a| a.to_string()).collect(),
-        ));
         // This node as a member: an address others can dial, and a generation that a
         // restart with the same identity raises.
         let advertised = config
@@ -519,6 +538,22 @@ pub async fn start(
             .or_else(|| pick_advertised(&listen_addrs))
             .map(|a| a.to_string())
             .unwrap_or_default();
+        // The member record lists the advertised address first: peers dial it (and reach
+        // the data port on its host); the other listen addresses follow.
+        let ordered: Vec<Multiaddr> = advertised
+            .parse::<Multiaddr>()
+            .ok()
+            .into_iter()
+            .chain(
+                listen_addrs
+                    .iter()
+                    .filter(|a| a.to_string() != advertised)
+                    .cloned(),
+            )
+            .collect();
+        let _ = actor.send_message(NodeMsg::SetAddresses(
+            ordered.iter().map(|a| a.to_string()).collect(),
+        ));
         let link = dashboard_addr.map(|a| dashboard_link(a, advertised.parse().ok().as_ref()));
         if let Some(link) = &link {
             let _ = actor.send_message(NodeMsg::SetDashboard(link.clone()));
@@ -581,7 +616,7 @@ pub async fn start(
             swarm,
             actor.clone(),
             shutdown_rx,
-            listen_addrs.clone(),
+            ordered,
             wiring,
         )));
     }

@@ -39,7 +39,7 @@ use crate::codec::{
 use crate::secret::ClusterSecret;
 
 /// The identify protocol version: peers announcing another one are refused.
-pub const IDENTIFY_PROTOCOL: &str = "/rdask/1";
+pub const IDENTIFY_PROTOCOL: &str = "/rdask/2";
 
 /// How long a connection with no open stream stays up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);

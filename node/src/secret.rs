@@ -49,19 +49,22 @@ impl ClusterSecret {
     }
 
     /// The secret the environment gives: `RDASK_CLUSTER_SECRET`, else the file named by
-    /// `RDASK_CLUSTER_SECRET_FILE`; `None` when neither is set.
+    /// `RDASK_CLUSTER_SECRET_FILE`; `None` when neither is set (a variable set to nothing
+    /// counts as unset).
     pub fn from_env() -> Result<Option<ClusterSecret>, String> {
         if let Some(text) = std::env::var_os(SECRET_ENV) {
             let text = text
                 .into_string()
                 .map_err(|_| format!("{SECRET_ENV} is not valid UTF-8"))?;
-            return ClusterSecret::new(&text)
-                .map(Some)
-                .map_err(|e| format!("{SECRET_ENV}: {e}"));
+            if !text.trim().is_empty() {
+                return ClusterSecret::new(&text)
+                    .map(Some)
+                    .map_err(|e| format!("{SECRET_ENV}: {e}"));
+            }
         }
         match std::env::var_os(SECRET_FILE_ENV) {
-            Some(path) => ClusterSecret::from_file(path.as_ref()).map(Some),
-            None => Ok(None),
+            Some(path) if !path.is_empty() => ClusterSecret::from_file(path.as_ref()).map(Some),
+            _ => Ok(None),
         }
     }
 

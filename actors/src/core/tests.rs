@@ -674,8 +674,30 @@ fn a_rebalance_moves_half_of_one_nodes_results_and_drops_them_where_they_were() 
     assert_eq!(r.iter().map(int).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
 }
 
+/// Runs the jobs the core hands out one call of `take_jobs` at a time, and returns the
+/// most it handed out at once.
+fn run_counting(core: &mut NodeCore) -> (usize, usize) {
+    let (mut ran, mut most) = (0, 0);
+    loop {
+        let jobs = core.take_jobs();
+        if jobs.is_empty() {
+            return (ran, most);
+        }
+        most = most.max(jobs.len());
+        for j in jobs {
+            ran += 1;
+            let result = j.entry.call(&j.args);
+            core.handle_task_done(TaskDone {
+                task: j.task,
+                result,
+                elapsed_ns: 10_000,
+            });
+        }
+    }
+}
+
 #[test]
-fn a_node_at_its_memory_mark_starts_nothing_until_its_memory_is_down() {
+fn a_node_at_its_memory_mark_runs_one_task_at_a_time_until_its_memory_is_down() {
     let mut c = core();
     c.set_memory_limit(Some(1000));
     // The process's resident memory at 85% of the limit.
@@ -685,15 +707,34 @@ fn a_node_at_its_memory_mark_starts_nothing_until_its_memory_is_down() {
         .map(|i| spec(&format!("inc-{i}"), "inc", vec![lit(i)]))
         .collect();
     assert_eq!(submit(&mut c, 1, tasks), SubmitOutcome::Accepted);
-    assert!(c.take_jobs().is_empty(), "a paused node starts no task");
-    assert_eq!(c.load().queued, 4);
-    // Memory back below 80%: the queue runs.
-    c.handle_process_memory(790);
-    assert!(!c.is_paused());
-    assert_eq!(run_all(&mut c).len(), 4);
+    // One task starts; no other while it runs.
+    let first = c.take_jobs();
+    assert_eq!(first.len(), 1, "a paused node runs one task at a time");
+    assert!(c.take_jobs().is_empty(), "nothing more while one runs");
+    assert_eq!(c.load().queued, 3);
+    for j in first {
+        let result = j.entry.call(&j.args);
+        c.handle_task_done(TaskDone {
+            task: j.task,
+            result,
+            elapsed_ns: 10_000,
+        });
+    }
+    // Still paused: the rest one by one.
+    assert_eq!(run_counting(&mut c), (3, 1));
     let r = gather(&mut c, &["inc-0", "inc-3"]);
     assert_eq!((int(&r[0]), int(&r[1])), (1, 4));
     assert_eq!(c.stats().pauses, 1);
+    // Memory back below 80%: no longer paused; tasks start together again.
+    c.handle_process_memory(790);
+    assert!(!c.is_paused());
+    let tasks = (10..14)
+        .map(|i| spec(&format!("inc-{i}"), "inc", vec![lit(i)]))
+        .collect();
+    submit(&mut c, 2, tasks);
+    let (ran, most) = run_counting(&mut c);
+    assert_eq!(ran, 4);
+    assert!(most > 1, "{most}");
 }
 
 #[test]
@@ -702,21 +743,23 @@ fn results_held_count_against_the_memory_limit() {
     // Any stored result is over 80% of a one-byte limit.
     c.set_memory_limit(Some(1));
     assert!(!c.is_paused());
-    let mut tasks = vec![spec("inc-0", "inc", vec![lit(0)])];
-    for i in 1..5 {
-        tasks.push(spec(
-            &format!("inc-{i}"),
-            "inc",
-            vec![key(&format!("inc-{}", i - 1))],
-        ));
-    }
+    let tasks = (0..4)
+        .map(|i| spec(&format!("inc-{i}"), "inc", vec![lit(i)]))
+        .collect();
     submit(&mut c, 1, tasks);
-    assert_eq!(run_all(&mut c), vec!["inc-0"]);
+    // Not paused yet: they start several at a time; their results pause the node.
+    let (ran, most) = run_counting(&mut c);
+    assert_eq!(ran, 4);
+    assert!(most > 1, "{most}");
     assert!(c.is_paused(), "{:?}", c.load());
-    // Lifting the limit lets the rest of the chain run.
+    let tasks = (10..14)
+        .map(|i| spec(&format!("inc-{i}"), "inc", vec![lit(i)]))
+        .collect();
+    submit(&mut c, 2, tasks);
+    assert_eq!(run_counting(&mut c), (4, 1), "paused: one at a time");
+    // Lifting the limit ends the pause.
     c.set_memory_limit(None);
-    assert_eq!(run_all(&mut c).len(), 4);
-    assert_eq!(int(&gather(&mut c, &["inc-4"])[0]), 5);
+    assert!(!c.is_paused());
 }
 
 #[test]
