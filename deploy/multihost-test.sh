@@ -3,7 +3,8 @@
 # by a bridge. Each host runs one rdask-node; they join through the seed's name (an
 # /etc/hosts entry: --join /dns/seed/tcp/4001); a client on the fourth host runs a graph;
 # then one host is cut off and the other two must carry on. The cluster has a secret
-# (RDASK_CLUSTER_SECRET): a client without it must be refused.
+# (RDASK_CLUSTER_SECRET): a client without it must be refused. Nodes listen on 0.0.0.0 (as
+# in the image) and must advertise their host's address.
 #
 #   sudo deploy/multihost-test.sh [TARGET_DIR]      (run by .ci/run after the tests)
 #
@@ -30,8 +31,11 @@ ip netns del rdask-probe
 
 PIDS=()
 cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  # SIGKILL: a node stopped gracefully may spend 30 s handing over (to a host cut off),
+  # keeping its namespace and link alive past this script.
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -KILL "$p" 2>/dev/null || true; done
   for i in 1 2 3 4; do
+    ip link del "rdveth$i" 2>/dev/null || true
     ip netns del "rdask-h$i" 2>/dev/null || true
     rm -rf "/etc/netns/rdask-h$i"
   done
@@ -59,9 +63,12 @@ LOGS=$(mktemp -d)
 export RDASK_CLUSTER_SECRET="multi-host test secret $$"
 start_node() { # host, extra args…
   local h=$1; shift
-  ip netns exec "rdask-h$h" env RUST_LOG=warn "$NODE" --listen "/ip4/10.77.0.$h/tcp/4001" \
+  # Listening on every interface, as in the image: each node must advertise its host's
+  # address (10.77.0.N), not loopback, or the others cannot reach it.
+  ip netns exec "rdask-h$h" env RUST_LOG=warn "$NODE" --listen /ip4/0.0.0.0/tcp/4001 \
     --nthreads 2 --cluster-size 4 --no-dashboard "$@" > "$LOGS/node$h.log" 2>&1 &
   PIDS+=($!)
+  disown $!  # killed at the end: no job report
 }
 start_node 1
 sleep 1
@@ -85,6 +92,13 @@ wait_alive() { # address, count, seconds
 }
 wait_alive /dns/seed/tcp/4001 3 30
 echo "3 hosts joined through /dns/seed/tcp/4001"
+advertised=$(ip netns exec rdask-h4 "$CLI" status /dns/seed/tcp/4001 2>/dev/null | grep -c " /ip4/10\.77\.0\.[123]/tcp/4001" || true)
+if [ "$advertised" != 3 ]; then
+  echo "multi-host test FAILED: the members do not advertise their hosts' addresses first:"
+  ip netns exec rdask-h4 "$CLI" status /dns/seed/tcp/4001 || true
+  exit 1
+fi
+echo "each node advertises its host's address (listening on 0.0.0.0)"
 if ip netns exec rdask-h4 env -u RDASK_CLUSTER_SECRET timeout 30 "$CLI" status /dns/seed/tcp/4001 >"$LOGS/nosecret.log" 2>&1; then
   echo "multi-host test FAILED: a client without the cluster secret was let in"
   exit 1
