@@ -2070,11 +2070,14 @@ impl NodeCore {
 
     /// Whether `p` has a thread (by this node's estimate) for one more task.
     fn has_room(&self, p: u32) -> bool {
+        if self.is_paused_peer(p) {
+            return false;
+        }
         if p == 0 {
-            !self.paused && self.in_flight + self.ready_count < self.nthreads
+            self.in_flight + self.ready_count < self.nthreads
         } else {
             let peer = &self.peers[p as usize];
-            !peer.paused && peer.reported + peer.assigned_since < u64::from(peer.nthreads)
+            peer.reported + peer.assigned_since < u64::from(peer.nthreads)
         }
     }
 

@@ -339,7 +339,8 @@ pub async fn start(
         None => Keypair::generate_ed25519(),
     };
     let peer_id = keypair.public().to_peer_id();
-    let keypair_for_data = Some(keypair.clone());
+    // The data path signs its handshakes with the node's key (the swarm takes the key).
+    let data_key = keypair.clone();
     let nthreads = config.nthreads.max(1);
     let dashboard_listener = match config.dashboard {
         Some(addr) => Some(
@@ -411,7 +412,7 @@ pub async fn start(
     let data_stats = std::sync::Arc::new(datapath::DataStats::default());
     let lanes = data_listener.as_ref().map(|_| {
         std::sync::Arc::new(datapath::DataLanes::new(
-            keypair_for_data.clone().expect("a network node has a key"),
+            data_key,
             config.max_frame,
             config.max_value,
             data_stats.clone(),

@@ -66,14 +66,24 @@ fn run_all(core: &mut NodeCore) -> Vec<String> {
         }
         for j in jobs {
             ran.push(j.key.to_string());
-            let result = j.entry.call(&j.args);
-            core.handle_task_done(TaskDone {
-                task: j.task,
-                result,
-                elapsed_ns: 10_000,
-            });
+            complete(core, j);
         }
     }
+}
+/// Runs one job the core handed out and tells the core it is done.
+fn complete(core: &mut NodeCore, j: Job) {
+    let result = j.entry.call(&j.args);
+    core.handle_task_done(TaskDone {
+        task: j.task,
+        result,
+        elapsed_ns: 10_000,
+    });
+}
+/// Independent tasks `inc-i` adding one to `i`, for each `i` of `range`.
+fn incs(range: std::ops::Range<i64>) -> Vec<TaskSpec> {
+    range
+        .map(|i| spec(&format!("inc-{i}"), "inc", vec![lit(i)]))
+        .collect()
 }
 fn gather(core: &mut NodeCore, keys: &[&str]) -> Vec<KeyResult> {
     core.handle_gather(
@@ -684,14 +694,9 @@ fn run_counting(core: &mut NodeCore) -> (usize, usize) {
             return (ran, most);
         }
         most = most.max(jobs.len());
+        ran += jobs.len();
         for j in jobs {
-            ran += 1;
-            let result = j.entry.call(&j.args);
-            core.handle_task_done(TaskDone {
-                task: j.task,
-                result,
-                elapsed_ns: 10_000,
-            });
+            complete(core, j);
         }
     }
 }
@@ -703,22 +708,14 @@ fn a_node_at_its_memory_mark_runs_one_task_at_a_time_until_its_memory_is_down() 
     // The process's resident memory at 85% of the limit.
     c.handle_process_memory(850);
     assert!(c.is_paused() && c.load().paused);
-    let tasks = (0..4)
-        .map(|i| spec(&format!("inc-{i}"), "inc", vec![lit(i)]))
-        .collect();
-    assert_eq!(submit(&mut c, 1, tasks), SubmitOutcome::Accepted);
+    assert_eq!(submit(&mut c, 1, incs(0..4)), SubmitOutcome::Accepted);
     // One task starts; no other while it runs.
     let first = c.take_jobs();
     assert_eq!(first.len(), 1, "a paused node runs one task at a time");
     assert!(c.take_jobs().is_empty(), "nothing more while one runs");
     assert_eq!(c.load().queued, 3);
     for j in first {
-        let result = j.entry.call(&j.args);
-        c.handle_task_done(TaskDone {
-            task: j.task,
-            result,
-            elapsed_ns: 10_000,
-        });
+        complete(&mut c, j);
     }
     // Still paused: the rest one by one.
     assert_eq!(run_counting(&mut c), (3, 1));
@@ -728,10 +725,7 @@ fn a_node_at_its_memory_mark_runs_one_task_at_a_time_until_its_memory_is_down() 
     // Memory back below 80%: no longer paused; tasks start together again.
     c.handle_process_memory(790);
     assert!(!c.is_paused());
-    let tasks = (10..14)
-        .map(|i| spec(&format!("inc-{i}"), "inc", vec![lit(i)]))
-        .collect();
-    submit(&mut c, 2, tasks);
+    submit(&mut c, 2, incs(10..14));
     let (ran, most) = run_counting(&mut c);
     assert_eq!(ran, 4);
     assert!(most > 1, "{most}");
@@ -743,19 +737,13 @@ fn results_held_count_against_the_memory_limit() {
     // Any stored result is over 80% of a one-byte limit.
     c.set_memory_limit(Some(1));
     assert!(!c.is_paused());
-    let tasks = (0..4)
-        .map(|i| spec(&format!("inc-{i}"), "inc", vec![lit(i)]))
-        .collect();
-    submit(&mut c, 1, tasks);
+    submit(&mut c, 1, incs(0..4));
     // Not paused yet: they start several at a time; their results pause the node.
     let (ran, most) = run_counting(&mut c);
     assert_eq!(ran, 4);
     assert!(most > 1, "{most}");
     assert!(c.is_paused(), "{:?}", c.load());
-    let tasks = (10..14)
-        .map(|i| spec(&format!("inc-{i}"), "inc", vec![lit(i)]))
-        .collect();
-    submit(&mut c, 2, tasks);
+    submit(&mut c, 2, incs(10..14));
     assert_eq!(run_counting(&mut c), (4, 1), "paused: one at a time");
     // Lifting the limit ends the pause.
     c.set_memory_limit(None);
