@@ -3377,10 +3377,15 @@ impl NodeCore {
             return;
         }
         // A task that was here before: a copy with more hops is a new placement (after a
-        // release, or stolen back after a hand-over); anything else is a stale copy.
+        // release, or stolen back after a hand-over); so is an owner's assignment with at
+        // least the hops of the hand-over (which counted one more than the assignment it
+        // handed on): the owner placed the task here again (the thief gave it back when it
+        // left, or was written off, or a new owner rebuilt the graph). A repeat of the
+        // assignment that was handed on is answered with where the task went; anything
+        // else is a stale copy.
         let seen = self.gone.get(&k).map(|(gone, _)| match gone {
             Gone::Released(h) if a.hops > *h => Seen::Again,
-            Gone::Moved(_, h) if stolen && a.hops > *h => Seen::Again,
+            Gone::Moved(_, h) if a.hops > *h || (!stolen && a.hops == *h) => Seen::Again,
             Gone::Moved(to, h) if !stolen => Seen::Moved(*to, *h),
             Gone::Erred(e) => Seen::Erred(e.clone()),
             _ => Seen::Stale,

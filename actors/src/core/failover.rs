@@ -28,10 +28,9 @@ use rdask_graph::{Arg, GraphId, Key, TaskError, TaskSpec};
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
 use super::{
-    ArgSlot, FetchWaiter, GraphSubmission, NodeCore, RETRY_MS, RequestId, State, TOMBSTONE_MS,
-    Task, TaskId,
+    ArgSlot, FetchWaiter, GraphSubmission, NodeCore, RETRY_MS, State, TOMBSTONE_MS, Task, TaskId,
 };
-use crate::protocol::{ClientResponse, PeerMsg, Replica, epoch_generation, next_epoch};
+use crate::protocol::{PeerMsg, Replica, epoch_generation, next_epoch};
 
 /// Copies of an owner's graphs kept elsewhere.
 pub(super) const BACKUPS: usize = 2;
@@ -474,16 +473,11 @@ impl NodeCore {
             return;
         }
         // Waiting clients find the new owner.
-        let mut waiting: Vec<RequestId> = self.waiters.keys().copied().collect();
-        waiting.sort_unstable();
-        self.waiters.clear();
         let text = format!(
             "{} stepped down as the owner of this client's graphs: {} took them over",
             self.node, self.peers[from as usize].node
         );
-        for r in waiting {
-            self.replies.push((r, ClientResponse::Moved(text.clone())));
-        }
+        self.send_waiters_on(&text);
         // Every task of this node's graphs goes; one running here finishes unheard.
         for idx in 0..self.slots.len() {
             let id = TaskId {

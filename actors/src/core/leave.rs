@@ -268,9 +268,12 @@ impl NodeCore {
 
     /// This node handed its graphs over: it forgets them without releasing anything (the
     /// tasks, their results on peers and the clients' futures now belong to the successor).
-    /// Client requests waiting here stay unanswered: the client re-attaches when the node
-    /// goes.
+    /// Clients waiting here are told `Moved` (a gather's timer firing later would answer
+    /// "unknown" for keys forgotten here, which reads as lost results).
     pub(super) fn step_down(&mut self) {
+        if let Some(why) = self.moved_away() {
+            self.send_waiters_on(&why);
+        }
         for idx in 0..self.slots.len() {
             let slot = &mut self.slots[idx];
             if let Some(t) = slot.item.take() {
@@ -323,6 +326,18 @@ impl NodeCore {
             "{} left the cluster: {} took its graphs over",
             self.node, self.peers[successor as usize].node
         ))
+    }
+
+    /// Answers every gather waiting here with `Moved` (`why`): the client re-attaches to
+    /// the owner the ownership table names.
+    pub(super) fn send_waiters_on(&mut self, why: &str) {
+        let mut waiting: Vec<super::RequestId> = self.waiters.keys().copied().collect();
+        waiting.sort_unstable();
+        self.waiters.clear();
+        for r in waiting {
+            self.replies
+                .push((r, crate::protocol::ClientResponse::Moved(why.to_string())));
+        }
     }
 
     /// Answers `request` with `Moved` if this node handed its graphs over (see

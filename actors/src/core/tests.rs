@@ -515,6 +515,8 @@ fn a_leaving_owner_hands_its_results_and_graphs_over_and_nothing_is_computed_aga
     deliver(&mut a, &mut b);
     // x runs on the owner; y is not placed yet when the owner is told to stop.
     let job = a.take_jobs().into_iter().find(|j| j.key.as_str() == "x");
+    // The client waits for y at the owner when it is told to stop.
+    a.handle_gather(RequestId(5), vec![Key::from("y")], 60_000);
     a.handle_leave();
     if let Some(j) = job {
         let result = j.entry.call(&j.args);
@@ -530,6 +532,14 @@ fn a_leaving_owner_hands_its_results_and_graphs_over_and_nothing_is_computed_aga
         deliver(&mut b, &mut a);
     }
     assert!(a.left(), "the leaving owner handed everything over");
+    // The waiting client is sent on at once (its timer would have answered "unknown" for
+    // keys the node forgot, which reads as lost results).
+    assert!(matches!(
+        a.take_replies().as_slice(),
+        [(RequestId(5), ClientResponse::Moved(_))]
+    ));
+    a.handle_wait_expired(RequestId(5));
+    assert!(a.take_replies().is_empty());
     assert_eq!(b.stats().takeovers, 1);
     // Only y runs at the backup: x's value was handed over, not computed again.
     let ran = run_all(&mut b);
@@ -796,4 +806,91 @@ fn a_paused_node_places_its_graphs_tasks_on_peers_and_peers_place_nothing_on_it(
         .filter(|m| matches!(m, PeerMsg::Assign(_)))
         .count();
     assert_eq!(sent_to_a, 0);
+}
+
+/// Every message `from` has, by the name of the node it goes to.
+fn sends(from: &mut NodeCore) -> std::collections::BTreeMap<String, Vec<PeerMsg>> {
+    let mut by_node = std::collections::BTreeMap::<String, Vec<PeerMsg>>::new();
+    for (dest, batch) in from.take_sends() {
+        by_node
+            .entry(dest.0.to_string())
+            .or_default()
+            .extend(batch.msgs);
+    }
+    by_node
+}
+
+#[test]
+fn a_task_stolen_and_given_back_runs_where_its_owner_places_it_again() {
+    let names = ["node-o", "node-v", "node-l"];
+    let [mut o, mut v, mut l] = names.map(core_named);
+    // node-o is paused (its tasks go to peers) and sees node-l paused: they go to node-v.
+    for c in [&mut o, &mut v, &mut l] {
+        let mut view: Vec<PeerUpdate> = names.iter().map(|n| member(c, n, true)).collect();
+        view[0].load.paused = true;
+        view[2].load.paused = true;
+        c.handle_members(&view);
+    }
+    o.set_memory_limit(Some(100));
+    o.handle_process_memory(100);
+    submit(&mut o, 1, incs(0..6));
+    deliver(&mut o, &mut v);
+    // node-l, idle, steals from node-v before node-v starts anything; node-v tells the
+    // owner where the stolen tasks went.
+    let id = |n: &str| NodeId(Arc::from(n));
+    let batch = |msgs| PeerBatch {
+        load: LoadHint {
+            queued: 0,
+            running: 0,
+            nthreads: 2,
+            paused: false,
+        },
+        msgs,
+    };
+    v.handle_peer(&id("node-l"), batch(vec![PeerMsg::Steal { want: 3 }]));
+    let mut out = sends(&mut v);
+    let to_l = out.remove("node-l").unwrap_or_default();
+    let stolen = to_l
+        .iter()
+        .map(|m| match m {
+            PeerMsg::Stolen { tasks, .. } => tasks.len(),
+            _ => 0,
+        })
+        .sum::<usize>();
+    assert!(stolen > 0, "node-l stole: {to_l:?}");
+    o.handle_peer(
+        &id("node-v"),
+        batch(out.remove("node-o").unwrap_or_default()),
+    );
+    l.handle_peer(&id("node-v"), batch(to_l));
+    // node-l is told to stop before it starts them: they go back to the owner, which places
+    // them on node-v again.
+    l.handle_leave();
+    deliver(&mut l, &mut o);
+    deliver(&mut o, &mut v);
+    // node-v runs them: its record of the hand-over does not turn the new placement away
+    // (it used to answer "moved to node-l", which the owner ignored as old news: the tasks
+    // stayed placed on node-v, run by nobody, until the record expired two minutes later).
+    let mut ran = run_all(&mut v);
+    assert_eq!(ran.len(), 5, "{ran:?}");
+    // (A paused node keeps one task of its own to run when nothing runs.)
+    ran.extend(run_all(&mut o));
+    ran.sort();
+    let all: Vec<String> = (0..6).map(|i| format!("inc-{i}")).collect();
+    assert_eq!(ran, all);
+    // The client gets every value (fetched by the owner from node-v).
+    o.handle_gather(
+        RequestId(1),
+        all.iter().map(|k| Key::from(k.as_str())).collect(),
+        1_000,
+    );
+    for _ in 0..3 {
+        deliver(&mut v, &mut o);
+        deliver(&mut o, &mut v);
+    }
+    let values: Vec<i64> = match o.take_replies().as_slice() {
+        [(RequestId(1), ClientResponse::Results(r))] => r.iter().map(int).collect(),
+        other => panic!("unexpected replies {other:?}"),
+    };
+    assert_eq!(values, (1..7).collect::<Vec<i64>>());
 }

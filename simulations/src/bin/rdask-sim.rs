@@ -64,6 +64,10 @@ fn main() {
         let fixed = get("--nodes").map(|_| nodes);
         let started = std::time::Instant::now();
         let mut sums = [0u64; 24];
+        // The longest makespan and its seed, and how many runs took over a minute: a
+        // graph that completes only after a long stall passes the checks, but shows here.
+        let mut slowest = (0u64, from);
+        let mut over_a_minute = 0u64;
         for seed in from..from + count {
             let max_nodes = get("--max-nodes").map(|_| num("--max-nodes", 32) as usize);
             let run = std::panic::catch_unwind(|| match max_nodes {
@@ -84,6 +88,12 @@ fn main() {
                 }
             };
             trace = trace.rotate_left(5) ^ r.trace_hash;
+            if r.makespan_us > slowest.0 {
+                slowest = (r.makespan_us, seed);
+            }
+            if r.makespan_us > 60_000_000 {
+                over_a_minute += 1;
+            }
             for (s, v) in sums.iter_mut().zip([
                 r.tasks_run,
                 r.tasks_remote,
@@ -141,7 +151,8 @@ fn main() {
              submitted again by their client {}, dead owners' leftovers dropped {}, results \
              recomputed {}\n  partitions {}: suspicions refuted {}, peers back after a heal {}, \
              stale owners stepped down {}, take-overs put off for want of a quorum {}\n  \
-             nodes paused for memory {}",
+             nodes paused for memory {}\n  makespan: longest {:.1} virtual s (seed {}), \
+             {over_a_minute} runs over a minute",
             count - failed,
             started.elapsed().as_secs_f64(),
             sums[0],
@@ -169,7 +180,9 @@ fn main() {
             sums[20],
             sums[21],
             sums[22],
-            sums[23]
+            sums[23],
+            slowest.0 as f64 / 1e6,
+            slowest.1
         );
     } else if scenario == "steal-efficiency" {
         let ps: Vec<usize> = match get("--nodes") {
