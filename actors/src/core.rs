@@ -1576,6 +1576,7 @@ impl NodeCore {
                         | PeerMsg::Holding { .. }
                         | PeerMsg::Moved { .. }
                         | PeerMsg::Returned { .. }
+                        | PeerMsg::Dropped { .. }
                 )
             });
         }
@@ -1669,6 +1670,7 @@ impl NodeCore {
                 } => self.inventory(p, old, held, running, moved, erred),
                 PeerMsg::Leaving => self.peer_leaving(p),
                 PeerMsg::Returned { key, hops } => self.returned(p, key, hops),
+                PeerMsg::Dropped { key, hops } => self.dropped(p, key, hops),
                 PeerMsg::Take { owner, key, size } => self.take(p, owner, key, size),
                 PeerMsg::Stored { key, .. } => self.stored(key),
                 PeerMsg::HandOver { members } => self.handed_over_to_me(p, members),
@@ -2556,6 +2558,29 @@ impl NodeCore {
         self.release_at(from, key);
     }
 
+    /// The node `from` dropped `key` at up to `hops` (see [`PeerMsg::Dropped`]): if the
+    /// task is placed there with no more hops, nobody runs it, and it is placed again with
+    /// more hops than the node's record (so that it runs there should it be placed there).
+    fn dropped(&mut self, from: u32, key: Key, hops: u32) {
+        let Some(&id) = self.index.get(&key) else {
+            return;
+        };
+        let Some(t) = self.task_mut(id) else { return };
+        let State::Remote {
+            node, hops: known, ..
+        } = t.state
+        else {
+            return;
+        };
+        // A record that voids every assignment (`u32::MAX`) expires by itself; placing
+        // again could not get past it.
+        if node != from || known > hops || hops == u32::MAX {
+            return;
+        }
+        t.hops = hops;
+        self.requeue(id);
+    }
+
     /// A task of this node's graphs was stolen from the node it was placed on.
     fn moved(&mut self, key: Key, to: u32, hops: u32) {
         let Some(&id) = self.index.get(&key) else {
@@ -2659,8 +2684,10 @@ impl NodeCore {
                 && let Some(t) = self.foreign_ref(id)
                 && t.owner == owner
             {
+                // The copies here, not a later placement (which would be turned away
+                // until the record expires).
                 let key = t.key.clone();
-                self.release_foreign(owner, key, u32::MAX);
+                self.release_foreign(owner, key, 0);
             }
         }
     }
@@ -3395,7 +3422,16 @@ impl NodeCore {
             Some(Seen::Again) => {
                 self.gone.remove(&k);
             }
-            Some(Seen::Stale) => return,
+            Some(Seen::Stale) => {
+                // The owner may still count on this assignment (the release here covered a
+                // placement it made since, or its news was lost): it is told, and places
+                // the task again.
+                if !stolen && let Some((Gone::Released(h), _)) = self.gone.get(&k) {
+                    let hops = *h;
+                    self.send(owner, PeerMsg::Dropped { key: a.key, hops });
+                }
+                return;
+            }
             // The owner lost track of it: say where it went.
             Some(Seen::Moved(to, hops)) => {
                 let to = self.peers[to as usize].node.clone();

@@ -592,6 +592,15 @@ pub enum PeerMsg {
         /// Tasks that failed here (their errors are final: not run again).
         erred: Vec<TaskError>,
     },
+    /// An assignment reached a node that had dropped the task (released, or written off
+    /// with its owner) at `hops` or more: it runs nowhere there. The owner places it again
+    /// if that assignment is still the one it counts on (worker → owner).
+    Dropped {
+        /// The task.
+        key: Key,
+        /// The hops its assignments there are void up to.
+        hops: u32,
+    },
 }
 
 /// A copy of an owner's graphs kept by one of its backups, so that the graphs survive the

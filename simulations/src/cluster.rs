@@ -485,6 +485,11 @@ enum Event {
     Memory(usize, u64),
 }
 
+/// The longest makespan a `graphs-chaos` run may take (virtual µs). Seeds 3,000,000–3,009,999
+/// take at most 76 s; tasks that waited for a worker's two-minute record to expire took over
+/// 120 s.
+pub const STALL_US: u64 = 100_000_000;
+
 /// Every simulated node's memory limit (`--memory-limit`): far above what results take, so
 /// only the scenario's memory pressure (`Event::Memory`) pauses a node.
 pub const SIM_MEMORY_LIMIT: u64 = 1 << 40;
@@ -1568,6 +1573,15 @@ fn chaos(seed: u64, nodes: impl FnOnce(&mut StdRng) -> usize) -> ClusterReport {
         }
     }
     sim.run(600_000_000);
+    // Faults cost seconds (detection, retries backing off to 32 s, a partition of up to
+    // 8 s); a run far longer than any seen stalled somewhere until a record expired.
+    if sim.report.makespan_us > STALL_US {
+        sim.report.violations.push(format!(
+            "the graphs took {:.1} virtual s: a stall (more than {} s)",
+            sim.report.makespan_us as f64 / 1e6,
+            STALL_US / 1_000_000
+        ));
+    }
     if sim.report.lost == 0 && sim.report.duplicated == 0 && sim.report.violations.is_empty() {
         sim.check_empty();
     }

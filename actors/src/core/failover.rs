@@ -640,8 +640,9 @@ impl NodeCore {
             .collect();
         for k in foreign {
             // Queued or running here: placed again by the rebuild (a running copy's value
-            // is dropped when it returns).
-            self.release_foreign(old, k, u32::MAX);
+            // is dropped when it returns). The copies here are void, not later placements
+            // (should the old owner come back and place it here).
+            self.release_foreign(old, k, 0);
         }
         let mut pending: FxHashSet<u32> = self
             .candidates
@@ -729,7 +730,7 @@ impl NodeCore {
             .collect();
         queued.sort_unstable();
         for k in queued {
-            self.release_foreign(from, k, u32::MAX);
+            self.release_foreign(from, k, 0);
         }
         let me = self.peers[0].node.clone();
         let members = members.into_iter().filter(|m| *m != me).collect();
@@ -1094,8 +1095,16 @@ impl NodeCore {
         if foreign.is_empty() && held.is_empty() {
             return;
         }
-        for k in foreign.into_iter().chain(held) {
-            self.release_foreign(o, k, u32::MAX);
+        // Void the assignments this node had of them, not later ones: the owner places
+        // again what it writes off (see `forgot_by`), with more hops, and possibly here.
+        // (Voiding every assignment turned those away unanswered until the record
+        // expired, minutes later.)
+        for k in foreign {
+            self.release_foreign(o, k, 0);
+        }
+        for k in held {
+            let hops = self.held_hops.get(&(o, k.clone())).copied().unwrap_or(1);
+            self.release_foreign(o, k, hops);
         }
         self.stats.orphans_dropped += 1;
     }

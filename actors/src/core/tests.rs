@@ -894,3 +894,61 @@ fn a_task_stolen_and_given_back_runs_where_its_owner_places_it_again() {
     };
     assert_eq!(values, (1..7).collect::<Vec<i64>>());
 }
+
+#[test]
+fn an_assignment_turned_away_as_stale_is_placed_again_at_once() {
+    let names = ["node-o", "node-w"];
+    let [mut o, mut w] = names.map(core_named);
+    for c in [&mut o, &mut w] {
+        let view: Vec<PeerUpdate> = names.iter().map(|n| member(c, n, true)).collect();
+        c.handle_members(&view);
+    }
+    // node-o is paused: its task goes to node-w.
+    o.set_memory_limit(Some(100));
+    o.handle_process_memory(100);
+    submit(&mut o, 1, vec![spec("x", "inc", vec![lit(1)])]);
+    let assign = sends(&mut o)
+        .remove("node-w")
+        .expect("an assignment for node-w");
+    let batch = |msgs| PeerBatch {
+        load: LoadHint {
+            queued: 0,
+            running: 0,
+            nthreads: 2,
+            paused: false,
+        },
+        msgs,
+    };
+    let from_o = NodeId(Arc::from("node-o"));
+    w.handle_peer(&from_o, batch(assign.clone()));
+    // node-o had taken node-w for dead and back (a partition healed): node-w drops what it
+    // keeps for node-o's graphs. Then a copy of the old assignment arrives (a retry, or a
+    // batch delivered twice): it is void, but node-o still counts on it.
+    w.handle_peer(&from_o, batch(vec![PeerMsg::Forgot]));
+    assert!(
+        run_all(&mut w).is_empty(),
+        "dropped: {:?}",
+        w.describe(&Key::from("x"))
+    );
+    w.handle_peer(&from_o, batch(assign));
+    let told = sends(&mut w).remove("node-o").unwrap_or_default();
+    assert!(
+        told.iter()
+            .any(|m| matches!(m, PeerMsg::Dropped { key, .. } if key.as_str() == "x")),
+        "node-w tells the owner: {told:?}"
+    );
+    // The owner places it again at once (it used to retry the void assignment, turned away
+    // without a word, until node-w's record expired two minutes later).
+    o.handle_peer(&NodeId(Arc::from("node-w")), batch(told));
+    deliver(&mut o, &mut w);
+    assert_eq!(run_all(&mut w), vec!["x".to_string()]);
+    o.handle_gather(RequestId(1), vec![Key::from("x")], 1_000);
+    for _ in 0..3 {
+        deliver(&mut w, &mut o);
+        deliver(&mut o, &mut w);
+    }
+    match o.take_replies().as_slice() {
+        [(RequestId(1), ClientResponse::Results(r))] => assert_eq!(int(&r[0]), 2),
+        other => panic!("unexpected replies {other:?}"),
+    }
+}

@@ -68,6 +68,7 @@ fn main() {
         // graph that completes only after a long stall passes the checks, but shows here.
         let mut slowest = (0u64, from);
         let mut over_a_minute = 0u64;
+        let show_slow = args.iter().any(|a| a == "--show-slow");
         for seed in from..from + count {
             let max_nodes = get("--max-nodes").map(|_| num("--max-nodes", 32) as usize);
             let run = std::panic::catch_unwind(|| match max_nodes {
@@ -93,6 +94,19 @@ fn main() {
             }
             if r.makespan_us > 60_000_000 {
                 over_a_minute += 1;
+                if show_slow {
+                    eprintln!(
+                        "graphs-chaos seed {seed} ({} nodes): makespan {:.1} virtual s; crashes {}, partitions {}, leaves {}, steals {}, pauses {}, batches lost {}",
+                        r.nodes,
+                        r.makespan_us as f64 / 1e6,
+                        r.stats.crashes,
+                        r.stats.partitions,
+                        r.stats.leaves,
+                        r.stats.stolen,
+                        r.stats.pauses,
+                        r.lost
+                    );
+                }
             }
             for (s, v) in sums.iter_mut().zip([
                 r.tasks_run,
