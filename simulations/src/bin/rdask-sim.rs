@@ -1,7 +1,7 @@
 //! The seed runner.
 //!
 //! ```text
-//! rdask-sim [--scenario NAME] [--seed S] [--seeds N] [--nodes N] [--max-nodes N]
+//! rdask-sim [--scenario NAME] [--seed S] [--seeds N] [--nodes N] [--max-nodes N] [--show-slow]
 //! ```
 //!
 //! Runs a scenario for one seed (or `--seeds N` seeds from `--seed`), prints a summary and,
@@ -9,7 +9,9 @@
 //! give the same hash. A broken invariant prints the steps and the command that replays it,
 //! and exits non-zero. Scenarios: `node-graphs` (one node's task state machine) and the
 //! membership scenarios `join`, `crash`, `loss`, `partition`, `restart`,
-//! `membership-chaos` (the default).
+//! `membership-chaos` (the default). `graphs-chaos` also reports the longest makespan and
+//! how many runs took over a virtual minute; `--show-slow` lists those runs (a run over
+//! 100 virtual s is a stall, and fails).
 
 use rdask_sim::{
     SCENARIOS, SHAPES, SimConfig, graphs_chaos, graphs_chaos_between, node_graphs, run_membership,
@@ -19,7 +21,7 @@ use rdask_sim::{
 fn usage() -> String {
     format!(
         "usage: rdask-sim [--scenario NAME] [--seed S (default 0)] [--seeds N (default 1)] [--nodes N (default 8)]\n\
-         \x20      [--max-nodes N (graphs-chaos: clusters of 3..=N nodes)]\n\
+         \x20      [--max-nodes N (graphs-chaos: clusters of 3..=N nodes)] [--show-slow (graphs-chaos: list runs over a virtual minute)]\n\
          scenarios: graphs-chaos, steal-efficiency, node-graphs, {} (default membership-chaos)",
         SCENARIOS.join(", ")
     )
