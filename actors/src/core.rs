@@ -2562,14 +2562,7 @@ impl NodeCore {
     /// task is placed there with no more hops, nobody runs it, and it is placed again with
     /// more hops than the node's record (so that it runs there should it be placed there).
     fn dropped(&mut self, from: u32, key: Key, hops: u32) {
-        let Some(&id) = self.index.get(&key) else {
-            return;
-        };
-        let Some(t) = self.task_mut(id) else { return };
-        let State::Remote {
-            node, hops: known, ..
-        } = t.state
-        else {
+        let Some((id, node, known)) = self.placed_remote(&key) else {
             return;
         };
         // A record that voids every assignment (`u32::MAX`) expires by itself; placing
@@ -2577,8 +2570,26 @@ impl NodeCore {
         if node != from || known > hops || hops == u32::MAX {
             return;
         }
-        t.hops = hops;
-        self.requeue(id);
+        self.place_again(id, hops);
+    }
+
+    /// The task of this node's graphs named `key`, the node it is placed on and the hops
+    /// of that assignment, if it is placed on a peer.
+    fn placed_remote(&self, key: &Key) -> Option<(TaskId, u32, u32)> {
+        let id = *self.index.get(key)?;
+        match self.task(id)?.state {
+            State::Remote { node, hops, .. } => Some((id, node, hops)),
+            _ => None,
+        }
+    }
+
+    /// Places task `id` again, with more hops than `hops` (the record of the node that
+    /// gave it back or dropped it).
+    fn place_again(&mut self, id: TaskId, hops: u32) {
+        if let Some(t) = self.task_mut(id) {
+            t.hops = t.hops.max(hops);
+            self.requeue(id);
+        }
     }
 
     /// A task of this node's graphs was stolen from the node it was placed on.

@@ -249,21 +249,13 @@ impl NodeCore {
             // did not know this node yet). Nothing more is placed on it.
             self.peer_leaving(from);
         }
-        let Some(&id) = self.index.get(&key) else {
-            return;
-        };
-        let Some(t) = self.task_mut(id) else { return };
-        let State::Remote {
-            node, hops: known, ..
-        } = t.state
-        else {
+        let Some((id, node, known)) = self.placed_remote(&key) else {
             return;
         };
         if node != from && hops < known {
             return;
         }
-        t.hops = t.hops.max(hops);
-        self.requeue(id);
+        self.place_again(id, hops);
     }
 
     /// This node handed its graphs over: it forgets them without releasing anything (the

@@ -808,6 +808,19 @@ fn a_paused_node_places_its_graphs_tasks_on_peers_and_peers_place_nothing_on_it(
     assert_eq!(sent_to_a, 0);
 }
 
+/// A batch of `msgs` from an idle node.
+fn idle_batch(msgs: Vec<PeerMsg>) -> PeerBatch {
+    PeerBatch {
+        load: LoadHint {
+            queued: 0,
+            running: 0,
+            nthreads: 2,
+            paused: false,
+        },
+        msgs,
+    }
+}
+
 /// Every message `from` has, by the name of the node it goes to.
 fn sends(from: &mut NodeCore) -> std::collections::BTreeMap<String, Vec<PeerMsg>> {
     let mut by_node = std::collections::BTreeMap::<String, Vec<PeerMsg>>::new();
@@ -838,16 +851,7 @@ fn a_task_stolen_and_given_back_runs_where_its_owner_places_it_again() {
     // node-l, idle, steals from node-v before node-v starts anything; node-v tells the
     // owner where the stolen tasks went.
     let id = |n: &str| NodeId(Arc::from(n));
-    let batch = |msgs| PeerBatch {
-        load: LoadHint {
-            queued: 0,
-            running: 0,
-            nthreads: 2,
-            paused: false,
-        },
-        msgs,
-    };
-    v.handle_peer(&id("node-l"), batch(vec![PeerMsg::Steal { want: 3 }]));
+    v.handle_peer(&id("node-l"), idle_batch(vec![PeerMsg::Steal { want: 3 }]));
     let mut out = sends(&mut v);
     let to_l = out.remove("node-l").unwrap_or_default();
     let stolen = to_l
@@ -860,9 +864,9 @@ fn a_task_stolen_and_given_back_runs_where_its_owner_places_it_again() {
     assert!(stolen > 0, "node-l stole: {to_l:?}");
     o.handle_peer(
         &id("node-v"),
-        batch(out.remove("node-o").unwrap_or_default()),
+        idle_batch(out.remove("node-o").unwrap_or_default()),
     );
-    l.handle_peer(&id("node-v"), batch(to_l));
+    l.handle_peer(&id("node-v"), idle_batch(to_l));
     // node-l is told to stop before it starts them: they go back to the owner, which places
     // them on node-v again.
     l.handle_leave();
@@ -910,27 +914,18 @@ fn an_assignment_turned_away_as_stale_is_placed_again_at_once() {
     let assign = sends(&mut o)
         .remove("node-w")
         .expect("an assignment for node-w");
-    let batch = |msgs| PeerBatch {
-        load: LoadHint {
-            queued: 0,
-            running: 0,
-            nthreads: 2,
-            paused: false,
-        },
-        msgs,
-    };
     let from_o = NodeId(Arc::from("node-o"));
-    w.handle_peer(&from_o, batch(assign.clone()));
+    w.handle_peer(&from_o, idle_batch(assign.clone()));
     // node-o had taken node-w for dead and back (a partition healed): node-w drops what it
     // keeps for node-o's graphs. Then a copy of the old assignment arrives (a retry, or a
     // batch delivered twice): it is void, but node-o still counts on it.
-    w.handle_peer(&from_o, batch(vec![PeerMsg::Forgot]));
+    w.handle_peer(&from_o, idle_batch(vec![PeerMsg::Forgot]));
     assert!(
         run_all(&mut w).is_empty(),
         "dropped: {:?}",
         w.describe(&Key::from("x"))
     );
-    w.handle_peer(&from_o, batch(assign));
+    w.handle_peer(&from_o, idle_batch(assign));
     let told = sends(&mut w).remove("node-o").unwrap_or_default();
     assert!(
         told.iter()
@@ -939,7 +934,7 @@ fn an_assignment_turned_away_as_stale_is_placed_again_at_once() {
     );
     // The owner places it again at once (it used to retry the void assignment, turned away
     // without a word, until node-w's record expired two minutes later).
-    o.handle_peer(&NodeId(Arc::from("node-w")), batch(told));
+    o.handle_peer(&NodeId(Arc::from("node-w")), idle_batch(told));
     deliver(&mut o, &mut w);
     assert_eq!(run_all(&mut w), vec!["x".to_string()]);
     o.handle_gather(RequestId(1), vec![Key::from("x")], 1_000);
