@@ -2565,9 +2565,21 @@ impl NodeCore {
         let Some((id, node, known)) = self.placed_remote(&key) else {
             return;
         };
-        // A record that voids every assignment (`u32::MAX`) expires by itself; placing
-        // again could not get past it.
-        if node != from || known > hops || hops == u32::MAX {
+        if node != from || known > hops {
+            return;
+        }
+        if hops == u32::MAX {
+            // The node turns away every assignment of it until its record expires (it was
+            // released there under a key this node did not know then, and has been
+            // submitted again since): it runs here, unless it must run elsewhere.
+            let free = self
+                .task(id)
+                .is_some_and(|t| t.placement.is_none() && t.resources.is_empty());
+            if free {
+                self.peers[node as usize].assigned_since =
+                    self.peers[node as usize].assigned_since.saturating_sub(1);
+                self.place_here(id);
+            }
             return;
         }
         self.place_again(id, hops);

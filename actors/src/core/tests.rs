@@ -947,3 +947,36 @@ fn an_assignment_turned_away_as_stale_is_placed_again_at_once() {
         other => panic!("unexpected replies {other:?}"),
     }
 }
+
+#[test]
+fn a_key_submitted_again_after_a_worker_voided_it_runs_at_once() {
+    let names = ["node-o", "node-w"];
+    let [mut o, mut w] = names.map(core_named);
+    for c in [&mut o, &mut w] {
+        let view: Vec<PeerUpdate> = names.iter().map(|n| member(c, n, true)).collect();
+        c.handle_members(&view);
+    }
+    // node-o released `x` at node-w when it did not know the key (a late report of an
+    // earlier run): node-w voids every assignment of `x` for two minutes.
+    let from_o = NodeId(Arc::from("node-o"));
+    w.handle_peer(
+        &from_o,
+        idle_batch(vec![PeerMsg::Release {
+            owner: from_o.clone(),
+            keys: vec![Key::from("x")],
+            hops: u32::MAX,
+        }]),
+    );
+    // The client submits `x` now; node-o, paused, places it on node-w, which turns it away
+    // and says so (by then node-o is no longer paused).
+    o.set_memory_limit(Some(100));
+    o.handle_process_memory(100);
+    submit(&mut o, 1, vec![spec("x", "inc", vec![lit(1)])]);
+    deliver(&mut o, &mut w);
+    assert!(run_all(&mut w).is_empty());
+    o.handle_process_memory(0);
+    deliver(&mut w, &mut o);
+    // node-o runs it itself instead of retrying where it cannot run.
+    assert_eq!(run_all(&mut o), vec!["x".to_string()]);
+    assert_eq!(int(&gather(&mut o, &["x"])[0]), 2);
+}
