@@ -2568,21 +2568,10 @@ impl NodeCore {
         if node != from || known > hops {
             return;
         }
-        if hops == u32::MAX {
-            // The node turns away every assignment of it until its record expires (it was
-            // released there under a key this node did not know then, and has been
-            // submitted again since): it runs here, unless it must run elsewhere.
-            let free = self
-                .task(id)
-                .is_some_and(|t| t.placement.is_none() && t.resources.is_empty());
-            if free {
-                self.peers[node as usize].assigned_since =
-                    self.peers[node as usize].assigned_since.saturating_sub(1);
-                self.place_here(id);
-            }
-            return;
-        }
-        self.place_again(id, hops);
+        // Placed again with more hops. The release that goes first replaces the node's
+        // record, even one that voids every assignment (`u32::MAX`: the key was released
+        // there while this node did not know it, and was submitted again since).
+        self.place_again(id, if hops == u32::MAX { known } else { hops });
     }
 
     /// The task of this node's graphs named `key`, the node it is placed on and the hops

@@ -957,7 +957,7 @@ fn a_key_submitted_again_after_a_worker_voided_it_runs_at_once() {
         c.handle_members(&view);
     }
     // node-o released `x` at node-w when it did not know the key (a late report of an
-    // earlier run): node-w voids every assignment of `x` for two minutes.
+    // earlier copy): node-w voids every assignment of `x` for two minutes.
     let from_o = NodeId(Arc::from("node-o"));
     w.handle_peer(
         &from_o,
@@ -968,15 +968,24 @@ fn a_key_submitted_again_after_a_worker_voided_it_runs_at_once() {
         }]),
     );
     // The client submits `x` now; node-o, paused, places it on node-w, which turns it away
-    // and says so (by then node-o is no longer paused).
+    // and says so.
     o.set_memory_limit(Some(100));
     o.handle_process_memory(100);
     submit(&mut o, 1, vec![spec("x", "inc", vec![lit(1)])]);
     deliver(&mut o, &mut w);
     assert!(run_all(&mut w).is_empty());
-    o.handle_process_memory(0);
     deliver(&mut w, &mut o);
-    // node-o runs it itself instead of retrying where it cannot run.
-    assert_eq!(run_all(&mut o), vec!["x".to_string()]);
-    assert_eq!(int(&gather(&mut o, &["x"])[0]), 2);
+    // node-o places it there again at once, after a release that replaces node-w's record
+    // (it used to retry the void assignment until the record expired).
+    deliver(&mut o, &mut w);
+    assert_eq!(run_all(&mut w), vec!["x".to_string()]);
+    o.handle_gather(RequestId(1), vec![Key::from("x")], 1_000);
+    for _ in 0..3 {
+        deliver(&mut w, &mut o);
+        deliver(&mut o, &mut w);
+    }
+    match o.take_replies().as_slice() {
+        [(RequestId(1), ClientResponse::Results(r))] => assert_eq!(int(&r[0]), 2),
+        other => panic!("unexpected replies {other:?}"),
+    }
 }
