@@ -397,6 +397,9 @@ enum Seen {
     Again,
     /// A stale copy: ignore it.
     Stale,
+    /// An owner's assignment of a task released here, covering up to these hops: tell
+    /// the owner (it may still count on it).
+    Dropped(u32),
     /// Handed on: tell the owner where.
     Moved(u32, u32),
     /// It failed here: repeat the error.
@@ -523,7 +526,7 @@ pub struct NodeCore {
     memory_limit: Option<u64>,
     /// The process's memory as the shell last measured it.
     process_memory: u64,
-    /// Memory is at or above [`PAUSE_FRACTION`] of the limit: no task starts.
+    /// Memory is at or above [`PAUSE_FRACTION`] of the limit: one task at a time.
     paused: bool,
     /// The stack of `maybe_forget`'s walk, kept to save an allocation per call.
     forget_stack: Vec<TaskId>,
@@ -3427,6 +3430,7 @@ impl NodeCore {
             Gone::Moved(_, h) if a.hops > *h || (!stolen && a.hops == *h) => Seen::Again,
             Gone::Moved(to, h) if !stolen => Seen::Moved(*to, *h),
             Gone::Erred(e) => Seen::Erred(e.clone()),
+            Gone::Released(h) if !stolen => Seen::Dropped(*h),
             _ => Seen::Stale,
         });
         match seen {
@@ -3434,14 +3438,12 @@ impl NodeCore {
             Some(Seen::Again) => {
                 self.gone.remove(&k);
             }
-            Some(Seen::Stale) => {
-                // The owner may still count on this assignment (the release here covered a
-                // placement it made since, or its news was lost): it is told, and places
-                // the task again.
-                if !stolen && let Some((Gone::Released(h), _)) = self.gone.get(&k) {
-                    let hops = *h;
-                    self.send(owner, PeerMsg::Dropped { key: a.key, hops });
-                }
+            Some(Seen::Stale) => return,
+            // The owner may still count on this assignment (the release here covered a
+            // placement it made since, or its news was lost): it is told, and places the
+            // task again.
+            Some(Seen::Dropped(hops)) => {
+                self.send(owner, PeerMsg::Dropped { key: a.key, hops });
                 return;
             }
             // The owner lost track of it: say where it went.

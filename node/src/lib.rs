@@ -228,28 +228,24 @@ pub(crate) fn machine_memory() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Whether an IP address of `addr` passes `test`.
+fn any_ip(addr: &Multiaddr, test: impl Fn(std::net::IpAddr) -> bool) -> bool {
+    use libp2p::multiaddr::Protocol;
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => test(ip.into()),
+        Protocol::Ip6(ip) => test(ip.into()),
+        _ => false,
+    })
+}
+
 /// The listen address to advertise to peers: a concrete (not unspecified) one, preferring
 /// one that is not loopback.
 fn pick_advertised(addrs: &[Multiaddr]) -> Option<Multiaddr> {
-    use libp2p::multiaddr::Protocol;
-    let concrete = |a: &&Multiaddr| {
-        !a.iter().any(|p| match p {
-            Protocol::Ip4(ip) => ip.is_unspecified(),
-            Protocol::Ip6(ip) => ip.is_unspecified(),
-            _ => false,
-        })
-    };
-    let loopback = |a: &&Multiaddr| {
-        a.iter().any(|p| match p {
-            Protocol::Ip4(ip) => ip.is_loopback(),
-            Protocol::Ip6(ip) => ip.is_loopback(),
-            _ => false,
-        })
-    };
+    let concrete = |a: &&Multiaddr| !any_ip(a, |ip| ip.is_unspecified());
     addrs
         .iter()
         .filter(concrete)
-        .find(|a| !loopback(a))
+        .find(|a| !any_ip(a, |ip| ip.is_loopback()))
         .or_else(|| addrs.iter().find(concrete))
         .cloned()
 }
@@ -497,14 +493,11 @@ pub async fn start(
                 // A listener on 0.0.0.0 (or ::) reports one address per interface, one
                 // after another: take them all (until a quiet 300 ms), so that the address
                 // advertised is not loopback just because loopback came first.
-                let unspecified = config.listen.iter().any(|a| {
-                    a.iter().any(|p| match p {
-                        libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_unspecified(),
-                        libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_unspecified(),
-                        _ => false,
-                    })
-                });
-                if unspecified {
+                if config
+                    .listen
+                    .iter()
+                    .any(|a| any_ip(a, |ip| ip.is_unspecified()))
+                {
                     use futures::StreamExt;
                     let quiet = Duration::from_millis(300);
                     while let Ok(event) =

@@ -485,7 +485,7 @@ enum Event {
     Memory(usize, u64),
 }
 
-/// The longest makespan a `graphs-chaos` run may take (virtual µs). Seeds 3,000,000–3,009,999
+/// The longest makespan a `graphs-chaos` run may take (virtual µs). Seeds 3,000,000–3,019,999
 /// take at most 76 s; tasks that waited for a worker's two-minute record to expire took over
 /// 120 s.
 pub const STALL_US: u64 = 100_000_000;
@@ -1558,9 +1558,9 @@ fn chaos(seed: u64, nodes: impl FnOnce(&mut StdRng) -> usize) -> ClusterReport {
         sim.at(at, Event::Partition(group));
         sim.at(at + pr.random_range(300_000..8_000_000), Event::Heal);
     }
-    // Some runs put nodes under memory pressure for a while: each pauses (starts nothing,
-    // takes no work, gets none placed on it, its queue is for thieves), then resumes. Drawn
-    // apart too.
+    // Some runs put nodes under memory pressure for a while: each pauses (one task at a
+    // time, only when none runs; takes no work, gets none placed on it, its queue is for
+    // thieves), then resumes. Drawn apart too.
     let mut mp = StdRng::seed_from_u64(seed ^ 0x9a05_ed00);
     if mp.random_bool(0.3) {
         let k = mp.random_range(1..=(n / 2).max(1));

@@ -821,6 +821,33 @@ fn idle_batch(msgs: Vec<PeerMsg>) -> PeerBatch {
     }
 }
 
+/// Cores named `names`, each seeing all of them alive.
+fn cluster<const N: usize>(names: [&str; N]) -> [NodeCore; N] {
+    names.map(|name| {
+        let mut c = core_named(name);
+        let view: Vec<PeerUpdate> = names.iter().map(|n| member(&c, n, true)).collect();
+        c.handle_members(&view);
+        c
+    })
+}
+
+/// The values of `keys` as a client of the owner `o` gets them, fetched from `w`.
+fn gather_via(o: &mut NodeCore, w: &mut NodeCore, keys: &[&str]) -> Vec<i64> {
+    o.handle_gather(
+        RequestId(1),
+        keys.iter().map(|k| Key::from(*k)).collect(),
+        1_000,
+    );
+    for _ in 0..3 {
+        deliver(w, o);
+        deliver(o, w);
+    }
+    match o.take_replies().as_slice() {
+        [(RequestId(1), ClientResponse::Results(r))] => r.iter().map(int).collect(),
+        other => panic!("unexpected replies {other:?}"),
+    }
+}
+
 /// Every message `from` has, by the name of the node it goes to.
 fn sends(from: &mut NodeCore) -> std::collections::BTreeMap<String, Vec<PeerMsg>> {
     let mut by_node = std::collections::BTreeMap::<String, Vec<PeerMsg>>::new();
@@ -883,30 +910,14 @@ fn a_task_stolen_and_given_back_runs_where_its_owner_places_it_again() {
     let all: Vec<String> = (0..6).map(|i| format!("inc-{i}")).collect();
     assert_eq!(ran, all);
     // The client gets every value (fetched by the owner from node-v).
-    o.handle_gather(
-        RequestId(1),
-        all.iter().map(|k| Key::from(k.as_str())).collect(),
-        1_000,
-    );
-    for _ in 0..3 {
-        deliver(&mut v, &mut o);
-        deliver(&mut o, &mut v);
-    }
-    let values: Vec<i64> = match o.take_replies().as_slice() {
-        [(RequestId(1), ClientResponse::Results(r))] => r.iter().map(int).collect(),
-        other => panic!("unexpected replies {other:?}"),
-    };
+    let keys: Vec<&str> = all.iter().map(String::as_str).collect();
+    let values = gather_via(&mut o, &mut v, &keys);
     assert_eq!(values, (1..7).collect::<Vec<i64>>());
 }
 
 #[test]
 fn an_assignment_turned_away_as_stale_is_placed_again_at_once() {
-    let names = ["node-o", "node-w"];
-    let [mut o, mut w] = names.map(core_named);
-    for c in [&mut o, &mut w] {
-        let view: Vec<PeerUpdate> = names.iter().map(|n| member(c, n, true)).collect();
-        c.handle_members(&view);
-    }
+    let [mut o, mut w] = cluster(["node-o", "node-w"]);
     // node-o is paused: its task goes to node-w.
     o.set_memory_limit(Some(100));
     o.handle_process_memory(100);
@@ -937,25 +948,12 @@ fn an_assignment_turned_away_as_stale_is_placed_again_at_once() {
     o.handle_peer(&NodeId(Arc::from("node-w")), idle_batch(told));
     deliver(&mut o, &mut w);
     assert_eq!(run_all(&mut w), vec!["x".to_string()]);
-    o.handle_gather(RequestId(1), vec![Key::from("x")], 1_000);
-    for _ in 0..3 {
-        deliver(&mut w, &mut o);
-        deliver(&mut o, &mut w);
-    }
-    match o.take_replies().as_slice() {
-        [(RequestId(1), ClientResponse::Results(r))] => assert_eq!(int(&r[0]), 2),
-        other => panic!("unexpected replies {other:?}"),
-    }
+    assert_eq!(gather_via(&mut o, &mut w, &["x"]), vec![2]);
 }
 
 #[test]
 fn a_key_submitted_again_after_a_worker_voided_it_runs_at_once() {
-    let names = ["node-o", "node-w"];
-    let [mut o, mut w] = names.map(core_named);
-    for c in [&mut o, &mut w] {
-        let view: Vec<PeerUpdate> = names.iter().map(|n| member(c, n, true)).collect();
-        c.handle_members(&view);
-    }
+    let [mut o, mut w] = cluster(["node-o", "node-w"]);
     // node-o released `x` at node-w when it did not know the key (a late report of an
     // earlier copy): node-w voids every assignment of `x` for two minutes.
     let from_o = NodeId(Arc::from("node-o"));
@@ -979,13 +977,5 @@ fn a_key_submitted_again_after_a_worker_voided_it_runs_at_once() {
     // (it used to retry the void assignment until the record expired).
     deliver(&mut o, &mut w);
     assert_eq!(run_all(&mut w), vec!["x".to_string()]);
-    o.handle_gather(RequestId(1), vec![Key::from("x")], 1_000);
-    for _ in 0..3 {
-        deliver(&mut w, &mut o);
-        deliver(&mut o, &mut w);
-    }
-    match o.take_replies().as_slice() {
-        [(RequestId(1), ClientResponse::Results(r))] => assert_eq!(int(&r[0]), 2),
-        other => panic!("unexpected replies {other:?}"),
-    }
+    assert_eq!(gather_via(&mut o, &mut w, &["x"]), vec![2]);
 }
