@@ -43,6 +43,8 @@ use leave::Leaving;
 
 /// How many graph ids a node remembers to recognise resubmissions.
 const REMEMBERED_GRAPHS: usize = 65_536;
+/// The default of [`NodeCore::set_max_tasks_per_submit`] (`--max-tasks-per-submit`).
+pub const DEFAULT_MAX_TASKS_PER_SUBMIT: u64 = 2_000_000;
 /// Most tasks per thread the pool holds at once, however short.
 const MAX_POOL_DEPTH: u32 = 256;
 /// Queued work per thread the core aims to keep handed to the pool, in nanoseconds of
@@ -524,6 +526,8 @@ pub struct NodeCore {
     memory_used: u64,
     /// The node's memory limit in bytes (`--memory-limit`), if any.
     memory_limit: Option<u64>,
+    /// Most tasks one submission may hold.
+    max_tasks_per_submit: u64,
     /// The process's memory as the shell last measured it.
     process_memory: u64,
     /// Memory is at or above [`PAUSE_FRACTION`] of the limit: one task at a time.
@@ -652,6 +656,7 @@ impl NodeCore {
             stored: 0,
             memory_used: 0,
             memory_limit: None,
+            max_tasks_per_submit: DEFAULT_MAX_TASKS_PER_SUBMIT,
             process_memory: 0,
             paused: false,
             forget_stack: Vec::new(),
@@ -745,6 +750,12 @@ impl NodeCore {
     pub fn set_memory_limit(&mut self, limit: Option<u64>) {
         self.memory_limit = limit.filter(|&l| l > 0);
         self.update_pause();
+    }
+
+    /// Most tasks one submission may hold (`--max-tasks-per-submit`): a larger one is
+    /// rejected whole, naming the limit.
+    pub fn set_max_tasks_per_submit(&mut self, limit: u64) {
+        self.max_tasks_per_submit = limit;
     }
 
     /// The process's memory in bytes, as the shell measured it (resident set size).
@@ -916,6 +927,17 @@ impl NodeCore {
                 self.node, self.peers[owner as usize].node
             ));
             self.replies.push((request, reply));
+            return;
+        }
+        let tasks: u64 = graphs.iter().map(|g| g.tasks.len() as u64).sum();
+        if tasks > self.max_tasks_per_submit {
+            let e = GraphError::TooManyTasks {
+                tasks,
+                limit: self.max_tasks_per_submit,
+            };
+            let outcomes = vec![SubmitOutcome::Rejected(e); graphs.len()];
+            self.replies
+                .push((request, ClientResponse::Submitted(outcomes)));
             return;
         }
         let outcomes = graphs

@@ -20,7 +20,9 @@ mod pool;
 pub mod protocol;
 mod shell;
 
-pub use crate::core::{CoreStats, Job, NodeCore, PeerUpdate, RequestId, TaskDone};
+pub use crate::core::{
+    CoreStats, DEFAULT_MAX_TASKS_PER_SUBMIT, Job, NodeCore, PeerUpdate, RequestId, TaskDone,
+};
 pub use gossip_shell::{
     DatasetReply, GossipActor, GossipArgs, GossipMsg, GossipSend, LOAD_EVERY, now_ms, spawn_gossip,
 };

@@ -138,9 +138,49 @@ pub enum ClientRequest {
     Forward {
         /// The node that owns the keys, by the ownership table.
         owner: NodeId,
-        /// A `Gather` or `Status`.
-        request: Box<ClientRequest>,
+        /// The gather or status.
+        request: ForwardedRequest,
     },
+}
+
+/// A request one node serves for a client of another (see [`ClientRequest::Forward`] and
+/// [`PeerMsg::Forward`]): only these two, so that no request nests in another on the wire
+/// (a recursive message type would let a few kilobytes of nesting overflow a decoder's
+/// stack).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardedRequest {
+    /// As [`ClientRequest::Gather`].
+    Gather {
+        /// The keys, answered in this order.
+        keys: Vec<Key>,
+        /// How long the owner may hold the request.
+        wait_ms: u32,
+    },
+    /// As [`ClientRequest::Status`].
+    Status {
+        /// The keys, answered in this order.
+        keys: Vec<Key>,
+    },
+}
+
+impl ForwardedRequest {
+    /// The request, if it is one that can be forwarded (a gather or a status).
+    pub fn from_request(request: ClientRequest) -> Option<ForwardedRequest> {
+        match request {
+            ClientRequest::Gather { keys, wait_ms } => {
+                Some(ForwardedRequest::Gather { keys, wait_ms })
+            }
+            ClientRequest::Status { keys } => Some(ForwardedRequest::Status { keys }),
+            _ => None,
+        }
+    }
+
+    /// The keys asked about.
+    pub fn keys(&self) -> &[Key] {
+        match self {
+            ForwardedRequest::Gather { keys, .. } | ForwardedRequest::Status { keys } => keys,
+        }
+    }
 }
 
 /// The outcome of one graph of a [`ClientRequest::Submit`].
@@ -156,7 +196,7 @@ pub enum SubmitOutcome {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeyResult {
     /// The encoded value.
-    Value(Bytes),
+    Value(#[serde(with = "rdask_graph::detached")] Bytes),
     /// The task, or one it depends on, failed.
     Error(TaskError),
     /// Not finished yet.
@@ -178,6 +218,17 @@ pub enum KeyStatus {
     Unknown,
 }
 
+/// Limits of a node on what a client sends it (the node's flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLimits {
+    /// Largest frame of a message, without its values (`--max-frame-bytes`).
+    pub max_frame_bytes: u64,
+    /// Largest single value (`--max-value-bytes`).
+    pub max_value_bytes: u64,
+    /// Most tasks in one submission (`--max-tasks-per-submit`).
+    pub max_tasks_per_submit: u64,
+}
+
 /// What a node reports about itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
@@ -194,8 +245,9 @@ pub struct NodeStatus {
 /// A reply to a [`ClientRequest`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientResponse {
-    /// Answer to `Hello`: the node the client talks to.
-    Welcome(NodeStatus),
+    /// Answer to `Hello`: the node the client talks to, and its limits (a client checks
+    /// what it sends against them, so that a message over a limit is an error at once).
+    Welcome(NodeStatus, NodeLimits),
     /// Answer to `Submit`: one outcome per graph, in order.
     Submitted(Vec<SubmitOutcome>),
     /// Answer to `Gather`: one result per key, in order.
@@ -366,7 +418,7 @@ pub fn epoch_generation(epoch: u64) -> u64 {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AssignArg {
     /// An encoded literal value.
-    Value(Bytes),
+    Value(#[serde(with = "rdask_graph::detached")] Bytes),
     /// The result of another task of the same owner, to be fetched from one of its holders.
     Input {
         /// Its key.
@@ -454,6 +506,7 @@ pub enum PeerMsg {
         /// The result.
         key: Key,
         /// The encoded value.
+        #[serde(with = "rdask_graph::detached::option")]
         value: Option<Bytes>,
     },
     /// The answer of an owner asked for a result it no longer knows: whatever waits for it
@@ -559,8 +612,8 @@ pub enum PeerMsg {
     Forward {
         /// The forwarding node's request id.
         req: u64,
-        /// A `Gather` or `Status`.
-        request: ClientRequest,
+        /// The gather or status.
+        request: ForwardedRequest,
     },
     /// The answer to a [`PeerMsg::Forward`] (owner → forwarding node).
     Forwarded {

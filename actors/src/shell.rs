@@ -14,7 +14,7 @@ use crate::core::{NodeCore, PeerUpdate, RequestId};
 use crate::gossip_shell::{GossipMsg, LOAD_EVERY};
 use crate::pool::{Completions, TaskPool};
 use crate::protocol::{
-    ClientRequest, ClientResponse, NodeSnapshot, NodeStatus, PeerBatch, PrefixProgress,
+    ClientRequest, ClientResponse, NodeLimits, NodeSnapshot, NodeStatus, PeerBatch, PrefixProgress,
     SessionSummary, TransferEvent,
 };
 
@@ -74,6 +74,9 @@ pub struct NodeArgs {
     /// The memory limit in bytes (`--memory-limit`); `None`: no limit. Near it the node
     /// pauses (see [`NodeCore::set_memory_limit`]).
     pub memory_limit: Option<u64>,
+    /// What it accepts from clients (told them in `Welcome`; the core enforces the tasks
+    /// per submission).
+    pub limits: NodeLimits,
 }
 
 /// Every how many ticks the process's memory is measured (when there is a limit).
@@ -123,6 +126,8 @@ pub struct NodeState {
     /// The dataset table of a node without gossip (a local cluster); with gossip, the
     /// replicated state holds it.
     datasets: std::collections::BTreeMap<String, Dataset>,
+    /// What the node accepts from clients.
+    limits: NodeLimits,
 }
 
 /// The resources a member offers, as the core counts them.
@@ -315,6 +320,7 @@ impl Actor for NodeActor {
         let mut core = NodeCore::new(&args.member.id.0, args.registry, args.nthreads as u32);
         core.set_resources(resources_of(&args.member));
         core.set_memory_limit(args.memory_limit);
+        core.set_max_tasks_per_submit(args.limits.max_tasks_per_submit);
         if let Some(limit) = args.memory_limit {
             tracing::info!(limit_mb = limit >> 20, "memory limit");
         }
@@ -335,6 +341,7 @@ impl Actor for NodeActor {
             left: None,
             datasets: Default::default(),
             progress: None,
+            limits: args.limits,
         })
     }
 
@@ -368,7 +375,7 @@ impl Actor for NodeActor {
                                 state.member.version
                             )));
                         } else {
-                            reply(ClientResponse::Welcome(state.status()));
+                            reply(ClientResponse::Welcome(state.status(), state.limits));
                         }
                         return Ok(());
                     }
@@ -533,7 +540,7 @@ impl Actor for NodeActor {
                     }
                     ClientRequest::Forward { owner, request } => {
                         state.pending.insert(id, reply);
-                        state.core.handle_forward(id, &owner, *request);
+                        state.core.handle_forward(id, &owner, request);
                     }
                     ClientRequest::Submit { graphs } => {
                         state.pending.insert(id, reply);

@@ -10,7 +10,8 @@ use futures::future::BoxFuture;
 use ractor::ActorRef;
 use rdask_actors::NodeMsg;
 use rdask_actors::protocol::{
-    ClientRequest, ClientResponse, GraphSubmission, KeyResult, KeyStatus, NodeStatus, SubmitOutcome,
+    ClientRequest, ClientResponse, ForwardedRequest, GraphSubmission, KeyResult, KeyStatus,
+    NodeStatus, SubmitOutcome,
 };
 use rdask_gossip::PROTOCOL_VERSION;
 use rdask_graph::{Arg, GraphId, Key, Registry, TaskFn, TaskSpec};
@@ -83,6 +84,7 @@ impl Conn {
                     r.map_err(|e| match e {
                         rdask_node::RemoteError::Closed => Error::Closed,
                         rdask_node::RemoteError::Lost(m) => Error::ConnectionLost(m),
+                        rdask_node::RemoteError::TooLarge(e) => Error::TooLarge(e.to_string()),
                     })
                 })
                 .boxed(),
@@ -350,7 +352,10 @@ impl Client {
                 version: env!("CARGO_PKG_VERSION").to_string(),
             };
             match conn.send(hello).await? {
-                ClientResponse::Welcome(status) => Ok((remote, status)),
+                ClientResponse::Welcome(status, limits) => {
+                    remote.set_limits(limits.max_frame_bytes, limits.max_value_bytes);
+                    Ok((remote, status))
+                }
                 other => Err(Error::Protocol(format!(
                     "unexpected answer to hello: {other:?}"
                 ))),
@@ -1487,7 +1492,11 @@ impl ClientInner {
         };
         match owner {
             Some(owner) => {
-                let request = Box::new(request);
+                let Some(request) = ForwardedRequest::from_request(request) else {
+                    return Err(Error::Protocol(
+                        "only a gather or a status can be forwarded".into(),
+                    ));
+                };
                 self.conn()
                     .send(ClientRequest::Forward { owner, request })
                     .await
@@ -1658,8 +1667,10 @@ async fn dial_member(
             protocol: PROTOCOL_VERSION,
             version: env!("CARGO_PKG_VERSION").to_string(),
         };
-        if let Ok(ClientResponse::Welcome(status)) = Conn::Remote(remote.clone()).send(hello).await
+        if let Ok(ClientResponse::Welcome(status, limits)) =
+            Conn::Remote(remote.clone()).send(hello).await
         {
+            remote.set_limits(limits.max_frame_bytes, limits.max_value_bytes);
             return Some((remote, status));
         }
     }

@@ -48,9 +48,14 @@ pub enum Error {
     /// The connection to the node was lost while a request was under way.
     #[error("connection to the cluster lost: {0}")]
     ConnectionLost(String),
-    /// The node refused the client (for example an incompatible version).
-    #[error("the node refused the client: {0}")]
+    /// The node refused the request (an incompatible version, a limit of the node such as
+    /// `--max-client-sessions`; the reason names it).
+    #[error("the node refused the request: {0}")]
     Refused(String),
+    /// The request is over a limit of the node (`--max-frame-bytes`, `--max-value-bytes`,
+    /// named in the message): nothing was sent, and the client goes on.
+    #[error("{0}")]
+    TooLarge(String),
     /// The node answered something the client did not expect.
     #[error("protocol error: {0}")]
     Protocol(String),

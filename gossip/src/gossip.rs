@@ -200,8 +200,9 @@ impl Gossip {
 
     /// A message from another node.
     pub fn handle_message(&mut self, data: &[u8], now_ms: u64) -> Result<(), GossipError> {
-        let wire: Wire =
-            postcard::from_bytes(data).map_err(|e| GossipError::Malformed(e.to_string()))?;
+        let limits = rdask_graph::bounded::Limits::for_message(data.len());
+        let wire: Wire = rdask_graph::bounded::decode(data, limits)
+            .map_err(|e| GossipError::Malformed(e.to_string()))?;
         match wire {
             Wire::Swim(bytes) => {
                 let r = self.membership.handle_data(&bytes);

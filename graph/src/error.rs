@@ -45,6 +45,17 @@ pub enum GraphError {
         /// The graph id, as hex.
         graph: String,
     },
+    /// The submission holds more tasks than the node accepts at once: nothing of it runs.
+    #[error(
+        "the submission has {tasks} tasks, over the limit of {limit} tasks per submission \
+         (--max-tasks-per-submit): submit it in parts"
+    )]
+    TooManyTasks {
+        /// Tasks in the submission.
+        tasks: u64,
+        /// The node's limit.
+        limit: u64,
+    },
 }
 
 /// The kind of a [`TaskError`].

@@ -17,6 +17,10 @@ use crate::{Arg, Key, TaskSpec, value};
 /// The name of the built-in function that runs a fused chain.
 pub const CHAIN: &str = "rdask::chain";
 
+/// Most stages of one fused chain: a plan is made by [`fuse_chains`], one stage per task of
+/// a linear chain of a client's graph; a longer one is refused before anything runs.
+pub const MAX_STAGES: usize = 1 << 20;
+
 /// What a fused chain runs, in order.
 #[derive(Serialize, Deserialize)]
 struct Plan {
@@ -156,6 +160,23 @@ pub fn run_chain(registry: &Registry, args: &[Bytes]) -> Result<Vec<u8>, TaskFai
         index: 0,
         reason: format!("not a fused chain's plan: {e}"),
     })?;
+    if plan.stages.len() > MAX_STAGES {
+        return Err(TaskFailure::BadArgument {
+            index: 0,
+            reason: format!(
+                "a fused chain of {} stages (at most {MAX_STAGES})",
+                plan.stages.len()
+            ),
+        });
+    }
+    // A stage that is itself a chain would recurse (a plan can name itself): refused, as
+    // fusion never makes one.
+    if let Some(nested) = plan.stages.iter().find(|s| s.function == CHAIN) {
+        return Err(TaskFailure::BadArgument {
+            index: 0,
+            reason: format!("a fused chain's stage calls {} itself", nested.function),
+        });
+    }
     let mut prev: Option<Bytes> = None;
     for stage in plan.stages {
         let entry = registry.get(&stage.function).ok_or_else(|| {

@@ -25,6 +25,8 @@
 //! assert_eq!(valid.order_keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["inc-1", "inc-2"]);
 //! ```
 
+pub mod bounded;
+pub mod detached;
 mod error;
 pub mod fuse;
 mod graph;

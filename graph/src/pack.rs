@@ -9,14 +9,32 @@
 
 use bytes::Bytes;
 
-use crate::registry::TaskFailure;
+use crate::registry::{TaskFailure, max_value_bytes};
 
 /// The name of the built-in function that packs results into one collection value.
 pub const PACK: &str = "rdask::pack";
 
 /// The function behind [`PACK`]: its arguments, concatenated.
 pub fn run_pack(args: &[Bytes]) -> Result<Vec<u8>, TaskFailure> {
-    let mut out = Vec::with_capacity(args.iter().map(Bytes::len).sum());
+    let limit = max_value_bytes();
+    let mut total: u64 = 0;
+    for a in args {
+        total = total
+            .checked_add(a.len() as u64)
+            .filter(|&t| t <= limit)
+            .ok_or_else(|| {
+                TaskFailure::Failed(format!(
+                    "{PACK}: the packed value would be over the value limit of {limit} bytes \
+                     (--max-value-bytes)"
+                ))
+            })?;
+    }
+    let mut out = Vec::new();
+    out.try_reserve_exact(total as usize).map_err(|_| {
+        TaskFailure::Failed(format!(
+            "{PACK}: cannot hold a packed value of {total} bytes"
+        ))
+    })?;
     for a in args {
         out.extend_from_slice(a);
     }

@@ -11,6 +11,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
@@ -87,7 +88,9 @@ pub fn encode_output<T: Serialize>(v: &T) -> Result<Vec<u8>, TaskFailure> {
 }
 
 impl TaskEntry {
-    /// Calls the function, turning a panic into [`TaskFailure::Panicked`].
+    /// Calls the function, turning a panic into [`TaskFailure::Panicked`]. A bad argument's
+    /// failure names the function; a result over [`max_value_bytes`] is a
+    /// [`TaskFailure::BadOutput`].
     pub fn call(&self, args: &[Bytes]) -> Result<Vec<u8>, TaskFailure> {
         if self.arity != VARIADIC && args.len() != self.arity {
             return Err(TaskFailure::WrongArity {
@@ -95,11 +98,42 @@ impl TaskEntry {
                 got: args.len(),
             });
         }
-        match catch_unwind(AssertUnwindSafe(|| (self.invoke)(args))) {
+        let out = match catch_unwind(AssertUnwindSafe(|| (self.invoke)(args))) {
             Ok(r) => r,
             Err(payload) => Err(TaskFailure::Panicked(panic_message(payload.as_ref()))),
+        };
+        match out {
+            Ok(v) if v.len() as u64 > max_value_bytes() => Err(TaskFailure::BadOutput(format!(
+                "{} returned a value of {} bytes, over the value limit of {} bytes \
+                 (--max-value-bytes)",
+                self.name,
+                v.len(),
+                max_value_bytes()
+            ))),
+            Err(TaskFailure::BadArgument { index, reason }) => Err(TaskFailure::BadArgument {
+                index,
+                reason: format!("{reason} (calling {})", self.name),
+            }),
+            other => other,
         }
     }
+}
+
+/// The default of [`max_value_bytes`]: 8 GiB.
+pub const DEFAULT_MAX_VALUE: u64 = 8 << 30;
+
+static MAX_VALUE: AtomicU64 = AtomicU64::new(DEFAULT_MAX_VALUE);
+
+/// The largest value a task function of this process may return (and the built-ins may
+/// make): a node's `--max-value-bytes`. A larger result is the task's error
+/// ([`TaskFailure::BadOutput`]), since no peer or client would accept it.
+pub fn max_value_bytes() -> u64 {
+    MAX_VALUE.load(Ordering::Relaxed)
+}
+
+/// Sets [`max_value_bytes`] for this process (a node does at start).
+pub fn set_max_value_bytes(bytes: u64) {
+    MAX_VALUE.store(bytes, Ordering::Relaxed);
 }
 
 /// The text of a panic payload.

@@ -9,7 +9,7 @@ use crate::Key;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Arg {
     /// A literal value, already encoded with [`crate::value::encode`].
-    Value(Bytes),
+    Value(#[serde(with = "crate::detached")] Bytes),
     /// The result of another task, resolved on the cluster: the value never travels
     /// through the client.
     Key(Key),

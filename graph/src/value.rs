@@ -7,6 +7,8 @@
 use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
 
+use crate::bounded::{self, Limits};
+
 /// A value that could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("cannot {action} a value of type {type_name}: {reason}")]
@@ -34,18 +36,15 @@ pub fn encode_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, ValueErro
 }
 
 /// Decodes a value of type `T`. Trailing bytes are an error: they mean the bytes were
-/// written for another type.
+/// written for another type. Decoding is bounded (see [`crate::bounded`]): values nested
+/// more than [`Limits::DEPTH`] levels deep, or with more sequence elements than
+/// [`Limits::for_value`] allows, are errors, not a stack overflow or an endless loop.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ValueError> {
-    let err = |reason: String| ValueError {
+    bounded::decode(bytes, Limits::for_value(bytes.len())).map_err(|e| ValueError {
         action: "decode",
         type_name: std::any::type_name::<T>(),
-        reason,
-    };
-    match postcard::take_from_bytes::<T>(bytes) {
-        Ok((v, [])) => Ok(v),
-        Ok((_, rest)) => Err(err(format!("{} bytes left over", rest.len()))),
-        Err(e) => Err(err(e.to_string())),
-    }
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -33,12 +33,22 @@ pub fn identity(x: u64) -> u64 {
     x
 }
 
-/// Sleeps `ms` milliseconds on the task thread, then returns `ms`.
+/// Sleeps `ms` milliseconds on the task thread, then returns `ms`; more than
+/// [`MAX_SLEEP_MS`] is an error.
 #[rdask_macros::task(crate = "::rdask_graph", name = "rdask::builtins::sleep-ms")]
-pub fn sleep_ms(ms: u64) -> u64 {
+pub fn sleep_ms(ms: u64) -> Result<u64, String> {
+    if ms > MAX_SLEEP_MS {
+        return Err(format!(
+            "rdask::builtins::sleep-ms sleeps at most {MAX_SLEEP_MS} ms, not {ms}"
+        ));
+    }
     std::thread::sleep(std::time::Duration::from_millis(ms));
-    ms
+    Ok(ms)
 }
+
+/// The longest sleep of [`sleep_ms`]: ten minutes (a task thread cannot be interrupted, so
+/// a longer one would hold it for as long as anyone asks).
+pub const MAX_SLEEP_MS: u64 = 10 * 60 * 1000;
 
 /// Fails with `message` (an `Err`, not a panic).
 #[rdask_macros::task(crate = "::rdask_graph", name = "rdask::builtins::fail")]
@@ -165,5 +175,52 @@ mod tests {
         assert_eq!(err.to_string(), "no luck");
         assert_eq!(inc.prefix(), "inc");
         assert_eq!(sleep_ms.prefix(), "sleep-ms");
+    }
+
+    fn call(name: &str, args: &[rdask_graph::__private::Bytes]) -> Result<Vec<u8>, String> {
+        Registry::global()
+            .get(name)
+            .unwrap()
+            .call(args)
+            .map_err(|e| e.to_string())
+    }
+
+    /// A chain whose plan calls `rdask::chain` on its own inputs would recurse until the
+    /// task thread's stack overflows: refused as a bad argument.
+    #[test]
+    fn a_chain_that_calls_itself_is_refused() {
+        let plan: rdask_graph::__private::Bytes =
+            [&[1u8, 12][..], b"rdask::chain", &[2, 0, 0, 0, 0]]
+                .concat()
+                .into();
+        let err = call(CHAIN, &[plan.clone(), plan]).unwrap_err();
+        assert!(err.contains("rdask::chain itself"), "{err}");
+        // A plan announcing more stages than allowed is refused before it is decoded whole.
+        let mut huge = vec![];
+        huge.extend(value::encode(&(rdask_graph::fuse::MAX_STAGES as u64 + 1)).unwrap());
+        let err = call(CHAIN, &[huge.into()]).unwrap_err();
+        assert!(err.contains("rdask::chain"), "{err}");
+    }
+
+    /// 100,000 references to one 64 MiB value would ask for 6.4 TB at once: refused by the
+    /// value limit, with nothing reserved.
+    #[test]
+    fn pack_checks_its_size_against_the_value_limit_before_reserving() {
+        let big = rdask_graph::__private::Bytes::from(vec![0u8; 64 << 20]);
+        let err = call(PACK, &vec![big; 100_000]).unwrap_err();
+        assert!(err.contains("--max-value-bytes"), "{err}");
+        let ok = call(
+            PACK,
+            &[value::encode(&1u8).unwrap(), value::encode(&2u8).unwrap()],
+        );
+        assert_eq!(ok.unwrap(), vec![1, 2]);
+    }
+
+    #[test]
+    fn sleep_is_bounded_and_a_wrong_argument_names_the_function() {
+        let err = call(sleep_ms.name(), &[value::encode(&u64::MAX).unwrap()]).unwrap_err();
+        assert!(err.contains("at most"), "{err}");
+        let err = call(sleep_ms.name(), &[value::encode("soon").unwrap()]).unwrap_err();
+        assert!(err.contains("rdask::builtins::sleep-ms"), "{err}");
     }
 }

@@ -4,17 +4,25 @@
 //! whose announced length is over the limit is refused before any of it is read, so an
 //! oversized or hostile message costs the node nothing but a closed stream.
 //!
-//! Between nodes (`/rdask/node/1`) a [`PeerBatch`] travels as a frame holding its messages
-//! with the values of [`PeerMsg::Data`] taken out, followed by those values raw: see
-//! [`write_peer_batch`]. Values are not bound by the frame limit (results of hundreds of
-//! MiB move between nodes) but each one by its own limit.
+//! Messages of the client protocol and of the node protocol may carry values of any size
+//! (scattered data, arguments, results). They travel as *messages* ([`encode_message`],
+//! [`read_message`]): a frame of the message in which every value of at least
+//! [`rdask_graph::detached::THRESHOLD`] bytes is left out (see [`rdask_graph::detached`]);
+//! when values were left out, the top bit of the frame's length is set and a second frame
+//! follows with their lengths, then the values themselves, raw, each written straight from
+//! its buffer and read into a buffer that grows as its bytes arrive. Values are not bound
+//! by the frame limit but each by the value limit (`--max-value-bytes`). A message with no
+//! values left out is a plain frame, so a peer of another version still reads a `Hello`
+//! and its refusal.
 
 use std::io;
 
 use bytes::Bytes;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
-use rdask_actors::protocol::{LoadHint, PeerBatch, PeerMsg};
+use rdask_actors::protocol::{PeerBatch, PeerMsg};
+use rdask_graph::bounded::{self, Limits};
+use rdask_graph::detached;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// The client protocol's name.
@@ -24,11 +32,12 @@ pub const CLIENT_PROTOCOL: StreamProtocol = StreamProtocol::new("/rdask/client/1
 pub const NODE_PROTOCOL: StreamProtocol = StreamProtocol::new("/rdask/node/1");
 
 /// Default limit on one value sent between nodes: 8 GiB.
-pub const DEFAULT_MAX_VALUE: u64 = 8 << 30;
+pub const DEFAULT_MAX_VALUE: u64 = rdask_graph::registry::DEFAULT_MAX_VALUE;
 
-/// Values are read in pieces of this size into their (exactly sized) buffer, so that a
-/// header announcing a large value costs memory only as its bytes arrive.
-const BODY_CHUNK: usize = 1 << 20;
+/// The first piece of a frame or value read before its buffer grows (doubling with what
+/// arrived), so that a header announcing a large value costs memory only as its bytes
+/// arrive.
+const FIRST_CHUNK: usize = 64 << 10;
 
 /// One message of a session: a request or its response, matched by `id`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,14 +65,42 @@ pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
             format!("frame of {len} bytes is over the limit of {max} bytes"),
         ));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
-    postcard::from_bytes(&buf).map_err(|e| {
+    let buf = read_growing(io, len).await?;
+    decode_message(&buf)
+}
+
+/// Decodes a message of a protocol (a frame's bytes) within the bounds of
+/// [`Limits::for_message`]: no recursion or element count that the bytes do not pay for.
+pub fn decode_message<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    bounded::decode(bytes, Limits::for_message(bytes.len())).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!("malformed {}: {e}", std::any::type_name::<T>()),
         )
     })
+}
+
+/// Reads exactly `len` bytes into a buffer that grows with the bytes received (it at most
+/// doubles what has arrived), never from the announced length alone: a header announcing
+/// gigabytes costs memory only as they come. A buffer that cannot grow is an
+/// [`io::ErrorKind::OutOfMemory`] error.
+async fn read_growing<R: AsyncRead + Unpin>(io: &mut R, len: usize) -> io::Result<Vec<u8>> {
+    let too_large = || {
+        io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!("cannot hold {len} bytes"),
+        )
+    };
+    let mut buf: Vec<u8> = Vec::new();
+    while buf.len() < len {
+        let start = buf.len();
+        let end = len.min(start + start.max(FIRST_CHUNK));
+        buf.try_reserve_exact(end - start)
+            .map_err(|_| too_large())?;
+        buf.resize(end, 0);
+        io.read_exact(&mut buf[start..end]).await?;
+    }
+    Ok(buf)
 }
 
 /// Encodes a value and writes it as one frame of at most `max` bytes, then flushes.
@@ -72,66 +109,153 @@ pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(
     value: &T,
     max: usize,
 ) -> io::Result<()> {
-    write_frame_unflushed(io, value, max).await?;
+    let buf =
+        encode_frame(value, max).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    io.write_all(&buf).await?;
     io.flush().await
 }
 
-/// Encodes a value and writes it as one frame of at most `max` bytes, without flushing (to
-/// send several frames with one flush).
-pub async fn write_frame_unflushed<T: Serialize, W: AsyncWrite + Unpin>(
-    io: &mut W,
-    value: &T,
-    max: usize,
-) -> io::Result<()> {
-    let buf =
-        encode_frame(value, max).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    io.write_all(&buf).await
+/// Set in a frame's length when detached values follow the frame.
+const HAS_VALUES: u32 = 1 << 31;
+
+/// Why a message cannot be sent.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// Its frame (without the values that travel beside it) is over the frame limit.
+    #[error(
+        "a message of {len} bytes (without its values) is over the frame limit of {max} bytes \
+         (--max-frame-bytes)"
+    )]
+    FrameTooLarge {
+        /// The frame's size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// One of its values is over the value limit.
+    #[error("a value of {len} bytes is over the value limit of {max} bytes (--max-value-bytes)")]
+    ValueTooLarge {
+        /// The value's size.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The codec refused it.
+    #[error("cannot encode a message: {0}")]
+    Codec(String),
 }
 
-/// The frame of a [`PeerBatch`] on the wire: its messages with every `Data` value replaced
-/// by an empty one, and the lengths of those values, which follow the frame raw, in order.
-#[derive(Serialize, Deserialize)]
-struct BatchHeader {
-    load: LoadHint,
-    msgs: Vec<PeerMsg>,
-    bodies: Vec<u64>,
+/// A message ready to be written: its frames and the values that follow them.
+#[derive(Clone, Debug)]
+pub struct Encoded {
+    frames: Vec<u8>,
+    values: Vec<Bytes>,
 }
 
-/// Takes the values out of the `Data` messages of `msgs`, leaving empty ones in their
-/// place. A message whose value is over `max_value` is dropped (and reported in `dropped`).
-fn take_bodies(msgs: &mut Vec<PeerMsg>, max_value: u64, dropped: &mut Vec<String>) -> Vec<Bytes> {
-    let mut bodies = Vec::new();
-    msgs.retain_mut(|m| {
-        if let PeerMsg::Data {
-            key,
-            value: Some(v),
-            ..
-        } = m
-        {
-            if v.len() as u64 > max_value {
-                dropped.push(format!(
-                    "the value of {key} ({} bytes) is over the value limit of {max_value} bytes",
-                    v.len()
-                ));
-                return false;
-            }
-            bodies.push(std::mem::take(v));
+impl Encoded {
+    /// Bytes it takes on the wire.
+    pub fn wire_len(&self) -> u64 {
+        self.frames.len() as u64 + self.values.iter().map(|v| v.len() as u64).sum::<u64>()
+    }
+
+    /// Writes it, without flushing.
+    pub async fn write<W: AsyncWrite + Unpin>(&self, io: &mut W) -> io::Result<()> {
+        io.write_all(&self.frames).await?;
+        for v in &self.values {
+            io.write_all(v).await?;
         }
-        true
-    });
-    bodies
+        Ok(())
+    }
 }
 
-/// Writes a batch of messages for another node, without flushing:
-///
-/// 1. one frame (at most `max_frame` bytes, as [`write_frame_unflushed`]) of the batch's
-///    load and messages, in which every `PeerMsg::Data { value: Some(v) }` carries an
-///    empty `v`, and the list of the lengths of those values, in order;
-/// 2. the values themselves, raw, in that order, written straight from their buffers.
-///
-/// A `Data` message whose value is over `max_value` is dropped (the receiver would refuse
-/// it); a batch whose messages do not fit in one frame is split in two, recursively, and a
-/// single message that does not fit is dropped. What was dropped is returned, for the log.
+/// Encodes a message of the client or node protocol: its values of
+/// [`rdask_graph::detached::THRESHOLD`] bytes or more travel beside the frame, each at most
+/// `max_value` bytes; the frame at most `max_frame` bytes.
+pub fn encode_message<T: Serialize>(
+    msg: &T,
+    max_frame: usize,
+    max_value: u64,
+) -> Result<Encoded, EncodeError> {
+    let (body, values) = detached::encode(msg, detached::THRESHOLD)
+        .map_err(|e| EncodeError::Codec(e.to_string()))?;
+    if let Some(v) = values.iter().find(|v| v.len() as u64 > max_value) {
+        return Err(EncodeError::ValueTooLarge {
+            len: v.len() as u64,
+            max: max_value,
+        });
+    }
+    let too_large = |len: usize| EncodeError::FrameTooLarge {
+        len,
+        max: max_frame,
+    };
+    if body.len() > max_frame || body.len() >= HAS_VALUES as usize {
+        return Err(too_large(body.len()));
+    }
+    let mut frames = Vec::with_capacity(body.len() + 8 + values.len() * 5);
+    let mut len = body.len() as u32;
+    if !values.is_empty() {
+        len |= HAS_VALUES;
+    }
+    frames.extend_from_slice(&len.to_be_bytes());
+    frames.extend_from_slice(&body);
+    if !values.is_empty() {
+        let lens: Vec<u64> = values.iter().map(|v| v.len() as u64).collect();
+        let at = frames.len();
+        frames.extend_from_slice(&[0; 4]);
+        frames =
+            postcard::to_extend(&lens, frames).map_err(|e| EncodeError::Codec(e.to_string()))?;
+        let lens_len = frames.len() - at - 4;
+        if lens_len > max_frame {
+            return Err(too_large(lens_len));
+        }
+        frames[at..at + 4].copy_from_slice(&(lens_len as u32).to_be_bytes());
+    }
+    Ok(Encoded { frames, values })
+}
+
+/// Reads one message written as [`encode_message`] writes it: a frame of at most
+/// `max_frame` bytes, and the values beside it, each at most `max_value` bytes (refused
+/// before any of its bytes is read). Decoding is bounded ([`Limits::for_message`]); every
+/// error is an [`io::ErrorKind::InvalidData`] (or the reader's own), after which the stream
+/// cannot be read further.
+pub async fn read_message<T: DeserializeOwned, R: AsyncRead + Unpin>(
+    io: &mut R,
+    max_frame: usize,
+    max_value: u64,
+) -> io::Result<T> {
+    let invalid = |reason: String| io::Error::new(io::ErrorKind::InvalidData, reason);
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len);
+    let has_values = len & HAS_VALUES != 0;
+    let len = (len & !HAS_VALUES) as usize;
+    if len > max_frame {
+        return Err(invalid(format!(
+            "frame of {len} bytes is over the limit of {max_frame} bytes"
+        )));
+    }
+    let body = read_growing(io, len).await?;
+    let mut values = Vec::new();
+    if has_values {
+        let lens: Vec<u64> = read_frame(io, max_frame).await?;
+        if let Some(big) = lens.iter().find(|&&l| l > max_value) {
+            return Err(invalid(format!(
+                "a value of {big} bytes is over the value limit of {max_value} bytes"
+            )));
+        }
+        for len in lens {
+            values.push(read_body(io, len).await?);
+        }
+    }
+    detached::decode(&body, values, Limits::for_message(body.len()))
+        .map_err(|e| invalid(format!("malformed {}: {e}", std::any::type_name::<T>())))
+}
+
+/// Writes a batch of messages for another node, without flushing, as messages
+/// ([`encode_message`]): values beside the frame. A batch whose messages do not fit in one
+/// frame, or that carries a value over `max_value`, is split in two, recursively; a single
+/// message that does not fit, or carries such a value, is dropped (the receiver would
+/// refuse it). What was dropped is returned, for the log.
 pub async fn write_peer_batch<W: AsyncWrite + Unpin>(
     io: &mut W,
     batch: PeerBatch,
@@ -139,58 +263,41 @@ pub async fn write_peer_batch<W: AsyncWrite + Unpin>(
     max_value: u64,
 ) -> Result<Vec<String>, io::Error> {
     let mut dropped = Vec::new();
-    let PeerBatch { load, mut msgs } = batch;
-    let bodies = take_bodies(&mut msgs, max_value, &mut dropped);
-    // Frames to write: (messages, their bodies); split while a frame is too large.
-    let mut parts = vec![(msgs, bodies)];
-    while let Some((msgs, bodies)) = parts.pop() {
+    let PeerBatch { load, msgs } = batch;
+    // Batches to write; split while one cannot be sent whole. A stack: the head of a split
+    // batch is pushed last, so it is written first.
+    let mut parts = vec![msgs];
+    while let Some(msgs) = parts.pop() {
         if msgs.is_empty() {
             continue;
         }
-        let header = BatchHeader {
-            load,
-            bodies: bodies.iter().map(|b| b.len() as u64).collect(),
-            msgs,
-        };
-        match encode_frame(&header, max_frame) {
-            Ok(frame) => {
-                io.write_all(&frame).await?;
-                for b in &bodies {
-                    io.write_all(b).await?;
-                }
-            }
+        let batch = PeerBatch { load, msgs };
+        match encode_message(&batch, max_frame, max_value) {
+            Ok(encoded) => encoded.write(io).await?,
             Err(reason) => {
-                let BatchHeader { mut msgs, .. } = header;
+                let PeerBatch { mut msgs, .. } = batch;
                 if msgs.len() == 1 {
-                    dropped.push(format!("a {} message: {reason}", kind(&msgs[0])));
+                    dropped.push(format!("{}: {reason}", describe(&msgs[0])));
                     continue;
                 }
-                // Split the messages, and their bodies with them.
                 let tail = msgs.split_off(msgs.len() / 2);
-                let head_bodies = msgs.iter().filter(|m| has_body(m)).count();
-                let mut bodies = bodies;
-                let tail_bodies = bodies.split_off(head_bodies);
-                // `parts` is a stack: push the tail first so that the head is written first.
-                parts.push((tail, tail_bodies));
-                parts.push((msgs, bodies));
+                parts.push(tail);
+                parts.push(msgs);
             }
         }
     }
     Ok(dropped)
 }
 
-fn has_body(m: &PeerMsg) -> bool {
-    matches!(m, PeerMsg::Data { value: Some(_), .. })
-}
-
-fn kind(m: &PeerMsg) -> &'static str {
+/// A message, for the log.
+fn describe(m: &PeerMsg) -> String {
     match m {
-        PeerMsg::Assign(_) => "Assign",
-        PeerMsg::Stolen { .. } => "Stolen",
-        PeerMsg::Release { .. } => "Release",
-        PeerMsg::Data { .. } => "Data",
+        PeerMsg::Assign(a) => format!("the assignment of {}", a.key),
+        PeerMsg::Stolen { .. } => "a Stolen message".into(),
+        PeerMsg::Release { .. } => "a Release message".into(),
+        PeerMsg::Data { key, .. } => format!("the value of {key}"),
         // The others are small.
-        _ => "peer",
+        _ => "a peer message".into(),
     }
 }
 
@@ -199,7 +306,7 @@ fn encode_frame<T: Serialize>(value: &T, max: usize) -> Result<Vec<u8>, String> 
     let mut buf = vec![0u8; 4];
     buf = postcard::to_extend(value, buf).map_err(|e| e.to_string())?;
     let len = buf.len() - 4;
-    if len > max || len > u32::MAX as usize {
+    if len > max || len >= HAS_VALUES as usize {
         return Err(format!(
             "message of {len} bytes is over the frame limit of {max} bytes"
         ));
@@ -208,79 +315,31 @@ fn encode_frame<T: Serialize>(value: &T, max: usize) -> Result<Vec<u8>, String> 
     Ok(buf)
 }
 
-/// Reads one batch written by [`write_peer_batch`]: its frame (at most `max_frame` bytes),
-/// then its values, each into a buffer of exactly its size. A frame that is malformed, that
-/// announces a value over `max_value`, or whose value lengths do not match its `Data`
-/// messages is an [`io::ErrorKind::InvalidData`] error, returned before any value is read;
-/// the stream cannot be read further after any error.
+/// Reads one batch written by [`write_peer_batch`] (see [`read_message`]).
 pub async fn read_peer_batch<R: AsyncRead + Unpin>(
     io: &mut R,
     max_frame: usize,
     max_value: u64,
 ) -> io::Result<PeerBatch> {
-    let invalid = |reason: String| io::Error::new(io::ErrorKind::InvalidData, reason);
-    let header: BatchHeader = read_frame(io, max_frame).await?;
-    let BatchHeader {
-        load,
-        mut msgs,
-        bodies,
-    } = header;
-    let announced = msgs.iter().filter(|m| has_body(m)).count();
-    if announced != bodies.len() {
-        return Err(invalid(format!(
-            "malformed batch: {announced} values announced by its messages, {} lengths",
-            bodies.len()
-        )));
-    }
-    for m in &msgs {
-        if let PeerMsg::Data { value: Some(v), .. } = m
-            && !v.is_empty()
-        {
-            return Err(invalid(
-                "malformed batch: a value inside its frame instead of after it".into(),
-            ));
-        }
-    }
-    if let Some(len) = bodies.iter().find(|&&l| l > max_value) {
-        return Err(invalid(format!(
-            "a value of {len} bytes is over the value limit of {max_value} bytes"
-        )));
-    }
-    let mut lens = bodies.into_iter();
-    for m in &mut msgs {
-        if let PeerMsg::Data { value: Some(v), .. } = m {
-            let len = lens.next().expect("counted above");
-            *v = read_body(io, len).await?;
-        }
-    }
-    Ok(PeerBatch { load, msgs })
+    read_message(io, max_frame, max_value).await
 }
 
-/// Reads `len` bytes into a buffer of exactly that size, a piece at a time.
+/// Reads a value of `len` bytes (see [`read_growing`]).
 async fn read_body<R: AsyncRead + Unpin>(io: &mut R, len: u64) -> io::Result<Bytes> {
-    let too_large = || {
+    let len = usize::try_from(len).map_err(|_| {
         io::Error::new(
             io::ErrorKind::OutOfMemory,
             format!("cannot hold a value of {len} bytes"),
         )
-    };
-    let len = usize::try_from(len).map_err(|_| too_large())?;
-    let mut buf: Vec<u8> = Vec::new();
-    buf.try_reserve_exact(len).map_err(|_| too_large())?;
-    while buf.len() < len {
-        let start = buf.len();
-        let end = len.min(start + BODY_CHUNK);
-        buf.resize(end, 0);
-        io.read_exact(&mut buf[start..end]).await?;
-    }
-    Ok(Bytes::from(buf))
+    })?;
+    read_growing(io, len).await.map(Bytes::from)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures::io::Cursor;
-    use rdask_actors::protocol::ClientRequest;
+    use rdask_actors::protocol::{ClientRequest, LoadHint};
 
     fn block<F: std::future::Future>(f: F) -> F::Output {
         futures::executor::block_on(f)
@@ -355,8 +414,8 @@ mod tests {
     }
 
     #[test]
-    fn batches_round_trip_with_their_values_after_the_frame() {
-        let big = Bytes::from(vec![7u8; 3 * BODY_CHUNK + 5]);
+    fn batches_round_trip_with_their_large_values_after_the_frame() {
+        let big = Bytes::from(vec![7u8; 3 * FIRST_CHUNK + 5]);
         let sent = batch(vec![
             PeerMsg::Steal { want: 2 },
             data("a-1", Some(big.clone())),
@@ -368,7 +427,7 @@ mod tests {
         let mut wire = Vec::new();
         let dropped = block(write_peer_batch(&mut wire, sent.clone(), 1024, 1 << 30)).unwrap();
         assert!(dropped.is_empty());
-        // the frame is small: the values follow it
+        // the frame is small: the value follows it
         assert!(wire.len() > big.len() && wire.len() < big.len() + 1024);
         let mut r = Cursor::new(wire);
         let back = block(read_peer_batch(&mut r, 1024, 1 << 30)).unwrap();
@@ -388,7 +447,7 @@ mod tests {
         let mut wire = Vec::new();
         let dropped = block(write_peer_batch(&mut wire, sent.clone(), 256, 1 << 20)).unwrap();
         assert_eq!(dropped.len(), 1, "{dropped:?}");
-        assert!(dropped[0].contains("Data"), "{dropped:?}");
+        assert!(dropped[0].contains("xxx"), "{dropped:?}");
         let mut r = Cursor::new(wire);
         let mut got = Vec::new();
         while let Ok(b) = block(read_peer_batch(&mut r, 256, 1 << 20)) {
@@ -400,92 +459,102 @@ mod tests {
 
     #[test]
     fn values_over_the_value_limit_are_not_sent_and_refused_when_received() {
+        let large = Bytes::from(vec![1u8; 10_000]);
         let sent = batch(vec![
             data("small", Some(Bytes::from_static(b"ok"))),
-            data("large", Some(Bytes::from(vec![1u8; 100]))),
+            data("large", Some(large)),
         ]);
         let mut wire = Vec::new();
-        let dropped = block(write_peer_batch(&mut wire, sent.clone(), 1024, 10)).unwrap();
+        let dropped = block(write_peer_batch(&mut wire, sent.clone(), 1024, 5_000)).unwrap();
         assert_eq!(dropped.len(), 1);
-        assert!(dropped[0].contains("large"), "{dropped:?}");
-        let back = block(read_peer_batch(&mut Cursor::new(wire), 1024, 10)).unwrap();
+        assert!(
+            dropped[0].contains("large") && dropped[0].contains("--max-value-bytes"),
+            "{dropped:?}"
+        );
+        let back = block(read_peer_batch(&mut Cursor::new(wire), 1024, 5_000)).unwrap();
         assert_eq!(back.msgs, sent.msgs[..1].to_vec());
 
-        // a receiver with a lower limit refuses the batch before reading the value
+        // a receiver with a lower limit refuses the message before reading the value
         let mut wire = Vec::new();
-        block(write_peer_batch(&mut wire, sent, 1024, 1000)).unwrap();
+        block(write_peer_batch(&mut wire, sent, 1024, 1 << 20)).unwrap();
         let err = block(read_peer_batch(&mut Cursor::new(wire), 1024, 50)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("value limit"), "{err}");
     }
 
-    fn raw(header: &BatchHeader, tail: &[u8]) -> Vec<u8> {
-        let mut wire = encode_frame(header, 1 << 20).unwrap();
+    /// A message's frame and a tail of value lengths and bytes, as a hostile writer makes it.
+    fn raw(msg: &impl Serialize, lens: Option<&[u64]>, tail: &[u8]) -> Vec<u8> {
+        let body = postcard::to_allocvec(msg).unwrap();
+        let mut len = body.len() as u32;
+        if lens.is_some() {
+            len |= HAS_VALUES;
+        }
+        let mut wire = len.to_be_bytes().to_vec();
+        wire.extend(body);
+        if let Some(lens) = lens {
+            wire.extend(encode_frame(&lens.to_vec(), 1 << 20).unwrap());
+        }
         wire.extend_from_slice(tail);
         wire
     }
 
+    /// The detached form of a batch with one value (a marker in place of the value).
+    fn with_marker() -> Vec<u8> {
+        let (bytes, values) = detached::encode(
+            &batch(vec![data("a", Some(Bytes::from(vec![0u8; 5000])))]),
+            detached::THRESHOLD,
+        )
+        .unwrap();
+        assert_eq!(values.len(), 1);
+        bytes
+    }
+
     #[test]
-    fn malformed_batches_are_errors_not_panics() {
-        let load = LoadHint::default();
-        let cases = [
-            // more lengths than values
-            BatchHeader {
-                load,
-                msgs: vec![data("a", Some(Bytes::new()))],
-                bodies: vec![1, 2],
-            },
-            // fewer lengths than values
-            BatchHeader {
-                load,
-                msgs: vec![data("a", Some(Bytes::new())), data("b", Some(Bytes::new()))],
-                bodies: vec![1],
-            },
-            // a value inside the frame
-            BatchHeader {
-                load,
-                msgs: vec![data("a", Some(Bytes::from_static(b"x")))],
-                bodies: vec![1],
-            },
-            // a length no machine can hold
-            BatchHeader {
-                load,
-                msgs: vec![data("a", Some(Bytes::new()))],
-                bodies: vec![u64::MAX],
-            },
-        ];
-        for h in &cases {
-            let err = block(read_peer_batch(
-                &mut Cursor::new(raw(h, b"xyz")),
-                1 << 20,
-                u64::MAX,
-            ))
-            .unwrap_err();
-            assert!(
-                matches!(
-                    err.kind(),
-                    io::ErrorKind::InvalidData | io::ErrorKind::OutOfMemory
-                ),
-                "{err}"
-            );
+    fn malformed_messages_are_errors_not_panics() {
+        struct Raw(Vec<u8>);
+        impl Serialize for Raw {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeTuple;
+                let mut t = s.serialize_tuple(self.0.len())?;
+                for b in &self.0 {
+                    t.serialize_element(b)?;
+                }
+                t.end()
+            }
         }
-        // a value cut short
-        let h = BatchHeader {
-            load,
-            msgs: vec![data("a", Some(Bytes::new()))],
-            bodies: vec![10],
-        };
-        let err = block(read_peer_batch(
-            &mut Cursor::new(raw(&h, b"abc")),
-            1 << 20,
-            100,
-        ))
-        .unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        let marker = Raw(with_marker());
+        let cases: Vec<(Vec<u8>, io::ErrorKind)> = vec![
+            // more values than markers
+            (
+                raw(&marker, Some(&[1, 2]), b"xyz"),
+                io::ErrorKind::InvalidData,
+            ),
+            // fewer values than markers
+            (raw(&marker, Some(&[]), b""), io::ErrorKind::InvalidData),
+            // a marker and no values at all
+            (raw(&marker, None, b""), io::ErrorKind::InvalidData),
+            // a length no machine can hold: the stream ends before the buffer grows much
+            (
+                raw(&marker, Some(&[u64::MAX]), b"xyz"),
+                io::ErrorKind::UnexpectedEof,
+            ),
+            // a value cut short
+            (
+                raw(&marker, Some(&[10]), b"abc"),
+                io::ErrorKind::UnexpectedEof,
+            ),
+        ];
+        for (wire, kind) in cases {
+            let err =
+                block(read_peer_batch(&mut Cursor::new(wire), 1 << 20, u64::MAX)).unwrap_err();
+            assert_eq!(err.kind(), kind, "{err}");
+        }
         // garbage
         let mut state = 0x9e37_79b9u64;
         for len in 0..300usize {
-            let mut buf = (len as u32).to_be_bytes().to_vec();
+            let mut buf = ((len as u32) | if len % 2 == 0 { HAS_VALUES } else { 0 })
+                .to_be_bytes()
+                .to_vec();
             for _ in 0..len + 64 {
                 state ^= state << 13;
                 state ^= state >> 7;
@@ -493,6 +562,68 @@ mod tests {
                 buf.push(state as u8);
             }
             let _ = block(read_peer_batch(&mut Cursor::new(buf), 1 << 20, 1 << 20));
+            let _ = block(read_message::<Envelope<ClientRequest>, _>(
+                &mut Cursor::new(Vec::new()),
+                1 << 20,
+                1 << 20,
+            ));
         }
+    }
+
+    /// A frame of 10,000 nested `Forward`s (30 KB, the encoding a recursive request type
+    /// had) decoded on a thread with a 2 MiB stack: an error, not an abort.
+    #[test]
+    fn deeply_nested_frames_are_errors_on_a_small_stack() {
+        let mut body = vec![1u8]; // Envelope.id = 1
+        for _ in 0..10_000 {
+            body.extend_from_slice(&[18, 0]); // Forward { owner: "", request: …
+        }
+        body.push(4);
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend(body);
+        let r = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                block(read_message::<Envelope<ClientRequest>, _>(
+                    &mut Cursor::new(frame),
+                    64 << 20,
+                    1 << 30,
+                ))
+                .is_err()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(r);
+    }
+
+    #[test]
+    fn client_messages_carry_values_of_any_size_beside_the_frame() {
+        use rdask_actors::protocol::{ClientResponse, KeyResult};
+        let big = Bytes::from(vec![9u8; 3 << 20]);
+        let reply = Envelope {
+            id: 7,
+            body: ClientResponse::Results(vec![
+                KeyResult::Value(big.clone()),
+                KeyResult::Pending,
+                KeyResult::Value(Bytes::from_static(b"tiny")),
+            ]),
+        };
+        // The frame limit is far below the value: only the frame counts.
+        let encoded = encode_message(&reply, 1024, 1 << 30).unwrap();
+        assert!(encoded.wire_len() > big.len() as u64);
+        let mut wire = Vec::new();
+        block(encoded.write(&mut wire)).unwrap();
+        let back: Envelope<ClientResponse> =
+            block(read_message(&mut Cursor::new(wire), 1024, 1 << 30)).unwrap();
+        assert_eq!(back, reply);
+        // Over the value limit: an error naming the flag, before anything is written.
+        let err = encode_message(&reply, 1024, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("--max-value-bytes"), "{err}");
+        let many = ClientRequest::Release {
+            keys: vec!["k".into(); 1000],
+        };
+        let err = encode_message(&Envelope { id: 1, body: many }, 1024, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("--max-frame-bytes"), "{err}");
     }
 }

@@ -5,6 +5,11 @@ use libp2p::Multiaddr;
 
 use crate::codec::{DEFAULT_MAX_FRAME, DEFAULT_MAX_VALUE};
 
+/// Default of `--max-connections`.
+pub(crate) const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+/// Default of `--max-client-sessions`.
+pub(crate) const DEFAULT_MAX_SESSIONS: usize = 512;
+
 /// The `rdask-node` command line.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -53,14 +58,35 @@ pub struct Cli {
     #[arg(long, env = "RDASK_IO_THREADS", default_value_t = 1)]
     pub io_threads: usize,
 
-    /// Largest message accepted or sent, in bytes.
+    /// Largest message accepted or sent, in bytes, without the values it carries (a
+    /// submission's task specs, a gather's keys).
     #[arg(long, env = "RDASK_MAX_FRAME_BYTES", default_value_t = DEFAULT_MAX_FRAME)]
     pub max_frame_bytes: usize,
 
-    /// Largest single value (a task's result) sent to or accepted from another node, in
-    /// bytes. Values travel beside the frames, so they are not bound by --max-frame-bytes.
+    /// Largest single value (scattered data, a task's argument or result) sent to or
+    /// accepted from a client or another node, in bytes. Values travel beside the frames,
+    /// so they are not bound by --max-frame-bytes; a task whose result is larger fails.
     #[arg(long, env = "RDASK_MAX_VALUE_BYTES", default_value_t = DEFAULT_MAX_VALUE)]
     pub max_value_bytes: u64,
+
+    /// Most connections this node accepts at once (clients, peers and the dashboards of
+    /// other members); more are refused at the handshake.
+    #[arg(long, env = "RDASK_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: u32,
+
+    /// Most client sessions this node serves at once; a client over it is refused with an
+    /// error naming this flag.
+    #[arg(long, env = "RDASK_MAX_CLIENT_SESSIONS", default_value_t = DEFAULT_MAX_SESSIONS)]
+    pub max_client_sessions: usize,
+
+    /// Most tasks one submission may hold; a larger one is rejected whole, naming this flag
+    /// (the client splits nothing: submit in parts).
+    #[arg(
+        long,
+        env = "RDASK_MAX_TASKS_PER_SUBMIT",
+        default_value_t = rdask_actors::DEFAULT_MAX_TASKS_PER_SUBMIT
+    )]
+    pub max_tasks_per_submit: u64,
 
     /// Abstract resources this node offers to tasks that ask for them, as NAME=AMOUNT
     /// pairs (`GPU=2,MEM=8e9`): such a task runs only on nodes with enough of each, and no
@@ -153,8 +179,14 @@ pub struct NodeConfig {
     pub identity: Option<PathBuf>,
     /// The frame limit of the client and node protocols.
     pub max_frame: usize,
-    /// The limit on one value sent between nodes.
+    /// The limit on one value sent between nodes or to and from clients.
     pub max_value: u64,
+    /// The limit on connections at once (`--max-connections`).
+    pub max_connections: u32,
+    /// The limit on client sessions at once (`--max-client-sessions`).
+    pub max_sessions: usize,
+    /// The limit on tasks per submission (`--max-tasks-per-submit`).
+    pub max_tasks_per_submit: u64,
     /// Resources offered to tasks.
     pub resources: Vec<(String, u64)>,
     /// Where the dashboard listens; `None`: no dashboard.
@@ -295,6 +327,9 @@ impl NodeConfig {
             identity: None,
             max_frame: DEFAULT_MAX_FRAME,
             max_value: DEFAULT_MAX_VALUE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            max_tasks_per_submit: rdask_actors::DEFAULT_MAX_TASKS_PER_SUBMIT,
             resources: Vec::new(),
             dashboard: None,
             memory_limit: None,
@@ -317,6 +352,14 @@ impl Cli {
         }
         if self.max_frame_bytes < 1024 {
             return Err("--max-frame-bytes must be at least 1024".into());
+        }
+        if self.max_frame_bytes >= 1 << 31 {
+            return Err(
+                "--max-frame-bytes must be under 2 GiB (values travel beside frames)".into(),
+            );
+        }
+        if self.max_connections == 0 || self.max_client_sessions == 0 {
+            return Err("--max-connections and --max-client-sessions must be at least 1".into());
         }
         // A variable set to nothing (`RDASK_CLUSTER_SECRET=`) counts as unset.
         let given = self
@@ -345,6 +388,9 @@ impl Cli {
             identity: self.identity,
             max_frame: self.max_frame_bytes,
             max_value: self.max_value_bytes,
+            max_connections: self.max_connections,
+            max_sessions: self.max_client_sessions,
+            max_tasks_per_submit: self.max_tasks_per_submit,
             resources: self.resources.0,
             dashboard: (!self.no_dashboard).then_some(self.dashboard_address),
             memory_limit: self.memory_limit.resolve(crate::machine_memory()),

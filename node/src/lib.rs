@@ -330,6 +330,8 @@ pub async fn start(
             registry.duplicates().to_vec(),
         ));
     }
+    // Task functions of this process make no value larger than the node would send.
+    rdask_graph::registry::set_max_value_bytes(config.max_value);
     let keypair = match &config.identity {
         Some(path) => load_or_create_identity(path)?,
         None => Keypair::generate_ed25519(),
@@ -374,7 +376,7 @@ pub async fn start(
             );
         }
         Some(net::build_swarm(keypair, config.secret.as_ref(), |k| {
-            net::node_behaviour(k, agent)
+            net::node_behaviour(k, agent, config.max_connections)
         })?)
     } else {
         None
@@ -429,6 +431,11 @@ pub async fn start(
         nthreads,
         send_peer,
         memory_limit: config.memory_limit,
+        limits: rdask_actors::protocol::NodeLimits {
+            max_frame_bytes: config.max_frame as u64,
+            max_value_bytes: config.max_value,
+            max_tasks_per_submit: config.max_tasks_per_submit,
+        },
     })
     .await
     .map_err(|e| NodeError::Spawn(e.to_string()))?;
@@ -445,7 +452,11 @@ pub async fn start(
         tasks.push(tokio::spawn(net::accept_sessions(
             incoming,
             actor.clone(),
-            config.max_frame,
+            net::SessionLimits {
+                max_frame: config.max_frame,
+                max_value: config.max_value,
+                max_sessions: config.max_sessions,
+            },
         )));
         let from_peers = control
             .accept(codec::NODE_PROTOCOL)

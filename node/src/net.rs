@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,11 +31,11 @@ use ractor::ActorRef;
 use rdask_actors::protocol::{ClientRequest, ClientResponse, PeerBatch};
 use rdask_actors::{GossipMsg, NodeMsg, ReplyTo};
 use rdask_gossip::{NodeId, Peer};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::codec::{
-    CLIENT_PROTOCOL, Envelope, NODE_PROTOCOL, read_frame, read_peer_batch, write_frame_unflushed,
-    write_peer_batch,
+    CLIENT_PROTOCOL, EncodeError, Encoded, Envelope, NODE_PROTOCOL, encode_message, read_frame,
+    read_message, read_peer_batch, write_peer_batch,
 };
 use crate::secret::ClusterSecret;
 
@@ -43,8 +44,9 @@ pub const IDENTIFY_PROTOCOL: &str = "/rdask/2";
 
 /// How long a connection with no open stream stays up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Requests of one session the node works on at once; further requests wait to be read.
-const MAX_IN_FLIGHT: usize = 4096;
+/// Requests of one session read ahead of their replies being written; further requests
+/// wait to be read (a client that does not read its replies is not read either).
+const MAX_IN_FLIGHT: usize = 256;
 /// How long opening a stream to a peer (dialing it if needed) may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most batches written to a peer between two flushes.
@@ -93,6 +95,8 @@ mod behaviour {
         pub identify: identify::Behaviour,
         /// Liveness of connections.
         pub ping: ping::Behaviour,
+        /// Bounds on connections (`--max-connections`).
+        pub limits: libp2p::connection_limits::Behaviour,
     }
 }
 
@@ -195,8 +199,21 @@ impl request_response::Codec for GossipCodec {
     }
 }
 
-/// Builds the node's behaviours.
-pub fn node_behaviour(key: &Keypair, agent: String) -> NodeBehaviour {
+/// Connections one peer may hold to a node at once: a member needs one or two (both may
+/// dial at once), a client one per process; more is someone opening connections to exhaust
+/// the node.
+const MAX_CONNECTIONS_PER_PEER: u32 = 8;
+/// Connection handshakes under way at once.
+const MAX_PENDING_CONNECTIONS: u32 = 256;
+
+/// Builds the node's behaviours, accepting at most `max_connections` connections at once.
+pub fn node_behaviour(key: &Keypair, agent: String, max_connections: u32) -> NodeBehaviour {
+    use libp2p::connection_limits::{Behaviour, ConnectionLimits};
+    let limits = ConnectionLimits::default()
+        .with_max_established_incoming(Some(max_connections))
+        .with_max_established(Some(max_connections.saturating_mul(2)))
+        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+        .with_max_pending_incoming(Some(MAX_PENDING_CONNECTIONS));
     NodeBehaviour {
         streams: libp2p_stream::Behaviour::new(),
         gossip: request_response::Behaviour::with_codec(
@@ -209,70 +226,188 @@ pub fn node_behaviour(key: &Keypair, agent: String) -> NodeBehaviour {
                 .with_agent_version(agent),
         ),
         ping: ping::Behaviour::default(),
+        limits: Behaviour::new(limits),
     }
 }
 
-/// Accepts client sessions and serves each on its own task.
+/// What a node accepts from its clients, and how long it waits for them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SessionLimits {
+    /// Largest frame (`--max-frame-bytes`).
+    pub max_frame: usize,
+    /// Largest value (`--max-value-bytes`).
+    pub max_value: u64,
+    /// Most client sessions at once (`--max-client-sessions`).
+    pub max_sessions: usize,
+}
+
+/// Accepts client sessions and serves each on its own task, at most
+/// [`SessionLimits::max_sessions`] at once: a session over it is answered with a refusal
+/// that names the limit, and closed.
 pub(crate) async fn accept_sessions(
     mut incoming: libp2p_stream::IncomingStreams,
     actor: ActorRef<NodeMsg>,
-    max_frame: usize,
+    limits: SessionLimits,
 ) {
+    let sessions = Arc::new(Semaphore::new(limits.max_sessions));
     while let Some((peer, stream)) = incoming.next().await {
-        tracing::debug!(%peer, "client session opened");
-        tokio::spawn(serve_session(peer, stream, actor.clone(), max_frame));
+        match sessions.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tracing::debug!(%peer, "client session opened");
+                let actor = actor.clone();
+                tokio::spawn(async move {
+                    serve_session(peer, stream, actor, limits).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tracing::warn!(
+                    %peer,
+                    max = limits.max_sessions,
+                    "refused a client session: too many at once (--max-client-sessions)"
+                );
+                tokio::spawn(refuse_session(stream, limits));
+            }
+        }
     }
 }
 
+/// Answers the first request of a session the node cannot take with a refusal, and ends it.
+async fn refuse_session(stream: libp2p::Stream, limits: SessionLimits) {
+    let (mut reader, mut writer) = stream.split();
+    let answer = async {
+        let first: Envelope<ClientRequest> =
+            read_message(&mut reader, limits.max_frame, limits.max_value).await?;
+        let reply = Envelope {
+            id: first.id,
+            body: ClientResponse::Refused(format!(
+                "this node serves at most {} client sessions at once (--max-client-sessions)",
+                limits.max_sessions
+            )),
+        };
+        let encoded = encode_message(&reply, limits.max_frame, limits.max_value)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        encoded.write(&mut writer).await?;
+        writer.close().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), answer).await;
+}
+
+/// How long writing `bytes` to a client or a peer may take: 30 s, plus one second per MB
+/// (a reader slower than 1 MB/s is taken for one that stopped reading).
+pub(crate) fn write_timeout(bytes: u64) -> Duration {
+    Duration::from_secs(30) + Duration::from_micros(bytes)
+}
+
 /// Reads requests of one session in order and hands them to the node actor; a writer task
-/// sends the replies, several frames per flush. A malformed or oversized frame ends the
-/// session (with a logged reason); the node and its other sessions go on.
+/// sends the replies, several frames per flush.
+///
+/// Memory stays bounded whatever the client does: at most [`MAX_IN_FLIGHT`] requests are
+/// read ahead of their replies being *written* (a client that stops reading stops being
+/// read), and every write has a time limit ([`write_timeout`]). The session ends (with a
+/// logged reason) on a malformed or oversized frame, a write that times out or fails, or the
+/// client closing it; the stream is then closed both ways, so the client learns it at once.
+/// A reply that cannot be sent (over a limit) is replaced by a refusal naming the limit.
 async fn serve_session(
     peer: PeerId,
     stream: libp2p::Stream,
     actor: ActorRef<NodeMsg>,
-    max_frame: usize,
+    limits: SessionLimits,
 ) {
     let (mut reader, mut writer) = stream.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Envelope<ClientResponse>>();
+    let (tx, mut rx) =
+        mpsc::unbounded_channel::<(Envelope<ClientResponse>, OwnedSemaphorePermit)>();
+    let (writer_done_tx, mut writer_done) = oneshot::channel::<()>();
     let writer_task = tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            let mut result = write_frame_unflushed(&mut writer, &first, max_frame).await;
-            while result.is_ok() {
+        let mut flushed = true;
+        loop {
+            let next = if flushed {
+                rx.recv().await
+            } else {
                 match rx.try_recv() {
-                    Ok(more) => result = write_frame_unflushed(&mut writer, &more, max_frame).await,
-                    Err(_) => break,
+                    Ok(next) => Some(next),
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        let flush = tokio::time::timeout(write_timeout(0), writer.flush());
+                        if !matches!(flush.await, Ok(Ok(()))) {
+                            tracing::warn!(%peer, "cannot flush replies; ending the session");
+                            break;
+                        }
+                        flushed = true;
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                }
+            };
+            let Some((envelope, permit)) = next else {
+                let _ = tokio::time::timeout(write_timeout(0), writer.close()).await;
+                break;
+            };
+            let encoded = match encode_message(&envelope, limits.max_frame, limits.max_value) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "a reply cannot be sent; refusing the request instead");
+                    let refusal = Envelope {
+                        id: envelope.id,
+                        body: ClientResponse::Refused(format!("the reply cannot be sent: {e}")),
+                    };
+                    match encode_message(&refusal, limits.max_frame, limits.max_value) {
+                        Ok(e) => e,
+                        Err(_) => break,
+                    }
+                }
+            };
+            let write = tokio::time::timeout(
+                write_timeout(encoded.wire_len()),
+                encoded.write(&mut writer),
+            );
+            match write.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "cannot write a reply; ending the session");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, bytes = encoded.wire_len(), "the client does not read its replies; ending the session");
+                    break;
                 }
             }
-            if let Err(e) = result {
-                tracing::warn!(%peer, error = %e, "cannot send a reply; ending the session");
-                return;
-            }
-            if writer.flush().await.is_err() {
-                return;
-            }
+            flushed = false;
+            drop(permit);
         }
-        let _ = writer.close().await;
+        let _ = writer_done_tx.send(());
+        // Keep the write half until the reader ends too: dropping both ends the stream.
+        writer
     });
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
-        let envelope = match read_frame::<Envelope<ClientRequest>, _>(&mut reader, max_frame).await
-        {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => {
-                tracing::warn!(%peer, error = %e, "dropped a malformed client frame; ending the session");
-                break;
-            }
+        let read = read_message::<Envelope<ClientRequest>, _>(
+            &mut reader,
+            limits.max_frame,
+            limits.max_value,
+        );
+        let envelope = tokio::select! {
+            r = read => match r {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "dropped a malformed client frame; ending the session");
+                    break;
+                }
+            },
+            _ = &mut writer_done => break,
         };
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            break;
+        let permit = tokio::select! {
+            p = in_flight.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut writer_done => break,
         };
         let tx = tx.clone();
         let id = envelope.id;
         let reply: ReplyTo = Box::new(move |body| {
-            let _ = tx.send(Envelope { id, body });
-            drop(permit);
+            // The permit is released once the reply is written (or the session ended).
+            let _ = tx.send((Envelope { id, body }, permit));
         });
         if actor
             .send_message(NodeMsg::Request(envelope.body, reply))
@@ -284,8 +419,11 @@ async fn serve_session(
     }
     drop(tx);
     tracing::debug!(%peer, "client session closed");
-    // The writer ends once every reply still owed has been sent.
-    let _ = writer_task.await;
+    // The writer ends once every reply still owed has been sent (or it failed).
+    if let Ok(writer) = writer_task.await {
+        drop(writer);
+    }
+    drop(reader);
 }
 
 /// The streams of `/rdask/node/1` to other nodes: one per peer, opened by a writer task of
@@ -676,6 +814,10 @@ pub enum RemoteError {
     /// The connection was closed by this side.
     #[error("the connection was closed")]
     Closed,
+    /// The request cannot be sent: it is over a limit of the node (nothing was sent; the
+    /// session goes on).
+    #[error("{0}")]
+    TooLarge(EncodeError),
 }
 
 type Pending = Arc<Mutex<PendingState>>;
@@ -697,7 +839,10 @@ pub struct RemoteNode {
 }
 
 struct RemoteInner {
-    out: mpsc::UnboundedSender<Envelope<ClientRequest>>,
+    out: mpsc::UnboundedSender<Encoded>,
+    /// The node's limits on frames and values (the defaults until it tells its own, see
+    /// [`RemoteNode::set_limits`]): what is sent is checked against them, and what is read.
+    limits: Arc<(AtomicU64, AtomicU64)>,
     pending: Pending,
     next_id: std::sync::atomic::AtomicU64,
     peer: PeerId,
@@ -790,16 +935,14 @@ impl RemoteNode {
         let (mut reader, mut writer) = stream.split();
         let pending: Pending = Arc::default();
 
-        let (out, mut out_rx) = mpsc::unbounded_channel::<Envelope<ClientRequest>>();
+        let (out, mut out_rx) = mpsc::unbounded_channel::<Encoded>();
         let writer_pending = pending.clone();
         tokio::spawn(async move {
             while let Some(first) = out_rx.recv().await {
-                let mut result = write_frame_unflushed(&mut writer, &first, max_frame).await;
+                let mut result = first.write(&mut writer).await;
                 while result.is_ok() {
                     match out_rx.try_recv() {
-                        Ok(more) => {
-                            result = write_frame_unflushed(&mut writer, &more, max_frame).await
-                        }
+                        Ok(more) => result = more.write(&mut writer).await,
                         Err(_) => break,
                     }
                 }
@@ -818,9 +961,18 @@ impl RemoteNode {
             let _ = writer.close().await;
         });
         let reader_pending = pending.clone();
+        let limits = Arc::new((
+            AtomicU64::new(max_frame as u64),
+            AtomicU64::new(crate::codec::DEFAULT_MAX_VALUE),
+        ));
+        let reader_limits = limits.clone();
         tokio::spawn(async move {
             loop {
-                match read_frame::<Envelope<ClientResponse>, _>(&mut reader, max_frame).await {
+                let max_frame = reader_limits.0.load(Ordering::Relaxed) as usize;
+                let max_value = reader_limits.1.load(Ordering::Relaxed);
+                match read_message::<Envelope<ClientResponse>, _>(&mut reader, max_frame, max_value)
+                    .await
+                {
                     Ok(env) => {
                         let waiter = reader_pending
                             .lock()
@@ -846,6 +998,7 @@ impl RemoteNode {
         Ok(RemoteNode {
             inner: Arc::new(RemoteInner {
                 out,
+                limits,
                 pending,
                 next_id: std::sync::atomic::AtomicU64::new(1),
                 peer,
@@ -867,16 +1020,24 @@ impl RemoteNode {
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        let queued = {
-            let mut p = self.inner.pending.lock().expect("pending requests");
-            match &p.ended {
-                Some(e) => Err(e.clone()),
-                None => {
-                    p.waiting.insert(id, tx);
-                    self.inner
-                        .out
-                        .send(Envelope { id, body: request })
-                        .map_err(|_| RemoteError::Closed)
+        let encoded = encode_message(
+            &Envelope { id, body: request },
+            self.inner.limits.0.load(Ordering::Relaxed) as usize,
+            self.inner.limits.1.load(Ordering::Relaxed),
+        );
+        let queued = match encoded {
+            Err(e) => Err(RemoteError::TooLarge(e)),
+            Ok(encoded) => {
+                let mut p = self.inner.pending.lock().expect("pending requests");
+                match &p.ended {
+                    Some(e) => Err(e.clone()),
+                    None => {
+                        p.waiting.insert(id, tx);
+                        self.inner
+                            .out
+                            .send(encoded)
+                            .map_err(|_| RemoteError::Closed)
+                    }
                 }
             }
         };
@@ -884,6 +1045,13 @@ impl RemoteNode {
             queued?;
             rx.await.map_err(|_| RemoteError::Closed)?
         }
+    }
+
+    /// Adopts the node's limits on frames and values (from its `Welcome`): requests over
+    /// them fail at once with [`RemoteError::TooLarge`], naming the limit.
+    pub fn set_limits(&self, max_frame: u64, max_value: u64) {
+        self.inner.limits.0.store(max_frame, Ordering::Relaxed);
+        self.inner.limits.1.store(max_value, Ordering::Relaxed);
     }
 
     /// Sends a request and waits for its response.
@@ -924,7 +1092,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn links_dial_by_peer_id_and_reopen_a_stream_the_peer_ended() {
         let mut a = build_swarm(Keypair::generate_ed25519(), None, |k| {
-            node_behaviour(k, "test".into())
+            node_behaviour(k, "test".into(), 64)
         })
         .unwrap();
         let mut b = build_swarm(Keypair::generate_ed25519(), None, |_| {

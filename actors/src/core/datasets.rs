@@ -11,7 +11,7 @@ use rdask_gossip::{Dataset, NodeId};
 use rdask_graph::Key;
 
 use super::{NodeCore, RequestId};
-use crate::protocol::{ClientRequest, ClientResponse, KeyResult, KeyStatus, PeerMsg};
+use crate::protocol::{ClientResponse, ForwardedRequest, KeyResult, KeyStatus, PeerMsg};
 
 /// Request ids of gathers a peer forwarded here have this bit set (the shell's own ids
 /// count up from zero).
@@ -126,19 +126,12 @@ impl NodeCore {
 
     /// A client asks, through this node, for results (or statuses) of keys that `owner`
     /// owns. Served here if this node is the owner, otherwise forwarded.
-    pub fn handle_forward(&mut self, request: RequestId, owner: &NodeId, inner: ClientRequest) {
+    pub fn handle_forward(&mut self, request: RequestId, owner: &NodeId, inner: ForwardedRequest) {
         if *owner.0 == *self.node {
             self.serve_forwarded(request, inner);
             return;
         }
         let pending = pending_answer(&inner);
-        let Some(pending) = pending else {
-            self.replies.push((
-                request,
-                ClientResponse::Refused("only a gather or a status can be forwarded".into()),
-            ));
-            return;
-        };
         let p = self.intern(owner);
         if self.peers[p as usize].dead || !self.peers[p as usize].alive {
             // The table is behind: the client asks it again.
@@ -155,26 +148,24 @@ impl NodeCore {
         );
     }
 
-    fn serve_forwarded(&mut self, request: RequestId, inner: ClientRequest) {
+    fn serve_forwarded(&mut self, request: RequestId, inner: ForwardedRequest) {
         match inner {
-            ClientRequest::Gather { keys, wait_ms } => self.handle_gather(request, keys, wait_ms),
-            ClientRequest::Status { keys } => {
+            ForwardedRequest::Gather { keys, wait_ms } => {
+                self.handle_gather(request, keys, wait_ms)
+            }
+            ForwardedRequest::Status { keys } => {
                 let reply = match self.moved_away() {
                     Some(why) => ClientResponse::Moved(why),
                     None => ClientResponse::Statuses(self.key_statuses(&keys)),
                 };
                 self.replies.push((request, reply));
             }
-            _ => self.replies.push((
-                request,
-                ClientResponse::Refused("only a gather or a status can be forwarded".into()),
-            )),
         }
     }
 
     /// A peer forwarded a client's request: served under an id of this node's own, and
     /// answered to the peer when the reply comes (see [`NodeCore::route_forwarded`]).
-    pub(super) fn forwarded_in(&mut self, from: u32, req: u64, inner: ClientRequest) {
+    pub(super) fn forwarded_in(&mut self, from: u32, req: u64, inner: ForwardedRequest) {
         self.next_forwarded = self.next_forwarded.wrapping_add(1);
         let id = RequestId(FORWARDED | self.next_forwarded);
         self.forwarded_in.insert(id.0, (from, req));
@@ -234,16 +225,13 @@ impl NodeCore {
 }
 
 /// The answer "nothing known yet" to a forwardable request, for each of its keys.
-fn pending_answer(request: &ClientRequest) -> Option<ClientResponse> {
+fn pending_answer(request: &ForwardedRequest) -> ClientResponse {
     match request {
-        ClientRequest::Gather { keys, .. } => Some(ClientResponse::Results(vec![
-            KeyResult::Pending;
-            keys.len()
-        ])),
-        ClientRequest::Status { keys } => Some(ClientResponse::Statuses(vec![
-            KeyStatus::Pending;
-            keys.len()
-        ])),
-        _ => None,
+        ForwardedRequest::Gather { keys, .. } => {
+            ClientResponse::Results(vec![KeyResult::Pending; keys.len()])
+        }
+        ForwardedRequest::Status { keys } => {
+            ClientResponse::Statuses(vec![KeyStatus::Pending; keys.len()])
+        }
     }
 }
