@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 /// The version of rdask's wire protocols. Nodes and clients with a different version refuse
 /// each other with a clear reason.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// A node's identity: its libp2p `PeerId` in its base58 text form.
 ///

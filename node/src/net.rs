@@ -40,7 +40,7 @@ use crate::codec::{
 use crate::secret::ClusterSecret;
 
 /// The identify protocol version: peers announcing another one are refused.
-pub const IDENTIFY_PROTOCOL: &str = "/rdask/2";
+pub const IDENTIFY_PROTOCOL: &str = "/rdask/3";
 
 /// How long a connection with no open stream stays up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
