@@ -16,7 +16,7 @@ pub type GossipSend = Box<dyn Fn(Peer, Bytes) + Send + Sync>;
 /// Messages of the [`GossipActor`].
 pub enum GossipMsg {
     /// A datagram from another node.
-    Incoming(Bytes),
+    Incoming(Bytes, Option<tokio::sync::OwnedSemaphorePermit>),
     /// A timer of the core fired.
     Timer(GossipTimer),
     /// Ask `seed` to let this node in.
@@ -132,10 +132,11 @@ impl Actor for GossipActor {
     ) -> Result<(), ActorProcessingErr> {
         let now = now_ms();
         match message {
-            GossipMsg::Incoming(data) => {
+            GossipMsg::Incoming(data, place) => {
                 if let Err(e) = state.core.handle_message(&data, now) {
                     tracing::debug!(error = %e, "dropped a gossip message");
                 }
+                drop(place);
             }
             GossipMsg::Timer(t) => state.core.handle_timer(t, now),
             GossipMsg::Join(seed) => {

@@ -47,8 +47,10 @@ pub enum NodeMsg {
     SetGossip(ActorRef<GossipMsg>),
     /// Time to publish the load into the gossiped state (and to refresh the members).
     PublishLoad,
-    /// A batch of messages from another node.
-    Peer(NodeId, PeerBatch),
+    /// A batch of messages from another node, with the reader's place in the node's
+    /// inbox (released once the batch is handled: readers wait for one, so batches cannot
+    /// pile up faster than the node handles them).
+    Peer(NodeId, PeerBatch, Option<tokio::sync::OwnedSemaphorePermit>),
     /// The members of the cluster as gossiped (the answer to a `GossipMsg::Members`).
     Members(Vec<MemberView>),
     /// The clock: sent every 25 ms.
@@ -604,7 +606,10 @@ impl Actor for NodeActor {
                     .collect();
                 state.core.handle_members(&updates);
             }
-            NodeMsg::Peer(from, batch) => state.core.handle_peer(&from, batch),
+            NodeMsg::Peer(from, batch, place) => {
+                state.core.handle_peer(&from, batch);
+                drop(place);
+            }
             NodeMsg::Leave(done) => {
                 tracing::info!("leaving: handing work, results and graphs over to peers");
                 state.left = Some(done);

@@ -78,26 +78,36 @@ impl Conn {
                 }
                 .boxed()
             }
-            Conn::Remote(remote) => remote
-                .send(request)
-                .map(|r| {
-                    r.map_err(|e| match e {
-                        rdask_node::RemoteError::Closed => Error::Closed,
-                        rdask_node::RemoteError::Lost(m) => Error::ConnectionLost(m),
-                        rdask_node::RemoteError::TooLarge(e) => Error::TooLarge(e.to_string()),
-                    })
-                })
-                .boxed(),
+            Conn::Remote(remote) => remote.send(request).map(map_remote).boxed(),
         };
-        response
-            .map(|r| match r {
-                Ok(ClientResponse::Refused(reason)) => Err(Error::Refused(reason)),
-                // The node stepped down as this client's owner: like a lost connection,
-                // the client looks for the new owner.
-                Ok(ClientResponse::Moved(reason)) => Err(Error::ConnectionLost(reason)),
-                r => r,
-            })
-            .boxed()
+        response.map(settle).boxed()
+    }
+}
+
+/// A remote node's answer, as the client's result.
+fn map_remote(
+    r: std::result::Result<ClientResponse, rdask_node::RemoteError>,
+) -> Result<ClientResponse> {
+    r.map_err(|e| match e {
+        rdask_node::RemoteError::Closed => Error::Closed,
+        rdask_node::RemoteError::Lost(m) => Error::ConnectionLost(m),
+        rdask_node::RemoteError::TooLarge(e) => Error::TooLarge(e.to_string()),
+    })
+}
+
+/// A node's answer, with refusals and step-downs as errors.
+fn settle(r: Result<ClientResponse>) -> Result<ClientResponse> {
+    r.and_then(settle_response)
+}
+
+/// Refusals and step-downs as errors.
+fn settle_response(r: ClientResponse) -> Result<ClientResponse> {
+    match r {
+        ClientResponse::Refused(reason) => Err(Error::Refused(reason)),
+        // The node stepped down as this client's owner: like a lost connection, the client
+        // looks for the new owner.
+        ClientResponse::Moved(reason) => Err(Error::ConnectionLost(reason)),
+        r => Ok(r),
     }
 }
 
@@ -232,31 +242,24 @@ fn run_on<T: Send + 'static>(
     rx.recv().map_err(|_| Error::Closed)
 }
 
-/// The key of a pure call: `prefix-` and a 128-bit FNV-1a hash of the function's name and
-/// the encoded arguments (the same on every client and every build).
+/// The key of a pure call: `prefix-` and 128 bits of the SHA-256 of the function's name and
+/// the encoded arguments (the same on every client and every build; a scattered gigabyte
+/// is hashed in about a second with the CPU's SHA instructions).
 pub(crate) fn pure_key(prefix: &str, function: &str, args: &[Arg]) -> Key {
-    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
-    let mut h: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h = (h ^ u128::from(b)).wrapping_mul(PRIME);
-        }
-    };
-    eat(function.as_bytes());
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(function.as_bytes());
     for a in args {
-        match a {
-            Arg::Value(b) => {
-                eat(b"v");
-                eat(&(b.len() as u64).to_le_bytes());
-                eat(b);
-            }
-            Arg::Key(k) => {
-                eat(b"k");
-                eat(&(k.as_str().len() as u64).to_le_bytes());
-                eat(k.as_str().as_bytes());
-            }
-        }
+        let (tag, bytes) = match a {
+            Arg::Value(b) => (b"v", &b[..]),
+            Arg::Key(k) => (b"k", k.as_str().as_bytes()),
+        };
+        h.update(tag);
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
     }
+    let digest = h.finalize();
+    let h = u128::from_le_bytes(digest[..16].try_into().expect("16 bytes of 32"));
     Key::from(format!("{prefix}-{h:032x}").as_str())
 }
 
@@ -1067,16 +1070,7 @@ impl ClientInner {
             let graphs: Vec<GraphSubmission> = outbox.graphs.drain(..take).collect();
             let acks: Vec<_> = outbox.acks.drain(..take).collect();
             match &conn {
-                Conn::Remote(_) => {
-                    // Kept until answered: sent again after a re-attach.
-                    let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-                    self.unacked.lock().expect("unacked").push_back(Unacked {
-                        seq,
-                        graphs: graphs.clone(),
-                        acks,
-                    });
-                    self.send_submission(&conn, seq, graphs);
-                }
+                Conn::Remote(remote) => self.submit_remote(remote, graphs, acks),
                 Conn::Local(_) => {
                     let response = conn.send(ClientRequest::Submit { graphs });
                     self.handle.spawn(async move {
@@ -1096,10 +1090,57 @@ impl ClientInner {
         sent
     }
 
+    /// Sends new graphs to a remote node, kept until answered (sent again after a
+    /// re-attach). Graphs over a limit of the node are not sent: a submission too large as
+    /// a whole is split into its graphs, and a graph too large by itself fails its futures
+    /// at once with the reason, naming the limit.
+    fn submit_remote(
+        &self,
+        remote: &RemoteNode,
+        graphs: Vec<GraphSubmission>,
+        acks: Vec<oneshot::Sender<Result<()>>>,
+    ) {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        self.unacked.lock().expect("unacked").push_back(Unacked {
+            seq,
+            graphs: graphs.clone(),
+            acks,
+        });
+        match remote.try_send(ClientRequest::Submit { graphs }) {
+            Ok(response) => {
+                self.await_submission(seq, response.map(map_remote).map(settle).boxed())
+            }
+            Err((error, request)) => {
+                let entry = {
+                    let mut unacked = self.unacked.lock().expect("unacked");
+                    let at = unacked.iter().position(|u| u.seq == seq);
+                    at.and_then(|i| unacked.remove(i))
+                };
+                let (Some(entry), ClientRequest::Submit { graphs }) = (entry, request) else {
+                    return;
+                };
+                if graphs.len() > 1 {
+                    for (g, ack) in graphs.into_iter().zip(entry.acks) {
+                        self.submit_remote(remote, vec![g], vec![ack]);
+                    }
+                } else {
+                    for ack in entry.acks {
+                        let _ = ack.send(Err(Error::TooLarge(error.to_string())));
+                    }
+                }
+            }
+        }
+    }
+
     /// Sends the unanswered submission `seq` on `conn`; its answer settles its futures, a
     /// lost connection makes the client re-attach (which sends it again).
     fn send_submission(&self, conn: &Conn, seq: u64, graphs: Vec<GraphSubmission>) {
         let response = conn.send(ClientRequest::Submit { graphs });
+        self.await_submission(seq, response);
+    }
+
+    /// Settles the futures of submission `seq` by its `response`.
+    fn await_submission(&self, seq: u64, response: BoxFuture<'static, Result<ClientResponse>>) {
         let generation = self.generation.load(Ordering::Acquire);
         let me = self.me.clone();
         self.handle.spawn(async move {

@@ -82,25 +82,22 @@ pub fn decode_message<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
 
 /// Reads exactly `len` bytes into a buffer that grows with the bytes received (it at most
 /// doubles what has arrived), never from the announced length alone: a header announcing
-/// gigabytes costs memory only as they come. A buffer that cannot grow is an
-/// [`io::ErrorKind::OutOfMemory`] error.
+/// gigabytes costs memory only as they come.
 async fn read_growing<R: AsyncRead + Unpin>(io: &mut R, len: usize) -> io::Result<Vec<u8>> {
-    let too_large = || {
-        io::Error::new(
-            io::ErrorKind::OutOfMemory,
-            format!("cannot hold {len} bytes"),
-        )
-    };
-    let mut buf: Vec<u8> = Vec::new();
-    while buf.len() < len {
-        let start = buf.len();
-        let end = len.min(start + start.max(FIRST_CHUNK));
-        buf.try_reserve_exact(end - start)
-            .map_err(|_| too_large())?;
-        buf.resize(end, 0);
-        io.read_exact(&mut buf[start..end]).await?;
+    let mut buf = vec![0u8; len.min(FIRST_CHUNK)];
+    let mut filled = 0;
+    loop {
+        io.read_exact(&mut buf[filled..]).await?;
+        filled = buf.len();
+        if filled == len {
+            return Ok(buf);
+        }
+        // A zeroed buffer twice the size (or the rest), the bytes so far copied in: zeroed
+        // memory comes from the allocator as fresh pages, not written a byte at a time.
+        let mut bigger = vec![0u8; len.min(filled * 2)];
+        bigger[..filled].copy_from_slice(&buf);
+        buf = bigger;
     }
-    Ok(buf)
 }
 
 /// Encodes a value and writes it as one frame of at most `max` bytes, then flushes.
@@ -176,8 +173,13 @@ pub fn encode_message<T: Serialize>(
     max_frame: usize,
     max_value: u64,
 ) -> Result<Encoded, EncodeError> {
-    let (body, values) = detached::encode(msg, detached::THRESHOLD)
-        .map_err(|e| EncodeError::Codec(e.to_string()))?;
+    let encode =
+        |threshold| detached::encode(msg, threshold).map_err(|e| EncodeError::Codec(e.to_string()));
+    let (mut body, mut values) = encode(detached::THRESHOLD)?;
+    if body.len() > max_frame {
+        // Many small values may be what makes the frame large: detach them all.
+        (body, values) = encode(1)?;
+    }
     if let Some(v) = values.iter().find(|v| v.len() as u64 > max_value) {
         return Err(EncodeError::ValueTooLarge {
             len: v.len() as u64,
@@ -328,8 +330,8 @@ pub async fn read_peer_batch<R: AsyncRead + Unpin>(
 async fn read_body<R: AsyncRead + Unpin>(io: &mut R, len: u64) -> io::Result<Bytes> {
     let len = usize::try_from(len).map_err(|_| {
         io::Error::new(
-            io::ErrorKind::OutOfMemory,
-            format!("cannot hold a value of {len} bytes"),
+            io::ErrorKind::InvalidData,
+            format!("a value of {len} bytes is larger than this machine's address space"),
         )
     })?;
     read_growing(io, len).await.map(Bytes::from)

@@ -88,13 +88,16 @@ fn signed_text(nonce: &[u8; 32], acceptor: &PeerId) -> Vec<u8> {
     text
 }
 
+/// Bulky batches queued for one peer's data connection; past it they go by libp2p.
+const LANE_QUEUE: usize = 256;
+
 /// The sending side: one connection and writer task per peer, opened on the first bulky
 /// batch for it.
 pub(crate) struct DataLanes {
     keypair: Keypair,
     /// Where peers accept data connections, from their gossiped member records.
     ports: RwLock<HashMap<PeerId, (String, u16)>>,
-    links: Mutex<HashMap<PeerId, mpsc::UnboundedSender<PeerBatch>>>,
+    links: Mutex<HashMap<PeerId, mpsc::Sender<PeerBatch>>>,
     /// Peers whose data path failed, until when.
     broken: Arc<Mutex<HashMap<PeerId, Instant>>>,
     runtime: tokio::runtime::Handle,
@@ -154,14 +157,16 @@ impl DataLanes {
         };
         let mut links = self.links.lock().expect("data links");
         let batch = match links.get(&peer) {
-            Some(tx) => match tx.send(batch) {
+            Some(tx) => match tx.try_send(batch) {
                 Ok(()) => return Ok(()),
-                Err(mpsc::error::SendError(batch)) => batch,
+                // Full: the data connection is behind; libp2p carries this one.
+                Err(mpsc::error::TrySendError::Full(batch)) => return Err(batch),
+                Err(mpsc::error::TrySendError::Closed(batch)) => batch,
             },
             None => batch,
         };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let _ = tx.send(batch);
+        let (tx, rx) = mpsc::channel(LANE_QUEUE);
+        let _ = tx.try_send(batch);
         links.insert(peer, tx);
         self.runtime.spawn(data_writer(
             peer,
@@ -228,7 +233,7 @@ struct Writer {
 async fn data_writer(
     peer: PeerId,
     addr: (String, u16),
-    mut rx: mpsc::UnboundedReceiver<PeerBatch>,
+    mut rx: mpsc::Receiver<PeerBatch>,
     w: Writer,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
@@ -300,16 +305,21 @@ async fn data_writer(
     }
 }
 
+/// Data connections accepted at once (handshakes included): a member opens one.
+const MAX_DATA_CONNECTIONS: usize = 256;
+
 /// Accepts data connections on `listener` and hands their batches to `actor` as coming
 /// from the peer each one proved to be (`me` is this node's peer id).
 pub(crate) async fn serve_data(
     listener: TcpListener,
     me: PeerId,
     actor: ActorRef<NodeMsg>,
+    inbox: Arc<tokio::sync::Semaphore>,
     stats: Arc<DataStats>,
     max_frame: usize,
     max_value: u64,
 ) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_DATA_CONNECTIONS));
     loop {
         let (socket, from) = match listener.accept().await {
             Ok(s) => s,
@@ -319,9 +329,15 @@ pub(crate) async fn serve_data(
                 continue;
             }
         };
+        let Ok(slot) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%from, "refused a data connection: {MAX_DATA_CONNECTIONS} open already");
+            continue;
+        };
         let actor = actor.clone();
         let stats = stats.clone();
+        let inbox = inbox.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let _ = socket.set_nodelay(true);
             let mut socket = socket;
             let peer = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept(&mut socket, me)).await
@@ -345,8 +361,9 @@ pub(crate) async fn serve_data(
                         stats
                             .received_bytes
                             .fetch_add(value_bytes(&batch), std::sync::atomic::Ordering::Relaxed);
+                        let place = inbox.clone().acquire_owned().await.ok();
                         if actor
-                            .send_message(NodeMsg::Peer(node.clone(), batch))
+                            .send_message(NodeMsg::Peer(node.clone(), batch, place))
                             .is_err()
                         {
                             return;
@@ -364,7 +381,10 @@ pub(crate) async fn serve_data(
 }
 
 /// The accepting side of a handshake: the peer id the other side proved to be.
-async fn accept(socket: &mut TcpStream, me: PeerId) -> std::io::Result<PeerId> {
+pub(crate) async fn accept<S>(socket: &mut S, me: PeerId) -> std::io::Result<PeerId>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
     let nonce: [u8; 32] = rand::random();
     let mut hello = Vec::with_capacity(45);
@@ -383,7 +403,7 @@ async fn accept(socket: &mut TcpStream, me: PeerId) -> std::io::Result<PeerId> {
 }
 
 /// A length-prefixed (u16) piece of a handshake, at most [`MAX_KEY_BYTES`].
-async fn read_short(socket: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+async fn read_short<S: tokio::io::AsyncRead + Unpin>(socket: &mut S) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 2];
     socket.read_exact(&mut len).await?;
     let len = u16::from_le_bytes(len) as usize;

@@ -441,6 +441,7 @@ pub async fn start(
     .map_err(|e| NodeError::Spawn(e.to_string()))?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = vec![actor_task];
+    let inbox = net::inbox();
     let mut listen_addrs = Vec::new();
     let mut gossip_actor = None;
 
@@ -464,6 +465,7 @@ pub async fn start(
         tasks.push(tokio::spawn(net::accept_peer_streams(
             from_peers,
             actor.clone(),
+            inbox.clone(),
             config.max_frame,
             config.max_value,
         )));
@@ -568,7 +570,8 @@ pub async fn start(
             addr: advertised.into(),
             generation: rdask_actors::now_ms(),
         };
-        let (gossip_tx, gossip_rx) = tokio::sync::mpsc::unbounded_channel();
+        // Gossip is lossy by design: datagrams past the queue are dropped.
+        let (gossip_tx, gossip_rx) = tokio::sync::mpsc::channel(net::GOSSIP_QUEUE);
         let (gossip, gossip_task) = rdask_actors::spawn_gossip(rdask_actors::GossipArgs {
             me: me.clone(),
             info: MemberInfo {
@@ -593,7 +596,7 @@ pub async fn start(
             config: rdask_gossip::GossipConfig::lan(config.cluster_size),
             seed: rand_seed(),
             send: Box::new(move |to, data| {
-                let _ = gossip_tx.send((to, data));
+                let _ = gossip_tx.try_send((to, data));
             }),
         })
         .await
@@ -606,6 +609,7 @@ pub async fn start(
                 listener,
                 peer_id,
                 actor.clone(),
+                inbox.clone(),
                 data_stats.clone(),
                 config.max_frame,
                 config.max_value,

@@ -51,6 +51,9 @@ const MAX_IN_FLIGHT: usize = 256;
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most batches written to a peer between two flushes.
 const BATCHES_PER_FLUSH: usize = 64;
+/// Most batches queued for one peer: past it, batches are dropped as on a broken stream
+/// (the peer stopped reading; its writes time out soon).
+const LINK_QUEUE: usize = 4096;
 
 /// An error setting up the network.
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +157,11 @@ pub const GOSSIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/rdask/gossip/1
 const JOIN_RETRY: Duration = Duration::from_secs(2);
 /// Largest gossip datagram.
 const MAX_GOSSIP_FRAME: usize = 1 << 20;
+/// Gossip datagrams waiting to be sent; more are dropped (gossip repeats itself).
+pub(crate) const GOSSIP_QUEUE: usize = 4096;
+/// Incoming gossip datagrams handed to the gossip actor and not handled yet; more are
+/// dropped.
+const GOSSIP_INBOX: usize = 4096;
 
 /// The codec of `/rdask/gossip/1`: one bounded frame of bytes, answered by nothing.
 #[derive(Clone, Default)]
@@ -432,7 +440,7 @@ pub(crate) struct PeerLinks {
     control: libp2p_stream::Control,
     /// The data path, for batches carrying large values (see [`crate::datapath`]).
     data: Option<Arc<crate::datapath::DataLanes>>,
-    links: Mutex<HashMap<PeerId, mpsc::UnboundedSender<PeerBatch>>>,
+    links: Mutex<HashMap<PeerId, mpsc::Sender<PeerBatch>>>,
     runtime: tokio::runtime::Handle,
     max_frame: usize,
     max_value: u64,
@@ -475,15 +483,21 @@ impl PeerLinks {
         };
         let mut links = self.links.lock().expect("peer links");
         let batch = match links.get(&peer) {
-            Some(tx) => match tx.send(batch) {
+            Some(tx) => match tx.try_send(batch) {
                 Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // The peer reads slower than this node writes to it, for long: the
+                    // batch is lost like one on a broken stream (the core asks again).
+                    tracing::debug!(%peer, "dropped a batch: {LINK_QUEUE} queued for the peer");
+                    return;
+                }
                 // The writer is gone (it ends only if it panicked): start another.
-                Err(mpsc::error::SendError(batch)) => batch,
+                Err(mpsc::error::TrySendError::Closed(batch)) => batch,
             },
             None => batch,
         };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let _ = tx.send(batch);
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        let _ = tx.try_send(batch);
         links.insert(peer, tx);
         self.runtime.spawn(peer_writer(
             peer,
@@ -496,7 +510,7 @@ impl PeerLinks {
 }
 
 /// Drops what is queued for a peer whose stream could not be used; returns how many.
-fn drop_queued(rx: &mut mpsc::UnboundedReceiver<PeerBatch>) -> usize {
+fn drop_queued(rx: &mut mpsc::Receiver<PeerBatch>) -> usize {
     let mut n = 0;
     while rx.try_recv().is_ok() {
         n += 1;
@@ -537,7 +551,7 @@ impl Link {
 async fn peer_writer(
     peer: PeerId,
     mut control: libp2p_stream::Control,
-    mut rx: mpsc::UnboundedReceiver<PeerBatch>,
+    mut rx: mpsc::Receiver<PeerBatch>,
     max_frame: usize,
     max_value: u64,
 ) {
@@ -576,7 +590,16 @@ async fn peer_writer(
             let mut next = Some(first);
             let mut written = 0;
             while let Some(batch) = next.take() {
-                let dropped = write_peer_batch(writer, batch, max_frame, max_value).await?;
+                let bytes = crate::datapath::value_bytes(&batch);
+                let write = write_peer_batch(writer, batch, max_frame, max_value);
+                let dropped = tokio::time::timeout(write_timeout(bytes), write)
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("a batch of {bytes} bytes not written in time"),
+                        )
+                    })??;
                 for reason in dropped {
                     tracing::warn!(%peer, "dropped a message for a peer: {reason}");
                 }
@@ -585,7 +608,9 @@ async fn peer_writer(
                     next = rx.try_recv().ok();
                 }
             }
-            writer.flush().await
+            tokio::time::timeout(write_timeout(0), writer.flush())
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "flush timed out"))?
         };
         let result = tokio::select! {
             r = write => r,
@@ -607,32 +632,64 @@ async fn peer_writer(
     }
 }
 
-/// Accepts streams of `/rdask/node/1` from other nodes and reads each on its own task.
+/// Batches from peers handed to the node actor and not handled yet, in all: a reader
+/// waits for a place (so a peer that sends faster than the node handles is slowed by TCP's
+/// flow control, not queued in memory).
+pub(crate) const INBOX_BATCHES: usize = 1024;
+
+/// The node's inbox of peer batches: places, one per batch handed to the actor.
+pub(crate) fn inbox() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(INBOX_BATCHES))
+}
+
+/// Streams of `/rdask/node/1` one peer may have open to a node at once: a member opens one
+/// (and another after a failure, while the old one drains).
+const STREAMS_PER_PEER: usize = 4;
+
+/// Accepts streams of `/rdask/node/1` from other nodes and reads each on its own task, at
+/// most [`STREAMS_PER_PEER`] per peer.
 pub(crate) async fn accept_peer_streams(
     mut incoming: libp2p_stream::IncomingStreams,
     actor: ActorRef<NodeMsg>,
+    inbox: Arc<Semaphore>,
     max_frame: usize,
     max_value: u64,
 ) {
+    let open: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
     while let Some((peer, stream)) = incoming.next().await {
+        {
+            let mut open = open.lock().expect("open streams");
+            let n = open.entry(peer).or_default();
+            if *n >= STREAMS_PER_PEER {
+                tracing::warn!(%peer, "refused a stream: the peer has {STREAMS_PER_PEER} open");
+                drop(stream);
+                continue;
+            }
+            *n += 1;
+        }
         tracing::debug!(%peer, "a peer opened a stream");
-        tokio::spawn(serve_peer_stream(
-            peer,
-            stream,
-            actor.clone(),
-            max_frame,
-            max_value,
-        ));
+        let (actor, inbox, open) = (actor.clone(), inbox.clone(), open.clone());
+        tokio::spawn(async move {
+            serve_peer_stream(peer, stream, actor, inbox, max_frame, max_value).await;
+            let mut open = open.lock().expect("open streams");
+            if let Some(n) = open.get_mut(&peer) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&peer);
+                }
+            }
+        });
     }
 }
 
-/// Reads the batches of one peer's stream and hands them to the node actor, in order. A
-/// malformed batch or one with a value over the limit ends the stream (with a logged
-/// reason); the peer opens another for its next batch.
+/// Reads the batches of one peer's stream and hands them to the node actor, in order,
+/// each when the inbox has a place for it. A malformed batch or one with a value over the
+/// limit ends the stream (with a logged reason); the peer opens another for its next batch.
 async fn serve_peer_stream(
     peer: PeerId,
     mut stream: libp2p::Stream,
     actor: ActorRef<NodeMsg>,
+    inbox: Arc<Semaphore>,
     max_frame: usize,
     max_value: u64,
 ) {
@@ -641,8 +698,9 @@ async fn serve_peer_stream(
     loop {
         match read_peer_batch(&mut stream, max_frame, max_value).await {
             Ok(batch) => {
+                let place = inbox.clone().acquire_owned().await.ok();
                 if actor
-                    .send_message(NodeMsg::Peer(from.clone(), batch))
+                    .send_message(NodeMsg::Peer(from.clone(), batch, place))
                     .is_err()
                 {
                     break;
@@ -675,7 +733,7 @@ pub(crate) struct GossipWiring {
     /// The gossip actor.
     pub actor: ActorRef<GossipMsg>,
     /// Datagrams it wants sent.
-    pub outgoing: mpsc::UnboundedReceiver<(Peer, Bytes)>,
+    pub outgoing: mpsc::Receiver<(Peer, Bytes)>,
     /// Addresses given with `--join`: once a connection to one is up, that peer is asked
     /// to let this node in.
     pub joins: Vec<Multiaddr>,
@@ -700,6 +758,7 @@ pub(crate) async fn run_node_swarm(
     let mut unjoined: Vec<Multiaddr> = std::mem::take(&mut gossip.joins);
     let mut dialing: HashMap<libp2p::swarm::ConnectionId, Multiaddr> = HashMap::new();
     let mut retry = tokio::time::interval(JOIN_RETRY);
+    let gossip_inbox = Arc::new(Semaphore::new(GOSSIP_INBOX));
     loop {
         tokio::select! {
             _ = retry.tick(), if !unjoined.is_empty() => {
@@ -736,7 +795,12 @@ pub(crate) async fn run_node_swarm(
                     message: request_response::Message::Request { request, channel, .. },
                     ..
                 })) => {
-                    let _ = gossip.actor.send_message(GossipMsg::Incoming(request));
+                    match gossip_inbox.clone().try_acquire_owned() {
+                        Ok(place) => {
+                            let _ = gossip.actor.send_message(GossipMsg::Incoming(request, Some(place)));
+                        }
+                        Err(_) => tracing::debug!("dropped a gossip datagram: {GOSSIP_INBOX} waiting"),
+                    }
                     let _ = swarm.behaviour_mut().gossip.send_response(channel, ());
                 }
                 SwarmEvent::Behaviour(NodeBehaviourEvent::Gossip(request_response::Event::OutboundFailure {
@@ -1015,36 +1079,53 @@ impl RemoteNode {
         request: ClientRequest,
     ) -> impl std::future::Future<Output = Result<ClientResponse, RemoteError>> + Send + 'static
     {
+        let queued = self
+            .try_send(request)
+            .map_err(|(e, _)| RemoteError::TooLarge(e));
+        async move { queued?.await }
+    }
+
+    /// [`RemoteNode::send`], but a request over the node's limits is given back with the
+    /// reason at once (nothing was sent), so that the caller can split it.
+    #[allow(clippy::type_complexity)]
+    pub fn try_send(
+        &self,
+        request: ClientRequest,
+    ) -> Result<
+        impl std::future::Future<Output = Result<ClientResponse, RemoteError>> + Send + 'static,
+        (EncodeError, ClientRequest),
+    > {
         let id = self
             .inner
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        let encoded = encode_message(
-            &Envelope { id, body: request },
+        let envelope = Envelope { id, body: request };
+        let encoded = match encode_message(
+            &envelope,
             self.inner.limits.0.load(Ordering::Relaxed) as usize,
             self.inner.limits.1.load(Ordering::Relaxed),
-        );
-        let queued = match encoded {
-            Err(e) => Err(RemoteError::TooLarge(e)),
-            Ok(encoded) => {
-                let mut p = self.inner.pending.lock().expect("pending requests");
-                match &p.ended {
-                    Some(e) => Err(e.clone()),
-                    None => {
-                        p.waiting.insert(id, tx);
-                        self.inner
-                            .out
-                            .send(encoded)
-                            .map_err(|_| RemoteError::Closed)
-                    }
+        ) {
+            Ok(e) => e,
+            Err(e) => return Err((e, envelope.body)),
+        };
+        let (tx, rx) = oneshot::channel();
+        let queued = {
+            let mut p = self.inner.pending.lock().expect("pending requests");
+            match &p.ended {
+                Some(e) => Err(e.clone()),
+                None => {
+                    p.waiting.insert(id, tx);
+                    self.inner
+                        .out
+                        .send(encoded)
+                        .map_err(|_| RemoteError::Closed)
                 }
             }
         };
-        async move {
+        Ok(async move {
             queued?;
             rx.await.map_err(|_| RemoteError::Closed)?
-        }
+        })
     }
 
     /// Adopts the node's limits on frames and values (from its `Welcome`): requests over
