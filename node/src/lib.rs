@@ -16,6 +16,7 @@ pub mod codec;
 mod config;
 pub mod dashboard;
 pub mod datapath;
+pub mod fuzzing;
 pub mod net;
 pub mod secret;
 
