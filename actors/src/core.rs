@@ -43,6 +43,11 @@ use leave::Leaving;
 
 /// How many graph ids a node remembers to recognise resubmissions.
 const REMEMBERED_GRAPHS: usize = 65_536;
+/// Most peers a node keeps records of (members, and nodes named by clients and peers); see
+/// [`NodeCore::intern`].
+const MAX_PEERS: usize = 65_536;
+/// The one peer every name past [`MAX_PEERS`] stands for: never alive.
+const TOO_MANY_PEERS: &str = "(too many peer names)";
 /// The default of [`NodeCore::set_max_tasks_per_submit`] (`--max-tasks-per-submit`).
 pub const DEFAULT_MAX_TASKS_PER_SUBMIT: u64 = 2_000_000;
 /// Most tasks per thread the pool holds at once, however short.
@@ -3146,6 +3151,20 @@ impl NodeCore {
         if let Some(&p) = self.peer_index.get(node) {
             return p;
         }
+        if self.peers.len() >= MAX_PEERS {
+            // Names come from clients and peers as well as from membership: past the bound,
+            // every new name is one peer that is never alive (tasks restricted to it wait,
+            // nothing is sent to it), so that naming millions of nodes costs nothing.
+            let sink = NodeId(TOO_MANY_PEERS.into());
+            if let Some(&p) = self.peer_index.get(&sink) {
+                return p;
+            }
+            return self.add_peer(sink);
+        }
+        self.add_peer(node.clone())
+    }
+
+    fn add_peer(&mut self, node: NodeId) -> u32 {
         let p = self.peers.len() as u32;
         self.peers.push(Peer {
             node: node.clone(),
@@ -3163,7 +3182,7 @@ impl NodeCore {
             paused: false,
             outbox: Vec::new(),
         });
-        self.peer_index.insert(node.clone(), p);
+        self.peer_index.insert(node, p);
         p
     }
 

@@ -89,10 +89,7 @@ pub fn gossip(data: &[u8]) {
 /// The accepting side of the data path's handshake, reading `data` as the other side's.
 pub fn handshake(data: &[u8]) {
     let me = local_peer();
-    let mut socket = Scripted {
-        input: data,
-        at: 0,
-    };
+    let mut socket = Scripted { input: data, at: 0 };
     let _ = block(crate::datapath::accept(&mut socket, me));
 }
 
@@ -100,12 +97,14 @@ pub fn handshake(data: &[u8]) {
 /// submitted to a node's core (which places and runs nothing without a pool, but accepts,
 /// orders and plans).
 pub fn graph(data: &[u8]) {
-    let Ok(tasks) = bounded::decode::<Vec<TaskSpec>>(data, bounded::Limits::for_message(data.len()))
+    let Ok(tasks) =
+        bounded::decode::<Vec<TaskSpec>>(data, bounded::Limits::for_message(data.len()))
     else {
         return;
     };
     let registry = Registry::global();
-    let _ = Graph::new(tasks.clone()).validate(|k| k.as_str().len() % 2 == 0, |f| registry.contains(f));
+    let _ =
+        Graph::new(tasks.clone()).validate(|k| k.as_str().len() % 2 == 0, |f| registry.contains(f));
     let mut core = NodeCore::new("fuzzed-node", registry, 2);
     let keep = tasks.iter().take(4).map(|t| t.key.clone()).collect();
     core.handle_submit(
@@ -132,20 +131,20 @@ pub fn builtins(data: &[u8]) {
     if name == crate::builtins::panic.name() {
         return;
     }
-    let args: Vec<Bytes> = match bounded::decode::<Vec<Vec<u8>>>(
-        rest,
-        bounded::Limits::for_message(rest.len()),
-    ) {
-        Ok(a) => a.into_iter().map(Bytes::from).collect(),
-        Err(_) => vec![Bytes::copy_from_slice(rest)],
-    };
+    let args: Vec<Bytes> =
+        match bounded::decode::<Vec<Vec<u8>>>(rest, bounded::Limits::for_message(rest.len())) {
+            Ok(a) => a.into_iter().map(Bytes::from).collect(),
+            Err(_) => vec![Bytes::copy_from_slice(rest)],
+        };
     if name == crate::builtins::sleep_ms.name()
         && let [arg] = &args[..]
         && value::decode::<u64>(arg).is_ok_and(|ms| ms <= crate::builtins::MAX_SLEEP_MS)
     {
         return;
     }
-    let entry = Registry::global().get(name).expect("a built-in is registered");
+    let entry = Registry::global()
+        .get(name)
+        .expect("a built-in is registered");
     let _ = entry.call(&args);
 }
 
@@ -177,7 +176,11 @@ fn drain(core: &mut NodeCore) {
 
 fn local_peer() -> libp2p::PeerId {
     static ME: OnceLock<libp2p::PeerId> = OnceLock::new();
-    *ME.get_or_init(|| libp2p::identity::Keypair::generate_ed25519().public().to_peer_id())
+    *ME.get_or_init(|| {
+        libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+    })
 }
 
 /// A socket that reads from a script and swallows what is written.

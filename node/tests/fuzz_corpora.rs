@@ -130,17 +130,35 @@ fn write_seed_corpora() {
     let spec = |k: &str, f: &str, args: Vec<Arg>| TaskSpec::new(Key::from(k), f, args);
     let tasks = vec![
         spec("inc-1", "rdask::builtins::inc", vec![v(1)]),
-        spec("add-2", "rdask::builtins::add", vec![Arg::Key("inc-1".into()), v(2)]),
+        spec(
+            "add-2",
+            "rdask::builtins::add",
+            vec![Arg::Key("inc-1".into()), v(2)],
+        ),
         spec("scatter-3", "rdask::scatter", vec![big]),
-        spec("pack-4", "rdask::pack", vec![v(2), Arg::Key("inc-1".into()), Arg::Key("add-2".into())]),
+        spec(
+            "pack-4",
+            "rdask::pack",
+            vec![v(2), Arg::Key("inc-1".into()), Arg::Key("add-2".into())],
+        ),
     ];
     let keys: Vec<Key> = tasks.iter().map(|t| t.key.clone()).collect();
     let requests = vec![
-        ClientRequest::Hello { protocol: 3, version: "0.1.0".into() },
-        ClientRequest::Submit {
-            graphs: vec![GraphSubmission { id: GraphId(1 << 64 | 1), tasks: tasks.clone(), keep: keys.clone() }],
+        ClientRequest::Hello {
+            protocol: 3,
+            version: "0.1.0".into(),
         },
-        ClientRequest::Gather { keys: keys.clone(), wait_ms: 10 },
+        ClientRequest::Submit {
+            graphs: vec![GraphSubmission {
+                id: GraphId(1 << 64 | 1),
+                tasks: tasks.clone(),
+                keep: keys.clone(),
+            }],
+        },
+        ClientRequest::Gather {
+            keys: keys.clone(),
+            wait_ms: 10,
+        },
         ClientRequest::Release { keys: keys.clone() },
         ClientRequest::Forward {
             owner: rdask_gossip::NodeId("owner".into()),
@@ -149,7 +167,14 @@ fn write_seed_corpora() {
         ClientRequest::Snapshot { events_since_ms: 0 },
     ];
     for (i, r) in requests.into_iter().enumerate() {
-        save("client_request", &i.to_string(), &message(&Envelope { id: i as u64, body: r }));
+        save(
+            "client_request",
+            &i.to_string(),
+            &message(&Envelope {
+                id: i as u64,
+                body: r,
+            }),
+        );
     }
     let responses = vec![
         ClientResponse::Results(vec![
@@ -163,7 +188,14 @@ fn write_seed_corpora() {
         ClientResponse::Holders(vec![vec![rdask_gossip::NodeId("a".into())]]),
     ];
     for (i, r) in responses.into_iter().enumerate() {
-        save("client_response", &i.to_string(), &message(&Envelope { id: i as u64, body: r }));
+        save(
+            "client_response",
+            &i.to_string(),
+            &message(&Envelope {
+                id: i as u64,
+                body: r,
+            }),
+        );
     }
     let owner = rdask_gossip::NodeId("fuzzer".into());
     let batches = vec![
@@ -181,17 +213,38 @@ fn write_seed_corpora() {
                     hops: 1,
                     retries: 0,
                 }),
-                PeerMsg::Fetch { owner: owner.clone(), key: "inc-9".into() },
+                PeerMsg::Fetch {
+                    owner: owner.clone(),
+                    key: "inc-9".into(),
+                },
                 PeerMsg::Steal { want: 2 },
             ],
         },
         PeerBatch {
             load: LoadHint::default(),
             msgs: vec![
-                PeerMsg::Data { owner: owner.clone(), key: "x-1".into(), value: Some(Bytes::from(vec![3u8; 5000])) },
-                PeerMsg::Done { key: "x-1".into(), size: 5000, error: None, elapsed_ns: 10, hops: 1 },
-                PeerMsg::Release { owner: owner.clone(), keys: vec!["x-1".into()], hops: 1 },
-                PeerMsg::Recover { old: owner.clone(), epoch: 1 << 32, handover: false },
+                PeerMsg::Data {
+                    owner: owner.clone(),
+                    key: "x-1".into(),
+                    value: Some(Bytes::from(vec![3u8; 5000])),
+                },
+                PeerMsg::Done {
+                    key: "x-1".into(),
+                    size: 5000,
+                    error: None,
+                    elapsed_ns: 10,
+                    hops: 1,
+                },
+                PeerMsg::Release {
+                    owner: owner.clone(),
+                    keys: vec!["x-1".into()],
+                    hops: 1,
+                },
+                PeerMsg::Recover {
+                    old: owner.clone(),
+                    epoch: 1 << 32,
+                    handover: false,
+                },
             ],
         },
     ];
@@ -207,17 +260,17 @@ fn write_seed_corpora() {
         generation: 1,
     };
     let info = |n: &str| {
-        let mut m: rdask_gossip::MemberInfo =
-            serde_json::from_value(serde_json::json!({
-                "id": n, "addresses": [], "nthreads": 2, "memory_bytes": 0,
-                "functions_digest": 0, "functions": 0, "version": "0.1.0", "protocol": 3,
-                "resources": []
-            }))
-            .unwrap();
+        let mut m: rdask_gossip::MemberInfo = serde_json::from_value(serde_json::json!({
+            "id": n, "addresses": [], "nthreads": 2, "memory_bytes": 0,
+            "functions_digest": 0, "functions": 0, "version": "0.1.0", "protocol": 3,
+            "resources": []
+        }))
+        .unwrap();
         m.addresses.push("/ip4/127.0.0.1/tcp/1".into());
         m
     };
-    let mut a = rdask_gossip::Gossip::new(peer("a"), info("a"), rdask_gossip::GossipConfig::lan(4), 1);
+    let mut a =
+        rdask_gossip::Gossip::new(peer("a"), info("a"), rdask_gossip::GossipConfig::lan(4), 1);
     a.join(peer("fuzzed-node"), 0).unwrap();
     for t in 0..3u64 {
         for (to, timer) in a.take_timers() {
@@ -240,12 +293,17 @@ fn write_seed_corpora() {
     for (i, name) in rdask_node::builtins::names().iter().enumerate() {
         let args: Vec<Vec<u8>> = match *name {
             "rdask::chain" => vec![
-                value::encode(&(1u64, "rdask::builtins::inc", vec![(0u8, 0u32)])).unwrap().to_vec(),
+                value::encode(&(1u64, "rdask::builtins::inc", vec![(0u8, 0u32)]))
+                    .unwrap()
+                    .to_vec(),
                 value::encode(&1i64).unwrap().to_vec(),
             ],
             "rdask::builtins::sum" => vec![value::encode(&vec![1i64, 2, 3]).unwrap().to_vec()],
             "rdask::builtins::fail" => vec![value::encode("no").unwrap().to_vec()],
-            _ => vec![value::encode(&1i64).unwrap().to_vec(), value::encode(&2i64).unwrap().to_vec()],
+            _ => vec![
+                value::encode(&1i64).unwrap().to_vec(),
+                value::encode(&2i64).unwrap().to_vec(),
+            ],
         };
         let mut data = vec![i as u8];
         data.extend(postcard::to_allocvec(&args).unwrap());

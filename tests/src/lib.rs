@@ -322,3 +322,44 @@ impl Drop for NodeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A binary tree of numbers: a recursive argument type.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Tree {
+    /// A number.
+    Leaf(i64),
+    /// Two subtrees.
+    Node(Box<Tree>, Box<Tree>),
+}
+
+/// The sum of a tree's numbers (iteratively: a deep tree does not overflow the task's stack
+/// here; its decoding is bounded by rdask).
+#[rdask::task]
+pub fn tree_sum(tree: Tree) -> i64 {
+    let mut total = 0i64;
+    let mut stack = vec![tree];
+    while let Some(t) = stack.pop() {
+        match t {
+            Tree::Leaf(x) => total = total.wrapping_add(x),
+            Tree::Node(a, b) => {
+                stack.push(*a);
+                stack.push(*b);
+            }
+        }
+    }
+    total
+}
+
+/// The resident memory of process `pid` in bytes (Linux), for tests that bound a node's
+/// memory.
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}

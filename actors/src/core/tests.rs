@@ -979,3 +979,34 @@ fn a_key_submitted_again_after_a_worker_voided_it_runs_at_once() {
     assert_eq!(run_all(&mut w), vec!["x".to_string()]);
     assert_eq!(gather_via(&mut o, &mut w, &["x"]), vec![2]);
 }
+
+/// Clients and peers can name any node (task restrictions, holders, thieves): past
+/// `MAX_PEERS` names, new ones all stand for one peer that is never alive, so the table
+/// stays bounded and such a task waits as for any absent node.
+#[test]
+fn naming_more_nodes_than_the_peer_bound_keeps_the_table_bounded() {
+    let mut c = core();
+    let names: Vec<Arc<str>> = (0..MAX_PEERS + 5_000)
+        .map(|i| Arc::from(format!("nowhere-{i}")))
+        .collect();
+    let mut t = spec("inc-1", "inc", vec![lit(1)]);
+    t.placement = Some(Placement {
+        nodes: names,
+        loose: false,
+    });
+    assert_eq!(submit(&mut c, 1, vec![t]), SubmitOutcome::Accepted);
+    assert!(c.peers.len() <= MAX_PEERS + 1, "{}", c.peers.len());
+    // The task waits: none of the nodes it may run on is alive.
+    assert!(run_all(&mut c).is_empty());
+    // Too many tasks in one submission: rejected whole, naming the flag.
+    c.set_max_tasks_per_submit(2);
+    let tasks = (0..3)
+        .map(|i| spec(&format!("inc-x{i}"), "inc", vec![lit(i)]))
+        .collect();
+    match submit(&mut c, 2, tasks) {
+        SubmitOutcome::Rejected(e) => {
+            assert!(e.to_string().contains("--max-tasks-per-submit"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
