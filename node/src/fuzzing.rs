@@ -15,8 +15,11 @@ use rdask_graph::{Graph, GraphId, Registry, TaskSpec, bounded, value};
 
 use crate::codec::{Envelope, read_message, read_peer_batch};
 
+/// A fuzz target: arbitrary bytes in, nothing out.
+pub type Target = fn(&[u8]);
+
 /// The targets, by name (the folder of their corpus under `fuzz/corpus/`).
-pub const TARGETS: [(&str, fn(&[u8])); 8] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("client_request", client_request),
     ("client_response", client_response),
     ("peer_batch", peer_batch),
