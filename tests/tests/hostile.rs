@@ -441,10 +441,7 @@ async fn hostile_gossip(addr: &Multiaddr, node: PeerId) {
     swarm.dial(addr.clone()).unwrap();
     let started = Instant::now();
     let mut sent = 0;
-    let mut nested = vec![1u8];
-    for _ in 0..400_000 {
-        nested.push(1);
-    }
+    let nested = vec![1u8; 400_001];
     while started.elapsed() < Duration::from_secs(15) && sent < 200 {
         tokio::select! {
             _ = swarm.select_next_some() => {}
