@@ -189,8 +189,13 @@ impl NodeHandle {
         }
         let _ = self.shutdown.send(true);
         self.actor.stop(Some("shutdown".into()));
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        // The actor and the network loop end at once; the accept loops and the data port
+        // refresher wait for input that will not come: a second at most, then they are
+        // aborted (everything that mattered was handed over by the leave).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        for mut t in self.tasks {
+            let _ = tokio::time::timeout_at(deadline, &mut t).await;
+            t.abort();
         }
     }
 }

@@ -172,13 +172,20 @@ fn dropped_futures_and_a_closed_client_release_their_results() {
     });
 }
 
+/// An idle node (nothing to hand over) stops well under a second after SIGTERM, cleanly:
+/// rolling restarts and scripts do not wait on it.
 #[test]
-fn a_node_stops_cleanly_on_sigterm() {
+fn a_node_stops_cleanly_and_at_once_on_sigterm() {
     let node = NodeProcess::start(NODE, &[]);
+    let started = std::time::Instant::now();
     let status = node
         .terminate()
         .expect("the node exits within 10 s of SIGTERM");
+    let took = started.elapsed();
     assert!(status.success(), "{status:?}");
+    // It used to wait out a 5 s limit on tasks that never end; the bound leaves room for a
+    // loaded machine.
+    assert!(took < std::time::Duration::from_secs(4), "stopping took {took:?}");
 }
 
 #[test]

@@ -345,17 +345,29 @@ async fn too_many_sessions(addr: &Multiaddr) {
     drop(open);
 }
 
-/// A session that sends 50,000 requests with large answers and never reads one.
+/// A session that submits graphs and asks for large answers, 50,000 requests, and never
+/// reads one answer.
 async fn client_that_never_reads(mut control: libp2p_stream::Control, node: PeerId) {
     let Ok(mut s) = control.open_stream(node, CLIENT_PROTOCOL).await else {
         return;
     };
     let _ = tokio::time::timeout(Duration::from_secs(20), async {
         for id in 0..50_000u64 {
-            let request = Envelope {
-                id,
-                body: ClientRequest::Snapshot { events_since_ms: 0 },
+            let body = if id % 10 == 0 {
+                let tasks = (0..5)
+                    .map(|i| spec(&format!("inc-unread-{id}-{i}"), inc.name(), vec![lit(&1i64)]))
+                    .collect();
+                ClientRequest::Submit {
+                    graphs: vec![GraphSubmission {
+                        id: GraphId((u128::from(id) << 64) | 7),
+                        tasks,
+                        keep: Vec::new(),
+                    }],
+                }
+            } else {
+                ClientRequest::Snapshot { events_since_ms: 0 }
             };
+            let request = Envelope { id, body };
             let encoded = encode_message(&request, DEFAULT_MAX_FRAME, 1 << 30).unwrap();
             if encoded.write(&mut s).await.is_err() {
                 return;
