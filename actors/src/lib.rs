@@ -20,7 +20,9 @@ mod pool;
 pub mod protocol;
 mod shell;
 
-pub use crate::core::{CoreStats, Job, NodeCore, PeerUpdate, RequestId, TaskDone};
+pub use crate::core::{
+    CoreStats, Job, NodeCore, OwnerWrite, PeerUpdate, RequestId, SESSION_GRACE_MS, TaskDone,
+};
 pub use gossip_shell::{
     DatasetReply, GossipActor, GossipArgs, GossipMsg, GossipSend, LOAD_EVERY, now_ms, spawn_gossip,
 };

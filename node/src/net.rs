@@ -39,12 +39,14 @@ use crate::codec::{
 use crate::secret::ClusterSecret;
 
 /// The identify protocol version: peers announcing another one are refused.
-pub const IDENTIFY_PROTOCOL: &str = "/rdask/2";
+pub const IDENTIFY_PROTOCOL: &str = "/rdask/3";
 
 /// How long a connection with no open stream stays up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Requests of one session the node works on at once; further requests wait to be read.
 const MAX_IN_FLIGHT: usize = 4096;
+/// Most client sessions one stream may carry (a client attaches one).
+const MAX_SESSIONS_PER_STREAM: usize = 16;
 /// How long opening a stream to a peer (dialing it if needed) may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most batches written to a peer between two flushes.
@@ -148,8 +150,8 @@ pub fn build_swarm<B: NetworkBehaviour>(
 pub const GOSSIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/rdask/gossip/1");
 /// How often an unreachable `--join` address is tried again.
 const JOIN_RETRY: Duration = Duration::from_secs(2);
-/// Largest gossip datagram.
-const MAX_GOSSIP_FRAME: usize = 1 << 20;
+/// Largest gossip datagram (the gossip core makes none larger).
+const MAX_GOSSIP_FRAME: usize = rdask_gossip::MAX_FRAME_BYTES;
 
 /// The codec of `/rdask/gossip/1`: one bounded frame of bytes, answered by nothing.
 #[derive(Clone, Default)]
@@ -226,7 +228,9 @@ pub(crate) async fn accept_sessions(
 
 /// Reads requests of one session in order and hands them to the node actor; a writer task
 /// sends the replies, several frames per flush. A malformed or oversized frame ends the
-/// session (with a logged reason); the node and its other sessions go on.
+/// session (with a logged reason); the node and its other sessions go on. When the stream
+/// ends, the node actor is told which client sessions it carried (`Attach`), so that the
+/// core starts their clocks (a client that does not re-attach ends its session).
 async fn serve_session(
     peer: PeerId,
     stream: libp2p::Stream,
@@ -255,6 +259,8 @@ async fn serve_session(
         let _ = writer.close().await;
     });
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    // Client sessions this stream carries (a client sends one `Attach`; a few at most).
+    let mut carried: Vec<u64> = Vec::new();
     loop {
         let envelope = match read_frame::<Envelope<ClientRequest>, _>(&mut reader, max_frame).await
         {
@@ -268,6 +274,20 @@ async fn serve_session(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
         };
+        if let ClientRequest::Attach { session } = &envelope.body {
+            if carried.len() >= MAX_SESSIONS_PER_STREAM {
+                let body = ClientResponse::Refused(format!(
+                    "at most {MAX_SESSIONS_PER_STREAM} client sessions on one connection"
+                ));
+                let _ = tx.send(Envelope {
+                    id: envelope.id,
+                    body,
+                });
+                drop(permit);
+                continue;
+            }
+            carried.push(*session);
+        }
         let tx = tx.clone();
         let id = envelope.id;
         let reply: ReplyTo = Box::new(move |body| {
@@ -284,6 +304,9 @@ async fn serve_session(
     }
     drop(tx);
     tracing::debug!(%peer, "client session closed");
+    for session in carried {
+        let _ = actor.send_message(NodeMsg::Detached(session));
+    }
     // The writer ends once every reply still owed has been sent.
     let _ = writer_task.await;
 }
