@@ -493,13 +493,17 @@ fn fits(have: &[(Arc<str>, u64)], need: &[(Arc<str>, u64)]) -> bool {
 /// 1. feed one input: [`NodeCore::handle_submit`], [`NodeCore::handle_gather`],
 ///    [`NodeCore::handle_release`], [`NodeCore::handle_task_done`],
 ///    [`NodeCore::handle_wait_expired`], [`NodeCore::handle_peer`] (a batch from another
-///    node), [`NodeCore::handle_members`] (the cluster as gossiped) or
-///    [`NodeCore::handle_tick`] (the clock, a few tens of times per second);
+///    node), [`NodeCore::handle_members`] (the cluster as gossiped),
+///    [`NodeCore::handle_tick`] (the clock, a few tens of times per second), the client
+///    session's inputs ([`NodeCore::handle_attach`], [`NodeCore::handle_detach`],
+///    [`NodeCore::handle_close`], [`NodeCore::handle_claimed`]) or the others named
+///    `handle_*`;
 /// 2. drain the outputs in this order: [`NodeCore::take_replies`] (answers to requests),
 ///    [`NodeCore::take_jobs`] (tasks to start; this is also when ready tasks are chosen and
 ///    an idle node asks for work), [`NodeCore::take_sends`] (batches for peers),
-///    [`NodeCore::take_timers`] (wake-ups to schedule: call `handle_wait_expired` when one
-///    fires).
+///    [`NodeCore::take_dataset_writes`] and [`NodeCore::take_owner_writes`] (for the
+///    replicated tables), [`NodeCore::take_timers`] (wake-ups to schedule: call
+///    `handle_wait_expired` when one fires).
 ///
 /// Nothing in it reads a clock, draws unseeded randomness or does I/O; iteration orders are
 /// deterministic, so the same inputs give the same outputs.

@@ -151,6 +151,9 @@ pub struct GossipStats {
     /// Anti-entropy rounds started at once after one cut short by the message limit.
     #[serde(default)]
     pub follow_ups: u64,
+    /// How many entries of each kind the replicated state holds now.
+    #[serde(default)]
+    pub sizes: crate::state::StateSizes,
 }
 
 impl Gossip {
@@ -335,9 +338,12 @@ impl Gossip {
         std::mem::take(&mut self.sends)
     }
 
-    /// What this node's gossip did so far.
+    /// What this node's gossip did so far, and the size of its replicated state.
     pub fn stats(&self) -> GossipStats {
-        self.stats
+        GossipStats {
+            sizes: self.state.sizes(),
+            ..self.stats
+        }
     }
 
     /// Timers to schedule.
@@ -494,5 +500,140 @@ impl Gossip {
             }
             self.events.push(e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Ownership;
+
+    fn node(i: u32) -> (Peer, MemberInfo) {
+        let id = NodeId(format!("12D3KooWGossipTestNode{i:030}").into());
+        let peer = Peer {
+            node: id.clone(),
+            addr: format!("/ip4/127.0.0.1/tcp/{}", 4000 + i).into(),
+            generation: 1,
+        };
+        let info = MemberInfo {
+            id,
+            addresses: vec![peer.addr.to_string()],
+            nthreads: 2,
+            memory_bytes: 1 << 30,
+            functions_digest: 7,
+            functions: 3,
+            version: "test".into(),
+            protocol: crate::PROTOCOL_VERSION,
+            resources: Vec::new(),
+            dashboard: String::new(),
+            memory_limit: 0,
+            data_port: 0,
+        };
+        (peer, info)
+    }
+
+    /// Nodes driven in virtual time: datagrams delivered at once (each checked against the
+    /// frame), timers fired in order.
+    struct Cluster {
+        cores: Vec<Gossip>,
+        timers: Vec<(u64, u64, usize, GossipTimer)>,
+        seq: u64,
+        now: u64,
+        largest: usize,
+    }
+
+    impl Cluster {
+        fn drain(&mut self) {
+            loop {
+                let mut any = false;
+                for i in 0..self.cores.len() {
+                    for (after, t) in self.cores[i].take_timers() {
+                        self.seq += 1;
+                        self.timers
+                            .push((self.now + after.as_millis() as u64, self.seq, i, t));
+                    }
+                    for (to, bytes) in self.cores[i].take_sends() {
+                        any = true;
+                        assert!(bytes.len() <= MAX_FRAME_BYTES, "{} bytes", bytes.len());
+                        self.largest = self.largest.max(bytes.len());
+                        let j = self
+                            .cores
+                            .iter()
+                            .position(|c| c.me().node == to.node)
+                            .expect("a known node");
+                        let _ = self.cores[j].handle_message(&bytes, self.now);
+                    }
+                }
+                if !any {
+                    return;
+                }
+            }
+        }
+
+        fn step(&mut self) {
+            self.drain();
+            let (k, _) = self
+                .timers
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (at, seq, _, _))| (*at, *seq))
+                .expect("timers");
+            let (at, _, i, t) = self.timers.swap_remove(k);
+            self.now = self.now.max(at);
+            self.cores[i].handle_timer(t, self.now);
+            self.drain();
+        }
+    }
+
+    /// 100,000 live sessions on one node: two nodes that join learn them all through
+    /// datagrams that each fit the frame.
+    #[test]
+    fn nodes_that_join_learn_a_hundred_thousand_sessions_in_bounded_datagrams() {
+        let config = GossipConfig::lan(3);
+        let mut cores: Vec<Gossip> = (0..3)
+            .map(|i| {
+                let (peer, info) = node(i);
+                Gossip::new(peer, info, config.clone(), u64::from(i) + 1)
+            })
+            .collect();
+        let owner = cores[0].me().node.clone();
+        for s in 0..100_000u64 {
+            let o = Ownership {
+                owner: owner.clone(),
+                epoch: 1,
+                backups: vec![cores[1].me().node.clone(), cores[2].me().node.clone()],
+            };
+            cores[0].claim(u128::from(crate::keyed::mix(s)) << 64, o, 0);
+        }
+        let seed = cores[0].me().clone();
+        cores[1].join(seed.clone(), 0).unwrap();
+        cores[2].join(seed, 0).unwrap();
+        let mut c = Cluster {
+            cores,
+            timers: Vec::new(),
+            seq: 0,
+            now: 0,
+            largest: 0,
+        };
+        while c.cores[1..]
+            .iter()
+            .any(|g| g.state().sizes().owners < 100_000)
+        {
+            assert!(
+                c.now < 120_000,
+                "not learnt within 120 s: {:?}",
+                c.cores[2].state().sizes()
+            );
+            c.step();
+        }
+        let h = c.cores[0].state().hashes().owners;
+        assert!(c.cores.iter().all(|g| g.state().hashes().owners == h));
+        assert!(c.cores.iter().all(|g| g.stats().oversized == 0));
+        eprintln!(
+            "learnt in {:.1} virtual s; largest datagram {} bytes; follow-up rounds {}",
+            c.now as f64 / 1000.0,
+            c.largest,
+            c.cores.iter().map(|g| g.stats().follow_ups).sum::<u64>()
+        );
     }
 }
