@@ -83,6 +83,9 @@ pub struct Buckets {
     pub hashes: Vec<u64>,
 }
 
+/// The outcome of [`Keyed::compare`]: entries to send, keys to ask for.
+pub(crate) type Compared<'a, K, V, M> = (Vec<(K, &'a LWWReg<V, M>)>, Vec<K>);
+
 /// One entry: the register, its hash, and this node's clocks for it.
 #[derive(Clone, Debug)]
 pub(crate) struct Slot<V, M> {
@@ -303,7 +306,7 @@ where
         &self,
         theirs: &BucketList<K>,
         young: impl Fn(&Slot<V, M>) -> bool,
-    ) -> (Vec<(K, &LWWReg<V, M>)>, Vec<K>) {
+    ) -> Compared<'_, K, V, M> {
         if theirs.bits > FINE_BITS || theirs.index >= 1 << theirs.bits {
             return (Vec::new(), Vec::new());
         }
