@@ -38,8 +38,11 @@ mod datasets;
 mod failover;
 mod leave;
 mod observe;
+mod sessions;
 use failover::{Kept, ORPHAN_MS, Recovery};
 use leave::Leaving;
+use sessions::Lifetimes;
+pub use sessions::{OwnerWrite, SESSION_GRACE_MS};
 
 /// How many graph ids a node remembers to recognise resubmissions.
 const REMEMBERED_GRAPHS: usize = 65_536;
@@ -205,6 +208,12 @@ pub struct CoreStats {
     pub stepped_down: u64,
     /// Take-overs put off because this node saw only a minority of the cluster alive.
     pub no_quorum: u64,
+    /// Client sessions that ended here (closed by their clients, or idle too long).
+    #[serde(default)]
+    pub sessions_ended: u64,
+    /// Sessions taken over and then dropped: they had ended before their owner died.
+    #[serde(default)]
+    pub sessions_refused: u64,
 }
 
 enum ArgSlot {
@@ -491,13 +500,17 @@ fn fits(have: &[(Arc<str>, u64)], need: &[(Arc<str>, u64)]) -> bool {
 /// 1. feed one input: [`NodeCore::handle_submit`], [`NodeCore::handle_gather`],
 ///    [`NodeCore::handle_release`], [`NodeCore::handle_task_done`],
 ///    [`NodeCore::handle_wait_expired`], [`NodeCore::handle_peer`] (a batch from another
-///    node), [`NodeCore::handle_members`] (the cluster as gossiped) or
-///    [`NodeCore::handle_tick`] (the clock, a few tens of times per second);
+///    node), [`NodeCore::handle_members`] (the cluster as gossiped),
+///    [`NodeCore::handle_tick`] (the clock, a few tens of times per second), the client
+///    session's inputs ([`NodeCore::handle_attach`], [`NodeCore::handle_detach`],
+///    [`NodeCore::handle_close`], [`NodeCore::handle_claimed`]) or the others named
+///    `handle_*`;
 /// 2. drain the outputs in this order: [`NodeCore::take_replies`] (answers to requests),
 ///    [`NodeCore::take_jobs`] (tasks to start; this is also when ready tasks are chosen and
 ///    an idle node asks for work), [`NodeCore::take_sends`] (batches for peers),
-///    [`NodeCore::take_timers`] (wake-ups to schedule: call `handle_wait_expired` when one
-///    fires).
+///    [`NodeCore::take_dataset_writes`] and [`NodeCore::take_owner_writes`] (for the
+///    replicated tables), [`NodeCore::take_timers`] (wake-ups to schedule: call
+///    `handle_wait_expired` when one fires).
 ///
 /// Nothing in it reads a clock, draws unseeded randomness or does I/O; iteration orders are
 /// deterministic, so the same inputs give the same outputs.
@@ -575,7 +588,10 @@ pub struct NodeCore {
     /// Client sessions whose graphs this node owns (the upper half of their graph ids),
     /// with the epoch of that ownership.
     sessions: FxHashMap<u64, u64>,
-    claims: Vec<(u64, u64)>,
+    /// Changes to the replicated ownership table (see `sessions.rs`).
+    owner_writes: Vec<OwnerWrite>,
+    /// When sessions end (see `sessions.rs`).
+    lifetimes: Lifetimes,
 
     // fail-over (see `failover.rs`)
     /// This node's backups, first to take over first.
@@ -593,7 +609,7 @@ pub struct NodeCore {
     /// taken for dead), with the node that did: their submissions are answered `Moved`.
     superseded: FxHashMap<u64, u32>,
     /// The sessions this node took over, by the owner it took them from.
-    taken: FxHashMap<u32, Vec<u64>>,
+    taken: FxHashMap<u32, rustc_hash::FxHashSet<u64>>,
     /// Take-overs waiting for the members' inventories, by dead owner.
     recovery: FxHashMap<u32, Recovery>,
     /// Tasks inserted by a take-over, in order, not to be placed before the inventories
@@ -609,8 +625,9 @@ pub struct NodeCore {
     handovers: Vec<(u32, Vec<NodeId>, u64)>,
 
     // datasets (see `datasets.rs`)
-    /// Datasets published here, with the keys they hold a reference on.
-    published: FxHashMap<String, Vec<Key>>,
+    /// Datasets published here (or by the owners this node took over), with their session
+    /// and the keys they hold a reference on.
+    published: FxHashMap<String, (u64, Vec<Key>)>,
     /// Dataset entries for the replicated table.
     dataset_writes: Vec<(String, rdask_gossip::Dataset)>,
     /// Client requests forwarded to a peer, by request id: the peer, and the answer to
@@ -704,7 +721,8 @@ impl NodeCore {
             last_work_ms: 0,
             stats: CoreStats::default(),
             sessions: Default::default(),
-            claims: Vec::new(),
+            owner_writes: Vec::new(),
+            lifetimes: Lifetimes::default(),
             backups: Vec::new(),
             replica_out: Replica::default(),
             replicas: FxHashMap::default(),
@@ -1269,6 +1287,7 @@ impl NodeCore {
         {
             self.steal_pending = None;
         }
+        self.sessions_tick();
         self.failover_tick();
     }
 
@@ -1282,7 +1301,7 @@ impl NodeCore {
             if m.node.0 == self.node {
                 continue;
             }
-            let p = self.intern(&m.node);
+            let p = self.intern_member(&m.node);
             let peer = &mut self.peers[p as usize];
             if !peer.dead && !m.alive {
                 // Alive before, or only heard of (a result of its graphs may be kept here).
@@ -1756,17 +1775,6 @@ impl NodeCore {
             .collect()
     }
 
-    /// Client sessions this node has started to own graphs of (by a first submission or a
-    /// take-over), with the epoch of that ownership, to record in the replicated ownership
-    /// table: a graph id is (session << 64) | counter, and one entry per session (keyed by
-    /// the session shifted back into a graph id) stands for all its graphs.
-    pub fn take_claims(&mut self) -> Vec<(GraphId, u64)> {
-        std::mem::take(&mut self.claims)
-            .into_iter()
-            .map(|(s, epoch)| (GraphId(u128::from(s) << 64), epoch))
-            .collect()
-    }
-
     /// This node's backups (the nodes that keep copies of its graphs), first first.
     pub fn backups(&self) -> Vec<NodeId> {
         self.backups
@@ -1897,9 +1905,10 @@ impl NodeCore {
         let session = (g.id.0 >> 64) as u64;
         if self.adopting.is_some() {
             // A take-over's graphs: their sessions are claimed by the take-over.
-        } else if let std::collections::hash_map::Entry::Vacant(e) = self.sessions.entry(session) {
-            e.insert(1);
-            self.claims.push((session, 1));
+        } else if !self.sessions.contains_key(&session) {
+            // A graph id is (session << 64) | counter: one entry of the ownership table per
+            // session stands for all its graphs.
+            self.own_session(session, 1);
             if !self.backups.is_empty() {
                 self.replica_out.sessions.push((session, 1));
             }
@@ -3162,6 +3171,15 @@ impl NodeCore {
             return self.add_peer(sink);
         }
         self.add_peer(node.clone())
+    }
+
+    /// The index of a member as membership lists it: always its own, whatever names others
+    /// made up (the member table is bounded by the gossiped state).
+    fn intern_member(&mut self, node: &NodeId) -> u32 {
+        match self.peer_index.get(node) {
+            Some(&p) => p,
+            None => self.add_peer(node.clone()),
+        }
     }
 
     fn add_peer(&mut self, node: NodeId) -> u32 {

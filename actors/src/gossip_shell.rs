@@ -2,7 +2,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::protocol::next_epoch;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rdask_gossip::{
@@ -30,8 +29,12 @@ pub enum GossipMsg {
     SetInfo(MemberInfo),
     /// The members this node knows, itself included.
     Members(Box<dyn FnOnce(Vec<MemberView>) + Send>),
-    /// Record this node as the owner of a graph (or of a session's graphs).
-    SetOwner(u128, Ownership),
+    /// This node claims a graph (a session's entry): see
+    /// [`rdask_gossip::ClusterState::claim`]. The closure gets the epoch claimed (`None`:
+    /// refused, the session had ended).
+    Claim(u128, Ownership, Box<dyn FnOnce(Option<u64>) + Send>),
+    /// This node no longer owns a graph (its session ended; `true`: its client closed it).
+    ReleaseOwner(u128, bool),
     /// The ownership entry of a graph, as this node knows it.
     Owner(u128, Box<dyn FnOnce(Option<Ownership>) + Send>),
     /// Write a dataset entry (this node owns its session, or a client unpublished it here).
@@ -40,6 +43,8 @@ pub enum GossipMsg {
     Dataset(String, DatasetReply),
     /// The names of the published datasets, sorted.
     Datasets(Box<dyn FnOnce(Vec<String>) + Send>),
+    /// Which of these datasets were unpublished (their entries are tombstones).
+    Unpublished(Vec<String>, Box<dyn FnOnce(Vec<String>) + Send>),
     /// What the gossip did so far.
     Stats(Box<dyn FnOnce(rdask_gossip::GossipStats) + Send>),
 }
@@ -159,16 +164,11 @@ impl Actor for GossipActor {
                 reply(state.core.members(now));
                 return Ok(());
             }
-            GossipMsg::SetOwner(graph, mut ownership) => {
-                // A first claim (epoch 1) of a session another node held (its owner died
-                // with no take-over, and the client submitted again here) outranks it.
-                if ownership.epoch == 1
-                    && let Some(old) = state.core.state().owner(graph)
-                    && old.owner != ownership.owner
-                {
-                    ownership.epoch = next_epoch(old.epoch, &ownership.owner.0);
-                }
-                state.core.set_owner(graph, ownership);
+            GossipMsg::Claim(graph, ownership, reply) => {
+                reply(state.core.claim(graph, ownership, now));
+            }
+            GossipMsg::ReleaseOwner(graph, closed) => {
+                state.core.release_owner(graph, closed, now);
             }
             GossipMsg::Owner(graph, reply) => {
                 reply(state.core.state().owner(graph).cloned());
@@ -183,6 +183,11 @@ impl Actor for GossipActor {
                         .map(|o| o.owner.clone());
                     (d.clone(), owner)
                 }));
+                return Ok(());
+            }
+            GossipMsg::Unpublished(names, reply) => {
+                let s = state.core.state();
+                reply(names.into_iter().filter(|n| s.dataset_removed(n)).collect());
                 return Ok(());
             }
             GossipMsg::Stats(reply) => {

@@ -21,7 +21,8 @@ pub mod protocol;
 mod shell;
 
 pub use crate::core::{
-    CoreStats, DEFAULT_MAX_TASKS_PER_SUBMIT, Job, NodeCore, PeerUpdate, RequestId, TaskDone,
+    CoreStats, DEFAULT_MAX_TASKS_PER_SUBMIT, Job, NodeCore, OwnerWrite, PeerUpdate, RequestId,
+    SESSION_GRACE_MS, TaskDone,
 };
 pub use gossip_shell::{
     DatasetReply, GossipActor, GossipArgs, GossipMsg, GossipSend, LOAD_EVERY, now_ms, spawn_gossip,

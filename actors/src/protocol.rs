@@ -29,6 +29,20 @@ pub enum ClientRequest {
         /// The client's rdask version, for logs.
         version: String,
     },
+    /// This connection carries the client session `session` (sent by a client after
+    /// `Hello`, and again after every re-attach): while a connection carries it, the node
+    /// that owns the session keeps it. Answered `Attached`.
+    Attach {
+        /// The client's session (the upper half of its graph ids).
+        session: u64,
+    },
+    /// The client closed: its session ends (sent last, after the release of its futures).
+    /// A session that holds published datasets ends once they are unpublished. Answered
+    /// `Closed`.
+    Close {
+        /// The client's session.
+        session: u64,
+    },
     /// Graphs to run, in order (a later one may depend on an earlier one).
     Submit {
         /// The graphs.
@@ -248,6 +262,10 @@ pub enum ClientResponse {
     /// Answer to `Hello`: the node the client talks to, and its limits (a client checks
     /// what it sends against them, so that a message over a limit is an error at once).
     Welcome(NodeStatus, NodeLimits),
+    /// Answer to `Attach`.
+    Attached,
+    /// Answer to `Close`.
+    Closed,
     /// Answer to `Submit`: one outcome per graph, in order.
     Submitted(Vec<SubmitOutcome>),
     /// Answer to `Gather`: one result per key, in order.
@@ -389,28 +407,7 @@ pub struct DagNode {
     pub deps: Vec<u32>,
 }
 
-/// An ownership epoch is a take-over generation (the upper 32 bits) and the claimant's
-/// mark (the lower 32 bits): [`next_epoch`].
-pub const EPOCH_GENERATION_SHIFT: u32 = 32;
-
-/// The epoch of a claim by node `claimant` over a session owned in epoch `current`: the
-/// next generation, marked with a stable hash of the claimant's name, so that two nodes that
-/// each believe they should take over (a partition, membership views not settled yet, a
-/// client that submitted again elsewhere) do not claim the same epoch (unless their names
-/// hash alike: one chance in 2³²). The higher epoch wins.
-pub fn next_epoch(current: u64, claimant: &str) -> u64 {
-    // FNV-1a: the same on every node and every build.
-    let mut h: u32 = 0x811c_9dc5;
-    for b in claimant.bytes() {
-        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
-    }
-    (((current >> EPOCH_GENERATION_SHIFT) + 1) << EPOCH_GENERATION_SHIFT) | u64::from(h.max(1))
-}
-
-/// The take-over generation of an epoch (0 for a session's first owner).
-pub fn epoch_generation(epoch: u64) -> u64 {
-    epoch >> EPOCH_GENERATION_SHIFT
-}
+pub use rdask_gossip::{EPOCH_GENERATION_SHIFT, epoch_generation, next_epoch};
 
 // ----- between nodes (`/rdask/node/1`) ------------------------------------------------------
 
@@ -677,6 +674,13 @@ pub struct Replica {
     pub released: Vec<Key>,
     /// Tasks the owner forgot.
     pub forgotten: Vec<Key>,
+    /// Sessions that ended (their clients closed, or went for good), with the epoch they
+    /// were owned in: a backup drops them and never takes them over.
+    pub closed: Vec<(u64, u64)>,
+    /// Datasets published: name, session, keys (their references are in `keep`).
+    pub published: Vec<(String, u64, Vec<Key>)>,
+    /// Datasets unpublished (their references are in `released`).
+    pub unpublished: Vec<String>,
 }
 
 /// The sender's load, carried by every batch so that peers place and steal on fresh figures.

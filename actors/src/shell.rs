@@ -10,7 +10,7 @@ use rdask_gossip::{
 use rdask_graph::Registry;
 use rustc_hash::FxHashMap;
 
-use crate::core::{NodeCore, PeerUpdate, RequestId};
+use crate::core::{NodeCore, OwnerWrite, PeerUpdate, RequestId};
 use crate::gossip_shell::{GossipMsg, LOAD_EVERY};
 use crate::pool::{Completions, TaskPool};
 use crate::protocol::{
@@ -61,6 +61,12 @@ pub enum NodeMsg {
     /// The node is told to stop: hand everything over, then call the closure (see
     /// [`NodeCore::handle_leave`]).
     Leave(Box<dyn FnOnce() + Send>),
+    /// A client connection that carried this session (it sent `Attach`) closed.
+    Detached(u64),
+    /// The outcome of a claim of the ownership table (see [`NodeCore::handle_claimed`]).
+    Claimed(rdask_graph::GraphId, Option<u64>),
+    /// Datasets this node published that the replicated table says were unpublished.
+    Unpublished(Vec<String>),
 }
 
 /// What a node actor starts with.
@@ -233,20 +239,32 @@ impl NodeState {
                 }
             }
         }
-        let claims = self.core.take_claims();
-        if !claims.is_empty()
+        let writes = self.core.take_owner_writes();
+        if !writes.is_empty()
             && let Some(g) = &self.gossip
         {
             let backups = self.core.backups();
-            for (graph, epoch) in claims {
-                let _ = g.send_message(GossipMsg::SetOwner(
-                    graph.0,
-                    Ownership {
-                        owner: self.member.id.clone(),
-                        epoch,
-                        backups: backups.clone(),
-                    },
-                ));
+            for w in writes {
+                let msg = match w {
+                    OwnerWrite::Claim { graph, epoch } => {
+                        let me = myself.clone();
+                        GossipMsg::Claim(
+                            graph.0,
+                            Ownership {
+                                owner: self.member.id.clone(),
+                                epoch,
+                                backups: backups.clone(),
+                            },
+                            Box::new(move |taken| {
+                                let _ = me.send_message(NodeMsg::Claimed(graph, taken));
+                            }),
+                        )
+                    }
+                    OwnerWrite::Release { graph, closed } => {
+                        GossipMsg::ReleaseOwner(graph.0, closed)
+                    }
+                };
+                let _ = g.send_message(msg);
             }
         }
         if self.core.left()
@@ -548,6 +566,14 @@ impl Actor for NodeActor {
                         state.pending.insert(id, reply);
                         state.core.handle_submit(id, graphs);
                     }
+                    ClientRequest::Attach { session } => {
+                        state.pending.insert(id, reply);
+                        state.core.handle_attach(id, session);
+                    }
+                    ClientRequest::Close { session } => {
+                        state.pending.insert(id, reply);
+                        state.core.handle_close(id, session);
+                    }
                     ClientRequest::Gather { keys, wait_ms } => {
                         state.pending.insert(id, reply);
                         state.core.handle_gather(id, keys, wait_ms);
@@ -588,6 +614,18 @@ impl Actor for NodeActor {
             NodeMsg::PublishLoad => {
                 if let Some(g) = &state.gossip {
                     let _ = g.send_message(GossipMsg::SetLoad(state.core.load()));
+                    let names = state.core.published_names();
+                    if !names.is_empty() {
+                        let me = myself.clone();
+                        let _ = g.send_message(GossipMsg::Unpublished(
+                            names,
+                            Box::new(move |gone| {
+                                if !gone.is_empty() {
+                                    let _ = me.send_message(NodeMsg::Unpublished(gone));
+                                }
+                            }),
+                        ));
+                    }
                 }
                 state.refresh_members(&myself);
                 return Ok(());
@@ -610,6 +648,9 @@ impl Actor for NodeActor {
                 state.core.handle_peer(&from, batch);
                 drop(place);
             }
+            NodeMsg::Detached(session) => state.core.handle_detach(session),
+            NodeMsg::Claimed(graph, epoch) => state.core.handle_claimed(graph, epoch),
+            NodeMsg::Unpublished(names) => state.core.handle_unpublished(names),
             NodeMsg::Leave(done) => {
                 tracing::info!("leaving: handing work, results and graphs over to peers");
                 state.left = Some(done);

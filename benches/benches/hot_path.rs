@@ -191,7 +191,15 @@ fn gossip(c: &mut Criterion) {
         source.merge(other.entries_of(&[NodeId(format!("node-{i}").into())]), 0);
     }
     let fresh = ClusterState::new(member(500), 1);
-    let (delta, _) = source.delta_for(&fresh.digest(), 1_000);
+    let limits = rdask_gossip::Limits {
+        members: 1_000,
+        ..Default::default()
+    };
+    let delta = source
+        .sync_for(&fresh.digest(), limits)
+        .0
+        .expect("the fresh node lacks everything")
+        .delta;
     let mut g = c.benchmark_group("gossip");
     g.throughput(Throughput::Elements(100));
     g.bench_function("merge 100 members' records and loads", |b| {

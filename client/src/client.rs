@@ -404,6 +404,10 @@ impl Client {
             cluster: Mutex::new(vec![welcome.clone()]),
             welcome: Mutex::new(welcome),
         });
+        // The connection carries this client's session: the node that owns it keeps it
+        // while some connection does (and a while after, for a re-attach). Queued before
+        // anything else; the answer says nothing more.
+        drop(inner.conn().send(ClientRequest::Attach { session: id }));
         // The flusher sends what the outbox holds when no request of the user does it
         // first: woken by the first submission after a quiet spell, it then looks every
         // FLUSH_TICK until the outbox stays empty for a while, so a busy client pays no
@@ -908,10 +912,13 @@ impl Client {
         self.inner.generation.load(Ordering::Acquire)
     }
 
-    /// Releases everything the client holds on the cluster and closes the connection
-    /// (the in-process cluster of `Client::local()` stops), for every handle of it.
-    /// Futures of this client then fail with [`Error::Closed`]. Dropping the last handle
-    /// does the same.
+    /// Releases everything the client holds on the cluster, ends its session (unless it
+    /// published datasets: then the session lives until they are unpublished) and closes
+    /// the connection (the in-process cluster of `Client::local()` stops), for every handle
+    /// of it. Futures of this client then fail with [`Error::Closed`]. Dropping the last
+    /// handle does the same. A client that goes without closing (its process died, or its
+    /// connection broke and it did not re-attach) has its session ended two minutes later;
+    /// the results it held futures of stay until released.
     pub fn close(self) {
         self.inner.close();
     }
@@ -1253,6 +1260,7 @@ impl ClientInner {
         };
         tracing::info!(node = %status.member.id, "re-attached to the cluster");
         let conn = Conn::Remote(remote);
+        drop(conn.send(ClientRequest::Attach { session: self.id }));
         {
             // Hold the outbox: nothing new is sent before the unanswered submissions.
             let _outbox = self.outbox.lock().expect("outbox");
@@ -1634,10 +1642,14 @@ impl ClientInner {
                 outbox.acks.clear();
                 keys.append(&mut outbox.released);
             }
-            let done = self.conn().send(ClientRequest::Release { keys });
+            let conn = self.conn();
+            let released = conn.send(ClientRequest::Release { keys });
+            // Then the session ends (requests of one connection are handled in order).
+            let closed = conn.send(ClientRequest::Close { session: self.id });
             let (tx, rx) = std::sync::mpsc::channel();
             self.handle.spawn(async move {
-                let _ = tx.send(done.await);
+                let _ = released.await;
+                let _ = tx.send(closed.await);
             });
             let _ = rx.recv_timeout(Duration::from_secs(5));
         }

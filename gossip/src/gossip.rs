@@ -8,10 +8,15 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::state::StateMsg;
+use crate::state::{Limits, StateMsg};
 use crate::{
-    ClusterState, Event, LoadSummary, MemberInfo, Membership, MembershipConfig, NodeId, Peer, Timer,
+    ClusterState, Event, LoadSummary, MAX_FRAME_BYTES, MemberInfo, Membership, MembershipConfig,
+    NodeId, Peer, Timer,
 };
+
+/// Rounds a node may start at once, per anti-entropy period, to a peer whose exchange was
+/// cut short by the message limit (a node that lacks much catches up at this pace).
+const MAX_FOLLOW_UPS: u32 = 8;
 
 /// A gossip message between nodes, as it goes on the wire (postcard).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,6 +41,9 @@ pub enum GossipTimer {
     AntiEntropy,
     /// Time to forget members dead for longer than the grace period.
     CollectGarbage,
+    /// Another anti-entropy round with this peer: the last one was cut short by the message
+    /// limit.
+    FollowUp(Peer),
 }
 
 /// Settings of a node's gossip.
@@ -45,8 +53,8 @@ pub struct GossipConfig {
     pub membership: MembershipConfig,
     /// How often a round of anti-entropy starts.
     pub anti_entropy_every: Duration,
-    /// Most entries in one anti-entropy message.
-    pub max_delta_entries: usize,
+    /// How much one anti-entropy message may carry.
+    pub limits: Limits,
     /// How long a dead member's record is kept (shown as down) before it is forgotten.
     pub dead_grace: Duration,
     /// The cluster size the timing is tuned for.
@@ -60,7 +68,7 @@ impl GossipConfig {
         GossipConfig {
             anti_entropy_every: membership.probe_period,
             membership,
-            max_delta_entries: 64,
+            limits: Limits::default(),
             dead_grace: Duration::from_secs(60),
             expected_members,
         }
@@ -117,6 +125,10 @@ pub struct Gossip {
     events: Vec<Event>,
     /// Members declared down, and when.
     down_since: BTreeMap<NodeId, u64>,
+    /// Member records of nodes membership has not seen (yet), and since when.
+    unseen: BTreeMap<NodeId, u64>,
+    /// Follow-up rounds started in this anti-entropy period.
+    follow_ups: u32,
     stats: GossipStats,
 }
 
@@ -129,6 +141,19 @@ pub struct GossipStats {
     pub sent: u64,
     /// Bytes of those datagrams.
     pub sent_bytes: u64,
+    /// The largest datagram made, in bytes.
+    #[serde(default)]
+    pub largest: u64,
+    /// Datagrams not sent because they would not fit a frame (never expected: messages are
+    /// bounded by [`GossipConfig::limits`]).
+    #[serde(default)]
+    pub oversized: u64,
+    /// Anti-entropy rounds started at once after one cut short by the message limit.
+    #[serde(default)]
+    pub follow_ups: u64,
+    /// How many entries of each kind the replicated state holds now.
+    #[serde(default)]
+    pub sizes: crate::state::StateSizes,
 }
 
 impl Gossip {
@@ -149,6 +174,8 @@ impl Gossip {
             timers: Vec::new(),
             events: Vec::new(),
             down_since: BTreeMap::new(),
+            unseen: BTreeMap::new(),
+            follow_ups: 0,
             stats: GossipStats::default(),
             config,
         };
@@ -183,9 +210,22 @@ impl Gossip {
         self.state.set_load(load);
     }
 
-    /// Records who owns a graph (for the scheduling layer).
-    pub fn set_owner(&mut self, graph: u128, ownership: crate::state::Ownership) -> bool {
-        self.state.set_owner(graph, ownership)
+    /// This node claims a graph (a session's entry) for the scheduling layer: see
+    /// [`ClusterState::claim`]. Returns the epoch claimed, `None` when the session ended.
+    pub fn claim(
+        &mut self,
+        graph: u128,
+        ownership: crate::state::Ownership,
+        now_ms: u64,
+    ) -> Option<u64> {
+        self.state.claim(graph, ownership, now_ms)
+    }
+
+    /// This node no longer owns a graph (its session ended; `closed`: by its client): the
+    /// entry becomes a tombstone (see [`ClusterState::release_owner`]).
+    pub fn release_owner(&mut self, graph: u128, closed: bool, now_ms: u64) -> bool {
+        let me = self.membership.me().node.clone();
+        self.state.release_owner(graph, &me, closed, now_ms)
     }
 
     /// Writes a dataset entry (for the scheduling layer: the owner of its session).
@@ -229,11 +269,19 @@ impl Gossip {
                     let to = self.membership.live().nth(pick).cloned();
                     if let Some(to) = to {
                         self.stats.rounds += 1;
-                        self.send_state(to, StateMsg::Hash(self.state.hash()));
+                        self.send_state(to, StateMsg::Hash(self.state.hashes()));
                     }
                 }
+                self.follow_ups = 0;
                 self.timers
                     .push((self.config.anti_entropy_every, GossipTimer::AntiEntropy));
+            }
+            GossipTimer::FollowUp(to) => {
+                if self.membership.is_live(&to.node) {
+                    self.stats.rounds += 1;
+                    self.stats.follow_ups += 1;
+                    self.send_state(to, StateMsg::Hash(self.state.hashes()));
+                }
             }
             GossipTimer::CollectGarbage => {
                 let grace = self.config.dead_grace.as_millis() as u64;
@@ -247,7 +295,37 @@ impl Gossip {
                     self.down_since.remove(&n);
                     self.state.remove(&n, now_ms);
                 }
-                self.state.collect_garbage(now_ms, 4 * grace);
+                // Records of nodes membership never saw (gossiped ids that never joined)
+                // go after the grace period too.
+                let me = self.membership.me().node.clone();
+                let seen: Vec<NodeId> = self
+                    .state
+                    .members()
+                    .map(|(n, _)| n.clone())
+                    .filter(|n| {
+                        *n == me || self.membership.is_live(n) || self.down_since.contains_key(n)
+                    })
+                    .collect();
+                for n in seen {
+                    self.unseen.remove(&n);
+                }
+                let unseen: Vec<NodeId> = self
+                    .state
+                    .members()
+                    .map(|(n, _)| n.clone())
+                    .filter(|n| {
+                        *n != me && !self.membership.is_live(n) && !self.down_since.contains_key(n)
+                    })
+                    .collect();
+                self.unseen.retain(|n, _| unseen.contains(n));
+                for n in unseen {
+                    let since = *self.unseen.entry(n.clone()).or_insert(now_ms);
+                    if now_ms.saturating_sub(since) >= grace {
+                        self.unseen.remove(&n);
+                        self.state.remove(&n, now_ms);
+                    }
+                }
+                self.state.collect_garbage(now_ms, 4 * grace, grace);
                 self.timers
                     .push((self.config.dead_grace / 4, GossipTimer::CollectGarbage));
             }
@@ -261,9 +339,12 @@ impl Gossip {
         std::mem::take(&mut self.sends)
     }
 
-    /// What this node's gossip did so far.
+    /// What this node's gossip did so far, and the size of its replicated state.
     pub fn stats(&self) -> GossipStats {
-        self.stats
+        GossipStats {
+            sizes: self.state.sizes(),
+            ..self.stats
+        }
     }
 
     /// Timers to schedule.
@@ -337,59 +418,55 @@ impl Gossip {
             msg,
         };
         if let Ok(bytes) = postcard::to_allocvec(&wire) {
+            self.stats.largest = self.stats.largest.max(bytes.len() as u64);
+            if bytes.len() > MAX_FRAME_BYTES {
+                self.stats.oversized += 1;
+                return;
+            }
             self.sends.push((to, Bytes::from(bytes)));
         }
     }
 
+    /// The exchange with `peer` was cut short by the message limit: another round with it
+    /// soon (a few per period at most).
+    fn follow_up(&mut self, peer: Peer) {
+        if self.follow_ups < MAX_FOLLOW_UPS {
+            self.follow_ups += 1;
+            let after = self.config.anti_entropy_every / (2 * MAX_FOLLOW_UPS);
+            self.timers.push((after, GossipTimer::FollowUp(peer)));
+        }
+    }
+
     fn handle_state(&mut self, from: Peer, msg: StateMsg, now_ms: u64) {
+        let limits = self.config.limits;
         match msg {
             StateMsg::Hash(h) => {
-                if h != self.state.hash() {
-                    self.send_state(from, StateMsg::Digest(self.state.digest()));
+                if let Some(digest) = self.state.digest_for(&h) {
+                    self.send_state(from, StateMsg::Digest(digest));
                 }
             }
             StateMsg::Digest(theirs) => {
-                let (delta, wanted) = self.state.delta_for(&theirs, self.config.max_delta_entries);
-                if !delta.is_empty() || !wanted.is_empty() {
-                    self.send_state(
-                        from,
-                        StateMsg::Delta {
-                            delta,
-                            want: wanted.nodes,
-                            want_owners: wanted.owners,
-                            want_datasets: wanted.datasets,
-                        },
-                    );
+                let (sync, cut) = self.state.sync_for(&theirs, limits);
+                if let Some(sync) = sync {
+                    self.send_state(from.clone(), StateMsg::Sync(Box::new(sync)));
+                }
+                if cut {
+                    self.follow_up(from);
                 }
             }
-            StateMsg::Delta {
-                mut delta,
-                want,
-                want_owners,
-                want_datasets,
-            } => {
+            StateMsg::Sync(mut sync) => {
                 // A removal made elsewhere does not apply to a member this node sees alive:
                 // that member refutes it when it hears of it.
+                let delta = std::mem::take(&mut sync.delta);
+                let mut delta = delta;
                 delta.removed.retain(|(n, _)| !self.membership.is_live(n));
                 self.state.merge(delta, now_ms);
-                let wanted = crate::state::Wanted {
-                    nodes: want,
-                    owners: want_owners,
-                    datasets: want_datasets,
-                };
-                if !wanted.is_empty() {
-                    let back = self.state.entries_of_all(&wanted);
-                    if !back.is_empty() {
-                        self.send_state(
-                            from,
-                            StateMsg::Delta {
-                                delta: back,
-                                want: Vec::new(),
-                                want_owners: Vec::new(),
-                                want_datasets: Vec::new(),
-                            },
-                        );
-                    }
+                let (answer, cut) = self.state.answer(&sync, limits);
+                if let Some(answer) = answer {
+                    self.send_state(from.clone(), StateMsg::Sync(Box::new(answer)));
+                }
+                if cut {
+                    self.follow_up(from);
                 }
             }
         }
@@ -409,7 +486,7 @@ impl Gossip {
                 Event::Up(p) => {
                     self.down_since.remove(&p.node);
                     // A new member learns the state at once instead of at a random round.
-                    let h = self.state.hash();
+                    let h = self.state.hashes();
                     self.send_state(p.clone(), StateMsg::Hash(h));
                 }
                 Event::Down(p) => {
@@ -424,5 +501,140 @@ impl Gossip {
             }
             self.events.push(e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Ownership;
+
+    fn node(i: u32) -> (Peer, MemberInfo) {
+        let id = NodeId(format!("12D3KooWGossipTestNode{i:030}").into());
+        let peer = Peer {
+            node: id.clone(),
+            addr: format!("/ip4/127.0.0.1/tcp/{}", 4000 + i).into(),
+            generation: 1,
+        };
+        let info = MemberInfo {
+            id,
+            addresses: vec![peer.addr.to_string()],
+            nthreads: 2,
+            memory_bytes: 1 << 30,
+            functions_digest: 7,
+            functions: 3,
+            version: "test".into(),
+            protocol: crate::PROTOCOL_VERSION,
+            resources: Vec::new(),
+            dashboard: String::new(),
+            memory_limit: 0,
+            data_port: 0,
+        };
+        (peer, info)
+    }
+
+    /// Nodes driven in virtual time: datagrams delivered at once (each checked against the
+    /// frame), timers fired in order.
+    struct Cluster {
+        cores: Vec<Gossip>,
+        timers: Vec<(u64, u64, usize, GossipTimer)>,
+        seq: u64,
+        now: u64,
+        largest: usize,
+    }
+
+    impl Cluster {
+        fn drain(&mut self) {
+            loop {
+                let mut any = false;
+                for i in 0..self.cores.len() {
+                    for (after, t) in self.cores[i].take_timers() {
+                        self.seq += 1;
+                        self.timers
+                            .push((self.now + after.as_millis() as u64, self.seq, i, t));
+                    }
+                    for (to, bytes) in self.cores[i].take_sends() {
+                        any = true;
+                        assert!(bytes.len() <= MAX_FRAME_BYTES, "{} bytes", bytes.len());
+                        self.largest = self.largest.max(bytes.len());
+                        let j = self
+                            .cores
+                            .iter()
+                            .position(|c| c.me().node == to.node)
+                            .expect("a known node");
+                        let _ = self.cores[j].handle_message(&bytes, self.now);
+                    }
+                }
+                if !any {
+                    return;
+                }
+            }
+        }
+
+        fn step(&mut self) {
+            self.drain();
+            let (k, _) = self
+                .timers
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (at, seq, _, _))| (*at, *seq))
+                .expect("timers");
+            let (at, _, i, t) = self.timers.swap_remove(k);
+            self.now = self.now.max(at);
+            self.cores[i].handle_timer(t, self.now);
+            self.drain();
+        }
+    }
+
+    /// 100,000 live sessions on one node: two nodes that join learn them all through
+    /// datagrams that each fit the frame.
+    #[test]
+    fn nodes_that_join_learn_a_hundred_thousand_sessions_in_bounded_datagrams() {
+        let config = GossipConfig::lan(3);
+        let mut cores: Vec<Gossip> = (0..3)
+            .map(|i| {
+                let (peer, info) = node(i);
+                Gossip::new(peer, info, config.clone(), u64::from(i) + 1)
+            })
+            .collect();
+        let owner = cores[0].me().node.clone();
+        for s in 0..100_000u64 {
+            let o = Ownership {
+                owner: owner.clone(),
+                epoch: 1,
+                backups: vec![cores[1].me().node.clone(), cores[2].me().node.clone()],
+            };
+            cores[0].claim(u128::from(crate::keyed::mix(s)) << 64, o, 0);
+        }
+        let seed = cores[0].me().clone();
+        cores[1].join(seed.clone(), 0).unwrap();
+        cores[2].join(seed, 0).unwrap();
+        let mut c = Cluster {
+            cores,
+            timers: Vec::new(),
+            seq: 0,
+            now: 0,
+            largest: 0,
+        };
+        while c.cores[1..]
+            .iter()
+            .any(|g| g.state().sizes().owners < 100_000)
+        {
+            assert!(
+                c.now < 120_000,
+                "not learnt within 120 s: {:?}",
+                c.cores[2].state().sizes()
+            );
+            c.step();
+        }
+        let h = c.cores[0].state().hashes().owners;
+        assert!(c.cores.iter().all(|g| g.state().hashes().owners == h));
+        assert!(c.cores.iter().all(|g| g.stats().oversized == 0));
+        eprintln!(
+            "learnt in {:.1} virtual s; largest datagram {} bytes; follow-up rounds {}",
+            c.now as f64 / 1000.0,
+            c.largest,
+            c.cores.iter().map(|g| g.stats().follow_ups).sum::<u64>()
+        );
     }
 }

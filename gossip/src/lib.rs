@@ -6,11 +6,14 @@
 //!   and randomness handed in. Nothing here does I/O, reads a clock or spawns.
 //! - [`NodeId`], [`MemberInfo`], [`LoadSummary`]: what a node says about itself.
 //!
-//! - [`ClusterState`]: the replicated member records and load summaries, merged as CRDTs
-//!   (`crdts::LWWReg` per entry) and spread by push-pull anti-entropy whose steady-state
-//!   cost is one hash per round ([`state`]).
+//! - [`ClusterState`]: the replicated member records and load summaries, the ownership
+//!   table and the dataset table, merged as CRDTs (`crdts::LWWReg` per entry, tombstones for
+//!   removed entries) and spread by push-pull anti-entropy whose steady-state cost is a few
+//!   hashes per round and whose every message fits [`MAX_FRAME_BYTES`] however large the
+//!   state ([`state`]).
 
 mod gossip;
+mod keyed;
 mod membership;
 pub mod state;
 
@@ -22,8 +25,9 @@ pub use gossip::{
 };
 pub use membership::{Event, Membership, MembershipConfig, MembershipError, Peer, Timer};
 pub use state::{
-    ClusterState, Dataset, DatasetMark, Delta, Digest, OwnerMark, Ownership, StateMsg, Version,
-    Wanted,
+    BucketList, Buckets, ClusterState, Dataset, DatasetMark, Delta, Digest, Hashes, Limits,
+    MAX_MEMBER_RECORDS, MAX_MESSAGE_BYTES, OwnerMark, Ownership, StateMsg, StateSizes, Sync,
+    Version, Wanted,
 };
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +35,33 @@ use serde::{Deserialize, Serialize};
 /// The version of rdask's wire protocols. Nodes and clients with a different version refuse
 /// each other with a clear reason.
 pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The largest gossip datagram a node reads (`/rdask/gossip/1`). Every message the gossip
+/// core makes fits it, whatever the size of the replicated state.
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// An ownership epoch is a take-over generation (the upper 32 bits) and the claimant's
+/// mark (the lower 32 bits): [`next_epoch`].
+pub const EPOCH_GENERATION_SHIFT: u32 = 32;
+
+/// The epoch of a claim by node `claimant` over a session owned in epoch `current`: the
+/// next generation, marked with a stable hash of the claimant's name, so that two nodes that
+/// each believe they should take over (a partition, membership views not settled yet, a
+/// client that submitted again elsewhere) do not claim the same epoch (unless their names
+/// hash alike: one chance in 2³²). The higher epoch wins.
+pub fn next_epoch(current: u64, claimant: &str) -> u64 {
+    // FNV-1a: the same on every node and every build.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in claimant.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    (((current >> EPOCH_GENERATION_SHIFT) + 1) << EPOCH_GENERATION_SHIFT) | u64::from(h.max(1))
+}
+
+/// The take-over generation of an epoch (0 for a session's first owner).
+pub fn epoch_generation(epoch: u64) -> u64 {
+    epoch >> EPOCH_GENERATION_SHIFT
+}
 
 /// A node's identity: its libp2p `PeerId` in its base58 text form.
 ///

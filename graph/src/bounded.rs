@@ -91,6 +91,7 @@ pub fn take<T: DeserializeOwned>(bytes: &[u8], limits: Limits) -> Result<(T, &[u
     let result = T::deserialize(Bounded {
         inner: &mut de,
         ctx,
+        counted: false,
     });
     // The adapter's own errors reach postcard as custom errors, whose text it drops: the
     // budget remembers which bound was hit.
@@ -156,6 +157,10 @@ impl<'b> Ctx<'b> {
 struct Bounded<'b, T> {
     inner: T,
     ctx: Ctx<'b>,
+    /// For a visitor or an access: whether it is a sequence's or a map's, whose elements
+    /// count against the budget (the fields of tuples, structs and variants do not: their
+    /// number is fixed by the type).
+    counted: bool,
 }
 
 impl<'b, T> Bounded<'b, T> {
@@ -163,6 +168,15 @@ impl<'b, T> Bounded<'b, T> {
         Bounded {
             inner,
             ctx: self.ctx,
+            counted: false,
+        }
+    }
+
+    fn wrap_counted<U>(&self, inner: U) -> Bounded<'b, U> {
+        Bounded {
+            inner,
+            ctx: self.ctx,
+            counted: true,
         }
     }
 }
@@ -201,11 +215,19 @@ impl<'de, 'b, D: Deserializer<'de>> Deserializer<'de> for Bounded<'b, D> {
         deserialize_byte_buf,
         deserialize_option,
         deserialize_unit,
-        deserialize_seq,
-        deserialize_map,
         deserialize_identifier,
         deserialize_ignored_any,
     );
+
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        let v = self.wrap_counted(visitor);
+        self.inner.deserialize_seq(v)
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        let v = self.wrap_counted(visitor);
+        self.inner.deserialize_map(v)
+    }
 
     fn deserialize_unit_struct<V: Visitor<'de>>(
         self,
@@ -317,27 +339,47 @@ impl<'de, 'b, V: Visitor<'de>> Visitor<'de> for Bounded<'b, V> {
 
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         let ctx = self.ctx.enter()?;
-        self.inner.visit_some(Bounded { inner: d, ctx })
+        self.inner.visit_some(Bounded {
+            inner: d,
+            ctx,
+            counted: false,
+        })
     }
 
     fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         let ctx = self.ctx.enter()?;
-        self.inner.visit_newtype_struct(Bounded { inner: d, ctx })
+        self.inner.visit_newtype_struct(Bounded {
+            inner: d,
+            ctx,
+            counted: false,
+        })
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
         let ctx = self.ctx.enter()?;
-        self.inner.visit_seq(Bounded { inner: seq, ctx })
+        self.inner.visit_seq(Bounded {
+            inner: seq,
+            ctx,
+            counted: self.counted,
+        })
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         let ctx = self.ctx.enter()?;
-        self.inner.visit_map(Bounded { inner: map, ctx })
+        self.inner.visit_map(Bounded {
+            inner: map,
+            ctx,
+            counted: true,
+        })
     }
 
     fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Self::Value, A::Error> {
         let ctx = self.ctx.enter()?;
-        self.inner.visit_enum(Bounded { inner: data, ctx })
+        self.inner.visit_enum(Bounded {
+            inner: data,
+            ctx,
+            counted: false,
+        })
     }
 }
 
@@ -357,9 +399,12 @@ impl<'de, 'b, A: SeqAccess<'de>> SeqAccess<'de> for Bounded<'b, A> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, Self::Error> {
-        self.ctx.element()?;
         let seed = self.wrap(seed);
-        self.inner.next_element_seed(seed)
+        let element = self.inner.next_element_seed(seed)?;
+        if self.counted && element.is_some() {
+            self.ctx.element()?;
+        }
+        Ok(element)
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -374,9 +419,12 @@ impl<'de, 'b, A: MapAccess<'de>> MapAccess<'de> for Bounded<'b, A> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, Self::Error> {
-        self.ctx.element()?;
         let seed = self.wrap(seed);
-        self.inner.next_key_seed(seed)
+        let key = self.inner.next_key_seed(seed)?;
+        if key.is_some() {
+            self.ctx.element()?;
+        }
+        Ok(key)
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(
@@ -401,12 +449,17 @@ impl<'de, 'b, A: EnumAccess<'de>> EnumAccess<'de> for Bounded<'b, A> {
         seed: V,
     ) -> Result<(V::Value, Self::Variant), Self::Error> {
         let ctx = self.ctx;
-        let (value, variant) = self.inner.variant_seed(Bounded { inner: seed, ctx })?;
+        let (value, variant) = self.inner.variant_seed(Bounded {
+            inner: seed,
+            ctx,
+            counted: false,
+        })?;
         Ok((
             value,
             Bounded {
                 inner: variant,
                 ctx,
+                counted: false,
             },
         ))
     }

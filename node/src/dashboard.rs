@@ -754,6 +754,30 @@ pub fn render_metrics(
             "Bytes of gossip datagrams this node sent.",
             &one(g.sent_bytes),
         );
+        family(
+            "rdask_gossip_largest_bytes",
+            "gauge",
+            "The largest gossip datagram this node made.",
+            &one(g.largest),
+        );
+        let s = g.sizes;
+        let entries: Vec<(String, f64)> = [
+            ("members", s.members),
+            ("removed_members", s.removed_members),
+            ("owners", s.owners),
+            ("owner_tombstones", s.owner_tombstones),
+            ("datasets", s.datasets),
+            ("dataset_tombstones", s.dataset_tombstones),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("table=\"{k}\""), v as f64))
+        .collect();
+        family(
+            "rdask_gossip_state_entries",
+            "gauge",
+            "Entries of the replicated state this node holds, by table (tombstones apart).",
+            &entries,
+        );
     }
     out
 }

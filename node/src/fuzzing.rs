@@ -172,7 +172,7 @@ fn drain(core: &mut NodeCore) {
     let _ = core.take_replies();
     let _ = core.take_jobs();
     let _ = core.take_sends();
-    let _ = core.take_claims();
+    let _ = core.take_owner_writes();
     let _ = core.take_dataset_writes();
     let _ = core.take_timers();
 }

@@ -47,6 +47,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Requests of one session read ahead of their replies being written; further requests
 /// wait to be read (a client that does not read its replies is not read either).
 const MAX_IN_FLIGHT: usize = 256;
+/// Most client sessions one stream may carry (a client attaches one).
+const MAX_SESSIONS_PER_STREAM: usize = 16;
 /// How long opening a stream to a peer (dialing it if needed) may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most batches written to a peer between two flushes.
@@ -155,8 +157,8 @@ pub fn build_swarm<B: NetworkBehaviour>(
 pub const GOSSIP_PROTOCOL: StreamProtocol = StreamProtocol::new("/rdask/gossip/1");
 /// How often an unreachable `--join` address is tried again.
 const JOIN_RETRY: Duration = Duration::from_secs(2);
-/// Largest gossip datagram.
-const MAX_GOSSIP_FRAME: usize = 1 << 20;
+/// Largest gossip datagram (the gossip core makes none larger).
+const MAX_GOSSIP_FRAME: usize = rdask_gossip::MAX_FRAME_BYTES;
 /// Gossip datagrams waiting to be sent; more are dropped (gossip repeats itself).
 pub(crate) const GOSSIP_QUEUE: usize = 4096;
 /// Incoming gossip datagrams handed to the gossip actor and not handled yet; more are
@@ -316,6 +318,10 @@ pub(crate) fn write_timeout(bytes: u64) -> Duration {
 /// logged reason) on a malformed or oversized frame, a write that times out or fails, or the
 /// client closing it; the stream is then closed both ways, so the client learns it at once.
 /// A reply that cannot be sent (over a limit) is replaced by a refusal naming the limit.
+///
+/// When the stream ends, the node actor is told which client sessions it carried
+/// (`Attach`), so that the core starts their clocks (a client that does not re-attach ends
+/// its session).
 async fn serve_session(
     peer: PeerId,
     stream: libp2p::Stream,
@@ -387,6 +393,8 @@ async fn serve_session(
         writer
     });
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    // Client sessions this stream carries (a client sends one `Attach`; a few at most).
+    let mut carried: Vec<u64> = Vec::new();
     loop {
         let read = read_message::<Envelope<ClientRequest>, _>(
             &mut reader,
@@ -411,6 +419,22 @@ async fn serve_session(
             },
             _ = &mut writer_done => break,
         };
+        if let ClientRequest::Attach { session } = &envelope.body {
+            if carried.len() >= MAX_SESSIONS_PER_STREAM {
+                let body = ClientResponse::Refused(format!(
+                    "at most {MAX_SESSIONS_PER_STREAM} client sessions on one connection"
+                ));
+                let _ = tx.send((
+                    Envelope {
+                        id: envelope.id,
+                        body,
+                    },
+                    permit,
+                ));
+                continue;
+            }
+            carried.push(*session);
+        }
         let tx = tx.clone();
         let id = envelope.id;
         let reply: ReplyTo = Box::new(move |body| {
@@ -427,6 +451,9 @@ async fn serve_session(
     }
     drop(tx);
     tracing::debug!(%peer, "client session closed");
+    for session in carried {
+        let _ = actor.send_message(NodeMsg::Detached(session));
+    }
     // The writer ends once every reply still owed has been sent (or it failed).
     if let Ok(writer) = writer_task.await {
         drop(writer);

@@ -10,7 +10,16 @@
 //!   nodes of 3 to 200 nodes, over a lossy network. Checked at every step: no task runs
 //!   twice or before its inputs are computed, no request is answered twice; at the end:
 //!   every graph completed with the values (or the errors) of a sequential reference
-//!   evaluation, and, when no message was lost, nothing stays behind on any node.
+//!   evaluation, and, when no message was lost, nothing stays behind on any node. Client
+//!   sessions come and go: each attaches to its entry node (and again wherever it
+//!   re-attaches), and once its graph is done closes, drops its connection without a word,
+//!   or stays; some publish their results first and have them unpublished later; many tiny
+//!   sessions come and go beside the graphs. Checked: a take-over never brings back a
+//!   session its client closed (with no message lost, a backup never even claims one), no
+//!   session its client closed or dropped is owned by any node at the end, and the
+//!   replicated ownership table (the real [`ClusterState`], gossip modelled as instant)
+//!   reaches a lagging replica through anti-entropy messages that each fit the gossip
+//!   frame.
 //! - [`steal_efficiency`]: one graph submitted to one node of P single-thread nodes; the
 //!   makespan against the lower bound max(T1/P, T∞), and against an oracle central
 //!   scheduler (greedy list scheduling with free communication) on the same graph.
@@ -22,10 +31,13 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rdask_actors::protocol::{
-    ClientResponse, GraphSubmission, KeyResult, PeerBatch, PeerMsg, SubmitOutcome, next_epoch,
+    ClientResponse, GraphSubmission, KeyResult, PeerBatch, PeerMsg, SubmitOutcome,
 };
-use rdask_actors::{CoreStats, Job, NodeCore, PeerUpdate, RequestId, TaskDone};
-use rdask_gossip::NodeId;
+use rdask_actors::{CoreStats, Job, NodeCore, OwnerWrite, PeerUpdate, RequestId, TaskDone};
+use rdask_gossip::{
+    ClusterState, Limits, MAX_FRAME_BYTES, MemberInfo, NodeId, Ownership, PROTOCOL_VERSION, Peer,
+    StateMsg, Wire,
+};
 use rdask_graph::registry::{decode_arg, encode_output};
 use rdask_graph::{
     Arg, GraphId, Key, Placement, Registry, TaskEntry, TaskErrorKind, TaskFailure, TaskSpec, value,
@@ -288,6 +300,34 @@ fn node_name(i: usize) -> NodeId {
     NodeId(format!("node{i:03}").into())
 }
 
+/// The member record of a simulated node (for the replicated table's collectors).
+fn sim_info(name: &NodeId) -> MemberInfo {
+    MemberInfo {
+        id: name.clone(),
+        addresses: vec![format!("/sim/{name}")],
+        nthreads: 1,
+        memory_bytes: 0,
+        functions_digest: registry().digest(),
+        functions: 10,
+        version: "sim".into(),
+        protocol: PROTOCOL_VERSION,
+        resources: Vec::new(),
+        dashboard: String::new(),
+        memory_limit: 0,
+        data_port: 0,
+    }
+}
+
+/// The size of an anti-entropy message as the gossip core frames it.
+fn wire_size(msg: StateMsg) -> usize {
+    let from = Peer {
+        node: NodeId("12D3KooWSimulatedGossipPeerOfTheOwnershipTable0000".into()),
+        addr: "/ip4/10.0.0.1/tcp/4001".into(),
+        generation: 1,
+    };
+    postcard::to_allocvec(&Wire::State { from, msg }).map_or(usize::MAX, |b| b.len())
+}
+
 fn submission(id: u128, g: &PlanGraph) -> GraphSubmission {
     let tasks = g
         .tasks
@@ -430,6 +470,16 @@ pub struct Stats {
     pub no_quorum: u64,
     /// Times a node paused under memory pressure.
     pub pauses: u64,
+    /// Client sessions that ended at their owner (closed, or idle past the grace).
+    pub sessions_ended: u64,
+    /// Take-overs of sessions that had ended, refused by the ownership table.
+    pub sessions_refused: u64,
+    /// Sessions closed by their clients.
+    pub closed: u64,
+    /// Datasets published (and unpublished later).
+    pub published: u64,
+    /// The largest anti-entropy message of the ownership table, in bytes.
+    pub largest_state_msg: u64,
 }
 
 impl Stats {
@@ -448,6 +498,8 @@ impl Stats {
         self.stepped_down += s.stepped_down;
         self.no_quorum += s.no_quorum;
         self.pauses += s.pauses;
+        self.sessions_ended += s.sessions_ended;
+        self.sessions_refused += s.sessions_refused;
     }
 }
 
@@ -483,6 +535,12 @@ enum Event {
     /// A node's process memory is now this many bytes (as its shell would measure it):
     /// over the pause mark of [`SIM_MEMORY_LIMIT`] it pauses, below it resumes.
     Memory(usize, u64),
+    /// The ownership table's answer to a node's claim reaches it (the shell hands it back).
+    Claimed(usize, GraphId, Option<u64>),
+    /// The client of a graph that is done closes, drops its connection, or stays.
+    End(usize),
+    /// A client (of any node) unpublishes the dataset a graph's client published.
+    Unpublish(usize),
 }
 
 /// The longest makespan a `graphs-chaos` run may take (virtual µs). Seeds 3,000,000–3,019,999
@@ -498,6 +556,22 @@ enum ClientOp {
     Submit(usize),
     Gather(usize),
     Release,
+    Attach,
+    Close,
+    Publish(usize),
+    Unpublish,
+}
+
+/// How the client of a graph ends its session once the graph is done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// `close()`: the session ends at once (or once its dataset is unpublished).
+    Close,
+    /// The connection breaks and the client never comes back: the session ends after the
+    /// grace.
+    Drop,
+    /// The client stays connected until the run ends.
+    Stay,
 }
 
 struct SimNode {
@@ -554,6 +628,14 @@ struct GraphRun {
     /// again rather than a violation).
     moved: bool,
     resubmits: u64,
+    /// How the client ends its session once the graph is done.
+    ending: Ending,
+    /// Whether the client publishes its results (then has them unpublished later).
+    publish: bool,
+    /// The node a connection of the client carries the session to (it sent `Attach`).
+    attached: Option<usize>,
+    /// The dataset published, while it is.
+    dataset: Option<String>,
 }
 
 struct Sim {
@@ -579,10 +661,20 @@ struct Sim {
     first_submit: Option<u64>,
     /// A key whose messages are printed (`RDASK_SIM_WATCH=key`), to debug a failing seed.
     watch: Option<Key>,
-    /// The replicated ownership table (gossip modelled as instant): session → (epoch,
-    /// node), and every (session, epoch) claimed, with its claimant.
-    owners: BTreeMap<u64, (u64, usize)>,
+    /// The replicated state (gossip modelled as instant): the ownership and dataset
+    /// tables and the members' records, with the production rules for claims; every
+    /// (session, epoch) claimed, with its claimant.
+    table: ClusterState,
     claims: BTreeMap<(u64, u64), usize>,
+    /// A replica of the table that learns it by anti-entropy rounds (every message encoded
+    /// and checked against the gossip frame).
+    mirror: ClusterState,
+    /// Sessions whose clients closed them (at their owner) or dropped their connection:
+    /// no node may own them at the end (nor may a take-over bring a closed one back).
+    closed: BTreeSet<u64>,
+    dropped: BTreeSet<u64>,
+    /// How long a session no connection carries is kept (set on every node).
+    session_grace_us: u64,
     /// The side of the current partition each node is on (all 0 when there is none).
     side: Vec<u8>,
     /// (observer, node) pairs declared dead across the partition.
@@ -603,6 +695,13 @@ impl Sim {
             .enumerate()
             .map(|(i, n)| (n.clone(), i))
             .collect();
+        let mut table = ClusterState::new(sim_info(&NodeId("table".into())), 1);
+        for name in &names {
+            let record =
+                ClusterState::new(sim_info(name), 1).entries_of(std::slice::from_ref(name));
+            table.merge(record, 0);
+        }
+        let mirror = ClusterState::new(sim_info(&NodeId("mirror".into())), 1);
         Sim {
             rng: StdRng::seed_from_u64(seed),
             net,
@@ -627,8 +726,12 @@ impl Sim {
             },
             first_submit: None,
             watch: std::env::var("RDASK_SIM_WATCH").ok().map(Key::from),
-            owners: BTreeMap::new(),
+            table,
             claims: BTreeMap::new(),
+            mirror,
+            closed: BTreeSet::new(),
+            dropped: BTreeSet::new(),
+            session_grace_us: rdask_actors::SESSION_GRACE_MS * 1000,
             side: vec![0; n],
             cut_dead: BTreeSet::new(),
         }
@@ -667,6 +770,10 @@ impl Sim {
             orphaned_at: None,
             moved: false,
             resubmits: 0,
+            ending: Ending::Stay,
+            publish: false,
+            attached: None,
+            dataset: None,
         });
         self.at(at, Event::Submit(g));
     }
@@ -794,29 +901,60 @@ impl Sim {
             // Handed everything over: the node goes (its last batches are on their way).
             self.gone(i);
         }
-        for (graph, mut epoch) in self.nodes[i].core.take_claims() {
-            let session = (graph.0 >> 64) as u64;
-            // As the gossiped table does: a first claim of a session another node held
-            // outranks it.
-            if epoch == 1
-                && let Some(&(e, n)) = self.owners.get(&session)
-                && n != i
-            {
-                epoch = next_epoch(e, &self.names[i].0);
-            }
-            if let Some(&other) = self.claims.get(&(session, epoch))
-                && other != i
-            {
-                self.report.violations.push(format!(
-                    "session {session:x} has two owners in epoch {epoch}: nodes {other} and {i}"
-                ));
-            }
-            self.claims.insert((session, epoch), i);
-            let e = self.owners.entry(session).or_insert((epoch, i));
-            if epoch >= e.0 {
-                *e = (epoch, i);
+        let now_ms = self.now / 1000;
+        for (name, dataset) in self.nodes[i].core.take_dataset_writes() {
+            self.table.set_dataset(&name, dataset, now_ms);
+        }
+        for w in self.nodes[i].core.take_owner_writes() {
+            match w {
+                OwnerWrite::Claim { graph, epoch } => self.claim(i, graph, epoch),
+                OwnerWrite::Release { graph, closed } => {
+                    self.table
+                        .release_owner(graph.0, &self.names[i], closed, now_ms);
+                }
             }
         }
+    }
+
+    /// Node `i` claims a session in the table (the production rules: a first claim
+    /// outranks another owner's entry or a tombstone; a take-over of a session that ended
+    /// is refused); the outcome goes back to the node as its shell would hand it back.
+    fn claim(&mut self, i: usize, graph: GraphId, epoch: u64) {
+        let session = (graph.0 >> 64) as u64;
+        let own = Ownership {
+            owner: self.names[i].clone(),
+            epoch,
+            backups: Vec::new(),
+        };
+        let taken = self.table.claim(graph.0, own, self.now / 1000);
+        match taken {
+            Some(e) => {
+                if let Some(&other) = self.claims.get(&(session, e))
+                    && other != i
+                {
+                    self.report.violations.push(format!(
+                        "session {session:x} has two owners in epoch {e}: nodes {other} and {i}"
+                    ));
+                }
+                self.claims.insert((session, e), i);
+                if epoch != 1 && self.closed.contains(&session) {
+                    self.report.violations.push(format!(
+                        "node {i} took over session {session:x}, which its client had closed"
+                    ));
+                }
+            }
+            None => {
+                // A backup claimed a session that had ended: its owner's word did not reach
+                // it (a lost message), else it would not have.
+                if self.report.lost == 0 {
+                    self.report.violations.push(format!(
+                        "node {i} claimed session {session:x}, which had ended, with no message lost"
+                    ));
+                }
+            }
+        }
+        let delay = self.rng.random_range(0..2_000);
+        self.at(delay, Event::Claimed(i, graph, taken));
     }
 
     fn transmit(&mut self, from: usize, to: usize, batch: PeerBatch) {
@@ -941,13 +1079,34 @@ impl Sim {
                     self.graphs[g].done_at = Some(self.now);
                     let keys = self.kept_keys(g);
                     let entry = self.graphs[g].entry;
+                    if self.graphs[g].publish && !keys.is_empty() {
+                        // Published first: the results outlive the client's futures.
+                        let name = format!("data-{g}");
+                        let session = (self.graphs[g].copy.id.0 >> 64) as u64;
+                        let r = self.request(entry, ClientOp::Publish(g));
+                        self.nodes[entry]
+                            .core
+                            .handle_publish(r, name, session, keys.clone());
+                    }
                     let r = self.request(entry, ClientOp::Release);
                     self.nodes[entry].core.handle_release(r, keys);
+                    let delay = self.rng.random_range(0..500_000);
+                    self.at(delay, Event::End(g));
                 } else {
                     self.at(1000, Event::Gather(g));
                 }
             }
-            (ClientOp::Release, ClientResponse::Released) => {}
+            (ClientOp::Release | ClientOp::Unpublish, ClientResponse::Released) => {}
+            (ClientOp::Attach, ClientResponse::Attached) => {}
+            (ClientOp::Close, ClientResponse::Closed) => {}
+            (ClientOp::Publish(g), ClientResponse::Published) => {
+                self.report.stats.published += 1;
+                self.graphs[g].dataset = Some(format!("data-{g}"));
+                let delay = self.rng.random_range(500_000..3_000_000);
+                self.at(delay, Event::Unpublish(g));
+            }
+            // The entry stepped down meanwhile (a partition healed): nothing published.
+            (ClientOp::Publish(_), ClientResponse::Refused(_) | ClientResponse::Moved(_)) => {}
             (_, other) => self
                 .report
                 .violations
@@ -969,8 +1128,12 @@ impl Sim {
             };
             self.at(delay, Event::Detect(o, i));
         }
+        self.table.remove(&self.names[i], self.now / 1000);
         // Clients connected to it see their connection drop.
         for g in 0..self.graphs.len() {
+            if self.graphs[g].attached == Some(i) {
+                self.graphs[g].attached = None;
+            }
             if self.graphs[g].entry == i && self.graphs[g].done_at.is_none() {
                 self.graphs[g].orphaned_at = Some(self.now);
                 let delay = self.rng.random_range(100_000..800_000);
@@ -1023,6 +1186,11 @@ impl Sim {
         let mut dead_seen = dead;
         dead_seen.push(false);
         self.nodes.push(SimNode::new(&name, nthreads, dead_seen));
+        self.nodes[j]
+            .core
+            .set_session_grace(self.session_grace_us / 1000);
+        let record = ClusterState::new(sim_info(&name), 1).entries_of(std::slice::from_ref(&name));
+        self.table.merge(record, self.now / 1000);
         self.side.push(0);
         self.by_name.insert(name.clone(), j);
         self.names.push(name);
@@ -1046,9 +1214,9 @@ impl Sim {
         let session = (self.graphs[g].copy.id.0 >> 64) as u64;
         let entry = self.graphs[g].entry;
         let owner = self
-            .owners
-            .get(&session)
-            .map(|&(_, n)| n)
+            .table
+            .owner(u128::from(session) << 64)
+            .and_then(|o| self.by_name.get(&o.owner).copied())
             .filter(|&n| n != entry && !self.nodes[n].crashed);
         let live: Vec<usize> = (0..self.nodes.len())
             .filter(|&n| !self.nodes[n].crashed)
@@ -1069,11 +1237,136 @@ impl Sim {
         run.entry = target;
         run.orphaned_at = None;
         run.moved = true;
+        self.attach(g, target);
         if owner.is_some() {
             self.at(0, Event::Gather(g));
         } else {
             let keys = self.kept_keys(g);
             self.resubmit(g, keys);
+        }
+    }
+
+    /// The client of graph `g` connects to `node` and attaches its session there; the
+    /// connection it had (if its node lives) closes.
+    fn attach(&mut self, g: usize, node: usize) {
+        let session = (self.graphs[g].copy.id.0 >> 64) as u64;
+        if self.graphs[g].attached == Some(node) {
+            return;
+        }
+        if let Some(old) = self.graphs[g].attached.take()
+            && !self.nodes[old].crashed
+        {
+            self.nodes[old].core.handle_detach(session);
+            self.drain(old);
+        }
+        if self.nodes[node].crashed {
+            return;
+        }
+        let r = self.request(node, ClientOp::Attach);
+        self.nodes[node].core.handle_attach(r, session);
+        self.graphs[g].attached = Some(node);
+        self.drain(node);
+    }
+
+    /// The client of graph `g` (done) ends its session as planned.
+    fn end(&mut self, g: usize) {
+        let session = (self.graphs[g].copy.id.0 >> 64) as u64;
+        let entry = self.graphs[g].entry;
+        match self.graphs[g].ending {
+            Ending::Stay => {}
+            Ending::Close if !self.nodes[entry].crashed => {
+                self.note(11, session);
+                self.report.stats.closed += 1;
+                // Closed where it is owned: no node may own it from now on (once its
+                // dataset is unpublished).
+                if self.nodes[entry].core.owns_session(session) && self.graphs[g].dataset.is_none()
+                {
+                    self.closed.insert(session);
+                } else {
+                    self.dropped.insert(session);
+                }
+                let r = self.request(entry, ClientOp::Close);
+                self.nodes[entry].core.handle_close(r, session);
+                self.graphs[g].attached = None;
+                self.drain(entry);
+            }
+            Ending::Close | Ending::Drop => {
+                self.note(12, session);
+                self.dropped.insert(session);
+                if let Some(n) = self.graphs[g].attached.take()
+                    && !self.nodes[n].crashed
+                {
+                    self.nodes[n].core.handle_detach(session);
+                    self.drain(n);
+                }
+            }
+        }
+    }
+
+    /// A client of a random live node unpublishes graph `g`'s dataset, as the table holds
+    /// it.
+    fn unpublish(&mut self, g: usize) {
+        let Some(name) = self.graphs[g].dataset.take() else {
+            return;
+        };
+        let live: Vec<usize> = (0..self.nodes.len())
+            .filter(|&n| !self.nodes[n].crashed)
+            .collect();
+        let Some(dataset) = self.table.dataset(&name).cloned() else {
+            return;
+        };
+        if live.is_empty() {
+            return;
+        }
+        let u = live[self.rng.random_range(0..live.len())];
+        let owner = self
+            .table
+            .owner(u128::from(dataset.session) << 64)
+            .map(|o| o.owner.clone());
+        let r = self.request(u, ClientOp::Unpublish);
+        self.nodes[u].core.handle_unpublish(r, name, dataset, owner);
+        self.drain(u);
+    }
+
+    /// Anti-entropy rounds between the table and its replica, both ways (the table's
+    /// collectors run too): every message is encoded and must fit the gossip frame.
+    fn sync_mirror(&mut self, rounds: usize) {
+        let now_ms = self.now / 1000;
+        self.table.collect_garbage(now_ms, 240_000, 60_000);
+        self.mirror.collect_garbage(now_ms, 240_000, 60_000);
+        let limits = Limits::default();
+        for r in 0..rounds {
+            let (a, b) = if r % 2 == 0 {
+                (&mut self.table, &mut self.mirror)
+            } else {
+                (&mut self.mirror, &mut self.table)
+            };
+            let mut sizes = vec![wire_size(StateMsg::Hash(a.hashes()))];
+            if let Some(d) = b.digest_for(&a.hashes()) {
+                let (s3, _) = a.sync_for(&d, limits);
+                sizes.push(wire_size(StateMsg::Digest(d)));
+                if let Some(mut s3) = s3 {
+                    sizes.push(wire_size(StateMsg::Sync(Box::new(s3.clone()))));
+                    b.merge(std::mem::take(&mut s3.delta), now_ms);
+                    if let (Some(mut s4), _) = b.answer(&s3, limits) {
+                        sizes.push(wire_size(StateMsg::Sync(Box::new(s4.clone()))));
+                        a.merge(std::mem::take(&mut s4.delta), now_ms);
+                        if let (Some(s5), _) = a.answer(&s4, limits) {
+                            sizes.push(wire_size(StateMsg::Sync(Box::new(s5.clone()))));
+                            b.merge(s5.delta, now_ms);
+                        }
+                    }
+                }
+            }
+            for n in sizes {
+                self.report.stats.largest_state_msg =
+                    self.report.stats.largest_state_msg.max(n as u64);
+                if n > MAX_FRAME_BYTES {
+                    self.report.violations.push(format!(
+                        "an anti-entropy message of {n} bytes exceeds the gossip frame"
+                    ));
+                }
+            }
         }
     }
 
@@ -1164,6 +1457,8 @@ impl Sim {
                 } else {
                     GRACE_US
                 };
+                // Sessions whose clients went without closing end after their grace.
+                let grace = grace.max(self.session_grace_us + 1_000_000);
                 end_at = Some(self.now + grace);
             }
             if end_at.is_some_and(|e| t > e) {
@@ -1207,6 +1502,7 @@ impl Sim {
                         self.at(500_000, Event::Reattach(g));
                         continue;
                     }
+                    self.attach(g, entry);
                     let sub = self.graphs[g].submission.take().expect("submitted once");
                     let r = self.request(entry, ClientOp::Submit(g));
                     self.nodes[entry].core.handle_submit(r, vec![sub]);
@@ -1321,8 +1617,35 @@ impl Sim {
                 }
                 Event::Members => {
                     self.members();
+                    // As each node's shell does every second: datasets it published that
+                    // the table says were unpublished (the unpublishing node's word may have
+                    // been lost) are released.
+                    for i in 0..self.nodes.len() {
+                        if self.nodes[i].crashed {
+                            continue;
+                        }
+                        let gone: Vec<String> = self.nodes[i]
+                            .core
+                            .published_names()
+                            .into_iter()
+                            .filter(|n| self.table.dataset_removed(n))
+                            .collect();
+                        if !gone.is_empty() {
+                            self.nodes[i].core.handle_unpublished(gone);
+                            self.drain(i);
+                        }
+                    }
+                    self.sync_mirror(2);
                     self.at(1_000_000, Event::Members);
                 }
+                Event::Claimed(i, graph, taken) => {
+                    if !self.nodes[i].crashed {
+                        self.nodes[i].core.handle_claimed(graph, taken);
+                        self.drain(i);
+                    }
+                }
+                Event::End(g) => self.end(g),
+                Event::Unpublish(g) => self.unpublish(g),
                 Event::Expire(i, id) => {
                     self.nodes[i].core.handle_wait_expired(id);
                     self.drain(i);
@@ -1377,6 +1700,55 @@ impl Sim {
             }
         }
         format!("graphs {open:?} open; unfinished {stuck:?}; loads {loads:?}")
+    }
+
+    /// After the run: no node owns a session its client closed or dropped (their grace is
+    /// over), and the table's replica converged through bounded messages.
+    fn check_sessions(&mut self) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.crashed {
+                continue;
+            }
+            for s in n.core.owned_sessions() {
+                if self.closed.contains(&s) || self.dropped.contains(&s) {
+                    let how = if self.closed.contains(&s) {
+                        "closed"
+                    } else {
+                        "dropped"
+                    };
+                    self.report.violations.push(format!(
+                        "node {i} still owns session {s:x}, which its client {how} ({})",
+                        n.core.describe_session(s)
+                    ));
+                }
+            }
+        }
+        // The live entries agree (tombstones may differ for a moment: each node drops them
+        // a grace period after it got them).
+        let live = |s: &ClusterState| {
+            let mut owners: Vec<(u128, Ownership)> =
+                s.owners().map(|(g, o)| (g, o.clone())).collect();
+            owners.sort_by_key(|(g, _)| *g);
+            let datasets: Vec<(String, rdask_gossip::Dataset)> = s
+                .datasets()
+                .map(|(n, d)| (n.to_string(), d.clone()))
+                .collect();
+            let members: Vec<NodeId> = s.members().map(|(n, _)| n.clone()).collect();
+            (owners, datasets, members.len())
+        };
+        for _ in 0..20 {
+            if live(&self.table) == live(&self.mirror) {
+                break;
+            }
+            self.sync_mirror(2);
+        }
+        if live(&self.table) != live(&self.mirror) {
+            self.report.violations.push(format!(
+                "the table's replica did not converge: {:?} against {:?}",
+                self.mirror.sizes(),
+                self.table.sizes()
+            ));
+        }
     }
 
     /// After the run: with no message lost, every node holds nothing.
@@ -1572,7 +1944,45 @@ fn chaos(seed: u64, nodes: impl FnOnce(&mut StdRng) -> usize) -> ClusterReport {
             sim.at(at + mp.random_range(50_000..3_000_000), Event::Memory(v, 0));
         }
     }
+    // Client sessions come and go: each graph's client closes, drops its connection or
+    // stays once its graph is done, some publish first; many tiny sessions come and go
+    // beside them. Drawn apart too.
+    let mut ch = StdRng::seed_from_u64(seed ^ 0x5e55_1075);
+    sim.session_grace_us = ch.random_range(1..=30) * 1_000_000;
+    for node in &mut sim.nodes {
+        node.core.set_session_grace(sim.session_grace_us / 1000);
+    }
+    let tiny = ch.random_range(0..=30);
+    for t in 0..tiny {
+        let shape = if ch.random_bool(0.5) {
+            Shape::Map
+        } else {
+            Shape::Chains
+        };
+        let size = ch.random_range(1..=3);
+        let plan = make_graph(
+            &mut ch,
+            shape,
+            size,
+            &format!("t{t}"),
+            (50, 2_000),
+            0.0,
+            false,
+        );
+        let entry = ch.random_range(0..n);
+        let at = ch.random_range(0..2_000_000);
+        sim.add_graph(plan, entry, at);
+    }
+    for g in &mut sim.graphs {
+        g.ending = match ch.random_range(0..10) {
+            0..=4 => Ending::Close,
+            5..=7 => Ending::Drop,
+            _ => Ending::Stay,
+        };
+        g.publish = ch.random_bool(0.15);
+    }
     sim.run(600_000_000);
+    sim.check_sessions();
     // Faults cost seconds (detection, retries backing off to 32 s, a partition of up to
     // 8 s); a run far longer than any seen stalled somewhere until a record expired.
     if sim.report.makespan_us > STALL_US {

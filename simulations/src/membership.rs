@@ -296,8 +296,9 @@ impl Cluster {
         self.check_invariants(op);
     }
 
-    /// What must hold after every step: no node counts itself among its peers, and every
-    /// running node holds its own record, as the node it is.
+    /// What must hold after every step: no node counts itself among its peers, every
+    /// running node holds its own record, as the node it is, and no datagram exceeded the
+    /// gossip frame.
     fn check_invariants(&mut self, op: &Op) {
         for i in 0..self.nodes.len() {
             let Some(core) = self.nodes[i].core.as_ref() else {
@@ -313,6 +314,13 @@ impl Cluster {
                 _ => self
                     .violations
                     .push(format!("after `{op}`: n{i} lost its own record")),
+            }
+            let stats = core.stats();
+            if stats.oversized > 0 || stats.largest > rdask_gossip::MAX_FRAME_BYTES as u64 {
+                self.violations.push(format!(
+                    "after `{op}`: n{i} made a datagram of {} bytes, over the frame",
+                    stats.largest
+                ));
             }
         }
     }

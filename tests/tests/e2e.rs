@@ -185,7 +185,10 @@ fn a_node_stops_cleanly_and_at_once_on_sigterm() {
     assert!(status.success(), "{status:?}");
     // It used to wait out a 5 s limit on tasks that never end; the bound leaves room for a
     // loaded machine.
-    assert!(took < std::time::Duration::from_secs(4), "stopping took {took:?}");
+    assert!(
+        took < std::time::Duration::from_secs(4),
+        "stopping took {took:?}"
+    );
 }
 
 #[test]

@@ -355,7 +355,13 @@ async fn client_that_never_reads(mut control: libp2p_stream::Control, node: Peer
         for id in 0..50_000u64 {
             let body = if id % 10 == 0 {
                 let tasks = (0..5)
-                    .map(|i| spec(&format!("inc-unread-{id}-{i}"), inc.name(), vec![lit(&1i64)]))
+                    .map(|i| {
+                        spec(
+                            &format!("inc-unread-{id}-{i}"),
+                            inc.name(),
+                            vec![lit(&1i64)],
+                        )
+                    })
                     .collect();
                 ClientRequest::Submit {
                     graphs: vec![GraphSubmission {

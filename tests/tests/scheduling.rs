@@ -114,19 +114,17 @@ fn two_clients_on_two_entry_nodes_run_graphs_at_once() {
                     }
                     let total = rdask::block_on(level[0].result()).expect("tree");
                     let end = rdask::block_on(chain.result()).expect("chain");
-                    (
-                        c,
-                        total,
-                        end,
-                        client.session_id(),
-                        client.node_id().to_string(),
-                    )
+                    let (session, entry) = (client.session_id(), client.node_id().to_string());
+                    // Kept open: a closed client's session ends, and leaves the table.
+                    (c, total, end, session, entry, client)
                 })
             })
             .collect();
         let mut sessions = Vec::new();
+        let mut open = Vec::new();
         for r in runs {
-            let (c, total, end, session, entry) = r.join().expect("client thread");
+            let (c, total, end, session, entry, client) = r.join().expect("client thread");
+            open.push(client);
             let expected: i64 = (0..512i64).map(|x| x + 1000 * c as i64 + 1).sum();
             assert_eq!(total, expected, "client {c}'s tree");
             assert_eq!(end, 200, "client {c}'s chain");
@@ -146,6 +144,23 @@ fn two_clients_on_two_entry_nodes_run_graphs_at_once() {
                     assert!(
                         Instant::now() < deadline,
                         "{addr} names {owner:?} as the owner of session {session:x}, not {entry}"
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        // Once the clients close, their sessions leave the table on every node.
+        drop(open);
+        for addr in &addrs {
+            let observer = Client::connect(addr).expect("connect");
+            for (session, _) in &sessions {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while let Some(owner) =
+                    rdask::block_on(observer.session_owner(*session)).expect("owner")
+                {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{addr} still names {owner} as the owner of closed session {session:x}"
                     );
                     std::thread::sleep(Duration::from_millis(100));
                 }

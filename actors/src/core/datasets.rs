@@ -5,7 +5,9 @@
 //! backups count it too) and writes an entry to the replicated table, which every node
 //! reads. A client of another node reads the results by [`ClientRequest::Forward`]: its
 //! node asks the owner (by the ownership table) and relays the answer. Unpublishing, through
-//! any node, writes the tombstone there and has the owner release the references.
+//! any node, writes the tombstone there and has the owner release the references. A session
+//! that holds datasets lives until they are unpublished (see `sessions.rs`); the backups keep
+//! the datasets with the session, so a take-over carries them on.
 
 use rdask_gossip::{Dataset, NodeId};
 use rdask_graph::Key;
@@ -16,6 +18,9 @@ use crate::protocol::{ClientResponse, ForwardedRequest, KeyResult, KeyStatus, Pe
 /// Request ids of gathers a peer forwarded here have this bit set (the shell's own ids
 /// count up from zero).
 const FORWARDED: u64 = 1 << 63;
+/// Most bytes of a dataset's name and keys: an entry of the replicated table must fit one
+/// gossip message.
+const MAX_DATASET_BYTES: usize = 256 * 1024;
 
 impl NodeCore {
     /// A client publishes `keys` of its `session` as `name`. Refused when this node does
@@ -30,8 +35,16 @@ impl NodeCore {
         if self.refused_as_moved(request) {
             return;
         }
+        let bytes = name.len() + keys.iter().map(|k| k.as_str().len() + 2).sum::<usize>();
         let refuse = if name.is_empty() {
             Some("a dataset needs a name".to_string())
+        } else if bytes > MAX_DATASET_BYTES {
+            Some(format!(
+                "a dataset of {} keys is too large for the replicated table (at most {} KiB of \
+                 name and keys): publish it as several datasets",
+                keys.len(),
+                MAX_DATASET_BYTES / 1024
+            ))
         } else if !self.sessions.contains_key(&session) {
             Some(format!(
                 "{} does not own the graphs of this client session",
@@ -63,6 +76,9 @@ impl NodeCore {
         }
         if !self.backups.is_empty() {
             self.replica_out.keep.extend(keys.iter().cloned());
+            self.replica_out
+                .published
+                .push((name.clone(), session, keys.clone()));
         }
         self.dataset_writes.push((
             name.clone(),
@@ -72,7 +88,8 @@ impl NodeCore {
                 removed: false,
             },
         ));
-        self.published.insert(name, keys);
+        self.published.insert(name, (session, keys));
+        self.dataset_count(session, 1);
         self.replies.push((request, ClientResponse::Published));
     }
 
@@ -104,18 +121,43 @@ impl NodeCore {
     }
 
     /// Releases the references a dataset holds here. Only for a name this node published
-    /// (a second unpublish, or one that reaches a node that took the session over, releases
-    /// nothing: a client's own futures are never released by it).
+    /// or took over (a second unpublish releases nothing: a client's own futures are never
+    /// released by it).
     pub(super) fn unpublished(&mut self, name: String, keys: Vec<Key>) {
-        let Some(held) = self.published.remove(&name) else {
+        let Some((session, held)) = self.published.remove(&name) else {
             tracing::debug!(%name, "unpublished a dataset this node holds no references for");
             return;
         };
         if held != keys {
             tracing::debug!(%name, "unpublished a dataset by an older entry: releasing what it held");
         }
+        if !self.backups.is_empty() {
+            self.replica_out.unpublished.push(name);
+        }
         for k in held {
             self.client_release(k);
+        }
+        self.dataset_count(session, -1);
+    }
+
+    /// The names of the datasets this node holds references for (the shell asks the
+    /// replicated table which of them were unpublished: see
+    /// [`NodeCore::handle_unpublished`]).
+    pub fn published_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.published.keys().cloned().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The replicated table says these datasets were unpublished: their references are
+    /// released here if they were not yet (the unpublishing node's word may have been
+    /// lost).
+    pub fn handle_unpublished(&mut self, names: Vec<String>) {
+        for name in names {
+            if let Some((_, keys)) = self.published.get(&name) {
+                let keys = keys.clone();
+                self.unpublished(name, keys);
+            }
         }
     }
 

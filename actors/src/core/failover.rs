@@ -61,11 +61,18 @@ const EPOCH_HOPS: u32 = 20;
 #[derive(Default)]
 pub(super) struct Kept {
     sessions: FxHashMap<u64, u64>,
-    graphs: FxHashMap<GraphId, u64>,
+    /// Graph ids accepted, by session.
+    graphs: FxHashMap<u64, FxHashMap<GraphId, u64>>,
     specs: FxHashMap<Key, TaskSpec>,
     refs: FxHashMap<Key, i64>,
     forgotten: FxHashMap<Key, u64>,
     forgotten_order: VecDeque<(u64, Key)>,
+    /// Datasets published: name → (session, keys).
+    published: FxHashMap<String, (u64, Vec<Key>)>,
+    /// Sessions that ended, with the epoch they ended in and when this node heard of it:
+    /// a late copy of an older epoch does not bring them back.
+    closed: FxHashMap<u64, (u64, u64)>,
+    closed_order: VecDeque<(u64, u64)>,
 }
 
 /// A take-over waiting for inventories.
@@ -93,6 +100,9 @@ impl Replica {
             && self.keep.is_empty()
             && self.released.is_empty()
             && self.forgotten.is_empty()
+            && self.closed.is_empty()
+            && self.published.is_empty()
+            && self.unpublished.is_empty()
     }
 }
 
@@ -209,9 +219,15 @@ impl NodeCore {
                 .filter_map(|g| self.graphs.get(g).map(|f| (*g, *f)))
                 .collect(),
             keep,
+            published: self
+                .published
+                .iter()
+                .map(|(n, (s, k))| (n.clone(), *s, k.clone()))
+                .collect(),
             ..Replica::default()
         };
         first.sessions.sort_unstable();
+        first.published.sort_unstable();
         let mut rest = tasks.split_off(tasks.len().min(REPLICA_CHUNK));
         first.tasks = tasks;
         parts.push(first);
@@ -287,14 +303,44 @@ impl NodeCore {
             // may deliver the copy after a later change).
             let forgotten = std::mem::take(&mut kept.forgotten);
             let order = std::mem::take(&mut kept.forgotten_order);
+            let closed = std::mem::take(&mut kept.closed);
+            let closed_order = std::mem::take(&mut kept.closed_order);
             *kept = Kept {
                 forgotten,
                 forgotten_order: order,
+                closed,
+                closed_order,
                 ..Kept::default()
             };
         }
-        kept.sessions.extend(r.sessions);
-        kept.graphs.extend(r.graphs);
+        for (s, e) in r.closed {
+            // The session ended: never taken over from this copy.
+            kept.sessions.remove(&s);
+            kept.graphs.remove(&s);
+            kept.published.retain(|_, (ps, _)| *ps != s);
+            let c = kept.closed.entry(s).or_insert((e, now));
+            *c = (c.0.max(e), now);
+            kept.closed_order.push_back((now, s));
+        }
+        for (s, e) in r.sessions {
+            if kept.closed.get(&s).is_some_and(|(ce, _)| e <= *ce) {
+                continue;
+            }
+            kept.closed.remove(&s);
+            kept.sessions.insert(s, e);
+        }
+        for (g, f) in r.graphs {
+            let s = (g.0 >> 64) as u64;
+            if !kept.closed.contains_key(&s) {
+                kept.graphs.entry(s).or_default().insert(g, f);
+            }
+        }
+        for (n, s, keys) in r.published {
+            kept.published.insert(n, (s, keys));
+        }
+        for n in r.unpublished {
+            kept.published.remove(&n);
+        }
         for t in r.tasks {
             if !kept.forgotten.contains_key(&t.key) {
                 kept.specs.insert(t.key.clone(), t);
@@ -326,6 +372,15 @@ impl NodeCore {
             let (at, k) = kept.forgotten_order.pop_front().expect("peeked");
             if kept.forgotten.get(&k) == Some(&at) {
                 kept.forgotten.remove(&k);
+            }
+        }
+        while let Some(&(at, s)) = kept.closed_order.front() {
+            if at + TOMBSTONE_MS > now {
+                break;
+            }
+            kept.closed_order.pop_front();
+            if kept.closed.get(&s).is_some_and(|(_, t)| *t == at) {
+                kept.closed.remove(&s);
             }
         }
     }
@@ -420,7 +475,12 @@ impl NodeCore {
         if let Some((to, epoch)) = self.alias.remove(&p)
             && to == 0
         {
-            let sessions = self.taken.get(&p).cloned().unwrap_or_default();
+            let mut sessions: Vec<u64> = self
+                .taken
+                .get(&p)
+                .map(|t| t.iter().copied().collect())
+                .unwrap_or_default();
+            sessions.sort_unstable();
             self.send(p, PeerMsg::Superseded { sessions, epoch });
         }
         self.drop_owner(p);
@@ -554,7 +614,7 @@ impl NodeCore {
         self.alias.insert(old, (0, epoch));
         self.orphans.remove(&old);
         // Graphs the dead owner accepted are known here now (a client may send one again).
-        let mut graphs: Vec<(GraphId, u64)> = kept.graphs.into_iter().collect();
+        let mut graphs: Vec<(GraphId, u64)> = kept.graphs.into_values().flatten().collect();
         graphs.sort_unstable();
         for (g, f) in graphs {
             if self.graphs.insert(g, f).is_none() {
@@ -571,10 +631,22 @@ impl NodeCore {
             .or_default()
             .extend(sessions.iter().map(|&(s, _)| s));
         for (s, _) in sessions {
-            self.sessions.insert(s, epoch);
-            self.claims.push((s, epoch));
+            self.own_session(s, epoch);
             if !self.backups.is_empty() {
                 self.replica_out.sessions.push((s, epoch));
+            }
+        }
+        // Its datasets: their references are among the copied futures.
+        let mut published: Vec<(String, (u64, Vec<Key>))> = kept.published.into_iter().collect();
+        published.sort_unstable();
+        for (n, (s, keys)) in published {
+            if !self.backups.is_empty() {
+                self.replica_out
+                    .published
+                    .push((n.clone(), s, keys.clone()));
+            }
+            if self.published.insert(n, (s, keys)).is_none() {
+                self.dataset_count(s, 1);
             }
         }
         // The copied tasks, those whose inputs are all known (a lost message may have left
@@ -824,7 +896,12 @@ impl NodeCore {
             if to == 0 && epoch > e {
                 // Two nodes took over the same owner (their views of the members differed):
                 // the higher epoch owns its sessions, this node steps down.
-                let sessions = self.taken.get(&o).cloned().unwrap_or_default();
+                let mut sessions: Vec<u64> = self
+                    .taken
+                    .get(&o)
+                    .map(|t| t.iter().copied().collect())
+                    .unwrap_or_default();
+                sessions.sort_unstable();
                 self.superseded(from, &sessions, epoch);
             }
             // Another take-over came first: its owner keeps what was here.

@@ -436,6 +436,19 @@ fn tasks_holding_a_resource_run_no_more_at_once_than_the_node_has() {
     assert!(ran[..2].contains(&"cpu-0".to_string()), "{ran:?}");
 }
 
+impl NodeCore {
+    /// The claims of the ownership table it asked for since the last call.
+    fn claims(&mut self) -> Vec<(GraphId, u64)> {
+        self.take_owner_writes()
+            .into_iter()
+            .filter_map(|w| match w {
+                OwnerWrite::Claim { graph, epoch } => Some((graph, epoch)),
+                OwnerWrite::Release { .. } => None,
+            })
+            .collect()
+    }
+}
+
 fn core_named(name: &str) -> NodeCore {
     let registry = Box::leak(Box::new(Registry::from_entries([&INC, &ADD, &BOOM])));
     NodeCore::new(name, registry, 2)
@@ -476,13 +489,13 @@ fn a_backup_takes_over_the_graphs_of_a_dead_owner_and_computes_them() {
         spec("y", "add", vec![key("x"), lit(10)]),
     ];
     assert_eq!(submit(&mut a, id, g), SubmitOutcome::Accepted);
-    assert_eq!(a.take_claims(), vec![(GraphId(7u128 << 64), 1)]);
+    assert_eq!(a.claims(), vec![(GraphId(7u128 << 64), 1)]);
     deliver(&mut a, &mut b);
     assert_eq!(b.replica_keys(), (1, 2));
     // The owner dies before running anything; the backup learns it and takes over.
     b.handle_members(&both(&b, false));
     assert_eq!(
-        b.take_claims(),
+        b.claims(),
         vec![(GraphId(7u128 << 64), next_epoch(1, "node-b"))]
     );
     assert_eq!(b.stats().takeovers, 1);
@@ -577,7 +590,7 @@ fn a_stale_owner_steps_down_when_a_partition_heals_and_its_client_is_sent_to_the
         spec("y", "add", vec![key("x"), lit(10)]),
     ];
     assert_eq!(submit(&mut cores[0], id, g), SubmitOutcome::Accepted);
-    assert_eq!(cores[0].take_claims(), vec![(GraphId(5u128 << 64), 1)]);
+    assert_eq!(cores[0].claims(), vec![(GraphId(5u128 << 64), 1)]);
     let (a, rest) = cores.split_at_mut(1);
     let (b, c) = rest.split_at_mut(1);
     let me = NodeId(Arc::from("node-a"));
@@ -593,14 +606,14 @@ fn a_stale_owner_steps_down_when_a_partition_heals_and_its_client_is_sent_to_the
     // majority) take a's graph over, a (alone) takes over nothing.
     let m = members(&a[0], [true, false, false]);
     a[0].handle_members(&m);
-    assert_eq!(a[0].take_claims(), Vec::new());
+    assert_eq!(a[0].claims(), Vec::new());
     for x in [&mut b[0], &mut c[0]] {
         let m = members(x, [false, true, true]);
         x.handle_members(&m);
     }
     let claims: Vec<_> = [&mut b[0], &mut c[0]]
         .into_iter()
-        .flat_map(|x| x.take_claims())
+        .flat_map(|x| x.claims())
         .collect();
     assert_eq!(claims.len(), 1, "one take-over: {claims:?}");
     let epoch = claims[0].1;
@@ -996,8 +1009,29 @@ fn naming_more_nodes_than_the_peer_bound_keeps_the_table_bounded() {
     });
     assert_eq!(submit(&mut c, 1, vec![t]), SubmitOutcome::Accepted);
     assert!(c.peers.len() <= MAX_PEERS + 1, "{}", c.peers.len());
-    // The task waits: none of the nodes it may run on is alive.
+    // The task waits: none of the nodes it may run on is alive, and nothing is sent to
+    // the nodes it names.
     assert!(run_all(&mut c).is_empty());
+    for now in [1_000, 5_000, 60_000] {
+        c.handle_tick(now);
+        let sends = c.take_sends();
+        assert!(
+            sends.is_empty(),
+            "{:?}",
+            sends
+                .iter()
+                .map(|(n, b)| (n, b.msgs.len()))
+                .collect::<Vec<_>>()
+        );
+    }
+    // A member that joins afterwards is itself, not the peer that stands for the rest.
+    let joined = member(&c, "node-late", true);
+    c.handle_members(&[member(&c, "node-a", true), joined]);
+    let p = c.peer_index[&NodeId("node-late".into())];
+    assert_eq!(&*c.peers[p as usize].node.0, "node-late");
+    assert!(c.peers[p as usize].alive);
+    let sends = c.take_sends();
+    assert!(sends.iter().all(|(n, _)| &*n.0 == "node-late"), "{sends:?}");
     // Too many tasks in one submission: rejected whole, naming the flag.
     c.set_max_tasks_per_submit(2);
     let tasks = (0..3)
@@ -1009,4 +1043,202 @@ fn naming_more_nodes_than_the_peer_bound_keeps_the_table_bounded() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// The releases of the ownership table a core asked for since the last call (its claims
+/// are dropped).
+fn releases(core: &mut NodeCore) -> Vec<GraphId> {
+    core.take_owner_writes()
+        .into_iter()
+        .filter_map(|w| match w {
+            OwnerWrite::Release { graph, .. } => Some(graph),
+            OwnerWrite::Claim { .. } => None,
+        })
+        .collect()
+}
+
+fn reply_of(core: &mut NodeCore) -> ClientResponse {
+    core.take_replies().pop().expect("a reply").1
+}
+
+#[test]
+fn a_closed_session_leaves_the_table_and_its_backup_never_takes_it_over() {
+    let [mut a, mut b] = cluster(["node-a", "node-b"]);
+    a.handle_attach(RequestId(1), 7);
+    assert_eq!(reply_of(&mut a), ClientResponse::Attached);
+    assert_eq!(
+        submit(
+            &mut a,
+            (7u128 << 64) | 1,
+            vec![spec("x", "inc", vec![lit(1)])]
+        ),
+        SubmitOutcome::Accepted
+    );
+    assert_eq!(a.claims(), vec![(GraphId(7u128 << 64), 1)]);
+    // Session 8 stays open.
+    assert_eq!(
+        submit(
+            &mut a,
+            (8u128 << 64) | 1,
+            vec![spec("y", "inc", vec![lit(2)])]
+        ),
+        SubmitOutcome::Accepted
+    );
+    run_all(&mut a);
+    deliver(&mut a, &mut b);
+    // The client releases its futures and closes.
+    a.handle_release(RequestId(2), vec![Key::from("x")]);
+    a.handle_close(RequestId(3), 7);
+    assert_eq!(reply_of(&mut a), ClientResponse::Closed);
+    assert_eq!(releases(&mut a), vec![GraphId(7u128 << 64)]);
+    assert!(!a.owns_session(7) && a.owns_session(8));
+    assert_eq!(a.owned_sessions(), vec![8]);
+    assert_eq!(a.stats().sessions_ended, 1);
+    deliver(&mut a, &mut b);
+    // The owner dies: the backup takes over session 8 only.
+    b.handle_members(&[member(&b, "node-a", false), member(&b, "node-b", true)]);
+    let claims = b.claims();
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    assert_eq!(claims[0].0, GraphId(8u128 << 64));
+    assert!(b.owns_session(8) && !b.owns_session(7));
+}
+
+#[test]
+fn a_session_nothing_carries_ends_after_the_grace_and_an_attached_one_stays() {
+    let mut a = core();
+    a.set_session_grace(1_000);
+    a.handle_tick(10);
+    // Session 1: attached, then its connection breaks and nobody comes back.
+    a.handle_attach(RequestId(1), 1);
+    // Session 2: attached for the whole test. Session 3: never attached (an old client).
+    a.handle_attach(RequestId(2), 2);
+    a.take_replies();
+    for s in 1..=3u128 {
+        let k = format!("k{s}");
+        submit(&mut a, (s << 64) | 1, vec![spec(&k, "inc", vec![lit(1)])]);
+    }
+    a.take_owner_writes();
+    run_all(&mut a);
+    a.handle_tick(500);
+    a.handle_detach(1);
+    a.handle_tick(1_009);
+    assert!(releases(&mut a).is_empty());
+    a.handle_tick(1_010);
+    assert_eq!(releases(&mut a), vec![GraphId(3u128 << 64)]);
+    a.handle_tick(1_499);
+    assert!(releases(&mut a).is_empty());
+    // A re-attach within the grace keeps the session.
+    a.handle_attach(RequestId(3), 1);
+    a.handle_tick(5_000);
+    assert!(releases(&mut a).is_empty());
+    assert_eq!(a.owned_sessions(), vec![1, 2]);
+    a.handle_detach(1);
+    a.handle_tick(5_999);
+    assert!(releases(&mut a).is_empty());
+    a.handle_tick(6_000);
+    assert_eq!(releases(&mut a), vec![GraphId(1u128 << 64)]);
+    assert_eq!(a.owned_sessions(), vec![2]);
+    // The results of a session that ended are not released by it: its client's futures
+    // still hold them.
+    assert_eq!(int(&gather(&mut a, &["k1"])[0]), 2);
+    // The client comes back after its session ended and submits again: a new first claim.
+    a.handle_attach(RequestId(4), 1);
+    submit(
+        &mut a,
+        (1u128 << 64) | 2,
+        vec![spec("k1b", "inc", vec![lit(5)])],
+    );
+    assert_eq!(a.claims(), vec![(GraphId(1u128 << 64), 1)]);
+    run_all(&mut a);
+    assert_eq!(int(&gather(&mut a, &["k1b"])[0]), 6);
+}
+
+#[test]
+fn a_session_with_a_published_dataset_outlives_its_client_until_the_unpublish() {
+    let [mut a, mut b] = cluster(["node-a", "node-b"]);
+    a.set_session_grace(1_000);
+    a.handle_attach(RequestId(1), 4);
+    submit(
+        &mut a,
+        (4u128 << 64) | 1,
+        vec![spec("d", "inc", vec![lit(1)])],
+    );
+    run_all(&mut a);
+    a.handle_publish(RequestId(2), "points".into(), 4, vec![Key::from("d")]);
+    a.take_replies();
+    a.take_owner_writes();
+    a.handle_release(RequestId(3), vec![Key::from("d")]);
+    a.handle_close(RequestId(4), 4);
+    a.handle_tick(60_000);
+    assert!(releases(&mut a).is_empty());
+    assert!(a.owns_session(4));
+    assert_eq!(int(&gather(&mut a, &["d"])[0]), 2);
+    deliver(&mut a, &mut b);
+    // Unpublished through another node: the session ends at once (it was closed).
+    let entry = match a.take_dataset_writes().pop() {
+        Some((_, d)) => d,
+        None => panic!("no dataset entry"),
+    };
+    b.handle_unpublish(
+        RequestId(5),
+        "points".into(),
+        entry,
+        Some(NodeId(Arc::from("node-a"))),
+    );
+    deliver(&mut b, &mut a);
+    assert!(!a.owns_session(4));
+    assert_eq!(releases(&mut a), vec![GraphId(4u128 << 64)]);
+    assert_eq!(
+        a.tracked_keys(),
+        0,
+        "the dataset's reference was the last one"
+    );
+}
+
+#[test]
+fn a_taken_over_dataset_keeps_its_session_and_a_refused_take_over_is_dropped() {
+    let [mut a, mut b] = cluster(["node-a", "node-b"]);
+    b.set_session_grace(1_000);
+    for s in [4u128, 5] {
+        submit(
+            &mut a,
+            (s << 64) | 1,
+            vec![spec(&format!("d{s}"), "inc", vec![lit(1)])],
+        );
+    }
+    run_all(&mut a);
+    a.handle_publish(RequestId(2), "points".into(), 4, vec![Key::from("d4")]);
+    a.take_replies();
+    deliver(&mut a, &mut b);
+    b.handle_members(&[member(&b, "node-a", false), member(&b, "node-b", true)]);
+    let claims = b.claims();
+    assert_eq!(claims.len(), 2);
+    // The table says session 5 had ended (the owner's word did not reach this backup):
+    // dropped; a raised epoch is taken.
+    b.handle_claimed(GraphId(5u128 << 64), None);
+    b.handle_claimed(GraphId(4u128 << 64), Some(claims[0].1 + 1));
+    assert_eq!(b.owned_sessions(), vec![4]);
+    assert_eq!(b.stats().sessions_refused, 1);
+    assert!(
+        releases(&mut b).is_empty(),
+        "a refused session is not written again"
+    );
+    // No client comes back for session 4, but its dataset keeps it.
+    b.handle_tick(10_000);
+    assert_eq!(b.owned_sessions(), vec![4]);
+    b.handle_unpublish(
+        RequestId(6),
+        "points".into(),
+        rdask_gossip::Dataset {
+            session: 4,
+            keys: vec!["d4".into()],
+            removed: false,
+        },
+        Some(NodeId(Arc::from("node-b"))),
+    );
+    assert!(
+        b.owned_sessions().is_empty(),
+        "idle for longer than the grace already"
+    );
+    assert_eq!(releases(&mut b), vec![GraphId(4u128 << 64)]);
 }

@@ -65,7 +65,8 @@ fn main() {
     if scenario == "graphs-chaos" {
         let fixed = get("--nodes").map(|_| nodes);
         let started = std::time::Instant::now();
-        let mut sums = [0u64; 24];
+        let mut sums = [0u64; 28];
+        let mut largest_state_msg = 0u64;
         // The longest makespan and its seed, and how many runs took over a minute: a
         // graph that completes only after a long stall passes the checks, but shows here.
         let mut slowest = (0u64, from);
@@ -135,9 +136,14 @@ fn main() {
                 r.stats.stepped_down,
                 r.stats.no_quorum,
                 r.stats.pauses,
+                r.stats.closed,
+                r.stats.sessions_ended,
+                r.stats.sessions_refused,
+                r.stats.published,
             ]) {
                 *s += v;
             }
+            largest_state_msg = largest_state_msg.max(r.stats.largest_state_msg);
             if count == 1 {
                 println!(
                     "seed {seed}: {} nodes, {} tasks ({} away from their owner), makespan {:.3} virtual s",
@@ -167,8 +173,10 @@ fn main() {
              submitted again by their client {}, dead owners' leftovers dropped {}, results \
              recomputed {}\n  partitions {}: suspicions refuted {}, peers back after a heal {}, \
              stale owners stepped down {}, take-overs put off for want of a quorum {}\n  \
-             nodes paused for memory {}\n  makespan: longest {:.1} virtual s (seed {}), \
-             {over_a_minute} runs over a minute",
+             nodes paused for memory {}\n  sessions: closed by their clients {}, ended at \
+             their owners {}, take-overs of ended sessions refused {}, datasets published {}; \
+             largest anti-entropy message of the tables {largest_state_msg} bytes\n  \
+             makespan: longest {:.1} virtual s (seed {}), {over_a_minute} runs over a minute",
             count - failed,
             started.elapsed().as_secs_f64(),
             sums[0],
@@ -197,6 +205,10 @@ fn main() {
             sums[21],
             sums[22],
             sums[23],
+            sums[24],
+            sums[25],
+            sums[26],
+            sums[27],
             slowest.0 as f64 / 1e6,
             slowest.1
         );
