@@ -2598,9 +2598,24 @@ impl NodeCore {
 
     /// A task of this node's graphs was stolen from the node it was placed on.
     fn moved(&mut self, key: Key, to: u32, hops: u32) {
-        let Some(&id) = self.index.get(&key) else {
+        let id = self.index.get(&key).copied();
+        let finished = id
+            .and_then(|id| self.task(id))
+            .is_none_or(|t| match &t.state {
+                State::Memory { holders, .. } => !holders.contains(&to),
+                s => s.finished(),
+            });
+        if finished {
+            // Done already (a copy placed before ran it, or the task is gone): nobody needs
+            // the thief's copy, which would otherwise wait for inputs dropped since, and
+            // keep asking for them. The release covers that copy and the ones handed on
+            // from it.
+            if to != 0 {
+                self.release_at_hops(to, key, hops);
+            }
             return;
-        };
+        }
+        let Some(id) = id else { return };
         let now = self.now_ms;
         // A thief this node has not heard of yet (it just joined) is not dead.
         let to_alive = !self.peers[to as usize].dead;
@@ -2691,18 +2706,28 @@ impl NodeCore {
     /// The owner of a result this node fetches no longer knows it: the tasks of that owner
     /// waiting for it were released (the release was lost or is late).
     fn forgotten(&mut self, owner: u32, key: Key) {
-        let Some(f) = self.fetches.remove(&(owner, key)) else {
+        let Some(f) = self.fetches.remove(&(owner, key.clone())) else {
             return;
         };
         for w in f.waiters {
-            if let FetchWaiter::Foreign(id, _) = w
-                && let Some(t) = self.foreign_ref(id)
-                && t.owner == owner
-            {
-                // The copies here, not a later placement (which would be turned away
-                // until the record expires).
-                let key = t.key.clone();
-                self.release_foreign(owner, key, 0);
+            match w {
+                FetchWaiter::Foreign(id, _) => {
+                    if let Some(t) = self.foreign_ref(id)
+                        && t.owner == owner
+                    {
+                        // The copies here, not a later placement (which would be turned
+                        // away until the record expires).
+                        let key = t.key.clone();
+                        self.release_foreign(owner, key, 0);
+                    }
+                }
+                FetchWaiter::Take(p) => {
+                    // A leaving peer's copy nobody needs: nothing to keep.
+                    let owner = self.peers[owner as usize].node.clone();
+                    let key = key.clone();
+                    self.send(p, PeerMsg::Stored { owner, key });
+                }
+                _ => {}
             }
         }
     }
@@ -2773,11 +2798,20 @@ impl NodeCore {
                     state: State::Memory { value, .. },
                     ..
                 }) => value.clone(),
-                Some(_) => None,
-                None => {
+                // Finished with no value to come: dropped as nobody needed it (its spec
+                // kept for lineage), or failed. What waits for it is not needed either
+                // (the value stays while a dependent is unfinished): it goes, rather than
+                // ask the holders round and round for a value none of them has.
+                Some(Task {
+                    state: State::Released | State::Erred(_),
+                    ..
+                })
+                | None => {
                     self.send(from, PeerMsg::Forgotten { key });
                     return;
                 }
+                // Being computed (again): not yet.
+                Some(_) => None,
             }
         } else {
             self.held.get(&(o, key.clone())).cloned()

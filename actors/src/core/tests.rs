@@ -979,3 +979,101 @@ fn a_key_submitted_again_after_a_worker_voided_it_runs_at_once() {
     assert_eq!(run_all(&mut w), vec!["x".to_string()]);
     assert_eq!(gather_via(&mut o, &mut w, &["x"]), vec![2]);
 }
+
+/// An assignment of `key` (function `f`, arguments `args`) from the owner `owner`, handed
+/// on `hops` times.
+fn assignment(owner: &str, key: &str, f: &str, args: Vec<AssignArg>, hops: u32) -> Assignment {
+    Assignment {
+        owner: NodeId(Arc::from(owner)),
+        key: Key::from(key),
+        function: Arc::from(f),
+        args,
+        priority: 0,
+        placement: None,
+        resources: Vec::new(),
+        hops,
+        retries: 0,
+    }
+}
+
+#[test]
+fn a_worker_asking_the_owner_for_an_input_it_dropped_is_told_so_and_drops_the_task_waiting_for_it()
+{
+    let [mut o, mut w] = cluster(["node-o", "node-w"]);
+    // node-o runs `x` and `y = x + 1` itself; the client keeps only `y`, so the value of
+    // `x` is dropped (its spec stays: `y` names it).
+    o.handle_submit(
+        RequestId(1),
+        vec![GraphSubmission {
+            id: GraphId(1),
+            tasks: vec![
+                spec("x", "inc", vec![lit(1)]),
+                spec("y", "inc", vec![key("x")]),
+            ],
+            keep: vec![Key::from("y")],
+        }],
+    );
+    o.take_replies();
+    assert_eq!(run_all(&mut o), vec!["x".to_string(), "y".to_string()]);
+    assert!(o.describe(&Key::from("x")).unwrap().contains("released"));
+    // A copy of `y` that node-o no longer counts on (placed before it ran `y` itself, and
+    // handed on since) reaches node-w: it asks the holder of `x`, node-o.
+    let from_o = NodeId(Arc::from("node-o"));
+    let input = AssignArg::Input {
+        key: Key::from("x"),
+        size: 8,
+        holders: vec![from_o.clone()],
+    };
+    let stale = assignment("node-o", "y", "inc", vec![input], 3);
+    w.handle_peer(&from_o, idle_batch(vec![PeerMsg::Assign(stale)]));
+    assert_eq!(w.foreign_keys(), (0, 1));
+    for _ in 0..3 {
+        deliver(&mut w, &mut o);
+        deliver(&mut o, &mut w);
+    }
+    // node-o says the value is gone for good, and node-w drops the copy (it used to be told
+    // "not here", and to ask the holders round and round, for ever).
+    assert_eq!(w.foreign_keys(), (0, 0));
+    w.handle_tick(10_000);
+    assert!(sends(&mut w).is_empty(), "node-w asks no more");
+    assert!(run_all(&mut w).is_empty());
+}
+
+#[test]
+fn a_copy_stolen_from_a_node_after_its_owner_finished_the_task_elsewhere_is_released() {
+    let [mut o, _v, mut t] = cluster(["node-o", "node-v", "node-t"]);
+    // node-o has the value of `x` (an earlier copy ran); node-v had a later placement of
+    // `x`, which node-t stole from it before node-v heard it was not needed.
+    submit(&mut o, 1, vec![spec("x", "inc", vec![lit(1)])]);
+    assert_eq!(run_all(&mut o), vec!["x".to_string()]);
+    let from_v = NodeId(Arc::from("node-v"));
+    let copy = assignment(
+        "node-o",
+        "x",
+        "inc",
+        vec![AssignArg::Value(value::encode(&1i64).unwrap())],
+        3,
+    );
+    t.handle_peer(
+        &from_v,
+        idle_batch(vec![PeerMsg::Stolen {
+            tasks: vec![copy],
+            busiest: None,
+        }]),
+    );
+    assert_eq!(t.foreign_keys(), (0, 1));
+    // node-v tells the owner where its copy went: node-o needs none, and releases it there
+    // (it used to ignore the news: the copy ran, or waited for inputs dropped since).
+    o.handle_peer(
+        &from_v,
+        idle_batch(vec![PeerMsg::Moved {
+            key: Key::from("x"),
+            to: NodeId(Arc::from("node-t")),
+            hops: 3,
+        }]),
+    );
+    deliver(&mut o, &mut t);
+    assert_eq!(t.foreign_keys(), (0, 0));
+    assert!(run_all(&mut t).is_empty());
+    assert_eq!(gather_via(&mut o, &mut t, &["x"]), vec![2]);
+}
