@@ -50,7 +50,8 @@ const MAX_POOL_DEPTH: u32 = 256;
 /// little enough that priorities still matter and that thieves find work.
 const TARGET_QUEUED_NS: f64 = 1_000_000.0;
 /// How long an owner waits for news of a task placed on a peer before it sends the
-/// assignment again (doubling up to [`MAX_RETRY_MS`]).
+/// assignment again: doubling, up to [`MAX_RETRY_MS`], with each answer of the worker that
+/// it has the task ([`PeerMsg::Accepted`]: a long task), not with silence (lost messages).
 const RETRY_MS: u64 = 2_000;
 const MAX_RETRY_MS: u64 = 32_000;
 /// How long a fetch waits for its data before it asks again (another holder if any).
@@ -215,11 +216,12 @@ enum State {
     /// Handed to the pool.
     Running,
     /// Placed on a peer (or moved there by stealing); no news yet. `hops` counts the
-    /// hand-overs the owner knows of.
+    /// hand-overs the owner knows of; `acks` the times the peer said it has the task (each
+    /// doubles the wait before the assignment is sent again).
     Remote {
         node: u32,
         due_ms: u64,
-        tries: u32,
+        acks: u32,
         hops: u32,
     },
     /// Finished with a value: a copy here and/or on remote holders.
@@ -304,7 +306,12 @@ fn fingerprint(g: &GraphSubmission) -> u64 {
     h.finish()
 }
 
-/// Folds a measured run time into the estimate of its key prefix (moving average).
+/// How long an owner waits before it sends an assignment again, after the worker said
+/// `acks` times that it has the task.
+fn retry_wait(acks: u32) -> u64 {
+    (RETRY_MS << acks.min(4)).min(MAX_RETRY_MS)
+}
+
 /// A task's place among ready ones (lower runs first): the user's priority (higher first),
 /// then submission order.
 fn task_priority(user: i32, seq: u64) -> u64 {
@@ -316,6 +323,7 @@ pub(crate) fn user_priority(priority: u64) -> i32 {
     (i64::from(i32::MAX) - (priority >> 32) as i64) as i32
 }
 
+/// Folds a measured run time into the estimate of its key prefix (moving average).
 fn update_estimate(estimates: &mut FxHashMap<Box<str>, f64>, prefix: &str, elapsed_ns: u64) {
     let x = elapsed_ns as f64;
     match estimates.get_mut(prefix) {
@@ -1171,7 +1179,7 @@ impl NodeCore {
             let State::Remote {
                 node,
                 due_ms,
-                tries,
+                acks,
                 hops,
             } = t.state
             else {
@@ -1185,12 +1193,14 @@ impl NodeCore {
                 self.requeue(id);
                 continue;
             }
-            let tries = tries + 1;
-            let next = now + (RETRY_MS << tries.min(4)).min(MAX_RETRY_MS);
+            // No news: the assignment or the answer was lost (or the peer has the task and
+            // its answer to the last retry was lost). The wait grows only with the peer's
+            // answers, so that a few messages lost in a row cost seconds, not minutes.
+            let next = now + retry_wait(acks);
             self.task_mut(id).expect("exists").state = State::Remote {
                 node,
                 due_ms: next,
-                tries,
+                acks,
                 hops,
             };
             self.retry.push(Reverse((next, idx, generation)));
@@ -1580,6 +1590,7 @@ impl NodeCore {
                         | PeerMsg::Moved { .. }
                         | PeerMsg::Returned { .. }
                         | PeerMsg::Dropped { .. }
+                        | PeerMsg::Accepted { .. }
                 )
             });
         }
@@ -1674,6 +1685,7 @@ impl NodeCore {
                 PeerMsg::Leaving => self.peer_leaving(p),
                 PeerMsg::Returned { key, hops } => self.returned(p, key, hops),
                 PeerMsg::Dropped { key, hops } => self.dropped(p, key, hops),
+                PeerMsg::Accepted { key, hops } => self.accepted(p, key, hops),
                 PeerMsg::Take { owner, key, size } => self.take(p, owner, key, size),
                 PeerMsg::Stored { key, .. } => self.stored(key),
                 PeerMsg::HandOver { members } => self.handed_over_to_me(p, members),
@@ -2151,7 +2163,7 @@ impl NodeCore {
         t.state = State::Remote {
             node,
             due_ms,
-            tries: 0,
+            acks: 0,
             hops: t.hops,
         };
         self.retry.push(Reverse((due_ms, id.idx, id.generation)));
@@ -2577,6 +2589,29 @@ impl NodeCore {
         self.place_again(id, if hops == u32::MAX { known } else { hops });
     }
 
+    /// The node `from` has the task `key` it was placed on (its answer to an assignment sent
+    /// again): the owner waits twice as long before it asks again (up to
+    /// [`MAX_RETRY_MS`]); a long task is not a lost message.
+    fn accepted(&mut self, from: u32, key: Key, hops: u32) {
+        let Some((id, node, known)) = self.placed_remote(&key) else {
+            return;
+        };
+        if node != from || hops < known {
+            return;
+        }
+        let now = self.now_ms;
+        if let Some(Task {
+            state: State::Remote { acks, due_ms, .. },
+            ..
+        }) = self.task_mut(id)
+        {
+            *acks = acks.saturating_add(1);
+            *due_ms = now + retry_wait(*acks);
+            let due = *due_ms;
+            self.retry.push(Reverse((due, id.idx, id.generation)));
+        }
+    }
+
     /// The task of this node's graphs named `key`, the node it is placed on and the hops
     /// of that assignment, if it is placed on a peer.
     fn placed_remote(&self, key: &Key) -> Option<(TaskId, u32, u32)> {
@@ -2637,7 +2672,7 @@ impl NodeCore {
             t.state = State::Remote {
                 node: to,
                 due_ms: now,
-                tries: 0,
+                acks: 0,
                 hops,
             };
             self.requeue(id);
@@ -2647,7 +2682,7 @@ impl NodeCore {
         t.state = State::Remote {
             node: to,
             due_ms,
-            tries: 0,
+            acks: 0,
             hops,
         };
         self.retry.push(Reverse((due_ms, id.idx, id.generation)));
@@ -3366,7 +3401,7 @@ impl NodeCore {
             t.state = State::Remote {
                 node: thief,
                 due_ms,
-                tries: 0,
+                acks: 0,
                 hops,
             };
             let a = self.assignment(id);
@@ -3435,10 +3470,14 @@ impl NodeCore {
             return;
         }
         let k = (owner, a.key.clone());
-        if self.foreign_index.contains_key(&k) {
+        if let Some(&id) = self.foreign_index.get(&k) {
             // Known already; a repeated assignment carries the owner's latest holders of
             // the inputs (holders die; lost inputs are computed again elsewhere).
             self.refresh_holders(owner, &a.args);
+            if !stolen && let Some(hops) = self.foreign_ref(id).map(|f| f.hops) {
+                // The owner heard nothing for a while: the task is here.
+                self.send(owner, PeerMsg::Accepted { key: a.key, hops });
+            }
             return;
         }
         if let Some(v) = self.held.get(&k) {

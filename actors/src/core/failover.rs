@@ -1177,7 +1177,7 @@ impl NodeCore {
                 t.state = State::Remote {
                     node,
                     due_ms,
-                    tries: 0,
+                    acks: 0,
                     hops,
                 };
                 self.retry.push(Reverse((due_ms, id.idx, id.generation)));

@@ -1077,3 +1077,49 @@ fn a_copy_stolen_from_a_node_after_its_owner_finished_the_task_elsewhere_is_rele
     assert!(run_all(&mut t).is_empty());
     assert_eq!(gather_via(&mut o, &mut t, &["x"]), vec![2]);
 }
+
+#[test]
+fn assignments_lost_in_a_row_are_sent_again_every_two_seconds_and_a_long_task_less_often() {
+    let [mut o, mut w] = cluster(["node-o", "node-w"]);
+    // node-o is paused: its task goes to node-w.
+    o.set_memory_limit(Some(100));
+    o.handle_process_memory(100);
+    submit(&mut o, 1, vec![spec("x", "inc", vec![lit(1)])]);
+    let assigned = |o: &mut NodeCore| {
+        let to_w = sends(o).remove("node-w").unwrap_or_default();
+        to_w.iter()
+            .filter(|m| matches!(m, PeerMsg::Assign(_)))
+            .count()
+    };
+    assert_eq!(assigned(&mut o), 1);
+    // The assignment and the next ones are lost: node-o hears nothing, and sends it again
+    // every 2 s (it used to wait twice as long each time: five messages lost in a row cost
+    // a minute).
+    for at in [2_000, 4_000, 6_000, 8_000] {
+        o.handle_tick(at - 1);
+        assert_eq!(assigned(&mut o), 0, "not before {at} ms");
+        o.handle_tick(at);
+        assert_eq!(assigned(&mut o), 1, "sent again at {at} ms");
+    }
+    // The next one arrives: node-w queues the task (a long one, say). Asked again, it says
+    // it has it, and node-o waits twice as long each time.
+    o.handle_tick(10_000);
+    deliver(&mut o, &mut w);
+    assert_eq!(w.foreign_keys(), (0, 1));
+    let mut at = 10_000;
+    for wait in [2_000, 4_000, 8_000, 16_000, 32_000, 32_000] {
+        at += wait;
+        o.handle_tick(at - 1);
+        assert_eq!(assigned(&mut o), 0, "not before {at} ms");
+        o.handle_tick(at);
+        deliver(&mut o, &mut w);
+        let told = sends(&mut w).remove("node-o").unwrap_or_default();
+        assert!(
+            matches!(told.as_slice(), [PeerMsg::Accepted { key, .. }] if key.as_str() == "x"),
+            "node-w has it: {told:?}"
+        );
+        o.handle_peer(&NodeId(Arc::from("node-w")), idle_batch(told));
+    }
+    assert_eq!(run_all(&mut w), vec!["x".to_string()]);
+    assert_eq!(gather_via(&mut o, &mut w, &["x"]), vec![2]);
+}
