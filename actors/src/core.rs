@@ -800,6 +800,25 @@ impl NodeCore {
         (self.held.len(), self.foreign_pending)
     }
 
+    /// The values this node holds, counted afresh: (values, bytes). [`NodeCore::load`]
+    /// must say the same (`stored`, `memory_used`); tests and simulations check it.
+    pub fn values_held(&self) -> (u64, u64) {
+        let own = self
+            .slots
+            .iter()
+            .filter_map(|s| s.item.as_ref())
+            .filter_map(|t| match &t.state {
+                State::Memory { value: Some(v), .. } => Some(v.len() as u64),
+                _ => None,
+            });
+        let kept = self
+            .adopted_here
+            .values()
+            .flat_map(|(_, kept)| kept.values());
+        let sizes = own.chain(self.held.values().chain(kept).map(|v| v.len() as u64));
+        sizes.fold((0, 0), |(n, bytes), len| (n + 1, bytes + len))
+    }
+
     /// A one-line description of a key of this node's graphs, for logs and diagnostics:
     /// its state and, when waiting, for how many inputs.
     pub fn describe(&self, key: &Key) -> Option<String> {
@@ -3810,7 +3829,12 @@ impl NodeCore {
                 self.stored += 1;
                 self.memory_used += size;
                 let v = Bytes::from(v);
-                self.held.insert(k.clone(), v.clone());
+                if let Some(copy) = self.held.insert(k.clone(), v.clone()) {
+                    // A copy fetched meanwhile (an input of another task here): one value,
+                    // counted once.
+                    self.stored -= 1;
+                    self.memory_used -= copy.len() as u64;
+                }
                 if f.hops > 1 {
                     self.held_hops.insert(k.clone(), f.hops);
                 }

@@ -842,7 +842,11 @@ impl NodeCore {
             if let Some(h) = self.held_hops.remove(&k) {
                 self.held_hops.insert((from, k.1.clone()), h);
             }
-            self.held.insert((from, k.1), v);
+            if let Some(same) = self.held.insert((from, k.1), v) {
+                // The new owner's own copy of the same key: one value, counted once.
+                self.stored -= 1;
+                self.memory_used -= same.len() as u64;
+            }
         }
         let mut running = Vec::new();
         let keys: Vec<(u32, Key)> = owned_by(&self.foreign_index, o);

@@ -1123,3 +1123,46 @@ fn assignments_lost_in_a_row_are_sent_again_every_two_seconds_and_a_long_task_le
     assert_eq!(run_all(&mut w), vec!["x".to_string()]);
     assert_eq!(gather_via(&mut o, &mut w, &["x"]), vec![2]);
 }
+
+#[test]
+fn a_result_computed_where_a_copy_of_it_was_fetched_meanwhile_is_counted_once() {
+    let [mut o, mut w] = cluster(["node-o", "node-w"]);
+    // node-o has `x` (it ran it); node-w has a copy of the assignment of `x` queued (one
+    // node-o placed before it ran `x` itself).
+    submit(&mut o, 1, vec![spec("x", "inc", vec![lit(1)])]);
+    assert_eq!(run_all(&mut o), vec!["x".to_string()]);
+    let from_o = NodeId(Arc::from("node-o"));
+    let one = AssignArg::Value(value::encode(&1i64).unwrap());
+    let x = assignment("node-o", "x", "inc", vec![one], 1);
+    w.handle_peer(&from_o, idle_batch(vec![PeerMsg::Assign(x)]));
+    // Then `y = x + 1` is placed there: node-w fetches `x` from node-o, and keeps the copy.
+    let input = AssignArg::Input {
+        key: Key::from("x"),
+        size: 8,
+        holders: vec![from_o.clone()],
+    };
+    let y = assignment("node-o", "y", "inc", vec![input], 1);
+    w.handle_peer(&from_o, idle_batch(vec![PeerMsg::Assign(y)]));
+    deliver(&mut w, &mut o);
+    deliver(&mut o, &mut w);
+    assert_eq!(w.foreign_keys().0, 1);
+    // Both run; `x` computed here replaces the copy: two values held, two counted.
+    let mut ran = run_all(&mut w);
+    ran.sort();
+    assert_eq!(ran, vec!["x".to_string(), "y".to_string()]);
+    assert_eq!(w.foreign_keys(), (2, 0));
+    assert_eq!(w.load().stored, 2);
+    assert_eq!(w.values_held(), (w.load().stored, w.load().memory_used));
+    // Released, nothing is left, and no memory is counted (it used to count the copy for
+    // ever: a node paused for memory it does not hold).
+    w.handle_peer(
+        &from_o,
+        idle_batch(vec![PeerMsg::Release {
+            owner: from_o.clone(),
+            keys: vec![Key::from("x"), Key::from("y")],
+            hops: 1,
+        }]),
+    );
+    assert_eq!(w.foreign_keys(), (0, 0));
+    assert_eq!((w.load().stored, w.load().memory_used), (0, 0));
+}
