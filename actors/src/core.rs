@@ -2560,9 +2560,14 @@ impl NodeCore {
             Some(State::Memory { holders, .. }) if holders.contains(&from) => {}
             Some(State::Erred(_)) if error.is_some() => {}
             _ => {
-                // Nobody here needs it (released, or already computed elsewhere).
+                // Nobody here needs it (released, or already computed elsewhere). The
+                // release covers the copy that ran (handed on more often than this node may
+                // know): naming fewer hops would lower the worker's record of the release,
+                // and a late duplicate of the hand-over would run the task again.
                 if error.is_none() {
-                    self.release_at(from, key);
+                    let known = self.index.get(&key).and_then(|id| self.task(*id));
+                    let covers = known.map_or(u32::MAX, |t| t.hops).max(hops);
+                    self.release_at_hops(from, key, covers);
                 }
             }
         }

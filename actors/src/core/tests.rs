@@ -1166,3 +1166,38 @@ fn a_result_computed_where_a_copy_of_it_was_fetched_meanwhile_is_counted_once() 
     assert_eq!(w.foreign_keys(), (0, 0));
     assert_eq!((w.load().stored, w.load().memory_used), (0, 0));
 }
+
+#[test]
+fn a_result_its_owner_does_not_need_is_released_with_the_hops_of_the_copy_that_ran() {
+    let [mut o, _v, mut t] = cluster(["node-o", "node-v", "node-t"]);
+    // node-o has `x` (it ran it); node-t stole a later copy of it from node-v (two
+    // hand-overs) and runs it.
+    submit(&mut o, 1, vec![spec("x", "inc", vec![lit(1)])]);
+    assert_eq!(run_all(&mut o), vec!["x".to_string()]);
+    let from_v = NodeId(Arc::from("node-v"));
+    let one = AssignArg::Value(value::encode(&1i64).unwrap());
+    let stolen = PeerMsg::Stolen {
+        tasks: vec![assignment("node-o", "x", "inc", vec![one], 2)],
+        busiest: None,
+    };
+    t.handle_peer(&from_v, idle_batch(vec![stolen.clone()]));
+    assert_eq!(run_all(&mut t), vec!["x".to_string()]);
+    // node-o hears where the copy went, and releases it there; then hears it finished.
+    o.handle_peer(
+        &from_v,
+        idle_batch(vec![PeerMsg::Moved {
+            key: Key::from("x"),
+            to: NodeId(Arc::from("node-t")),
+            hops: 2,
+        }]),
+    );
+    deliver(&mut t, &mut o);
+    deliver(&mut o, &mut t);
+    assert_eq!(t.foreign_keys(), (0, 0));
+    // A late duplicate of node-v's hand-over is recognised: node-o's answer to the `Done`
+    // covered the copy that ran (it named node-o's own hops, 0, which lowered node-t's
+    // record of the release: the duplicate ran the task again).
+    t.handle_peer(&from_v, idle_batch(vec![stolen]));
+    assert!(run_all(&mut t).is_empty());
+    assert_eq!(t.foreign_keys(), (0, 0));
+}
