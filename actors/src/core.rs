@@ -1642,7 +1642,7 @@ impl NodeCore {
                     elapsed_ns,
                     hops,
                 } => self.remote_done(p, key, size, error, elapsed_ns, hops),
-                PeerMsg::Holding { key, .. } => self.holding(p, key),
+                PeerMsg::Holding { key, size } => self.holding(p, key, size),
                 PeerMsg::Moved { key, to, hops } => {
                     let to = self.intern(&to);
                     self.moved(key, to, hops);
@@ -2574,13 +2574,13 @@ impl NodeCore {
     }
 
     /// A peer keeps a copy of a result of this node's graphs.
-    fn holding(&mut self, from: u32, key: Key) {
+    fn holding(&mut self, from: u32, key: Key, size: u64) {
         if self
             .index
             .get(&key)
             .and_then(|id| self.task(*id))
             .is_some_and(|t| matches!(t.state, State::Waiting))
-            && self.recovering(from, &key, 0, None)
+            && self.recovering(from, &key, size, None)
         {
             return;
         }
@@ -2924,11 +2924,16 @@ impl NodeCore {
             if let Some(&id) = self.index.get(&key)
                 && let Some(t) = self.task_mut(id)
                 && let State::Memory {
-                    value: v @ None, ..
+                    value: v @ None,
+                    size,
+                    ..
                 } = &mut t.state
             {
                 let len = value.len() as u64;
                 *v = Some(value.clone());
+                // Counted as it is, and uncounted alike when dropped (a size reported by a
+                // holder may have been a guess).
+                *size = len;
                 self.stored += 1;
                 self.memory_used += len;
                 self.moved_copy(0, &key);

@@ -975,8 +975,8 @@ impl NodeCore {
             None => {
                 // Late: the state was rebuilt without this answer. Copies are welcome if
                 // the value is finished; anything else is not needed there.
-                for (k, _) in held {
-                    self.holding(from, k);
+                for (k, size) in held {
+                    self.holding(from, k, size);
                 }
                 for (k, _) in running {
                     let placed_there = self
@@ -1198,9 +1198,9 @@ impl NodeCore {
         // rebuilt state does not expect them are stopped.
         let mut held: Vec<(Key, (Vec<u32>, u64))> = r.held.into_iter().collect();
         held.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (k, (holders, _)) in held {
+        for (k, (holders, size)) in held {
             for h in holders {
-                self.holding(h, k.clone());
+                self.holding(h, k.clone(), size);
             }
         }
         let mut running: Vec<(Key, (u32, u32))> = r.running.into_iter().collect();

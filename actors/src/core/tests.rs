@@ -1201,3 +1201,87 @@ fn a_result_its_owner_does_not_need_is_released_with_the_hops_of_the_copy_that_r
     assert!(run_all(&mut t).is_empty());
     assert_eq!(t.foreign_keys(), (0, 0));
 }
+
+#[test]
+fn a_copy_announced_to_a_take_over_waiting_for_inventories_keeps_its_size() {
+    let [mut a, mut b, mut c] = cluster(["node-a", "node-b", "node-c"]);
+    // node-a owns `x` (the client keeps it); both others get a copy of the graph.
+    submit(
+        &mut a,
+        (7u128 << 64) | 1,
+        vec![spec("x", "inc", vec![lit(1)])],
+    );
+    let from_a = NodeId(Arc::from("node-a"));
+    for (dest, batch) in a.take_sends() {
+        for n in [&mut b, &mut c] {
+            if *dest.0 == *n.node() {
+                n.handle_peer(&from_a, batch.clone());
+            }
+        }
+    }
+    // node-a dies: the first of the others in its rendezvous order takes over, and waits
+    // for the other's inventory.
+    for n in [&mut b, &mut c] {
+        let view: Vec<PeerUpdate> = ["node-a", "node-b", "node-c"]
+            .iter()
+            .map(|m| member(n, m, *m != "node-a"))
+            .collect();
+        n.handle_members(&view);
+    }
+    let (new, other) = if b.stats().takeovers == 1 {
+        (b, c)
+    } else {
+        (c, b)
+    };
+    let mut new = new;
+    assert_eq!(new.stats().takeovers, 1);
+    let m = NodeId(Arc::from(other.node()));
+    // The other node announces a copy of `x` (fetched meanwhile) before its inventory.
+    new.handle_peer(
+        &m,
+        idle_batch(vec![PeerMsg::Holding {
+            key: Key::from("x"),
+            size: 8,
+        }]),
+    );
+    new.handle_peer(
+        &m,
+        idle_batch(vec![PeerMsg::Inventory {
+            old: from_a.clone(),
+            held: Vec::new(),
+            running: Vec::new(),
+            moved: Vec::new(),
+            erred: Vec::new(),
+        }]),
+    );
+    // Finished, held there, with its size (it was taken for 0 bytes).
+    let id = new.index[&Key::from("x")];
+    assert!(matches!(
+        &new.task(id).unwrap().state,
+        State::Memory { value: None, holders, size: 8 } if holders.len() == 1
+    ));
+    // The client gathers it (fetched from there) and releases it: nothing is counted.
+    new.handle_gather(RequestId(5), vec![Key::from("x")], 1_000);
+    let asked = sends(&mut new).remove(other.node()).unwrap_or_default();
+    assert!(
+        asked.iter().any(|m| matches!(m, PeerMsg::Fetch { .. })),
+        "{asked:?}"
+    );
+    let two = value::encode(&2i64).unwrap();
+    let owner = NodeId(Arc::from(new.node()));
+    new.handle_peer(
+        &m,
+        idle_batch(vec![PeerMsg::Data {
+            owner,
+            key: Key::from("x"),
+            value: Some(two),
+        }]),
+    );
+    assert!(matches!(
+        new.take_replies().as_slice(),
+        [(RequestId(5), ClientResponse::Results(r))] if int(&r[0]) == 2
+    ));
+    new.handle_release(RequestId(6), vec![Key::from("x")]);
+    assert_eq!(new.values_held(), (0, 0));
+    assert_eq!((new.load().stored, new.load().memory_used), (0, 0));
+}
