@@ -49,8 +49,8 @@ const QUIET_US: u64 = 40_000_000;
 /// 10 s, a hand-over given up after 30 s, retries backing off to 32 s; and, after a
 /// partition, a node that took over an owner's sessions from the minority side computing a
 /// graph again that its client already has (work done twice, as documented). Seeds
-/// 8,000,000–8,019,999 (`--max-nodes 32`) fall silent within 18.6 s; a loop never does
-/// (`rdask-sim` prints the longest, [`ClusterReport::settle_us`]).
+/// 8,000,000–8,019,999 and 3,000,000–3,019,999 (`--max-nodes 32`) fall silent within
+/// 29.3 s; a loop never does (`rdask-sim` prints the longest, [`ClusterReport::settle_us`]).
 const SETTLE_US: u64 = STALL_US;
 
 /// A value of the simulated tasks: a hash and padding that gives it its size.
