@@ -60,7 +60,8 @@ const MAX_POOL_DEPTH: u32 = 256;
 /// little enough that priorities still matter and that thieves find work.
 const TARGET_QUEUED_NS: f64 = 1_000_000.0;
 /// How long an owner waits for news of a task placed on a peer before it sends the
-/// assignment again (doubling up to [`MAX_RETRY_MS`]).
+/// assignment again: doubling, up to [`MAX_RETRY_MS`], with each answer of the worker that
+/// it has the task ([`PeerMsg::Accepted`]: a long task), not with silence (lost messages).
 const RETRY_MS: u64 = 2_000;
 const MAX_RETRY_MS: u64 = 32_000;
 /// How long a fetch waits for its data before it asks again (another holder if any).
@@ -231,11 +232,12 @@ enum State {
     /// Handed to the pool.
     Running,
     /// Placed on a peer (or moved there by stealing); no news yet. `hops` counts the
-    /// hand-overs the owner knows of.
+    /// hand-overs the owner knows of; `acks` the times the peer said it has the task (each
+    /// doubles the wait before the assignment is sent again).
     Remote {
         node: u32,
         due_ms: u64,
-        tries: u32,
+        acks: u32,
         hops: u32,
     },
     /// Finished with a value: a copy here and/or on remote holders.
@@ -320,7 +322,12 @@ fn fingerprint(g: &GraphSubmission) -> u64 {
     h.finish()
 }
 
-/// Folds a measured run time into the estimate of its key prefix (moving average).
+/// How long an owner waits before it sends an assignment again, after the worker said
+/// `acks` times that it has the task.
+fn retry_wait(acks: u32) -> u64 {
+    (RETRY_MS << acks.min(4)).min(MAX_RETRY_MS)
+}
+
 /// A task's place among ready ones (lower runs first): the user's priority (higher first),
 /// then submission order.
 fn task_priority(user: i32, seq: u64) -> u64 {
@@ -332,6 +339,7 @@ pub(crate) fn user_priority(priority: u64) -> i32 {
     (i64::from(i32::MAX) - (priority >> 32) as i64) as i32
 }
 
+/// Folds a measured run time into the estimate of its key prefix (moving average).
 fn update_estimate(estimates: &mut FxHashMap<Box<str>, f64>, prefix: &str, elapsed_ns: u64) {
     let x = elapsed_ns as f64;
     match estimates.get_mut(prefix) {
@@ -826,6 +834,25 @@ impl NodeCore {
         (self.held.len(), self.foreign_pending)
     }
 
+    /// The values this node holds, counted afresh: (values, bytes). [`NodeCore::load`]
+    /// must say the same (`stored`, `memory_used`); tests and simulations check it.
+    pub fn values_held(&self) -> (u64, u64) {
+        let own = self
+            .slots
+            .iter()
+            .filter_map(|s| s.item.as_ref())
+            .filter_map(|t| match &t.state {
+                State::Memory { value: Some(v), .. } => Some(v.len() as u64),
+                _ => None,
+            });
+        let kept = self
+            .adopted_here
+            .values()
+            .flat_map(|(_, kept)| kept.values());
+        let sizes = own.chain(self.held.values().chain(kept).map(|v| v.len() as u64));
+        sizes.fold((0, 0), |(n, bytes), len| (n + 1, bytes + len))
+    }
+
     /// A one-line description of a key of this node's graphs, for logs and diagnostics:
     /// its state and, when waiting, for how many inputs.
     pub fn describe(&self, key: &Key) -> Option<String> {
@@ -1216,7 +1243,7 @@ impl NodeCore {
             let State::Remote {
                 node,
                 due_ms,
-                tries,
+                acks,
                 hops,
             } = t.state
             else {
@@ -1230,12 +1257,14 @@ impl NodeCore {
                 self.requeue(id);
                 continue;
             }
-            let tries = tries + 1;
-            let next = now + (RETRY_MS << tries.min(4)).min(MAX_RETRY_MS);
+            // No news: the assignment or the answer was lost (or the peer has the task and
+            // its answer to the last retry was lost). The wait grows only with the peer's
+            // answers, so that a few messages lost in a row cost seconds, not minutes.
+            let next = now + retry_wait(acks);
             self.task_mut(id).expect("exists").state = State::Remote {
                 node,
                 due_ms: next,
-                tries,
+                acks,
                 hops,
             };
             self.retry.push(Reverse((next, idx, generation)));
@@ -1626,6 +1655,7 @@ impl NodeCore {
                         | PeerMsg::Moved { .. }
                         | PeerMsg::Returned { .. }
                         | PeerMsg::Dropped { .. }
+                        | PeerMsg::Accepted { .. }
                 )
             });
         }
@@ -1658,7 +1688,7 @@ impl NodeCore {
                     elapsed_ns,
                     hops,
                 } => self.remote_done(p, key, size, error, elapsed_ns, hops),
-                PeerMsg::Holding { key, .. } => self.holding(p, key),
+                PeerMsg::Holding { key, size } => self.holding(p, key, size),
                 PeerMsg::Moved { key, to, hops } => {
                     let to = self.intern(&to);
                     self.moved(key, to, hops);
@@ -1720,6 +1750,7 @@ impl NodeCore {
                 PeerMsg::Leaving => self.peer_leaving(p),
                 PeerMsg::Returned { key, hops } => self.returned(p, key, hops),
                 PeerMsg::Dropped { key, hops } => self.dropped(p, key, hops),
+                PeerMsg::Accepted { key, hops } => self.accepted(p, key, hops),
                 PeerMsg::Take { owner, key, size } => self.take(p, owner, key, size),
                 PeerMsg::Stored { key, .. } => self.stored(key),
                 PeerMsg::HandOver { members } => self.handed_over_to_me(p, members),
@@ -2187,7 +2218,7 @@ impl NodeCore {
         t.state = State::Remote {
             node,
             due_ms,
-            tries: 0,
+            acks: 0,
             hops: t.hops,
         };
         self.retry.push(Reverse((due_ms, id.idx, id.generation)));
@@ -2565,22 +2596,27 @@ impl NodeCore {
             Some(State::Memory { holders, .. }) if holders.contains(&from) => {}
             Some(State::Erred(_)) if error.is_some() => {}
             _ => {
-                // Nobody here needs it (released, or already computed elsewhere).
+                // Nobody here needs it (released, or already computed elsewhere). The
+                // release covers the copy that ran (handed on more often than this node may
+                // know): naming fewer hops would lower the worker's record of the release,
+                // and a late duplicate of the hand-over would run the task again.
                 if error.is_none() {
-                    self.release_at(from, key);
+                    let known = self.index.get(&key).and_then(|id| self.task(*id));
+                    let covers = known.map_or(u32::MAX, |t| t.hops).max(hops);
+                    self.release_at_hops(from, key, covers);
                 }
             }
         }
     }
 
     /// A peer keeps a copy of a result of this node's graphs.
-    fn holding(&mut self, from: u32, key: Key) {
+    fn holding(&mut self, from: u32, key: Key, size: u64) {
         if self
             .index
             .get(&key)
             .and_then(|id| self.task(*id))
             .is_some_and(|t| matches!(t.state, State::Waiting))
-            && self.recovering(from, &key, 0, None)
+            && self.recovering(from, &key, size, None)
         {
             return;
         }
@@ -2613,6 +2649,29 @@ impl NodeCore {
         self.place_again(id, if hops == u32::MAX { known } else { hops });
     }
 
+    /// The node `from` has the task `key` it was placed on (its answer to an assignment sent
+    /// again): the owner waits twice as long before it asks again (up to
+    /// [`MAX_RETRY_MS`]); a long task is not a lost message.
+    fn accepted(&mut self, from: u32, key: Key, hops: u32) {
+        let Some((id, node, known)) = self.placed_remote(&key) else {
+            return;
+        };
+        if node != from || hops < known {
+            return;
+        }
+        let now = self.now_ms;
+        if let Some(Task {
+            state: State::Remote { acks, due_ms, .. },
+            ..
+        }) = self.task_mut(id)
+        {
+            *acks = acks.saturating_add(1);
+            *due_ms = now + retry_wait(*acks);
+            let due = *due_ms;
+            self.retry.push(Reverse((due, id.idx, id.generation)));
+        }
+    }
+
     /// The task of this node's graphs named `key`, the node it is placed on and the hops
     /// of that assignment, if it is placed on a peer.
     fn placed_remote(&self, key: &Key) -> Option<(TaskId, u32, u32)> {
@@ -2634,9 +2693,24 @@ impl NodeCore {
 
     /// A task of this node's graphs was stolen from the node it was placed on.
     fn moved(&mut self, key: Key, to: u32, hops: u32) {
-        let Some(&id) = self.index.get(&key) else {
+        let id = self.index.get(&key).copied();
+        let finished = id
+            .and_then(|id| self.task(id))
+            .is_none_or(|t| match &t.state {
+                State::Memory { holders, .. } => !holders.contains(&to),
+                s => s.finished(),
+            });
+        if finished {
+            // Done already (a copy placed before ran it, or the task is gone): nobody needs
+            // the thief's copy, which would otherwise wait for inputs dropped since, and
+            // keep asking for them. The release covers that copy and the ones handed on
+            // from it.
+            if to != 0 {
+                self.release_at_hops(to, key, hops);
+            }
             return;
-        };
+        }
+        let Some(id) = id else { return };
         let now = self.now_ms;
         // A thief this node has not heard of yet (it just joined) is not dead.
         let to_alive = !self.peers[to as usize].dead;
@@ -2658,7 +2732,7 @@ impl NodeCore {
             t.state = State::Remote {
                 node: to,
                 due_ms: now,
-                tries: 0,
+                acks: 0,
                 hops,
             };
             self.requeue(id);
@@ -2668,7 +2742,7 @@ impl NodeCore {
         t.state = State::Remote {
             node: to,
             due_ms,
-            tries: 0,
+            acks: 0,
             hops,
         };
         self.retry.push(Reverse((due_ms, id.idx, id.generation)));
@@ -2727,18 +2801,28 @@ impl NodeCore {
     /// The owner of a result this node fetches no longer knows it: the tasks of that owner
     /// waiting for it were released (the release was lost or is late).
     fn forgotten(&mut self, owner: u32, key: Key) {
-        let Some(f) = self.fetches.remove(&(owner, key)) else {
+        let Some(f) = self.fetches.remove(&(owner, key.clone())) else {
             return;
         };
         for w in f.waiters {
-            if let FetchWaiter::Foreign(id, _) = w
-                && let Some(t) = self.foreign_ref(id)
-                && t.owner == owner
-            {
-                // The copies here, not a later placement (which would be turned away
-                // until the record expires).
-                let key = t.key.clone();
-                self.release_foreign(owner, key, 0);
+            match w {
+                FetchWaiter::Foreign(id, _) => {
+                    if let Some(t) = self.foreign_ref(id)
+                        && t.owner == owner
+                    {
+                        // The copies here, not a later placement (which would be turned
+                        // away until the record expires).
+                        let key = t.key.clone();
+                        self.release_foreign(owner, key, 0);
+                    }
+                }
+                FetchWaiter::Take(p) => {
+                    // A leaving peer's copy nobody needs: nothing to keep.
+                    let owner = self.peers[owner as usize].node.clone();
+                    let key = key.clone();
+                    self.send(p, PeerMsg::Stored { owner, key });
+                }
+                _ => {}
             }
         }
     }
@@ -2809,11 +2893,20 @@ impl NodeCore {
                     state: State::Memory { value, .. },
                     ..
                 }) => value.clone(),
-                Some(_) => None,
-                None => {
+                // Finished with no value to come: dropped as nobody needed it (its spec
+                // kept for lineage), or failed. What waits for it is not needed either
+                // (the value stays while a dependent is unfinished): it goes, rather than
+                // ask the holders round and round for a value none of them has.
+                Some(Task {
+                    state: State::Released | State::Erred(_),
+                    ..
+                })
+                | None => {
                     self.send(from, PeerMsg::Forgotten { key });
                     return;
                 }
+                // Being computed (again): not yet.
+                Some(_) => None,
             }
         } else {
             self.held.get(&(o, key.clone())).cloned()
@@ -2867,11 +2960,16 @@ impl NodeCore {
             if let Some(&id) = self.index.get(&key)
                 && let Some(t) = self.task_mut(id)
                 && let State::Memory {
-                    value: v @ None, ..
+                    value: v @ None,
+                    size,
+                    ..
                 } = &mut t.state
             {
                 let len = value.len() as u64;
                 *v = Some(value.clone());
+                // Counted as it is, and uncounted alike when dropped (a size reported by a
+                // holder may have been a guess).
+                *size = len;
                 self.stored += 1;
                 self.memory_used += len;
                 self.moved_copy(0, &key);
@@ -3391,7 +3489,7 @@ impl NodeCore {
             t.state = State::Remote {
                 node: thief,
                 due_ms,
-                tries: 0,
+                acks: 0,
                 hops,
             };
             let a = self.assignment(id);
@@ -3460,10 +3558,14 @@ impl NodeCore {
             return;
         }
         let k = (owner, a.key.clone());
-        if self.foreign_index.contains_key(&k) {
+        if let Some(&id) = self.foreign_index.get(&k) {
             // Known already; a repeated assignment carries the owner's latest holders of
             // the inputs (holders die; lost inputs are computed again elsewhere).
             self.refresh_holders(owner, &a.args);
+            if !stolen && let Some(hops) = self.foreign_ref(id).map(|f| f.hops) {
+                // The owner heard nothing for a while: the task is here.
+                self.send(owner, PeerMsg::Accepted { key: a.key, hops });
+            }
             return;
         }
         if let Some(v) = self.held.get(&k) {
@@ -3796,7 +3898,12 @@ impl NodeCore {
                 self.stored += 1;
                 self.memory_used += size;
                 let v = Bytes::from(v);
-                self.held.insert(k.clone(), v.clone());
+                if let Some(copy) = self.held.insert(k.clone(), v.clone()) {
+                    // A copy fetched meanwhile (an input of another task here): one value,
+                    // counted once.
+                    self.stored -= 1;
+                    self.memory_used -= copy.len() as u64;
+                }
                 if f.hops > 1 {
                     self.held_hops.insert(k.clone(), f.hops);
                 }

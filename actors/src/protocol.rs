@@ -651,6 +651,16 @@ pub enum PeerMsg {
         /// The hops its assignments there are void up to.
         hops: u32,
     },
+    /// The worker has this task (queued, fetching its inputs or running): its answer to an
+    /// assignment of a task it already has, sent again by an owner that heard nothing
+    /// (worker → owner). The owner then waits longer before it asks again: a long task is
+    /// not a lost message.
+    Accepted {
+        /// The task.
+        key: Key,
+        /// [`Assignment::hops`] of the copy the worker has.
+        hops: u32,
+    },
 }
 
 /// A copy of an owner's graphs kept by one of its backups, so that the graphs survive the

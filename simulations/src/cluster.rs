@@ -10,16 +10,17 @@
 //!   nodes of 3 to 200 nodes, over a lossy network. Checked at every step: no task runs
 //!   twice or before its inputs are computed, no request is answered twice; at the end:
 //!   every graph completed with the values (or the errors) of a sequential reference
-//!   evaluation, and, when no message was lost, nothing stays behind on any node. Client
-//!   sessions come and go: each attaches to its entry node (and again wherever it
-//!   re-attaches), and once its graph is done closes, drops its connection without a word,
-//!   or stays; some publish their results first and have them unpublished later; many tiny
-//!   sessions come and go beside the graphs. Checked: a take-over never brings back a
-//!   session its client closed (with no message lost, a backup never even claims one), no
-//!   session its client closed or dropped is owned by any node at the end, and the
-//!   replicated ownership table (the real [`ClusterState`], gossip modelled as instant)
-//!   reaches a lagging replica through anti-entropy messages that each fit the gossip
-//!   frame.
+//!   evaluation; once the graphs are done and the faults over, the cluster falls silent
+//!   (no peer message after [`SETTLE_US`]) and, when no message was lost, nothing stays
+//!   behind on any node. Client sessions come and go: each attaches to its entry node (and
+//!   again wherever it re-attaches), and once its graph is done closes, drops its
+//!   connection without a word, or stays; some publish their results first and have them
+//!   unpublished later; many tiny sessions come and go beside the graphs. Checked: a
+//!   take-over never brings back a session its client closed (with no message lost, a
+//!   backup never even claims one), no session its client closed or dropped is owned by any
+//!   node at the end, and the replicated ownership table (the real [`ClusterState`], gossip
+//!   modelled as instant) reaches a lagging replica through anti-entropy messages that each
+//!   fit the gossip frame.
 //! - [`steal_efficiency`]: one graph submitted to one node of P single-thread nodes; the
 //!   makespan against the lower bound max(T1/P, T∞), and against an oracle central
 //!   scheduler (greedy list scheduling with free communication) on the same graph.
@@ -43,8 +44,25 @@ use rdask_graph::{
     Arg, GraphId, Key, Placement, Registry, TaskEntry, TaskErrorKind, TaskFailure, TaskSpec, value,
 };
 
-/// How long nodes go on ticking after the last graph is done.
-const GRACE_US: u64 = 5_000_000;
+/// Quiescence. A cluster with nothing to do falls silent: once every graph is done (its
+/// client released it) and the faults are over (the last crash, leave, join, partition,
+/// heal, membership news or memory change), its nodes stop messaging each other within
+/// [`SETTLE_US`], and then, if the network lost nothing, hold nothing. A run ends once no peer message was sent for
+/// [`QUIET_US`] (the nodes tick on all the while: retries and clean-ups run on the clock).
+///
+/// `QUIET_US` is longer than the longest wait of the core between two messages of one
+/// exchange (assignments are sent again after up to 32 s), so that a slow endless exchange
+/// is seen, not taken for silence.
+const QUIET_US: u64 = 40_000_000;
+/// How long after the last graph and the last fault peer messages may still flow: as long
+/// as a graph may take ([`STALL_US`]). What legitimately follows them is releases, a
+/// take-over's inventories (3 tries, 1 s apart), a dead owner's leftovers dropped after
+/// 10 s, a hand-over given up after 30 s, retries backing off to 32 s; and, after a
+/// partition, a node that took over an owner's sessions from the minority side computing a
+/// graph again that its client already has (work done twice, as documented). Seeds
+/// 8,000,000–8,019,999 and 3,000,000–3,019,999 (`--max-nodes 32`) fall silent within
+/// 29.3 s; a loop never does (`rdask-sim` prints the longest, [`ClusterReport::settle_us`]).
+const SETTLE_US: u64 = STALL_US;
 
 /// A value of the simulated tasks: a hash and padding that gives it its size.
 type SimValue = (u64, Vec<u8>);
@@ -415,6 +433,9 @@ pub struct ClusterReport {
     pub duplicated: u64,
     /// Virtual µs from the first submission to the last graph's results.
     pub makespan_us: u64,
+    /// Virtual µs from the moment the cluster settled (its last graph done, its last fault
+    /// over) to its last peer message: how long it took to fall silent.
+    pub settle_us: u64,
     /// Invariant violations (empty when the run is correct).
     pub violations: Vec<String>,
 }
@@ -679,6 +700,47 @@ struct Sim {
     side: Vec<u8>,
     /// (observer, node) pairs declared dead across the partition.
     cut_dead: BTreeSet<(usize, usize)>,
+    /// Faults scheduled and not yet happened (crashes, leaves, joins, partitions, heals,
+    /// membership news, memory changes, clients re-attaching), and when the last happened.
+    faults_pending: u64,
+    last_fault_at: u64,
+    /// When the last peer batch was sent.
+    last_send_at: u64,
+    /// Peer batches sent more than [`SETTLE_US`] after the cluster settled, and a few of
+    /// them.
+    late_sends: u64,
+    late_sample: Vec<String>,
+}
+
+/// Whether an event is a fault (or a client's move): the cluster settles once none is left.
+fn is_fault(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::Crash(_)
+            | Event::Detect(..)
+            | Event::Reattach(_)
+            | Event::Leave(_)
+            | Event::Join
+            | Event::Partition(_)
+            | Event::Heal
+            | Event::Suspect(..)
+            | Event::Revive(..)
+            | Event::Memory(..)
+    )
+}
+
+/// A short description of a peer message for diagnostics: its kind and its key.
+fn describe_msg(m: &PeerMsg) -> String {
+    let text = format!("{m:?}");
+    let kind: String = text.chars().take_while(|c| c.is_alphanumeric()).collect();
+    let key = text
+        .find("Key(")
+        .map(|at| {
+            let rest = &text[at + 4..];
+            rest[..rest.find(')').unwrap_or(rest.len())].to_string()
+        })
+        .unwrap_or_default();
+    format!("{kind} {key}")
 }
 
 impl Sim {
@@ -734,13 +796,34 @@ impl Sim {
             session_grace_us: rdask_actors::SESSION_GRACE_MS * 1000,
             side: vec![0; n],
             cut_dead: BTreeSet::new(),
+            faults_pending: 0,
+            last_fault_at: 0,
+            last_send_at: 0,
+            late_sends: 0,
+            late_sample: Vec::new(),
         }
+    }
+
+    /// When the cluster settled: the last graph done and the last fault over (`None` while
+    /// a graph is open or a fault is to come).
+    fn settled_at(&self) -> Option<u64> {
+        if self.faults_pending > 0 {
+            return None;
+        }
+        let mut last = self.last_fault_at;
+        for g in &self.graphs {
+            last = last.max(g.done_at?);
+        }
+        Some(last)
     }
 
     fn at(&mut self, delay: u64, e: Event) {
         self.seq += 1;
         if !matches!(e, Event::Tick(_) | Event::Members | Event::Expire(..)) {
             self.live_events += 1;
+        }
+        if is_fault(&e) {
+            self.faults_pending += 1;
         }
         self.events.insert(self.seq, e);
         self.queue.push(Reverse((self.now + delay, self.seq)));
@@ -886,6 +969,7 @@ impl Sim {
         }
         self.start_jobs(i);
         for (to, batch) in self.nodes[i].core.take_sends() {
+            self.sent(i, &to, &batch);
             let Some(&j) = self.by_name.get(&to) else {
                 self.report
                     .violations
@@ -957,12 +1041,46 @@ impl Sim {
         self.at(delay, Event::Claimed(i, graph, taken));
     }
 
+    /// Node `i` sends a batch: noted for the quiescence check.
+    fn sent(&mut self, i: usize, to: &NodeId, batch: &PeerBatch) {
+        self.last_send_at = self.now;
+        if let Some(settled) = self.settled_at()
+            && self.now > settled + SETTLE_US
+        {
+            self.late_sends += 1;
+            if self.late_sample.len() < 6 {
+                let msgs: Vec<String> = batch.msgs.iter().take(3).map(describe_msg).collect();
+                self.late_sample.push(format!(
+                    "at {:.1} s node {i} -> {to}: {}",
+                    self.now as f64 / 1e6,
+                    msgs.join(", ")
+                ));
+            }
+        }
+    }
+
+    /// With `RDASK_SIM_WATCH` set, the watched key's messages the network loses.
+    fn watch_lost(&self, from: usize, to: usize, batch: &PeerBatch) {
+        let Some(k) = &self.watch else { return };
+        for m in &batch.msgs {
+            let text = format!("{m:?}");
+            if text.contains(k.as_str()) {
+                eprintln!(
+                    "{:>10} {from}->{to} LOST {}",
+                    self.now,
+                    &text[..text.len().min(300)]
+                );
+            }
+        }
+    }
+
     fn transmit(&mut self, from: usize, to: usize, batch: PeerBatch) {
         if self.nodes[from].crashed || self.nodes[to].crashed {
             return;
         }
         if self.side[from] != self.side[to] {
             self.report.lost += 1;
+            self.watch_lost(from, to, &batch);
             return;
         }
         let bytes: u64 = batch
@@ -978,6 +1096,7 @@ impl Sim {
         self.note(2, (from * 1000 + to) as u64);
         if self.net.loss > 0.0 && self.rng.random_bool(self.net.loss) {
             self.report.lost += 1;
+            self.watch_lost(from, to, &batch);
             return;
         }
         if self.net.duplicate > 0.0 && self.rng.random_bool(self.net.duplicate) {
@@ -1117,6 +1236,7 @@ impl Sim {
     /// Node `i` is gone: it stops, and the others' membership finds out (a leaving node's
     /// notice spreads like a failure's detection, sooner).
     fn gone(&mut self, i: usize) {
+        self.last_fault_at = self.now;
         self.nodes[i].crashed = true;
         self.nodes[i].queue.clear();
         let leaving = self.nodes[i].leaving;
@@ -1439,30 +1559,24 @@ impl Sim {
             self.at(offset, Event::Tick(i));
         }
         self.at(1_000_000, Event::Members);
-        // Once every graph is done and nothing is in flight, the nodes tick a little longer
-        // (retries and clean-ups are driven by the clock), then the run ends.
-        let mut end_at = None;
+        // Once every graph is done and the faults are over, the run ends when the cluster
+        // has been quiet for `QUIET_US`; a cluster that is not quiet `SETTLE_US` after
+        // that is stopped `QUIET_US` later (it may never be).
+        let mut timed_out = false;
         while let Some(Reverse((t, seq))) = self.queue.pop() {
-            if end_at.is_none()
-                && self.live_events == 0
-                && self.graphs.iter().all(|g| g.done_at.is_some())
-            {
-                // Members wait ORPHAN_MS for a take-over before they drop a dead owner's
-                // leftovers.
-                let grace = if self.report.stats.crashes > 0
-                    || self.report.stats.leaves > 0
-                    || self.report.stats.partitions > 0
+            if let Some(settled) = self.settled_at() {
+                // Sessions whose clients went without closing end after their grace: the
+                // run lasts at least that long after the graphs.
+                let sessions_over = settled + self.session_grace_us + 1_000_000;
+                if self.live_events == 0
+                    && t > self.last_send_at.max(settled) + QUIET_US
+                    && t > sessions_over
                 {
-                    GRACE_US + 10_000_000
-                } else {
-                    GRACE_US
-                };
-                // Sessions whose clients went without closing end after their grace.
-                let grace = grace.max(self.session_grace_us + 1_000_000);
-                end_at = Some(self.now + grace);
-            }
-            if end_at.is_some_and(|e| t > e) {
-                break;
+                    break;
+                }
+                if t > settled.max(sessions_over) + SETTLE_US + QUIET_US {
+                    break;
+                }
             }
             if t > limit_us {
                 let kinds: Vec<String> = self
@@ -1479,18 +1593,25 @@ impl Sim {
                     })
                     .take(5)
                     .collect();
-                eprintln!("live {} {kinds:?}", self.live_events);
                 self.report.violations.push(format!(
-                    "not finished after {} virtual s: {}",
+                    "not finished after {} virtual s: {}; in flight {kinds:?}",
                     limit_us / 1_000_000,
                     self.unfinished()
                 ));
-                return;
+                timed_out = true;
+                break;
             }
             self.now = t;
             let e = self.events.remove(&seq).expect("scheduled");
+            if self.watch.is_some() {
+                self.print_fault(&e);
+            }
             if !matches!(e, Event::Tick(_) | Event::Members | Event::Expire(..)) {
                 self.live_events -= 1;
+            }
+            if is_fault(&e) {
+                self.faults_pending -= 1;
+                self.last_fault_at = self.now;
             }
             match e {
                 Event::Submit(g) => {
@@ -1663,12 +1784,70 @@ impl Sim {
         for n in &self.nodes {
             self.report.stats.add(n.core.stats());
         }
-        if self.graphs.iter().any(|g| g.done_at.is_none()) {
+        // Whatever the network did, a node accounts exactly the values it holds (memory it
+        // does not hold would pause it for nothing).
+        for (i, n) in self.nodes.iter().enumerate() {
+            let load = n.core.load();
+            let held = n.core.values_held();
+            if !n.crashed && (load.stored, load.memory_used) != held {
+                self.report.violations.push(format!(
+                    "node {i} accounts {} values of {} bytes and holds {} of {} bytes",
+                    load.stored, load.memory_used, held.0, held.1
+                ));
+            }
+        }
+        if !timed_out && self.graphs.iter().any(|g| g.done_at.is_none()) {
             self.report.violations.push(format!(
                 "the run stopped with graphs unfinished: {}",
                 self.unfinished()
             ));
         }
+        if let Some(settled) = self.settled_at() {
+            self.report.settle_us = self.last_send_at.saturating_sub(settled);
+        }
+        if let Some(settled) = self.settled_at()
+            && self.late_sends > 0
+        {
+            let left = self.leftovers();
+            self.report.violations.push(format!(
+                "not quiet: the last graph and the last fault were over at {:.1} virtual s, and \
+                 {} peer batches were sent more than {} s later, the last at {:.1} s: {:?}; {}",
+                settled as f64 / 1e6,
+                self.late_sends,
+                SETTLE_US / 1_000_000,
+                self.last_send_at as f64 / 1e6,
+                self.late_sample,
+                if left.is_empty() {
+                    "the nodes hold nothing".to_string()
+                } else {
+                    let more = left.len().saturating_sub(6);
+                    format!("still held: {:?} ({more} more)", &left[..left.len().min(6)])
+                }
+            ));
+        }
+    }
+
+    /// With `RDASK_SIM_WATCH` set, faults are printed beside the watched key's messages.
+    fn print_fault(&self, e: &Event) {
+        let text = match e {
+            Event::Crash(i) => format!("node {i} crashes"),
+            Event::Leave(i) => format!("node {i} is told to leave"),
+            Event::Join => format!("node {} joins", self.nodes.len()),
+            Event::Partition(group) => format!("partition: {group:?} cut off"),
+            Event::Heal => "the partition heals".into(),
+            Event::Suspect(o, i) if self.side[*o] != self.side[*i] => {
+                format!("node {o} declares node {i} dead (across the partition)")
+            }
+            Event::Revive(o, i) if self.nodes[*o].dead_seen[*i] => {
+                format!("node {o} sees node {i} alive again")
+            }
+            Event::Detect(o, i) if *i != usize::MAX && !self.nodes[*o].dead_seen[*i] => {
+                format!("node {o} learns node {i} is gone")
+            }
+            Event::Memory(i, b) => format!("node {i}'s memory is now {b} bytes"),
+            _ => return,
+        };
+        eprintln!("{:>10} {text}", self.now);
     }
 
     fn unfinished(&self) -> String {
@@ -1751,15 +1930,27 @@ impl Sim {
         }
     }
 
-    /// After the run: with no message lost, every node holds nothing.
+    /// After the run: with no message lost (duplicates are harmless), every node holds
+    /// nothing. (A lost release leaves a value behind, a lost copy of a backup's change a
+    /// spec; and so does a take-over of the sessions of an owner cut off by a partition,
+    /// whose client released its futures there: these are not checked.)
     fn check_empty(&mut self) {
+        let left = self.leftovers();
+        self.report.violations.extend(left);
+    }
+
+    /// What live nodes still keep: keys of their graphs, results and tasks of others',
+    /// copies of others' graphs, memory.
+    fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
             if n.crashed {
                 continue;
             }
             let (held, pending) = n.core.foreign_keys();
-            if n.core.tracked_keys() != 0 || held != 0 || pending != 0 {
-                self.report.violations.push(format!(
+            let keeps = n.core.tracked_keys() != 0 || held != 0 || pending != 0;
+            if keeps {
+                left.push(format!(
                     "node {i} keeps {} keys of its graphs ({:?}), {held} results ({:?}) and {pending} tasks of others",
                     n.core.tracked_keys(),
                     n.core.tracked_sample(3),
@@ -1768,18 +1959,19 @@ impl Sim {
             }
             let (owners, specs) = n.core.replica_keys();
             if specs != 0 {
-                self.report.violations.push(format!(
+                left.push(format!(
                     "node {i} keeps copies of {specs} tasks of {owners} owners: {:?}",
                     n.core.replica_sample()
                 ));
             }
             let load = n.core.load();
-            if load.memory_used != 0 || load.stored != 0 {
-                self.report.violations.push(format!(
+            if (load.memory_used != 0 || load.stored != 0) && !keeps {
+                left.push(format!(
                     "node {i} accounts memory it does not hold: {load:?}"
                 ));
             }
         }
+        left
     }
 }
 
@@ -1992,7 +2184,7 @@ fn chaos(seed: u64, nodes: impl FnOnce(&mut StdRng) -> usize) -> ClusterReport {
             STALL_US / 1_000_000
         ));
     }
-    if sim.report.lost == 0 && sim.report.duplicated == 0 && sim.report.violations.is_empty() {
+    if sim.report.lost == 0 && sim.report.violations.is_empty() {
         sim.check_empty();
     }
     sim.report.trace_hash = sim.trace;

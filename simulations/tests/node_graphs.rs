@@ -18,7 +18,7 @@ fn random_graphs_give_reference_results_and_leave_nothing_behind() {
         let r = node_graphs(seed, &cfg);
         assert!(
             r.violations.is_empty(),
-            "seed {seed}: {:?}\nreplay: cargo run -p rdask-sim --bin rdask-sim -- --seed {seed}",
+            "seed {seed}: {:?}\nreplay: cargo run -p rdask-sim --bin rdask-sim -- --scenario node-graphs --seed {seed}",
             r.violations
         );
         tasks += r.tasks_run;

@@ -23,10 +23,12 @@ fn owners_die_and_every_graph_still_completes_with_reference_results() {
         let r = graphs_chaos_between(seed + 1_000_000, 3, 32);
         assert!(
             r.violations.is_empty(),
-            "seed {} ({} nodes): {:?}",
+            "seed {} ({} nodes): {:?}\nreplay: cargo run --release -p rdask-sim --bin rdask-sim -- \
+             --scenario graphs-chaos --seed {} --max-nodes 32",
             seed + 1_000_000,
             r.nodes,
-            r.violations
+            r.violations,
+            seed + 1_000_000
         );
         for (s, v) in sums.iter_mut().zip([
             r.stats.stolen,

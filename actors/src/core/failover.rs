@@ -919,7 +919,11 @@ impl NodeCore {
             if let Some(h) = self.held_hops.remove(&k) {
                 self.held_hops.insert((from, k.1.clone()), h);
             }
-            self.held.insert((from, k.1), v);
+            if let Some(same) = self.held.insert((from, k.1), v) {
+                // The new owner's own copy of the same key: one value, counted once.
+                self.stored -= 1;
+                self.memory_used -= same.len() as u64;
+            }
         }
         let mut running = Vec::new();
         let keys: Vec<(u32, Key)> = owned_by(&self.foreign_index, o);
@@ -1048,8 +1052,8 @@ impl NodeCore {
             None => {
                 // Late: the state was rebuilt without this answer. Copies are welcome if
                 // the value is finished; anything else is not needed there.
-                for (k, _) in held {
-                    self.holding(from, k);
+                for (k, size) in held {
+                    self.holding(from, k, size);
                 }
                 for (k, _) in running {
                     let placed_there = self
@@ -1254,7 +1258,7 @@ impl NodeCore {
                 t.state = State::Remote {
                     node,
                     due_ms,
-                    tries: 0,
+                    acks: 0,
                     hops,
                 };
                 self.retry.push(Reverse((due_ms, id.idx, id.generation)));
@@ -1271,9 +1275,9 @@ impl NodeCore {
         // rebuilt state does not expect them are stopped.
         let mut held: Vec<(Key, (Vec<u32>, u64))> = r.held.into_iter().collect();
         held.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (k, (holders, _)) in held {
+        for (k, (holders, size)) in held {
             for h in holders {
-                self.holding(h, k.clone());
+                self.holding(h, k.clone(), size);
             }
         }
         let mut running: Vec<(Key, (u32, u32))> = r.running.into_iter().collect();

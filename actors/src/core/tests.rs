@@ -1242,3 +1242,309 @@ fn a_taken_over_dataset_keeps_its_session_and_a_refused_take_over_is_dropped() {
     );
     assert_eq!(releases(&mut b), vec![GraphId(4u128 << 64)]);
 }
+
+/// An assignment of `key` (function `f`, arguments `args`) from the owner `owner`, handed
+/// on `hops` times.
+fn assignment(owner: &str, key: &str, f: &str, args: Vec<AssignArg>, hops: u32) -> Assignment {
+    Assignment {
+        owner: NodeId(Arc::from(owner)),
+        key: Key::from(key),
+        function: Arc::from(f),
+        args,
+        priority: 0,
+        placement: None,
+        resources: Vec::new(),
+        hops,
+        retries: 0,
+    }
+}
+
+#[test]
+fn a_worker_asking_the_owner_for_an_input_it_dropped_is_told_so_and_drops_the_task_waiting_for_it()
+{
+    let [mut o, mut w] = cluster(["node-o", "node-w"]);
+    // node-o runs `x` and `y = x + 1` itself; the client keeps only `y`, so the value of
+    // `x` is dropped (its spec stays: `y` names it).
+    o.handle_submit(
+        RequestId(1),
+        vec![GraphSubmission {
+            id: GraphId(1),
+            tasks: vec![
+                spec("x", "inc", vec![lit(1)]),
+                spec("y", "inc", vec![key("x")]),
+            ],
+            keep: vec![Key::from("y")],
+        }],
+    );
+    o.take_replies();
+    assert_eq!(run_all(&mut o), vec!["x".to_string(), "y".to_string()]);
+    assert!(o.describe(&Key::from("x")).unwrap().contains("released"));
+    // A copy of `y` that node-o no longer counts on (placed before it ran `y` itself, and
+    // handed on since) reaches node-w: it asks the holder of `x`, node-o.
+    let from_o = NodeId(Arc::from("node-o"));
+    let input = AssignArg::Input {
+        key: Key::from("x"),
+        size: 8,
+        holders: vec![from_o.clone()],
+    };
+    let stale = assignment("node-o", "y", "inc", vec![input], 3);
+    w.handle_peer(&from_o, idle_batch(vec![PeerMsg::Assign(stale)]));
+    assert_eq!(w.foreign_keys(), (0, 1));
+    for _ in 0..3 {
+        deliver(&mut w, &mut o);
+        deliver(&mut o, &mut w);
+    }
+    // node-o says the value is gone for good, and node-w drops the copy (it used to be told
+    // "not here", and to ask the holders round and round, for ever).
+    assert_eq!(w.foreign_keys(), (0, 0));
+    w.handle_tick(10_000);
+    assert!(sends(&mut w).is_empty(), "node-w asks no more");
+    assert!(run_all(&mut w).is_empty());
+}
+
+#[test]
+fn a_copy_stolen_from_a_node_after_its_owner_finished_the_task_elsewhere_is_released() {
+    let [mut o, _v, mut t] = cluster(["node-o", "node-v", "node-t"]);
+    // node-o has the value of `x` (an earlier copy ran); node-v had a later placement of
+    // `x`, which node-t stole from it before node-v heard it was not needed.
+    submit(&mut o, 1, vec![spec("x", "inc", vec![lit(1)])]);
+    assert_eq!(run_all(&mut o), vec!["x".to_string()]);
+    let from_v = NodeId(Arc::from("node-v"));
+    let copy = assignment(
+        "node-o",
+        "x",
+        "inc",
+        vec![AssignArg::Value(value::encode(&1i64).unwrap())],
+        3,
+    );
+    t.handle_peer(
+        &from_v,
+        idle_batch(vec![PeerMsg::Stolen {
+            tasks: vec![copy],
+            busiest: None,
+        }]),
+    );
+    assert_eq!(t.foreign_keys(), (0, 1));
+    // node-v tells the owner where its copy went: node-o needs none, and releases it there
+    // (it used to ignore the news: the copy ran, or waited for inputs dropped since).
+    o.handle_peer(
+        &from_v,
+        idle_batch(vec![PeerMsg::Moved {
+            key: Key::from("x"),
+            to: NodeId(Arc::from("node-t")),
+            hops: 3,
+        }]),
+    );
+    deliver(&mut o, &mut t);
+    assert_eq!(t.foreign_keys(), (0, 0));
+    assert!(run_all(&mut t).is_empty());
+    assert_eq!(gather_via(&mut o, &mut t, &["x"]), vec![2]);
+}
+
+#[test]
+fn assignments_lost_in_a_row_are_sent_again_every_two_seconds_and_a_long_task_less_often() {
+    let [mut o, mut w] = cluster(["node-o", "node-w"]);
+    // node-o is paused: its task goes to node-w.
+    o.set_memory_limit(Some(100));
+    o.handle_process_memory(100);
+    submit(&mut o, 1, vec![spec("x", "inc", vec![lit(1)])]);
+    let assigned = |o: &mut NodeCore| {
+        let to_w = sends(o).remove("node-w").unwrap_or_default();
+        to_w.iter()
+            .filter(|m| matches!(m, PeerMsg::Assign(_)))
+            .count()
+    };
+    assert_eq!(assigned(&mut o), 1);
+    // The assignment and the next ones are lost: node-o hears nothing, and sends it again
+    // every 2 s (it used to wait twice as long each time: five messages lost in a row cost
+    // a minute).
+    for at in [2_000, 4_000, 6_000, 8_000] {
+        o.handle_tick(at - 1);
+        assert_eq!(assigned(&mut o), 0, "not before {at} ms");
+        o.handle_tick(at);
+        assert_eq!(assigned(&mut o), 1, "sent again at {at} ms");
+    }
+    // The next one arrives: node-w queues the task (a long one, say). Asked again, it says
+    // it has it, and node-o waits twice as long each time.
+    o.handle_tick(10_000);
+    deliver(&mut o, &mut w);
+    assert_eq!(w.foreign_keys(), (0, 1));
+    let mut at = 10_000;
+    for wait in [2_000, 4_000, 8_000, 16_000, 32_000, 32_000] {
+        at += wait;
+        o.handle_tick(at - 1);
+        assert_eq!(assigned(&mut o), 0, "not before {at} ms");
+        o.handle_tick(at);
+        deliver(&mut o, &mut w);
+        let told = sends(&mut w).remove("node-o").unwrap_or_default();
+        assert!(
+            matches!(told.as_slice(), [PeerMsg::Accepted { key, .. }] if key.as_str() == "x"),
+            "node-w has it: {told:?}"
+        );
+        o.handle_peer(&NodeId(Arc::from("node-w")), idle_batch(told));
+    }
+    assert_eq!(run_all(&mut w), vec!["x".to_string()]);
+    assert_eq!(gather_via(&mut o, &mut w, &["x"]), vec![2]);
+}
+
+#[test]
+fn a_result_computed_where_a_copy_of_it_was_fetched_meanwhile_is_counted_once() {
+    let [mut o, mut w] = cluster(["node-o", "node-w"]);
+    // node-o has `x` (it ran it); node-w has a copy of the assignment of `x` queued (one
+    // node-o placed before it ran `x` itself).
+    submit(&mut o, 1, vec![spec("x", "inc", vec![lit(1)])]);
+    assert_eq!(run_all(&mut o), vec!["x".to_string()]);
+    let from_o = NodeId(Arc::from("node-o"));
+    let one = AssignArg::Value(value::encode(&1i64).unwrap());
+    let x = assignment("node-o", "x", "inc", vec![one], 1);
+    w.handle_peer(&from_o, idle_batch(vec![PeerMsg::Assign(x)]));
+    // Then `y = x + 1` is placed there: node-w fetches `x` from node-o, and keeps the copy.
+    let input = AssignArg::Input {
+        key: Key::from("x"),
+        size: 8,
+        holders: vec![from_o.clone()],
+    };
+    let y = assignment("node-o", "y", "inc", vec![input], 1);
+    w.handle_peer(&from_o, idle_batch(vec![PeerMsg::Assign(y)]));
+    deliver(&mut w, &mut o);
+    deliver(&mut o, &mut w);
+    assert_eq!(w.foreign_keys().0, 1);
+    // Both run; `x` computed here replaces the copy: two values held, two counted.
+    let mut ran = run_all(&mut w);
+    ran.sort();
+    assert_eq!(ran, vec!["x".to_string(), "y".to_string()]);
+    assert_eq!(w.foreign_keys(), (2, 0));
+    assert_eq!(w.load().stored, 2);
+    assert_eq!(w.values_held(), (w.load().stored, w.load().memory_used));
+    // Released, nothing is left, and no memory is counted (it used to count the copy for
+    // ever: a node paused for memory it does not hold).
+    w.handle_peer(
+        &from_o,
+        idle_batch(vec![PeerMsg::Release {
+            owner: from_o.clone(),
+            keys: vec![Key::from("x"), Key::from("y")],
+            hops: 1,
+        }]),
+    );
+    assert_eq!(w.foreign_keys(), (0, 0));
+    assert_eq!((w.load().stored, w.load().memory_used), (0, 0));
+}
+
+#[test]
+fn a_result_its_owner_does_not_need_is_released_with_the_hops_of_the_copy_that_ran() {
+    let [mut o, _v, mut t] = cluster(["node-o", "node-v", "node-t"]);
+    // node-o has `x` (it ran it); node-t stole a later copy of it from node-v (two
+    // hand-overs) and runs it.
+    submit(&mut o, 1, vec![spec("x", "inc", vec![lit(1)])]);
+    assert_eq!(run_all(&mut o), vec!["x".to_string()]);
+    let from_v = NodeId(Arc::from("node-v"));
+    let one = AssignArg::Value(value::encode(&1i64).unwrap());
+    let stolen = PeerMsg::Stolen {
+        tasks: vec![assignment("node-o", "x", "inc", vec![one], 2)],
+        busiest: None,
+    };
+    t.handle_peer(&from_v, idle_batch(vec![stolen.clone()]));
+    assert_eq!(run_all(&mut t), vec!["x".to_string()]);
+    // node-o hears where the copy went, and releases it there; then hears it finished.
+    o.handle_peer(
+        &from_v,
+        idle_batch(vec![PeerMsg::Moved {
+            key: Key::from("x"),
+            to: NodeId(Arc::from("node-t")),
+            hops: 2,
+        }]),
+    );
+    deliver(&mut t, &mut o);
+    deliver(&mut o, &mut t);
+    assert_eq!(t.foreign_keys(), (0, 0));
+    // A late duplicate of node-v's hand-over is recognised: node-o's answer to the `Done`
+    // covered the copy that ran (it named node-o's own hops, 0, which lowered node-t's
+    // record of the release: the duplicate ran the task again).
+    t.handle_peer(&from_v, idle_batch(vec![stolen]));
+    assert!(run_all(&mut t).is_empty());
+    assert_eq!(t.foreign_keys(), (0, 0));
+}
+
+#[test]
+fn a_copy_announced_to_a_take_over_waiting_for_inventories_keeps_its_size() {
+    let [mut a, mut b, mut c] = cluster(["node-a", "node-b", "node-c"]);
+    // node-a owns `x` (the client keeps it); both others get a copy of the graph.
+    submit(
+        &mut a,
+        (7u128 << 64) | 1,
+        vec![spec("x", "inc", vec![lit(1)])],
+    );
+    let from_a = NodeId(Arc::from("node-a"));
+    for (dest, batch) in a.take_sends() {
+        for n in [&mut b, &mut c] {
+            if *dest.0 == *n.node() {
+                n.handle_peer(&from_a, batch.clone());
+            }
+        }
+    }
+    // node-a dies: the first of the others in its rendezvous order takes over, and waits
+    // for the other's inventory.
+    for n in [&mut b, &mut c] {
+        let view: Vec<PeerUpdate> = ["node-a", "node-b", "node-c"]
+            .iter()
+            .map(|m| member(n, m, *m != "node-a"))
+            .collect();
+        n.handle_members(&view);
+    }
+    let (new, other) = if b.stats().takeovers == 1 {
+        (b, c)
+    } else {
+        (c, b)
+    };
+    let mut new = new;
+    assert_eq!(new.stats().takeovers, 1);
+    let m = NodeId(Arc::from(other.node()));
+    // The other node announces a copy of `x` (fetched meanwhile) before its inventory.
+    new.handle_peer(
+        &m,
+        idle_batch(vec![PeerMsg::Holding {
+            key: Key::from("x"),
+            size: 8,
+        }]),
+    );
+    new.handle_peer(
+        &m,
+        idle_batch(vec![PeerMsg::Inventory {
+            old: from_a.clone(),
+            held: Vec::new(),
+            running: Vec::new(),
+            moved: Vec::new(),
+            erred: Vec::new(),
+        }]),
+    );
+    // Finished, held there, with its size (it was taken for 0 bytes).
+    let id = new.index[&Key::from("x")];
+    assert!(matches!(
+        &new.task(id).unwrap().state,
+        State::Memory { value: None, holders, size: 8 } if holders.len() == 1
+    ));
+    // The client gathers it (fetched from there) and releases it: nothing is counted.
+    new.handle_gather(RequestId(5), vec![Key::from("x")], 1_000);
+    let asked = sends(&mut new).remove(other.node()).unwrap_or_default();
+    assert!(
+        asked.iter().any(|m| matches!(m, PeerMsg::Fetch { .. })),
+        "{asked:?}"
+    );
+    let two = value::encode(&2i64).unwrap();
+    let owner = NodeId(Arc::from(new.node()));
+    new.handle_peer(
+        &m,
+        idle_batch(vec![PeerMsg::Data {
+            owner,
+            key: Key::from("x"),
+            value: Some(two),
+        }]),
+    );
+    assert!(matches!(
+        new.take_replies().as_slice(),
+        [(RequestId(5), ClientResponse::Results(r))] if int(&r[0]) == 2
+    ));
+    new.handle_release(RequestId(6), vec![Key::from("x")]);
+    assert_eq!(new.values_held(), (0, 0));
+    assert_eq!((new.load().stored, new.load().memory_used), (0, 0));
+}

@@ -11,7 +11,9 @@
 //! membership scenarios `join`, `crash`, `loss`, `partition`, `restart`,
 //! `membership-chaos` (the default). `graphs-chaos` also reports the longest makespan and
 //! how many runs took over a virtual minute; `--show-slow` lists those runs (a run over
-//! 100 virtual s is a stall, and fails).
+//! 100 virtual s is a stall, and fails; so is a cluster that goes on messaging, or keeps
+//! accounts memory it does not hold, once its graphs are done). The replay command names every
+//! option that shapes the run (`--max-nodes`, `--nodes`).
 
 use rdask_sim::{
     SCENARIOS, SHAPES, SimConfig, graphs_chaos, graphs_chaos_between, node_graphs, run_membership,
@@ -64,16 +66,30 @@ fn main() {
 
     if scenario == "graphs-chaos" {
         let fixed = get("--nodes").map(|_| nodes);
+        let max_nodes = get("--max-nodes").map(|_| num("--max-nodes", 32) as usize);
+        // The command that replays one seed: every option that shapes a run (`--max-nodes`
+        // draws the cluster's size from 3..=N, and wins over `--nodes`).
+        let replay = |seed: u64| {
+            let shape = match (max_nodes, fixed) {
+                (Some(m), _) => format!(" --max-nodes {m}"),
+                (None, Some(n)) => format!(" --nodes {n}"),
+                (None, None) => String::new(),
+            };
+            format!(
+                "cargo run --release -p rdask-sim --bin rdask-sim -- --scenario graphs-chaos --seed {seed}{shape}"
+            )
+        };
         let started = std::time::Instant::now();
         let mut sums = [0u64; 28];
         let mut largest_state_msg = 0u64;
         // The longest makespan and its seed, and how many runs took over a minute: a
         // graph that completes only after a long stall passes the checks, but shows here.
         let mut slowest = (0u64, from);
+        // The longest a cluster took to fall silent once settled, and its seed.
+        let mut settle = (0u64, from);
         let mut over_a_minute = 0u64;
         let show_slow = args.iter().any(|a| a == "--show-slow");
         for seed in from..from + count {
-            let max_nodes = get("--max-nodes").map(|_| num("--max-nodes", 32) as usize);
             let run = std::panic::catch_unwind(|| match max_nodes {
                 Some(m) => graphs_chaos_between(seed, 3, m),
                 None => graphs_chaos(seed, fixed),
@@ -83,10 +99,8 @@ fn main() {
                 Err(_) => {
                     failed += 1;
                     eprintln!(
-                        "graphs-chaos seed {seed} PANICKED\n  replay: cargo run --release -p rdask-sim --bin rdask-sim -- --scenario graphs-chaos --seed {seed}{}",
-                        max_nodes
-                            .map(|m| format!(" --max-nodes {m}"))
-                            .unwrap_or_default()
+                        "graphs-chaos seed {seed} PANICKED\n  replay: {}",
+                        replay(seed)
                     );
                     continue;
                 }
@@ -94,6 +108,9 @@ fn main() {
             trace = trace.rotate_left(5) ^ r.trace_hash;
             if r.makespan_us > slowest.0 {
                 slowest = (r.makespan_us, seed);
+            }
+            if r.settle_us > settle.0 {
+                settle = (r.settle_us, seed);
             }
             if r.makespan_us > 60_000_000 {
                 over_a_minute += 1;
@@ -159,9 +176,7 @@ fn main() {
                     "graphs-chaos seed {seed} ({} nodes) FAILED: {:?}",
                     r.nodes, r.violations
                 );
-                eprintln!(
-                    "  replay: cargo run --release -p rdask-sim --bin rdask-sim -- --scenario graphs-chaos --seed {seed}"
-                );
+                eprintln!("  replay: {}", replay(seed));
             }
         }
         println!(
@@ -176,7 +191,8 @@ fn main() {
              nodes paused for memory {}\n  sessions: closed by their clients {}, ended at \
              their owners {}, take-overs of ended sessions refused {}, datasets published {}; \
              largest anti-entropy message of the tables {largest_state_msg} bytes\n  \
-             makespan: longest {:.1} virtual s (seed {}), {over_a_minute} runs over a minute",
+             makespan: longest {:.1} virtual s (seed {}), {over_a_minute} runs over a minute\n  \
+             quiet after the last graph and fault within {:.1} virtual s (seed {})",
             count - failed,
             started.elapsed().as_secs_f64(),
             sums[0],
@@ -210,7 +226,9 @@ fn main() {
             sums[26],
             sums[27],
             slowest.0 as f64 / 1e6,
-            slowest.1
+            slowest.1,
+            settle.0 as f64 / 1e6,
+            settle.1
         );
     } else if scenario == "steal-efficiency" {
         let ps: Vec<usize> = match get("--nodes") {
@@ -237,7 +255,9 @@ fn main() {
                     if !e.violations.is_empty() {
                         failed += 1;
                         eprintln!(
-                            "steal-efficiency seed {seed} P={p} {shape:?} FAILED: {:?}",
+                            "steal-efficiency seed {seed} P={p} {shape:?} FAILED: {:?}\n  replay: \
+                             cargo run --release -p rdask-sim --bin rdask-sim -- --scenario \
+                             steal-efficiency --seed {seed} --nodes {p}",
                             e.violations
                         );
                     }
