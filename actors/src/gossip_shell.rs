@@ -47,7 +47,14 @@ pub enum GossipMsg {
     Unpublished(Vec<String>, Box<dyn FnOnce(Vec<String>) + Send>),
     /// What the gossip did so far.
     Stats(Box<dyn FnOnce(rdask_gossip::GossipStats) + Send>),
+    /// Call this with the members (as [`GossipMsg::Members`] answers) now and whenever a
+    /// member comes, goes or returns, before anyone can see the change through
+    /// [`GossipMsg::Members`]: the node's core knows a member as soon as the node does.
+    Watch(MembersWatch),
 }
+
+/// Where the members go on every change of membership: see [`GossipMsg::Watch`].
+pub type MembersWatch = Box<dyn Fn(Vec<MemberView>) + Send>;
 
 /// Where the answer to a [`GossipMsg::Dataset`] goes.
 pub type DatasetReply = Box<dyn FnOnce(Option<(Dataset, Option<NodeId>)>) + Send>;
@@ -74,6 +81,9 @@ pub struct GossipActor;
 pub struct GossipState {
     core: Gossip,
     send: GossipSend,
+    watch: Option<MembersWatch>,
+    /// Members held for alive and member records, when the watcher was last told.
+    told: (usize, usize),
 }
 
 /// Milliseconds of the wall clock: the shell's clock, handed to the core.
@@ -84,14 +94,16 @@ pub fn now_ms() -> u64 {
 }
 
 impl GossipState {
-    fn drain(&mut self, myself: &ActorRef<GossipMsg>) {
+    fn drain(&mut self, myself: &ActorRef<GossipMsg>, now: u64) {
         for (to, data) in self.core.take_sends() {
             (self.send)(to, data);
         }
         for (after, timer) in self.core.take_timers() {
             myself.send_after(after, move || GossipMsg::Timer(timer));
         }
+        let mut changed = false;
         for e in self.core.take_events() {
+            changed |= matches!(e, Event::Up(_) | Event::Down(_) | Event::Rejoined(_));
             match e {
                 Event::Up(p) => tracing::info!(peer = %p.node, addr = %p.addr, "member up"),
                 Event::Down(p) => tracing::info!(peer = %p.node, "member down"),
@@ -107,6 +119,15 @@ impl GossipState {
                     tracing::debug!(peer = %p.node, "a probe failed; suspected")
                 }
             }
+        }
+        // A member is listed once the membership protocol holds it alive and its record has
+        // arrived, in either order: a change of either count is a change of the list.
+        let counts = (self.core.live_count(), self.core.state().members().count());
+        if let Some(watch) = &self.watch
+            && (changed || counts != self.told)
+        {
+            self.told = counts;
+            watch(self.core.members(now));
         }
     }
 }
@@ -124,8 +145,10 @@ impl Actor for GossipActor {
         let mut state = GossipState {
             core: Gossip::new(args.me, args.info, args.config, args.seed),
             send: args.send,
+            watch: None,
+            told: (0, 0),
         };
-        state.drain(&myself);
+        state.drain(&myself, now_ms());
         Ok(state)
     }
 
@@ -154,7 +177,7 @@ impl Actor for GossipActor {
                 if let Err(e) = state.core.leave(now) {
                     tracing::warn!(error = %e, "cannot announce the leave");
                 }
-                state.drain(&myself);
+                state.drain(&myself, now);
                 done();
                 return Ok(());
             }
@@ -194,6 +217,14 @@ impl Actor for GossipActor {
                 reply(state.core.stats());
                 return Ok(());
             }
+            GossipMsg::Watch(watch) => {
+                watch(state.core.members(now));
+                state.told = (
+                    state.core.live_count(),
+                    state.core.state().members().count(),
+                );
+                state.watch = Some(watch);
+            }
             GossipMsg::Datasets(reply) => {
                 reply(
                     state
@@ -206,7 +237,7 @@ impl Actor for GossipActor {
                 return Ok(());
             }
         }
-        state.drain(&myself);
+        state.drain(&myself, now);
         Ok(())
     }
 }

@@ -25,7 +25,8 @@ pub use crate::core::{
     SESSION_GRACE_MS, TaskDone,
 };
 pub use gossip_shell::{
-    DatasetReply, GossipActor, GossipArgs, GossipMsg, GossipSend, LOAD_EVERY, now_ms, spawn_gossip,
+    DatasetReply, GossipActor, GossipArgs, GossipMsg, GossipSend, LOAD_EVERY, MembersWatch, now_ms,
+    spawn_gossip,
 };
 pub use pool::{Completions, TaskPool, current_node, secede};
 pub use shell::{NodeActor, NodeArgs, NodeMsg, PeerSend, ReplyTo, spawn_node};

@@ -606,8 +606,13 @@ impl Actor for NodeActor {
             }
             NodeMsg::SetGossip(gossip) => {
                 let _ = gossip.send_message(GossipMsg::SetInfo(state.member.clone()));
+                // Members reach the core on every change (and with fresh loads every
+                // second): what a client is shown is what placement uses.
+                let me = myself.clone();
+                let _ = gossip.send_message(GossipMsg::Watch(Box::new(move |members| {
+                    let _ = me.send_message(NodeMsg::Members(members));
+                })));
                 state.gossip = Some(gossip);
-                state.refresh_members(&myself);
                 myself.send_interval(LOAD_EVERY, || NodeMsg::PublishLoad);
                 return Ok(());
             }

@@ -72,6 +72,13 @@ pub fn where_am_i(x: u64) -> (u64, u32) {
     (x, std::process::id())
 }
 
+/// [`where_am_i`] after `ms` milliseconds: where work that takes time ran.
+#[rdask::task]
+pub fn slow_where(x: u64, ms: u64) -> (u64, u32) {
+    std::thread::sleep(Duration::from_millis(ms));
+    (x, std::process::id())
+}
+
 /// `x + 1`, after sleeping `ms` milliseconds (work that takes time, to kill nodes during).
 #[rdask::task]
 pub fn slow_inc(x: i64, ms: u64) -> i64 {

@@ -46,13 +46,51 @@ fn cluster(n: usize) -> (Vec<NodeProcess>, Vec<String>) {
     (nodes, addrs)
 }
 
-/// Waits until every node sees all members, and their cores have been told.
+/// Waits until every node sees all members (their cores know them as soon as they do).
 fn settle(addrs: &[String]) {
     for a in addrs {
         wait_for_members(a, addrs.len(), 30);
     }
-    // The node loop hands the gossiped members to its core once a second.
-    std::thread::sleep(Duration::from_millis(1_500));
+}
+
+#[test]
+fn the_first_graph_of_a_new_cluster_runs_on_every_node_the_client_lists() {
+    // Three nodes of one thread; six tasks of 600 ms submitted to the first node the moment
+    // its client lists all three: placement knows what the client was shown, so each node
+    // gets its share at once (not only what it steals later).
+    let first = NodeProcess::start(NODE, &["--nthreads", "1"]);
+    let seed = first.multiaddr.clone();
+    let mut nodes = vec![first];
+    for _ in 1..3 {
+        nodes.push(NodeProcess::start(
+            NODE,
+            &["--nthreads", "1", "--join", &seed],
+        ));
+    }
+    let pids: Vec<u32> = nodes.iter().map(|n| n.pid()).collect();
+    let counts = bounded(120, move || {
+        wait_for_members(&seed, 3, 30);
+        let client = Client::connect(&seed).expect("connect");
+        let futures = client.map_args(rdask_tests::slow_where, (0..6u64).map(|i| (i, 600u64)));
+        let results = rdask::block_on(client.gather(&futures)).expect("gather");
+        let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+        for (i, (x, pid)) in results.into_iter().enumerate() {
+            assert_eq!(x, i as u64);
+            *counts.entry(pid).or_default() += 1;
+        }
+        counts
+    });
+    assert_eq!(
+        counts.len(),
+        3,
+        "the first graph ran on {} of 3 nodes: {counts:?} (nodes {pids:?})",
+        counts.len()
+    );
+    assert!(
+        counts.values().all(|&c| c == 2),
+        "the first graph's six tasks were not spread two per node: {counts:?}"
+    );
+    drop(nodes);
 }
 
 #[test]
