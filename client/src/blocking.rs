@@ -29,7 +29,7 @@ use rdask_graph::{Arg, Key, TaskFn};
 use serde::de::DeserializeOwned;
 
 use crate::future::ArgContext;
-use crate::{Args, FutureStatus, IntoArg, NodeStatus, Result, ReturnWhen, TaskOptions};
+use crate::{Args, Delayed, FutureStatus, IntoArg, NodeStatus, Result, ReturnWhen, TaskOptions};
 
 /// A blocking client: see [the module](self).
 #[derive(Clone)]
@@ -285,6 +285,69 @@ impl Client {
         self.inner.address()
     }
 
+    /// See [`crate::Client::explain_keys`].
+    pub fn explain_keys(&self, keys: &[Key]) -> Result<Vec<String>> {
+        block_on(self.inner.explain_keys(keys))
+    }
+
+    /// See [`crate::Client::session_id`].
+    pub fn session_id(&self) -> u64 {
+        self.inner.session_id()
+    }
+
+    /// See [`crate::Client::session_owner`].
+    pub fn session_owner(&self, session: u64) -> Result<Option<String>> {
+        block_on(self.inner.session_owner(session))
+    }
+
+    /// See [`crate::Client::nthreads`].
+    pub fn nthreads(&self) -> u32 {
+        self.inner.nthreads()
+    }
+
+    /// See [`crate::Client::reattached`].
+    pub fn reattached(&self) -> u64 {
+        self.inner.reattached()
+    }
+
+    /// Starts computing a delayed value and returns the future of its value (see
+    /// [`crate::Client::persist`]).
+    ///
+    /// ```
+    /// # #[rdask::task] fn inc(x: i64) -> i64 { x + 1 }
+    /// # #[rdask::task] fn add(a: i64, b: i64) -> i64 { a + b }
+    /// # fn main() -> rdask::Result<()> {
+    /// use rdask::delayed;
+    /// let client = rdask::blocking::Client::local()?;
+    /// let a = delayed(inc, (1,));
+    /// let total = delayed(add, (&a, &delayed(inc, (&a,))));
+    /// assert_eq!(client.compute(&total)?, 2 + 3);
+    /// assert_eq!(client.persist(&total).result()?, 5);
+    /// assert_eq!(client.compute_all(&[a, total])?, vec![2, 5]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn persist<T>(&self, value: &Delayed<T>) -> Future<T> {
+        Future {
+            inner: self.inner.persist(value),
+        }
+    }
+
+    /// See [`crate::Client::persist_all`].
+    pub fn persist_all<T>(&self, values: &[Delayed<T>]) -> Vec<Future<T>> {
+        wrap(self.inner.persist_all(values))
+    }
+
+    /// Computes a delayed value and brings it back (see [`crate::Client::compute`]).
+    pub fn compute<T: DeserializeOwned>(&self, value: &Delayed<T>) -> Result<T> {
+        block_on(self.inner.compute(value))
+    }
+
+    /// See [`crate::Client::compute_all`].
+    pub fn compute_all<T: DeserializeOwned>(&self, values: &[Delayed<T>]) -> Result<Vec<T>> {
+        block_on(self.inner.compute_all(values))
+    }
+
     /// See [`crate::Client::close`].
     pub fn close(self) {
         self.inner.close()
@@ -386,6 +449,24 @@ impl<T> AsCompleted<T> {
     pub fn add(&mut self, future: Future<T>) {
         self.inner.add(future.inner)
     }
+
+    /// Futures not handed out yet.
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Whether every future was handed out.
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+}
+
+impl<T: DeserializeOwned> AsCompleted<T> {
+    /// The next future to complete with its result (see
+    /// [`crate::AsCompleted::next_with_result`]).
+    pub fn next_with_result(&mut self) -> Option<(Future<T>, Result<T>)> {
+        block_on(self.inner.next_with_result()).map(|(inner, r)| (Future { inner }, r))
+    }
 }
 
 impl<T> Iterator for AsCompleted<T> {
@@ -393,5 +474,68 @@ impl<T> Iterator for AsCompleted<T> {
 
     fn next(&mut self) -> Option<Self::Item> {
         block_on(self.inner.next()).map(|r| r.map(|inner| Future { inner }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The names of the public methods in the `impl` blocks of `ty` (`impl Client {`,
+    /// `impl<T> Future<T> {`, …) of a source text.
+    fn methods(source: &str, ty: &str) -> BTreeSet<String> {
+        let mut names = BTreeSet::new();
+        let mut inside = false;
+        for line in source.lines() {
+            if line.starts_with("impl") && line.ends_with('{') {
+                let head = line.trim_end_matches('{').trim();
+                // `impl Client`, `impl<T> Future<T>`, `impl<T: DeserializeOwned> Future<T>`:
+                // the type is the last word, not a trait's.
+                inside = !head.contains(" for ")
+                    && head
+                        .rsplit(' ')
+                        .next()
+                        .is_some_and(|t| t == ty || t.starts_with(&format!("{ty}<")));
+            } else if line == "}" {
+                inside = false;
+            } else if inside
+                && let Some(rest) = line
+                    .strip_prefix("    pub fn ")
+                    .or_else(|| line.strip_prefix("    pub async fn "))
+            {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                names.insert(name);
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn the_blocking_client_has_every_method_of_the_async_one() {
+        let sources = [
+            include_str!("client.rs"),
+            include_str!("wait.rs"),
+            include_str!("copies.rs"),
+            include_str!("datasets.rs"),
+            include_str!("delayed.rs"),
+            include_str!("future.rs"),
+        ];
+        let blocking = include_str!("blocking.rs");
+        for ty in ["Client", "Future", "AsCompleted"] {
+            let wanted: BTreeSet<String> = sources.iter().flat_map(|s| methods(s, ty)).collect();
+            assert!(wanted.len() >= 3, "no methods of {ty} found: {wanted:?}");
+            let mut have = methods(blocking, ty);
+            if blocking.contains(&format!("impl<T> Iterator for {ty}<T> {{")) {
+                have.insert("next".to_string()); // `for f in as_completed`
+            }
+            let missing: Vec<&String> = wanted.difference(&have).collect();
+            assert!(
+                missing.is_empty(),
+                "rdask::blocking::{ty} lacks {missing:?} of rdask::{ty}"
+            );
+        }
     }
 }

@@ -348,7 +348,11 @@ impl Client {
                 secret.as_ref(),
             )
             .await
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(|e| match e {
+                // The address is said once, as the user gave it.
+                rdask_node::net::NetError::Dial { reason, .. } => connect_err(reason),
+                other => connect_err(other.to_string()),
+            })?;
             let conn = Conn::Remote(remote.clone());
             let hello = ClientRequest::Hello {
                 protocol: PROTOCOL_VERSION,

@@ -22,7 +22,7 @@ pub(crate) enum Dep {
 
 /// One recorded call.
 pub(crate) struct Node {
-    key: Key,
+    pub(crate) key: Key,
     /// `Err`: an argument could not be encoded (reported when computed).
     spec: Result<TaskSpec>,
     deps: Vec<Dep>,
@@ -46,7 +46,7 @@ impl Node {
 /// [`Client::persist`] a [`Future`] of it. Nothing runs until then. A delayed value keeps the
 /// futures it names alive.
 pub struct Delayed<T> {
-    node: Arc<Node>,
+    pub(crate) node: Arc<Node>,
     _t: PhantomData<fn() -> T>,
 }
 

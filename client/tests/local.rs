@@ -161,3 +161,58 @@ fn dropping_futures_frees_their_results_and_closing_stops_the_cluster() {
         assert!(matches!(rdask::block_on(kept.result()), Err(Error::Closed)));
     });
 }
+
+#[rdask::task]
+fn total(xs: Vec<i64>) -> i64 {
+    xs.iter().sum()
+}
+
+#[rdask::task]
+fn weigh(m: std::collections::BTreeMap<String, i64>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[rdask::task]
+fn label(x: i64) -> String {
+    format!("#{x}")
+}
+
+#[rdask::task]
+fn swap(p: (i64, String)) -> (String, i64) {
+    (p.1, p.0)
+}
+
+#[test]
+fn collections_of_delayed_values_are_arguments_of_the_collections_of_their_values() {
+    bounded(|| {
+        use rdask::delayed;
+        let client = rdask::blocking::Client::local_with_threads(2).unwrap();
+        // Dask's delayed(sum)([delayed(inc)(i) for i in range(100)]).
+        let parts: Vec<_> = (0..100i64).map(|i| delayed(inc, (i,))).collect();
+        let sum = delayed(total, (&parts,));
+        assert_eq!(client.compute(&sum).unwrap(), (1..=100).sum::<i64>());
+        // Shared parts run once; a list mixing nothing else, an empty list, a map, a pair.
+        let twice = delayed(add, (&sum, &delayed(total, (parts.clone(),))));
+        assert_eq!(client.compute(&twice).unwrap(), 2 * (1..=100).sum::<i64>());
+        let empty: Vec<rdask::Delayed<i64>> = Vec::new();
+        assert_eq!(client.compute(&delayed(total, (&empty,))).unwrap(), 0);
+        let named: std::collections::BTreeMap<String, _> = [("a", 1i64), ("b", 2)]
+            .into_iter()
+            .map(|(k, x)| (k.to_string(), delayed(inc, (x,))))
+            .collect();
+        assert_eq!(
+            client.compute(&delayed(weigh, (&named,))).unwrap(),
+            "a=2,b=3"
+        );
+        let p = delayed(swap, ((&delayed(inc, (41,)), &delayed(label, (7,))),));
+        assert_eq!(client.compute(&p).unwrap(), ("#7".to_string(), 42));
+        // Submitted directly too, and through the async client.
+        let f = client.submit(total, (&parts,));
+        assert_eq!(f.result().unwrap(), (1..=100).sum::<i64>());
+        let a = rdask::block_on(client.asynchronous().compute(&sum)).unwrap();
+        assert_eq!(a, (1..=100).sum::<i64>());
+    });
+}

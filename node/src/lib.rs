@@ -660,14 +660,20 @@ pub async fn start(
     })
 }
 
-/// Sets up logging through `tracing`, filtered by `RUST_LOG` (default `info`). Does nothing
-/// if a subscriber is already installed.
+/// Sets up logging through `tracing`, filtered by `RUST_LOG` (default `info`), in colour
+/// only when standard error is a terminal and `NO_COLOR` is not set. Does nothing if a
+/// subscriber is already installed.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p_swarm=warn"));
+    // Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org).
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .try_init();
 }
 

@@ -947,6 +947,70 @@ impl std::fmt::Debug for RemoteNode {
     }
 }
 
+/// `host:port` of a multiaddr (`/ip4/127.0.0.1/tcp/4001` → `127.0.0.1:4001`), as a user
+/// would write it; the multiaddr itself when it is not of that form.
+pub fn host_port(addr: &Multiaddr) -> String {
+    use libp2p::multiaddr::Protocol;
+    let mut host = None;
+    let mut port = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(ip) => host = Some(ip.to_string()),
+            Protocol::Ip6(ip) => host = Some(format!("[{ip}]")),
+            Protocol::Dns(h) | Protocol::Dns4(h) | Protocol::Dns6(h) => host = Some(h.to_string()),
+            Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    match (host, port) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        _ => addr.to_string(),
+    }
+}
+
+/// One sentence for a failed dial, by its cause (libp2p's own message nests the same cause
+/// several times): refused, timed out, unreachable, unresolved, or a failed handshake.
+fn dial_reason(error: &libp2p::swarm::DialError, at: &str, hint: &str) -> String {
+    use std::io::ErrorKind;
+    // The chain of causes, outermost first; an I/O error's kind says what happened (an
+    // `io::Error` wrapping another hides the inner one's kind from `source()`: its text is
+    // read too).
+    let mut kinds = Vec::new();
+    let mut texts = Vec::new();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = match error {
+        libp2p::swarm::DialError::Transport(errors) => errors
+            .first()
+            .map(|(_, e)| e as &(dyn std::error::Error + 'static)),
+        other => Some(other),
+    };
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            kinds.push(io.kind());
+        }
+        texts.push(e.to_string().to_lowercase());
+        cause = e.source();
+    }
+    let said = |what: &str| texts.iter().any(|t| t.contains(what));
+    let innermost = texts.last().cloned().unwrap_or_else(|| error.to_string());
+    if kinds.contains(&ErrorKind::ConnectionRefused) || said("connection refused") {
+        format!("connection refused: is an rdask-node listening at {at}?")
+    } else if kinds.contains(&ErrorKind::TimedOut) || said("timed out") {
+        format!("timed out: is {at} reachable from here (address, firewall)?")
+    } else if kinds.iter().any(|k| {
+        matches!(
+            k,
+            ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable
+        )
+    }) || said("unreachable")
+    {
+        format!("{at} is unreachable from here ({innermost})")
+    } else if said("resolve") || said("lookup") || said("dns") {
+        format!("cannot resolve the address {at} ({innermost})")
+    } else {
+        format!("connected to {at}, but the handshake failed: {hint}")
+    }
+}
+
 fn end_session(pending: &Pending, error: RemoteError) {
     let mut p = pending.lock().expect("pending requests");
     p.ended.get_or_insert(error.clone());
@@ -968,10 +1032,11 @@ impl RemoteNode {
         secret: Option<&ClusterSecret>,
     ) -> Result<RemoteNode, NetError> {
         let hint = if secret.is_some() {
-            " (is this node's cluster secret the same as yours?)"
+            "is it an rdask-node, and is its cluster secret the same as yours?"
         } else {
-            " (if the cluster has a secret, set RDASK_CLUSTER_SECRET to it)"
+            "is it an rdask-node? If its cluster has a secret, set RDASK_CLUSTER_SECRET to it"
         };
+        let at = host_port(&addr);
         let mut swarm = build_swarm(Keypair::generate_ed25519(), secret, |_| {
             libp2p_stream::Behaviour::new()
         })?;
@@ -988,22 +1053,19 @@ impl RemoteNode {
                 match swarm.select_next_some().await {
                     SwarmEvent::ConnectionEstablished { peer_id, .. } => return Ok(peer_id),
                     SwarmEvent::OutgoingConnectionError { error, .. } => {
-                        let reason = error.to_string();
-                        // A refused or unreachable address is not about secrets; a failed
-                        // handshake may be.
-                        let refused = reason.contains("refused") || reason.contains("unreachable");
-                        return Err(dial_err(if refused {
-                            reason
-                        } else {
-                            format!("{reason}{hint}")
-                        }));
+                        tracing::debug!(%error, "dial failed");
+                        return Err(dial_err(dial_reason(&error, &at, hint)));
                     }
                     _ => {}
                 }
             }
         })
         .await
-        .map_err(|_| dial_err(format!("no connection within {timeout:?}{hint}")))??;
+        .map_err(|_| {
+            dial_err(format!(
+                "no connection within {timeout:?}: is {at} reachable from here, and {hint}"
+            ))
+        })??;
 
         let (stop, mut stopped) = watch::channel(false);
         // The swarm must keep being polled for its connections to make progress.
@@ -1022,7 +1084,13 @@ impl RemoteNode {
         let stream = tokio::time::timeout(timeout, control.open_stream(peer, CLIENT_PROTOCOL))
             .await
             .map_err(|_| dial_err("the node did not accept a session in time".into()))?
-            .map_err(|e| dial_err(format!("the node refused a session: {e}")))?;
+            .map_err(|e| {
+                tracing::debug!(error = %e, "no client session");
+                dial_err(format!(
+                    "{at} does not speak the rdask client protocol: is it an rdask-node of a \
+                     compatible version?"
+                ))
+            })?;
         let (mut reader, mut writer) = stream.split();
         let pending: Pending = Arc::default();
 

@@ -212,6 +212,9 @@ pub fn bounded<T: Send + 'static>(secs: u64, body: impl FnOnce() -> T + Send + '
     });
     match rx.recv_timeout(Duration::from_secs(secs)) {
         Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("the test body panicked (its message is above)")
+        }
         Err(_) => panic!("test did not finish within {secs} s"),
     }
 }
