@@ -362,9 +362,23 @@ fn alloc_slot<T>(slots: &mut Vec<Slot<T>>, free: &mut Vec<u32>) -> (u32, u32) {
     (idx, slots[idx as usize].generation)
 }
 
+/// Where a task stands, for a client's `status()`.
+fn status_of(t: &Task) -> KeyStatus {
+    match &t.state {
+        State::Memory { .. } => KeyStatus::Finished,
+        State::Erred(e) => KeyStatus::Error((**e).clone()),
+        State::Released => KeyStatus::Unknown,
+        _ if t.cancelled => KeyStatus::Unknown,
+        _ => KeyStatus::Pending,
+    }
+}
+
+/// A client request held until tasks finish: a gather (answered with the results) or an
+/// await of statuses (answered with the statuses).
 struct Waiter {
     ids: Vec<Option<TaskId>>,
     remaining: u32,
+    statuses: bool,
 }
 
 type Outcome = Result<(Option<Bytes>, Vec<u32>, u64), Arc<TaskError>>;
@@ -1035,13 +1049,7 @@ impl NodeCore {
         keys.iter()
             .map(|k| match self.index.get(k).and_then(|id| self.task(*id)) {
                 None => KeyStatus::Unknown,
-                Some(t) => match &t.state {
-                    State::Memory { .. } => KeyStatus::Finished,
-                    State::Erred(e) => KeyStatus::Error((**e).clone()),
-                    State::Released => KeyStatus::Unknown,
-                    _ if t.cancelled => KeyStatus::Unknown,
-                    _ => KeyStatus::Pending,
-                },
+                Some(t) => status_of(t),
             })
             .collect()
     }
@@ -1082,17 +1090,85 @@ impl NodeCore {
                 t.waiters.push(request);
             }
         }
-        self.waiters.insert(request, Waiter { ids, remaining });
+        self.waiters.insert(
+            request,
+            Waiter {
+                ids,
+                remaining,
+                statuses: false,
+            },
+        );
         self.timers.push((request, wait_ms));
     }
 
-    /// A gather's timer fired: reply with what is finished. Stale timers are ignored.
+    /// The client waits for `keys` (`wait`, `as_completed`): replied with their statuses
+    /// once one of them is done (finished, failed, released or unknown here) — every one
+    /// when `all` — at once if that holds already or `wait_ms` is 0, otherwise when the
+    /// task finishes or after a timer of `wait_ms`.
+    pub fn handle_await_status(
+        &mut self,
+        request: RequestId,
+        keys: Vec<Key>,
+        all: bool,
+        wait_ms: u32,
+    ) {
+        if self.refused_as_moved(request) {
+            return;
+        }
+        let ids: Vec<Option<TaskId>> = keys.iter().map(|k| self.index.get(k).copied()).collect();
+        let unfinished: Vec<TaskId> = ids
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|&id| {
+                self.task(id)
+                    .is_some_and(|t| !t.state.finished() && !t.cancelled)
+            })
+            .collect();
+        // A key unknown here counts as done (the client sees it lost or cancelled).
+        let enough = if all {
+            unfinished.is_empty()
+        } else {
+            unfinished.len() < ids.len() || ids.is_empty()
+        };
+        if enough || wait_ms == 0 {
+            let statuses = self.statuses(&ids);
+            self.replies
+                .push((request, ClientResponse::Statuses(statuses)));
+            return;
+        }
+        for &id in &unfinished {
+            if let Some(t) = self.task_mut(id) {
+                t.waiters.push(request);
+            }
+        }
+        let remaining = if all { unfinished.len() as u32 } else { 1 };
+        self.waiters.insert(
+            request,
+            Waiter {
+                ids,
+                remaining,
+                statuses: true,
+            },
+        );
+        self.timers.push((request, wait_ms));
+    }
+
+    /// A held request's timer fired: reply with where its keys stand. Stale timers are
+    /// ignored.
     pub fn handle_wait_expired(&mut self, request: RequestId) {
         if let Some(w) = self.waiters.remove(&request) {
-            let results = self.results(&w.ids);
-            self.replies
-                .push((request, ClientResponse::Results(results)));
+            self.reply_waiter(request, w);
         }
+    }
+
+    fn reply_waiter(&mut self, request: RequestId, w: Waiter) {
+        let reply = if w.statuses {
+            ClientResponse::Statuses(self.statuses(&w.ids))
+        } else {
+            ClientResponse::Results(self.results(&w.ids))
+        };
+        self.replies.push((request, reply));
     }
 
     /// The client retries failed keys (Dask's `future.retry()`): each failed task among
@@ -2344,7 +2420,9 @@ impl NodeCore {
                 }
             }
             for w in waiters {
-                if remote_only {
+                // A gather needs the value here; an await of statuses does not.
+                let gather = self.waiters.get(&w).is_none_or(|x| !x.statuses);
+                if remote_only && gather {
                     self.fetch_own(id, FetchWaiter::Gather(w));
                 } else {
                     self.waiter_progress(w);
@@ -2517,13 +2595,20 @@ impl NodeCore {
         let Some(w) = self.waiters.get_mut(&request) else {
             return;
         };
-        w.remaining -= 1;
+        w.remaining = w.remaining.saturating_sub(1);
         if w.remaining == 0 {
             let w = self.waiters.remove(&request).expect("present");
-            let results = self.results(&w.ids);
-            self.replies
-                .push((request, ClientResponse::Results(results)));
+            self.reply_waiter(request, w);
         }
+    }
+
+    fn statuses(&self, ids: &[Option<TaskId>]) -> Vec<KeyStatus> {
+        ids.iter()
+            .map(|id| match id.and_then(|id| self.task(id)) {
+                None => KeyStatus::Unknown,
+                Some(t) => status_of(t),
+            })
+            .collect()
     }
 
     fn results(&self, ids: &[Option<TaskId>]) -> Vec<KeyResult> {

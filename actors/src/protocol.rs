@@ -155,10 +155,21 @@ pub enum ClientRequest {
         /// The gather or status.
         request: ForwardedRequest,
     },
+    /// The statuses of `keys` (as [`ClientRequest::Status`]), answered once one of them is
+    /// done (finished, failed, released or unknown here), or every one when `all`, or
+    /// after `wait_ms`: what `wait` and `as_completed` wait on, woken by the completion.
+    AwaitStatus {
+        /// The keys, answered in this order.
+        keys: Vec<Key>,
+        /// Wait for every key, not for the first.
+        all: bool,
+        /// How long the node may hold the request.
+        wait_ms: u32,
+    },
 }
 
 /// A request one node serves for a client of another (see [`ClientRequest::Forward`] and
-/// [`PeerMsg::Forward`]): only these two, so that no request nests in another on the wire
+/// [`PeerMsg::Forward`]): only these three, so that no request nests in another on the wire
 /// (a recursive message type would let a few kilobytes of nesting overflow a decoder's
 /// stack).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,16 +186,29 @@ pub enum ForwardedRequest {
         /// The keys, answered in this order.
         keys: Vec<Key>,
     },
+    /// As [`ClientRequest::AwaitStatus`].
+    AwaitStatus {
+        /// The keys, answered in this order.
+        keys: Vec<Key>,
+        /// Wait for every key, not for the first.
+        all: bool,
+        /// How long the owner may hold the request.
+        wait_ms: u32,
+    },
 }
 
 impl ForwardedRequest {
-    /// The request, if it is one that can be forwarded (a gather or a status).
+    /// The request, if it is one that can be forwarded (a gather or a status, waited on or
+    /// not).
     pub fn from_request(request: ClientRequest) -> Option<ForwardedRequest> {
         match request {
             ClientRequest::Gather { keys, wait_ms } => {
                 Some(ForwardedRequest::Gather { keys, wait_ms })
             }
             ClientRequest::Status { keys } => Some(ForwardedRequest::Status { keys }),
+            ClientRequest::AwaitStatus { keys, all, wait_ms } => {
+                Some(ForwardedRequest::AwaitStatus { keys, all, wait_ms })
+            }
             _ => None,
         }
     }
@@ -192,7 +216,9 @@ impl ForwardedRequest {
     /// The keys asked about.
     pub fn keys(&self) -> &[Key] {
         match self {
-            ForwardedRequest::Gather { keys, .. } | ForwardedRequest::Status { keys } => keys,
+            ForwardedRequest::Gather { keys, .. }
+            | ForwardedRequest::Status { keys }
+            | ForwardedRequest::AwaitStatus { keys, .. } => keys,
         }
     }
 }

@@ -578,6 +578,10 @@ impl Actor for NodeActor {
                         state.pending.insert(id, reply);
                         state.core.handle_gather(id, keys, wait_ms);
                     }
+                    ClientRequest::AwaitStatus { keys, all, wait_ms } => {
+                        state.pending.insert(id, reply);
+                        state.core.handle_await_status(id, keys, all, wait_ms);
+                    }
                     ClientRequest::Release { keys } => {
                         state.pending.insert(id, reply);
                         state.core.handle_release(id, keys);

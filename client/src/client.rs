@@ -1562,7 +1562,7 @@ impl ClientInner {
                     ClientRequest::Gather { keys, .. } => {
                         ClientResponse::Results(vec![KeyResult::Pending; keys.len()])
                     }
-                    ClientRequest::Status { keys } => {
+                    ClientRequest::Status { keys } | ClientRequest::AwaitStatus { keys, .. } => {
                         ClientResponse::Statuses(vec![KeyStatus::Pending; keys.len()])
                     }
                     _ => ClientResponse::Refused("not a gather or a status".into()),
@@ -1610,17 +1610,113 @@ impl ClientInner {
             }
         };
         for (&i, s) in ask.iter().zip(statuses) {
-            out[i] = match s {
-                KeyStatus::Pending => FutureStatus::Pending,
-                KeyStatus::Finished => FutureStatus::Finished,
-                KeyStatus::Error(_) => FutureStatus::Error,
-                KeyStatus::Unknown if items[i].borrowed.is_some() => FutureStatus::Lost,
-                KeyStatus::Unknown => match items[i].submitted.peek() {
-                    // Not accepted yet: the submission is on its way.
-                    None => FutureStatus::Pending,
-                    Some(_) => FutureStatus::Lost,
-                },
-            };
+            out[i] = future_status(items[i], s);
+        }
+        Ok(out)
+    }
+
+    /// The statuses of `items[idx]` (as [`ClientInner::statuses`]), answered by the nodes
+    /// once one of them is done (`all`: every one), or after `wait`: a wait woken by the
+    /// completion itself, not by polling.
+    pub(crate) async fn await_statuses(
+        &self,
+        items: &[&Arc<FutureShared>],
+        idx: &[usize],
+        all: bool,
+        wait: Duration,
+    ) -> Result<Vec<FutureStatus>> {
+        self.check_open()?;
+        if idx
+            .iter()
+            .any(|&i| items[i].cancelled.load(Ordering::Acquire))
+            && !all
+        {
+            return self.statuses_at(items, idx).await;
+        }
+        self.flush();
+        let statuses = loop {
+            let generation = self.generation.load(Ordering::Acquire);
+            match self.await_round(items, idx, all, wait).await {
+                Ok(s) => break s,
+                Err(Error::ConnectionLost(reason)) if self.remote() => {
+                    self.reattach(generation, &reason).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        // Cancelled meanwhile: said here, whatever the node answered.
+        Ok(idx
+            .iter()
+            .zip(statuses)
+            .map(|(&i, s)| {
+                if items[i].cancelled.load(Ordering::Acquire) {
+                    FutureStatus::Cancelled
+                } else {
+                    future_status(items[i], s)
+                }
+            })
+            .collect())
+    }
+
+    /// [`ClientInner::statuses`] of `items[idx]`, in the order of `idx`.
+    async fn statuses_at(
+        &self,
+        items: &[&Arc<FutureShared>],
+        idx: &[usize],
+    ) -> Result<Vec<FutureStatus>> {
+        let some: Vec<&Arc<FutureShared>> = idx.iter().map(|&i| items[i]).collect();
+        self.statuses(&some).await
+    }
+
+    /// One `AwaitStatus` per origin of `items[idx]`, sent at once. With `all`, every answer
+    /// is awaited; otherwise the first answer that has a key done is enough (the others are
+    /// taken as pending; their nodes answer into the void when they time out).
+    async fn await_round(
+        &self,
+        items: &[&Arc<FutureShared>],
+        idx: &[usize],
+        all: bool,
+        wait: Duration,
+    ) -> Result<Vec<KeyStatus>> {
+        let wait_ms = wait.as_millis().min(u128::from(u32::MAX)) as u32;
+        use futures::StreamExt;
+        let groups = by_origin(items, idx);
+        let mut asks: futures::stream::FuturesUnordered<_> = groups
+            .iter()
+            .map(|(origin, at)| {
+                let keys: Vec<Key> = at.iter().map(|&p| items[idx[p]].key.clone()).collect();
+                let n = keys.len();
+                let request = ClientRequest::AwaitStatus { keys, all, wait_ms };
+                async move {
+                    let answer = match self.send_for(*origin, request).await? {
+                        ClientResponse::Statuses(s) if s.len() == n => s,
+                        ClientResponse::Statuses(s) => {
+                            return Err(Error::Protocol(format!(
+                                "{} answers to a status of {n} keys",
+                                s.len()
+                            )));
+                        }
+                        other => {
+                            return Err(Error::Protocol(format!(
+                                "unexpected answer to a status: {other:?}"
+                            )));
+                        }
+                    };
+                    Ok::<_, Error>((at, answer))
+                }
+            })
+            .collect();
+        let mut out = vec![KeyStatus::Pending; idx.len()];
+        while let Some(answer) = asks.next().await {
+            let (at, answer) = answer?;
+            let mut any_done = false;
+            for (&p, v) in at.iter().zip(answer) {
+                any_done |= !matches!(v, KeyStatus::Pending);
+                out[p] = v;
+            }
+            if any_done && !all {
+                break;
+            }
         }
         Ok(out)
     }
@@ -1667,6 +1763,21 @@ impl ClientInner {
 
 /// Positions in `idx` grouped by where their keys are served: this client's own first,
 /// then one group per borrowed session.
+/// A future's status from its key's status at the node.
+fn future_status(item: &FutureShared, s: KeyStatus) -> FutureStatus {
+    match s {
+        KeyStatus::Pending => FutureStatus::Pending,
+        KeyStatus::Finished => FutureStatus::Finished,
+        KeyStatus::Error(_) => FutureStatus::Error,
+        KeyStatus::Unknown if item.borrowed.is_some() => FutureStatus::Lost,
+        KeyStatus::Unknown => match item.submitted.peek() {
+            // Not accepted yet: the submission is on its way.
+            None => FutureStatus::Pending,
+            Some(_) => FutureStatus::Lost,
+        },
+    }
+}
+
 fn by_origin(items: &[&Arc<FutureShared>], idx: &[usize]) -> Vec<(Option<u64>, Vec<usize>)> {
     let mut groups: Vec<(Option<u64>, Vec<usize>)> = Vec::new();
     for (p, &i) in idx.iter().enumerate() {

@@ -11,10 +11,15 @@ use crate::client::ClientInner;
 use crate::future::FutureShared;
 use crate::{Client, Future, FutureStatus, Result};
 
-/// The first pause between two looks at the futures' states; it doubles up to
-/// [`MAX_POLL`] while nothing changes.
-const FIRST_POLL: Duration = Duration::from_millis(1);
-const MAX_POLL: Duration = Duration::from_millis(100);
+/// The pause after a round that brought nothing new (a submission not yet accepted); it
+/// doubles up to [`MAX_PAUSE`] while that lasts. A round that waits returns when a future
+/// completes, not after a pause.
+const FIRST_PAUSE: Duration = Duration::from_millis(1);
+const MAX_PAUSE: Duration = Duration::from_millis(100);
+
+/// How long a node holds a wait before it answers anyway (the client then asks again): a
+/// bound on how late a cancellation made by another client is seen.
+const AWAIT: Duration = Duration::from_secs(2);
 
 /// When [`Client::wait`] returns (Dask's `return_when`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,25 +42,40 @@ pub struct Waited<T> {
     pub not_done: Vec<Future<T>>,
 }
 
-/// Looks at the states of `futures` until `enough` holds for them (with growing pauses, on
-/// the client's runtime); returns the states.
+/// Waits until `enough` holds for the states of `futures` (on the client's runtime);
+/// returns the states. The nodes answer when a future completes (every one when `all`),
+/// so a completion is seen as soon as its answer arrives.
 async fn poll_until(
     inner: &Arc<ClientInner>,
     futures: Vec<Arc<FutureShared>>,
+    all: bool,
     enough: fn(&[FutureStatus]) -> bool,
 ) -> Result<Vec<FutureStatus>> {
     let me = inner.clone();
     inner
         .spawn(async move {
-            let mut pause = FIRST_POLL;
+            let items: Vec<&Arc<FutureShared>> = futures.iter().collect();
+            let mut statuses = me.statuses(&items).await?;
+            let mut pause = FIRST_PAUSE;
             loop {
-                let items: Vec<&Arc<FutureShared>> = futures.iter().collect();
-                let statuses = me.statuses(&items).await?;
                 if enough(&statuses) {
                     return Ok(statuses);
                 }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_POLL);
+                let pending: Vec<usize> = (0..statuses.len())
+                    .filter(|&i| !statuses[i].is_done())
+                    .collect();
+                let got = me.await_statuses(&items, &pending, all, AWAIT).await?;
+                let mut progress = false;
+                for (&i, s) in pending.iter().zip(got) {
+                    progress |= s.is_done();
+                    statuses[i] = s;
+                }
+                if progress {
+                    pause = FIRST_PAUSE;
+                } else {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_PAUSE);
+                }
             }
         })
         .await?
@@ -85,8 +105,9 @@ impl Client {
                 |s| s.iter().all(|s| s.is_done()) || s.contains(&FutureStatus::Error)
             }
         };
+        let all = when == ReturnWhen::AllCompleted;
         let shared = futures.iter().map(|f| f.shared.clone()).collect();
-        let statuses = poll_until(self.inner(), shared, enough).await?;
+        let statuses = poll_until(self.inner(), shared, all, enough).await?;
         let mut waited = Waited {
             done: Vec::new(),
             not_done: Vec::new(),
@@ -167,11 +188,14 @@ impl<T> AsCompleted<T> {
             return None;
         }
         let shared = self.pending.iter().map(|f| f.shared.clone()).collect();
-        let statuses =
-            match poll_until(&self.inner, shared, |s| s.iter().any(|s| s.is_done())).await {
-                Ok(s) => s,
-                Err(e) => return Some(Err(e)),
-            };
+        let statuses = match poll_until(&self.inner, shared, false, |s| {
+            s.iter().any(|s| s.is_done())
+        })
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
         let mut still = Vec::new();
         for (f, s) in std::mem::take(&mut self.pending).into_iter().zip(statuses) {
             if s.is_done() {
@@ -202,7 +226,7 @@ impl<T: DeserializeOwned> AsCompleted<T> {
     }
 }
 
-/// How often [`Client::progress`] looks at the futures.
+/// How often [`Client::progress`] redraws while nothing completes all the futures.
 const PROGRESS_TICK: Duration = Duration::from_millis(100);
 
 /// What [`Client::progress`] saw once every future was done.
@@ -289,7 +313,20 @@ impl Client {
                         }
                         return Ok(summary);
                     }
-                    tokio::time::sleep(PROGRESS_TICK).await;
+                    // Answered when the last one is done, or after a tick (to redraw).
+                    let pending: Vec<usize> = (0..statuses.len())
+                        .filter(|&i| !statuses[i].is_done())
+                        .collect();
+                    let started = std::time::Instant::now();
+                    let got = me
+                        .await_statuses(&items, &pending, true, PROGRESS_TICK)
+                        .await?;
+                    if !got.iter().all(|s| s.is_done())
+                        && started.elapsed() < Duration::from_millis(1)
+                    {
+                        // Nothing held the request (a submission still on its way).
+                        tokio::time::sleep(PROGRESS_TICK).await;
+                    }
                 }
             })
             .await?

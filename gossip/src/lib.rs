@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 /// The version of rdask's wire protocols. Nodes and clients with a different version refuse
 /// each other with a clear reason.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest gossip datagram a node reads (`/rdask/gossip/1`). Every message the gossip
 /// core makes fits it, whatever the size of the replicated state.

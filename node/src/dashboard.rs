@@ -551,6 +551,11 @@ async fn metrics(State(dash): State<Arc<Dash>>) -> Response {
             "Bytes of values received from peers over the data path.",
             &dash.data.received_bytes,
         ),
+        (
+            "rdask_client_requests_total",
+            "Requests read from the node's remote client sessions.",
+            &dash.data.client_requests,
+        ),
     ] {
         let v = v.load(std::sync::atomic::Ordering::Relaxed);
         let _ = writeln!(

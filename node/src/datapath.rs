@@ -58,13 +58,16 @@ const WRITE_BASE: Duration = Duration::from_secs(10);
 /// See [`WRITE_BASE`]: 0.1 s per MB, i.e. no slower than 10 MB/s.
 const WRITE_SECS_PER_MB: f64 = 0.1;
 
-/// What went over the data path, for `/metrics`.
+/// What went over the data path, and how many requests the node's remote clients sent,
+/// for `/metrics`.
 #[derive(Debug, Default)]
 pub struct DataStats {
     /// Bytes of values sent to peers over data connections.
     pub sent_bytes: std::sync::atomic::AtomicU64,
     /// Bytes of values received from peers over data connections.
     pub received_bytes: std::sync::atomic::AtomicU64,
+    /// Requests read from client sessions.
+    pub client_requests: std::sync::atomic::AtomicU64,
 }
 
 /// The bytes of values a batch carries.

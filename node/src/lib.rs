@@ -464,6 +464,7 @@ pub async fn start(
                 max_value: config.max_value,
                 max_sessions: config.max_sessions,
             },
+            data_stats.clone(),
         )));
         let from_peers = control
             .accept(codec::NODE_PROTOCOL)

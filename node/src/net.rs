@@ -40,7 +40,7 @@ use crate::codec::{
 use crate::secret::ClusterSecret;
 
 /// The identify protocol version: peers announcing another one are refused.
-pub const IDENTIFY_PROTOCOL: &str = "/rdask/3";
+pub const IDENTIFY_PROTOCOL: &str = "/rdask/4";
 
 /// How long a connection with no open stream stays up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -258,6 +258,7 @@ pub(crate) async fn accept_sessions(
     mut incoming: libp2p_stream::IncomingStreams,
     actor: ActorRef<NodeMsg>,
     limits: SessionLimits,
+    stats: Arc<crate::datapath::DataStats>,
 ) {
     let sessions = Arc::new(Semaphore::new(limits.max_sessions));
     while let Some((peer, stream)) = incoming.next().await {
@@ -265,8 +266,9 @@ pub(crate) async fn accept_sessions(
             Ok(permit) => {
                 tracing::debug!(%peer, "client session opened");
                 let actor = actor.clone();
+                let stats = stats.clone();
                 tokio::spawn(async move {
-                    serve_session(peer, stream, actor, limits).await;
+                    serve_session(peer, stream, actor, limits, stats).await;
                     drop(permit);
                 });
             }
@@ -327,6 +329,7 @@ async fn serve_session(
     stream: libp2p::Stream,
     actor: ActorRef<NodeMsg>,
     limits: SessionLimits,
+    stats: Arc<crate::datapath::DataStats>,
 ) {
     let (mut reader, mut writer) = stream.split();
     let (tx, mut rx) =
@@ -403,7 +406,10 @@ async fn serve_session(
         );
         let envelope = tokio::select! {
             r = read => match r {
-                Ok(e) => e,
+                Ok(e) => {
+                    stats.client_requests.fetch_add(1, Ordering::Relaxed);
+                    e
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "dropped a malformed client frame; ending the session");

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use rdask::{Client, Error, FutureStatus, ReturnWhen, TaskOptions};
-use rdask_tests::{NodeProcess, bounded, flaky, inc, logged_inc, slow_inc, sum_of_incs};
+use rdask_tests::{NodeProcess, bounded, flaky, http_get, inc, logged_inc, slow_inc, sum_of_incs};
 
 const NODE: &str = env!("CARGO_BIN_EXE_rdask-test-node");
 
@@ -621,5 +621,38 @@ fn collections_of_futures_are_arguments_of_the_collections_of_their_values() {
         let none: Vec<rdask::Future<i64>> = Vec::new();
         let zero = client.submit(rdask::builtins::sum, (none,));
         assert_eq!(rdask::block_on(zero.result()).unwrap(), 0);
+    });
+}
+
+#[test]
+fn waits_are_woken_by_the_completion_not_by_polling() {
+    let _one = serial();
+    bounded(120, || {
+        let node = NodeProcess::start(NODE, &["--nthreads", "2"]);
+        let client = Client::connect(&node.multiaddr).expect("connect");
+        let metrics = format!("{}/metrics", node.dashboard.as_ref().expect("a dashboard"));
+        let requests = || -> u64 {
+            let (_, body) = http_get(&metrics);
+            body.lines()
+                .find_map(|l| l.strip_prefix("rdask_client_requests_total "))
+                .expect("the requests counter")
+                .trim()
+                .parse()
+                .expect("a count")
+        };
+        for when in [ReturnWhen::AllCompleted, ReturnWhen::FirstCompleted] {
+            let slow = client.submit(slow_inc, (1, 1_500));
+            let slower = client.submit(slow_inc, (2, 1_600));
+            rdask::block_on(slow.status()).unwrap(); // accepted by the node
+            let before = requests();
+            let both = [slow.clone(), slower.clone()];
+            let w = rdask::block_on(client.wait(&both, when)).unwrap();
+            let asked = requests() - before;
+            assert!(!w.done.is_empty(), "{when:?}");
+            // One look, then a request the node answers when the tasks finish (polling
+            // with pauses up to 100 ms would ask about 20 times in 1.5 s).
+            assert!(asked <= 4, "{when:?}: {asked} requests for one wait");
+            rdask::block_on(client.wait(&both, ReturnWhen::AllCompleted)).unwrap();
+        }
     });
 }

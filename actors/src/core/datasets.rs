@@ -202,6 +202,9 @@ impl NodeCore {
                 };
                 self.replies.push((request, reply));
             }
+            ForwardedRequest::AwaitStatus { keys, all, wait_ms } => {
+                self.handle_await_status(request, keys, all, wait_ms)
+            }
         }
     }
 
@@ -272,7 +275,7 @@ fn pending_answer(request: &ForwardedRequest) -> ClientResponse {
         ForwardedRequest::Gather { keys, .. } => {
             ClientResponse::Results(vec![KeyResult::Pending; keys.len()])
         }
-        ForwardedRequest::Status { keys } => {
+        ForwardedRequest::Status { keys } | ForwardedRequest::AwaitStatus { keys, .. } => {
             ClientResponse::Statuses(vec![KeyStatus::Pending; keys.len()])
         }
     }

@@ -263,6 +263,59 @@ fn a_gather_waits_for_unfinished_keys_and_a_timer_answers_with_what_is_ready() {
 }
 
 #[test]
+fn an_await_of_statuses_is_answered_when_a_key_finishes_or_every_key_with_all() {
+    let mut c = core();
+    submit(
+        &mut c,
+        1,
+        vec![
+            spec("inc-1", "inc", vec![lit(1)]),
+            spec("inc-2", "inc", vec![key("inc-1")]),
+        ],
+    );
+    let both = || vec![Key::from("inc-1"), Key::from("inc-2")];
+    c.handle_await_status(RequestId(60), both(), false, 2_000);
+    c.handle_await_status(RequestId(61), both(), true, 2_000);
+    c.handle_await_status(RequestId(62), both(), true, 0);
+    // Held (with timers), except the one that may not wait.
+    match c.take_replies().as_slice() {
+        [(RequestId(62), ClientResponse::Statuses(s))] => {
+            assert_eq!(s, &vec![KeyStatus::Pending, KeyStatus::Pending])
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let jobs = c.take_jobs();
+    assert_eq!(jobs.len(), 1);
+    let j = &jobs[0];
+    c.handle_task_done(TaskDone {
+        task: j.task,
+        result: j.entry.call(&j.args),
+        elapsed_ns: 1,
+    });
+    // The first key finished: the await of any is answered, not the await of all.
+    match c.take_replies().as_slice() {
+        [(RequestId(60), ClientResponse::Statuses(s))] => {
+            assert_eq!(s, &vec![KeyStatus::Finished, KeyStatus::Pending])
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    run_all(&mut c);
+    match c.take_replies().as_slice() {
+        [(RequestId(61), ClientResponse::Statuses(s))] => {
+            assert_eq!(s, &vec![KeyStatus::Finished, KeyStatus::Finished])
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Done already, or unknown here: answered at once; stale timers do nothing.
+    c.handle_await_status(RequestId(63), vec![Key::from("nope")], false, 2_000);
+    c.handle_wait_expired(RequestId(60));
+    match c.take_replies().as_slice() {
+        [(RequestId(63), ClientResponse::Statuses(s))] => assert_eq!(s, &vec![KeyStatus::Unknown]),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
 fn intermediate_values_are_freed_once_their_dependents_finish_and_their_specs_with_the_last_dependent()
  {
     let mut c = core();
