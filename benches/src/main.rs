@@ -22,9 +22,17 @@ use clap::Parser;
 mod compare;
 
 /// mimalloc, as the stock `rdask-node` uses (the node processes of the network figures are
-/// this binary too).
+/// this binary too); the system's with `--features system-alloc`.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The allocator of this binary and its node processes, for the figures' header.
+const ALLOCATOR: &str = if cfg!(feature = "system-alloc") {
+    "system allocator"
+} else {
+    "mimalloc"
+};
 use rdask::builtins::{identity, inc, sleep_ms};
 use rdask::{Client, MemberState, TaskOptions};
 
@@ -384,7 +392,7 @@ fn main() -> rdask::Result<()> {
         return compare::run(&args);
     }
     println!(
-        "rdask {} — {} task threads, {} repetitions each, median (min – max)",
+        "rdask {} — {} task threads, {} repetitions each, {ALLOCATOR}, median (min – max)",
         env!("CARGO_PKG_VERSION"),
         args.nthreads,
         args.repeats

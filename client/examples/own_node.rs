@@ -9,6 +9,5 @@
 #[path = "shared/tasks.rs"]
 mod tasks;
 
-fn main() {
-    rdask::node_main()
-}
+// `main`, with mimalloc as the allocator (as the stock `rdask-node`).
+rdask::node_main!();

@@ -82,7 +82,7 @@ pub use worker::{secede, worker_client};
 ///
 /// A node runs only the functions compiled into its binary: the local cluster runs every
 /// task function of the program; a separate node needs a binary built with the crate that
-/// defines them (see [`node_main`]).
+/// defines them (see [`node_main!`]).
 pub use rdask_macros::task;
 
 /// Task functions built into every node (`rdask-node` runs these and nothing else).
@@ -90,11 +90,17 @@ pub mod builtins {
     pub use rdask_node::builtins::*;
 }
 
-/// The whole program of a node binary that carries your task functions:
+/// The whole program of a node binary that carries your task functions, without choosing
+/// its allocator: prefer [`node_main!`], which also makes mimalloc the allocator as in the
+/// stock `rdask-node` (with the system's allocator large values move about 3× slower). Call
+/// this from your own `main` when you set a global allocator yourself:
 ///
 /// ```no_run
 /// // src/bin/my-node.rs
 /// use my_tasks as _; // the crate with your #[rdask::task] functions
+///
+/// #[global_allocator]
+/// static ALLOC: std::alloc::System = std::alloc::System; // your choice
 ///
 /// fn main() {
 ///     rdask::node_main()
@@ -104,9 +110,35 @@ pub mod builtins {
 ///
 /// It accepts the same command line as `rdask-node` (`--listen`, `--join`, `--nthreads`,
 /// …). Name every crate whose task functions the node should carry (`use that_crate as
-/// _;`): a crate that is never named is left out by the linker with its functions.
+/// _;`): a crate that is never named is left out by the linker with its functions. A node
+/// started this way warns that it may run on the system's allocator.
 pub fn node_main() {
     rdask_node::main()
+}
+
+/// Declares a node binary's `main` and its allocator (mimalloc, as the stock `rdask-node`
+/// uses): the whole program of a node that carries your task functions.
+///
+/// ```no_run
+/// // src/bin/my-node.rs
+/// use my_tasks as _; // the crate with your #[rdask::task] functions
+///
+/// rdask::node_main!();
+/// # mod my_tasks {}
+/// ```
+///
+/// The binary takes the same command line as `rdask-node`. See [`node_main()`](fn@node_main)
+/// to choose another allocator.
+#[macro_export]
+macro_rules! node_main {
+    () => {
+        #[global_allocator]
+        static RDASK_NODE_ALLOCATOR: $crate::__private::MiMalloc = $crate::__private::MiMalloc;
+
+        fn main() {
+            $crate::__private::node_main_with_mimalloc()
+        }
+    };
 }
 
 /// Runs a future to completion on the current thread: a small bridge for programs that
@@ -119,6 +151,12 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 #[doc(hidden)]
 pub mod __private {
     pub use rdask_graph::__private::*;
+    pub use rdask_node::allocator::MiMalloc;
+
+    /// `main` of a node declared by `rdask::node_main!()`.
+    pub fn node_main_with_mimalloc() {
+        rdask_node::main_with(rdask_node::allocator::Declared::MiMalloc)
+    }
 }
 
 /// The README's examples, compiled and run as doctests so that they stay true.

@@ -6,5 +6,5 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    rdask_node::main()
+    rdask_node::main_with(rdask_node::allocator::Declared::MiMalloc)
 }

@@ -2,6 +2,4 @@
 
 use rdask_tests as _;
 
-fn main() {
-    rdask::node_main()
-}
+rdask::node_main!();

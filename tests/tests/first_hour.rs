@@ -1,5 +1,5 @@
 //! What a new user meets in the first hour: errors that say what is wrong once, logs fit
-//! for a file.
+//! for a file, an own node binary as fast as the stock one.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -10,6 +10,7 @@ use rdask::{Client, Error};
 use rdask_tests::bounded;
 
 const NODE: &str = env!("CARGO_BIN_EXE_rdask-test-node");
+const PLAIN_NODE: &str = env!("CARGO_BIN_EXE_rdask-test-plain-node");
 
 #[test]
 fn connecting_where_no_node_listens_says_so_once() {
@@ -64,9 +65,9 @@ fn connecting_to_something_else_than_a_node_says_the_handshake_failed() {
     });
 }
 
-/// The first lines a node writes to standard error with `RUST_LOG=info` and `envs`.
-fn first_log_lines(envs: &[(&str, &str)]) -> String {
-    let mut child = Command::new(NODE)
+/// The first lines a node binary writes to standard error with `RUST_LOG=info` and `envs`.
+fn first_log_lines(binary: &str, envs: &[(&str, &str)]) -> String {
+    let mut child = Command::new(binary)
         .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-dashboard"])
         .env("RUST_LOG", "info")
         .env_remove("NO_COLOR")
@@ -102,9 +103,26 @@ fn first_log_lines(envs: &[(&str, &str)]) -> String {
 fn logs_written_to_a_pipe_carry_no_colour_codes() {
     bounded(60, || {
         for envs in [&[][..], &[("NO_COLOR", "1")][..]] {
-            let text = first_log_lines(envs);
+            let text = first_log_lines(NODE, envs);
             assert!(text.contains("INFO"), "no log lines: {text:?}");
             assert!(!text.contains('\u{1b}'), "colour codes in a pipe: {text:?}");
         }
+    });
+}
+
+#[test]
+fn an_own_node_declared_with_the_macro_runs_on_mimalloc_and_a_plain_one_says_it_may_not() {
+    bounded(60, || {
+        let declared = first_log_lines(NODE, &[]);
+        assert!(
+            declared.contains("allocator=\"mimalloc\""),
+            "rdask::node_main!() does not declare mimalloc: {declared:?}"
+        );
+        assert!(!declared.contains("WARN"), "{declared:?}");
+        let plain = first_log_lines(PLAIN_NODE, &[]);
+        assert!(
+            plain.contains("WARN") && plain.contains("rdask::node_main!()"),
+            "a node on the system allocator does not say so: {plain:?}"
+        );
     });
 }
