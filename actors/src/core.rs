@@ -157,6 +157,9 @@ pub struct PeerUpdate {
     pub load: LoadSummary,
     /// The resources it offers to tasks.
     pub resources: Vec<(Arc<str>, u64)>,
+    /// Other names a client may give it where a node id is expected
+    /// (`TaskOptions::workers`): its `--name` and its addresses.
+    pub aliases: Vec<Arc<str>>,
 }
 
 /// Counters of what the core did, for tests, simulations and metrics.
@@ -550,6 +553,8 @@ pub struct NodeCore {
     graphs: FxHashMap<GraphId, u64>,
     graph_order: VecDeque<GraphId>,
     waiters: FxHashMap<RequestId, Waiter>,
+    /// Members by their names and addresses (see [`PeerUpdate::aliases`]).
+    aliases: FxHashMap<Arc<str>, NodeId>,
     next_priority: u64,
     in_flight: u32,
     /// Running tasks that gave their thread slot up (not counted in `in_flight`).
@@ -689,6 +694,7 @@ impl NodeCore {
             graphs: FxHashMap::default(),
             graph_order: VecDeque::new(),
             waiters: FxHashMap::default(),
+            aliases: FxHashMap::default(),
             next_priority: 0,
             in_flight: 0,
             seceded: Default::default(),
@@ -1402,7 +1408,11 @@ impl NodeCore {
         let digest = self.registry.digest();
         let mut lost = Vec::new();
         let mut back = Vec::new();
+        self.aliases.clear();
         for m in members {
+            for a in &m.aliases {
+                self.aliases.insert(a.clone(), m.node.clone());
+            }
             if m.node.0 == self.node {
                 continue;
             }
@@ -2129,11 +2139,18 @@ impl NodeCore {
         }
     }
 
-    /// Interns the nodes of a placement restriction.
+    /// Interns the nodes of a placement restriction (ids, or names and addresses of
+    /// members).
     fn restrict(&mut self, nodes: &[Arc<str>], loose: bool) -> Box<Restrict> {
         let nodes = nodes
             .iter()
-            .map(|n| self.intern(&NodeId(n.clone())))
+            .map(|n| {
+                let id = match self.aliases.get(n) {
+                    Some(id) => id.clone(),
+                    None => NodeId(n.clone()),
+                };
+                self.intern(&id)
+            })
             .collect();
         Box::new(Restrict { nodes, loose })
     }

@@ -644,6 +644,7 @@ impl Actor for NodeActor {
                     .into_iter()
                     .map(|m| PeerUpdate {
                         resources: resources_of(&m.info),
+                        aliases: aliases_of(&m.info),
                         node: m.info.id,
                         nthreads: m.info.nthreads,
                         functions_digest: m.info.functions_digest,
@@ -679,5 +680,89 @@ impl Actor for NodeActor {
         }
         state.drain(&myself);
         Ok(())
+    }
+}
+
+/// The names a client may give a member instead of its id: its `--name`, each address as
+/// gossiped (a multiaddr), with and without its `/p2p/…` part, and as `host:port`.
+fn aliases_of(info: &MemberInfo) -> Vec<Arc<str>> {
+    let mut out: Vec<Arc<str>> = Vec::new();
+    if !info.name.is_empty() {
+        out.push(Arc::from(info.name.as_str()));
+    }
+    for a in &info.addresses {
+        out.push(Arc::from(a.as_str()));
+        match a.find("/p2p/") {
+            Some(at) => out.push(Arc::from(&a[..at])),
+            None => out.push(Arc::from(format!("{a}/p2p/{}", info.id.0).as_str())),
+        }
+        if let Some(hp) = host_port(a) {
+            out.push(Arc::from(hp.as_str()));
+        }
+    }
+    out.dedup();
+    out
+}
+
+/// `host:port` of a multiaddr's text (`/ip4/10.0.0.2/tcp/4001/p2p/…` → `10.0.0.2:4001`).
+fn host_port(multiaddr: &str) -> Option<String> {
+    let parts: Vec<&str> = multiaddr.split('/').collect();
+    let mut host = None;
+    let mut port = None;
+    for w in parts.windows(2) {
+        match w[0] {
+            "ip4" | "dns" | "dns4" | "dns6" => host = Some(w[1].to_string()),
+            "ip6" => host = Some(format!("[{}]", w[1])),
+            "tcp" => port = Some(w[1]),
+            _ => {}
+        }
+    }
+    Some(format!("{}:{}", host?, port?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_may_be_named_by_its_name_and_addresses() {
+        let mut info = MemberInfo {
+            id: NodeId(Arc::from("12D3KooWx")),
+            addresses: vec!["/ip4/10.0.0.2/tcp/4001/p2p/12D3KooWx".into()],
+            nthreads: 1,
+            memory_bytes: 0,
+            functions_digest: 0,
+            functions: 0,
+            version: String::new(),
+            protocol: 0,
+            resources: Vec::new(),
+            dashboard: String::new(),
+            memory_limit: 0,
+            data_port: 0,
+            name: "gpu-1".into(),
+        };
+        let names: Vec<String> = aliases_of(&info).iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "gpu-1",
+                "/ip4/10.0.0.2/tcp/4001/p2p/12D3KooWx",
+                "/ip4/10.0.0.2/tcp/4001",
+                "10.0.0.2:4001"
+            ]
+        );
+        info.addresses = vec!["/ip4/10.0.0.2/tcp/4001".into()];
+        let names: Vec<String> = aliases_of(&info).iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "gpu-1",
+                "/ip4/10.0.0.2/tcp/4001",
+                "/ip4/10.0.0.2/tcp/4001/p2p/12D3KooWx",
+                "10.0.0.2:4001"
+            ]
+        );
+        assert_eq!(host_port("/ip6/::1/tcp/7").as_deref(), Some("[::1]:7"));
+        assert_eq!(host_port("/memory/3"), None);
     }
 }

@@ -167,6 +167,7 @@ fn member(i: u32) -> MemberInfo {
         memory_bytes: 1 << 34,
         memory_limit: 0,
         data_port: 0,
+        name: String::new(),
         functions_digest: 7,
         functions: 11,
         version: "0.1.0".into(),

@@ -58,7 +58,7 @@ pub use rdask_actors::protocol::NodeStatus;
 pub use rdask_gossip::{LoadSummary, MemberInfo, MemberState};
 pub use rdask_graph::{GraphError, Key, TaskError, TaskErrorKind, TaskFn};
 pub use wait::{AsCompleted, ProgressSummary, ReturnWhen, Waited};
-pub use worker::{secede, worker_client};
+pub use worker::{get_worker, secede, worker_client};
 
 /// Registers a plain Rust function as a task function that the cluster can run.
 ///

@@ -35,8 +35,9 @@ impl TaskOptions {
         TaskOptions::default()
     }
 
-    /// Runs the task only on these nodes (their ids, as [`crate::Client::nodes`] shows
-    /// them). While none of them is alive, the task waits (unless
+    /// Runs the task only on these nodes: their ids, `--name`s or addresses (`host:port`,
+    /// or a multiaddr with or without `/p2p/…`), as [`crate::Client::nodes`] shows them.
+    /// While none of them is alive, the task waits (unless
     /// [`TaskOptions::allow_other_workers`]); work stealing never moves it elsewhere.
     pub fn workers<I, S>(mut self, nodes: I) -> TaskOptions
     where

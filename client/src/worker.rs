@@ -1,7 +1,9 @@
 //! Tasks that submit tasks: a task function reaches its own cluster (Dask's
 //! `worker_client`, `secede`).
 
-use crate::{Client, Result, blocking};
+use rdask_actors::NodeMsg;
+
+use crate::{Client, Error, NodeStatus, Result, blocking};
 
 /// A client of the cluster this task function runs on, for a task that submits more tasks
 /// and waits for them (Dask's `worker_client`). Blocking, as task functions are plain
@@ -49,4 +51,32 @@ pub fn worker_client() -> Result<blocking::Client> {
 /// [`worker_client`] calls it.
 pub fn secede() -> bool {
     rdask_actors::secede()
+}
+
+/// The node this task function runs on (Dask's `get_worker()`): its id, `--name`,
+/// addresses, threads and load, as `client.nodes()` lists it. The id, name or an address
+/// can be given to [`crate::TaskOptions::workers`].
+///
+/// ```
+/// #[rdask::task]
+/// fn where_am_i() -> String {
+///     rdask::get_worker().map(|n| n.member.id.0.to_string()).unwrap_or_default()
+/// }
+///
+/// # fn main() -> rdask::Result<()> {
+/// let client = rdask::Client::local()?;
+/// let id = rdask::block_on(client.submit(where_am_i, ()).result())?;
+/// assert_eq!(id, client.node_id());
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Errors: [`crate::Error::NotInTask`] outside a task function running on a node.
+pub fn get_worker() -> Result<NodeStatus> {
+    let node = rdask_actors::current_node().ok_or(Error::NotInTask)?;
+    let (tx, rx) = ractor::concurrency::oneshot();
+    node.send_message(NodeMsg::Status(tx.into()))
+        .map_err(|_| Error::Closed)?;
+    // A task thread is not a thread of the node's runtime: blocking here is safe.
+    futures::executor::block_on(rx).map_err(|_| Error::Closed)
 }

@@ -529,6 +529,7 @@ mod tests {
             dashboard: String::new(),
             memory_limit: 0,
             data_port: 0,
+            name: String::new(),
         };
         (peer, info)
     }

@@ -119,6 +119,10 @@ pub struct MemberInfo {
     /// first address; 0: none.
     #[serde(default)]
     pub data_port: u16,
+    /// The name its operator gave it (`--name`); empty: none. Clients may name the node by
+    /// it (and by its addresses) where a node id is expected.
+    #[serde(default)]
+    pub name: String,
 }
 
 /// A node's load, as gossiped later and reported to clients now.
@@ -155,6 +159,7 @@ mod tests {
             dashboard: String::new(),
             memory_limit: 0,
             data_port: 0,
+            name: String::new(),
         };
         let bytes = postcard::to_allocvec(&m).unwrap();
         assert_eq!(postcard::from_bytes::<MemberInfo>(&bytes).unwrap(), m);

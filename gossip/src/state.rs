@@ -1185,6 +1185,7 @@ mod tests {
             memory_bytes: 1 << 30,
             memory_limit: 0,
             data_port: 0,
+            name: String::new(),
             functions_digest: 7,
             functions: 3,
             version: "0.1.0".into(),

@@ -88,6 +88,11 @@ pub struct Cli {
     )]
     pub max_tasks_per_submit: u64,
 
+    /// A name for this node, unique in its cluster (e.g. `gpu-1`): clients may give it
+    /// where a node id is expected (`TaskOptions::workers`), `rdask status` and the
+    /// dashboard show it, and tasks read it (`rdask::get_worker()`).
+    #[arg(long, env = "RDASK_NODE_NAME", value_parser = parse_name)]
+    pub name: Option<String>,
     /// Abstract resources this node offers to tasks that ask for them, as NAME=AMOUNT
     /// pairs (`GPU=2,MEM=8e9`): such a task runs only on nodes with enough of each, and no
     /// more of them at once than the amounts allow.
@@ -189,6 +194,8 @@ pub struct NodeConfig {
     pub max_tasks_per_submit: u64,
     /// Resources offered to tasks.
     pub resources: Vec<(String, u64)>,
+    /// The node's name (`--name`); empty: none.
+    pub name: String,
     /// Where the dashboard listens; `None`: no dashboard.
     pub dashboard: Option<std::net::SocketAddr>,
     /// The memory limit in bytes; `None`: none.
@@ -285,6 +292,22 @@ impl MemoryLimit {
     }
 }
 
+/// `--name`: 1–64 letters, digits, `-`, `_` or `.`.
+pub(crate) fn parse_name(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not a node name: use 1 to 64 letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
 /// `--resources`: NAME=AMOUNT pairs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Resources(pub Vec<(String, u64)>);
@@ -331,6 +354,7 @@ impl NodeConfig {
             max_sessions: DEFAULT_MAX_SESSIONS,
             max_tasks_per_submit: rdask_actors::DEFAULT_MAX_TASKS_PER_SUBMIT,
             resources: Vec::new(),
+            name: String::new(),
             dashboard: None,
             memory_limit: None,
             secret: None,
@@ -392,6 +416,7 @@ impl Cli {
             max_sessions: self.max_client_sessions,
             max_tasks_per_submit: self.max_tasks_per_submit,
             resources: self.resources.0,
+            name: self.name.unwrap_or_default(),
             dashboard: (!self.no_dashboard).then_some(self.dashboard_address),
             memory_limit: self.memory_limit.resolve(crate::machine_memory()),
         })

@@ -79,8 +79,7 @@ pub fn gossip(data: &[u8]) {
         vec![me.addr.to_string()],
         2,
         Registry::global(),
-        &[],
-        None,
+        &crate::NodeConfig::in_process(2),
         0,
     );
     let mut g = rdask_gossip::Gossip::new(me, info, rdask_gossip::GossipConfig::lan(16), 7);

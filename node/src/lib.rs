@@ -262,8 +262,7 @@ fn member_info(
     addresses: Vec<String>,
     nthreads: usize,
     registry: &Registry,
-    resources: &[(String, u64)],
-    memory_limit: Option<u64>,
+    config: &NodeConfig,
     data_port: u16,
 ) -> MemberInfo {
     MemberInfo {
@@ -275,10 +274,11 @@ fn member_info(
         functions: registry.len() as u32,
         version: VERSION.to_string(),
         protocol: PROTOCOL_VERSION,
-        resources: resources.to_vec(),
+        resources: config.resources.clone(),
         dashboard: String::new(),
-        memory_limit: memory_limit.unwrap_or(0),
+        memory_limit: config.memory_limit.unwrap_or(0),
         data_port,
+        name: config.name.clone(),
     }
 }
 
@@ -366,8 +366,7 @@ pub async fn start(
         Vec::new(),
         nthreads,
         registry,
-        &config.resources,
-        config.memory_limit,
+        &config,
         0,
     );
     member.dashboard = dashboard_addr
@@ -596,8 +595,7 @@ pub async fn start(
                         .collect(),
                     nthreads,
                     registry,
-                    &config.resources,
-                    config.memory_limit,
+                    &config,
                     data_port,
                 )
             },

@@ -333,6 +333,7 @@ fn sim_info(name: &NodeId) -> MemberInfo {
         dashboard: String::new(),
         memory_limit: 0,
         data_port: 0,
+        name: String::new(),
     }
 }
 
@@ -884,6 +885,7 @@ impl Sim {
                 alive: !self.nodes[i].dead_seen[j],
                 load: n.core.load(),
                 resources: gpu_amounts(n.gpus),
+                aliases: Vec::new(),
             })
             .collect();
         self.nodes[i].core.handle_members(&updates);

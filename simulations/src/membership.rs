@@ -391,6 +391,7 @@ impl Cluster {
             memory_bytes: 1 << 30,
             memory_limit: 0,
             data_port: 0,
+            name: String::new(),
             functions_digest: 7,
             functions: 8,
             version: "sim".into(),

@@ -72,6 +72,14 @@ pub fn where_am_i(x: u64) -> (u64, u32) {
     (x, std::process::id())
 }
 
+/// The id and `--name` of the node this task runs on, as the task itself learns them
+/// (`rdask::get_worker()`).
+#[rdask::task]
+pub fn my_node() -> Result<(String, String), rdask::Error> {
+    let me = rdask::get_worker()?;
+    Ok((me.member.id.0.to_string(), me.member.name))
+}
+
 /// [`where_am_i`] after `ms` milliseconds: where work that takes time ran.
 #[rdask::task]
 pub fn slow_where(x: u64, ms: u64) -> (u64, u32) {

@@ -94,6 +94,64 @@ fn the_first_graph_of_a_new_cluster_runs_on_every_node_the_client_lists() {
 }
 
 #[test]
+fn nodes_are_named_by_their_name_or_address_and_tasks_learn_where_they_run() {
+    let a = NodeProcess::start(NODE, &["--nthreads", "1"]);
+    let b = NodeProcess::start(
+        NODE,
+        &[
+            "--nthreads",
+            "1",
+            "--name",
+            "gpu-box",
+            "--join",
+            &a.multiaddr,
+        ],
+    );
+    let (seed, b_id, b_addr, b_port) = (
+        a.multiaddr.clone(),
+        b.peer_id.clone(),
+        b.multiaddr.clone(),
+        b.port,
+    );
+    bounded(120, move || {
+        wait_for_members(&seed, 2, 30);
+        let client = Client::connect(&seed).expect("connect");
+        let nodes = rdask::block_on(client.nodes()).expect("nodes");
+        let named = nodes
+            .iter()
+            .find(|n| n.member.name == "gpu-box")
+            .expect("the named node is listed");
+        assert_eq!(named.member.id.0.to_string(), b_id);
+        let unnamed = nodes
+            .iter()
+            .find(|n| n.member.id.0.to_string() != b_id)
+            .expect("the other");
+        assert_eq!(unnamed.member.name, "");
+        // By name, by host:port, by multiaddr: the task runs there, and knows it.
+        for target in [
+            "gpu-box".to_string(),
+            format!("127.0.0.1:{b_port}"),
+            b_addr.clone(),
+        ] {
+            let at = TaskOptions::new().workers([target.as_str()]);
+            let futures: Vec<_> = (0..4)
+                .map(|_| client.submit_with(rdask_tests::my_node, (), &at))
+                .collect();
+            for (id, name) in rdask::block_on(client.gather(&futures)).expect("gather") {
+                assert_eq!(
+                    (id.as_str(), name.as_str()),
+                    (b_id.as_str(), "gpu-box"),
+                    "workers([{target:?}])"
+                );
+            }
+        }
+        // Outside a task there is no node to learn.
+        assert!(matches!(rdask::get_worker(), Err(rdask::Error::NotInTask)));
+    });
+    drop((a, b));
+}
+
+#[test]
 fn tasks_submitted_to_one_node_run_across_the_cluster() {
     let (nodes, addrs) = cluster(4);
     let pids: Vec<u32> = nodes.iter().map(|n| n.pid()).collect();

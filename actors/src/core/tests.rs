@@ -514,6 +514,7 @@ fn member(core: &NodeCore, name: &str, alive: bool) -> PeerUpdate {
         alive,
         load: LoadSummary::default(),
         resources: Vec::new(),
+        aliases: Vec::new(),
     }
 }
 /// Hands every batch `from` has for `to` over to it.

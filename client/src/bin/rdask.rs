@@ -65,8 +65,8 @@ fn main() {
                 .sum();
             println!("{} members ({alive} alive), {threads} threads", nodes.len());
             println!(
-                "{:<54} {:<6} {:>7} {:>10} {:>7} {:>7} {:>7}  ADDRESS",
-                "NODE", "STATE", "THREADS", "MEMORY", "QUEUED", "RUNNING", "STORED"
+                "{:<54} {:<12} {:<6} {:>7} {:>10} {:>7} {:>7} {:>7}  ADDRESS",
+                "NODE", "NAME", "STATE", "THREADS", "MEMORY", "QUEUED", "RUNNING", "STORED"
             );
             for n in &nodes {
                 let state = match n.state {
@@ -74,9 +74,23 @@ fn main() {
                     rdask::MemberState::Alive => "alive",
                     rdask::MemberState::Down => "down",
                 };
+                // The address as `host:port`: what `Client::connect` and
+                // `TaskOptions::workers` take (as well as the id, the name or a multiaddr).
+                let address = n.member.addresses.first().map_or_else(
+                    || "-".to_string(),
+                    |a| {
+                        a.parse::<libp2p::Multiaddr>()
+                            .map_or_else(|_| a.clone(), |m| rdask_node::net::host_port(&m))
+                    },
+                );
                 println!(
-                    "{:<54} {:<6} {:>7} {:>10} {:>7} {:>7} {:>7}  {}",
+                    "{:<54} {:<12} {:<6} {:>7} {:>10} {:>7} {:>7} {:>7}  {}",
                     n.member.id.0,
+                    if n.member.name.is_empty() {
+                        "-"
+                    } else {
+                        &n.member.name
+                    },
                     state,
                     n.member.nthreads,
                     // The node's limit, when it has one; else the machine's memory.
@@ -88,11 +102,7 @@ fn main() {
                     n.load.queued,
                     n.load.running,
                     n.load.stored,
-                    n.member
-                        .addresses
-                        .first()
-                        .map(String::as_str)
-                        .unwrap_or("-")
+                    address
                 );
                 if !n.member.resources.is_empty() {
                     let r: Vec<String> = n
@@ -101,7 +111,7 @@ fn main() {
                         .iter()
                         .map(|(name, amount)| format!("{name}={amount}"))
                         .collect();
-                    println!("{:<54} resources {}", "", r.join(","));
+                    println!("{:<54} {:<12} resources {}", "", "", r.join(","));
                 }
             }
         }
