@@ -497,7 +497,8 @@ struct Peer {
     resources: Amounts,
     /// It said it is leaving: nothing more is placed on it.
     leaving: bool,
-    /// Membership declared it dead (a peer not heard of yet is not alive, nor dead).
+    /// Membership declared it dead, or a take-over of its graphs did before membership
+    /// listed it (a peer not heard of yet is not alive, nor dead).
     dead: bool,
     /// When this node learnt it dead (counts against a take-over's quorum for a while).
     dead_since: u64,

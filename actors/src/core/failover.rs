@@ -908,6 +908,15 @@ impl NodeCore {
             self.send(from, empty_inventory(old));
             return;
         }
+        let peer = &mut self.peers[o as usize];
+        if !peer.alive && !peer.dead && !handover {
+            // Not listed by this node's membership yet (this node joined since): dead on the
+            // new owner's word, so that membership listing it alive later reads as its return
+            // (`peer_back`: the alias goes, it is told `Forgot`) and not as a member that
+            // never left, whose every message the alias would void for good.
+            peer.dead = true;
+            peer.dead_since = self.now_ms;
+        }
         self.alias.insert(o, (from, epoch));
         self.orphans.remove(&o);
         self.replicas.remove(&o);

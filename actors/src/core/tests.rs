@@ -1602,3 +1602,48 @@ fn a_copy_announced_to_a_take_over_waiting_for_inventories_keeps_its_size() {
     assert_eq!(new.values_held(), (0, 0));
     assert_eq!((new.load().stored, new.load().memory_used), (0, 0));
 }
+
+#[test]
+fn a_take_over_heard_before_the_owner_was_listed_does_not_void_the_owner_once_listed_alive() {
+    // node-j has just joined: its membership lists nobody yet when node-n, which took over
+    // node-o (taken for dead behind a partition), asks it for its inventory.
+    let mut j = core_named("node-j");
+    let (from_n, from_o) = (NodeId(Arc::from("node-n")), NodeId(Arc::from("node-o")));
+    let recover = PeerMsg::Recover {
+        old: from_o.clone(),
+        epoch: next_epoch(1, "node-n"),
+        handover: false,
+    };
+    j.handle_peer(&from_n, idle_batch(vec![recover]));
+    let answer = sends(&mut j).remove("node-n").unwrap_or_default();
+    assert!(
+        matches!(answer.as_slice(), [PeerMsg::Inventory { .. }]),
+        "{answer:?}"
+    );
+    // Then membership lists node-o alive (the partition healed, or node-j never saw it
+    // cut off): node-o is back, told that node-j wrote its graphs off.
+    let all: Vec<PeerUpdate> = ["node-j", "node-n", "node-o"]
+        .iter()
+        .map(|n| member(&j, n, true))
+        .collect();
+    j.handle_members(&all);
+    assert_eq!(j.stats().peers_back, 1);
+    let told = sends(&mut j).remove("node-o").unwrap_or_default();
+    assert!(
+        told.iter().any(|m| matches!(m, PeerMsg::Forgot)),
+        "{told:?}"
+    );
+    // node-o's messages count again: a task it places on node-j runs and is reported to
+    // it (they were void for good, read as a dead owner's, and the task was sent again
+    // every 2 s for ever).
+    let one = AssignArg::Value(value::encode(&1i64).unwrap());
+    let x = assignment("node-o", "x", "inc", vec![one], 1);
+    j.handle_peer(&from_o, idle_batch(vec![PeerMsg::Assign(x)]));
+    assert_eq!(run_all(&mut j), vec!["x".to_string()]);
+    let told = sends(&mut j).remove("node-o").unwrap_or_default();
+    assert!(
+        told.iter()
+            .any(|m| matches!(m, PeerMsg::Done { key, .. } if key.as_str() == "x")),
+        "{told:?}"
+    );
+}
