@@ -491,16 +491,23 @@ fn cluster(args: &Args, first_only: bool) -> rdask::Result<()> {
 
 /// The transfer figure, with and without the data path (see `--transfer`).
 fn transfer_figure(args: &Args) -> rdask::Result<()> {
-    let (_fast_nodes, fast) = start_cluster_with(2, args.nthreads, &[])?;
+    let (fast_nodes, fast) = start_cluster_with(2, args.nthreads, &[])?;
     let (_slow_nodes, slow) = start_cluster_with(2, args.nthreads, &["--no-data-path"])?;
+    // The receiving node (the client's entry node) of the data-path cluster: its page
+    // faults show what fresh memory a transfer touched.
+    let receiver = fast_nodes[0].0.id();
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for r in 0..args.repeats as u64 {
+        let faults = minor_faults(receiver);
         with.extend(transfer_rates(&fast, args.mib, 1, 1_000 + r)?);
+        let faults = minor_faults(receiver).zip(faults).map(|(b, a)| b - a);
         without.extend(transfer_rates(&slow, args.mib, 1, 2_000 + r)?);
         println!(
-            "repetition {}: {:.0} MB/s with the data path, {:.0} MB/s libp2p only",
+            "repetition {}: {:.0} MB/s with the data path ({} MiB of fresh pages touched by the \
+             receiver), {:.0} MB/s libp2p only",
             r + 1,
             with[with.len() - 1],
+            faults.map_or_else(|| "?".to_string(), |f| ((f * 4096) >> 20).to_string()),
             without[without.len() - 1]
         );
     }
@@ -516,6 +523,15 @@ fn transfer_figure(args: &Args) -> rdask::Result<()> {
     }
     println!("ratio of the medians: {:.2}", a.median / b.median);
     Ok(())
+}
+
+/// Minor page faults of process `pid` so far (Linux: `/proc/PID/stat`), each a fresh 4 KiB
+/// page the process touched for the first time.
+fn minor_faults(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After `pid (comm)`: state is field 3, minflt field 10.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(7)?.parse().ok()
 }
 
 /// MB/s of a value of `mib` MiB made on the cluster's second node and read on its first
