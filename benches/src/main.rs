@@ -493,21 +493,26 @@ fn cluster(args: &Args, first_only: bool) -> rdask::Result<()> {
 fn transfer_figure(args: &Args) -> rdask::Result<()> {
     let (fast_nodes, fast) = start_cluster_with(2, args.nthreads, &[])?;
     let (_slow_nodes, slow) = start_cluster_with(2, args.nthreads, &["--no-data-path"])?;
-    // The receiving node (the client's entry node) of the data-path cluster: its page
-    // faults show what fresh memory a transfer touched.
-    let receiver = fast_nodes[0].0.id();
+    // The receiving node (the client's entry node) and the sending one of the data-path
+    // cluster: their page faults and CPU time per transfer show where a slow one goes.
+    let (receiver, sender) = (fast_nodes[0].0.id(), fast_nodes[1].0.id());
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for r in 0..args.repeats as u64 {
-        let faults = minor_faults(receiver);
+        let before = (proc_stat(receiver), proc_stat(sender));
         with.extend(transfer_rates(&fast, args.mib, 1, 1_000 + r)?);
-        let faults = minor_faults(receiver).zip(faults).map(|(b, a)| b - a);
+        let after = (proc_stat(receiver), proc_stat(sender));
         without.extend(transfer_rates(&slow, args.mib, 1, 2_000 + r)?);
+        let delta = |b: Option<(u64, u64)>, a: Option<(u64, u64)>| match (b, a) {
+            (Some(b), Some(a)) => format!("{} faults, {} ms CPU", a.0 - b.0, (a.1 - b.1) * 10),
+            _ => "?".to_string(),
+        };
         println!(
-            "repetition {}: {:.0} MB/s with the data path ({} MiB of fresh pages touched by the \
-             receiver), {:.0} MB/s libp2p only",
+            "repetition {}: {:.0} MB/s with the data path (receiver {}; sender, making the \
+             value too: {}), {:.0} MB/s libp2p only",
             r + 1,
             with[with.len() - 1],
-            faults.map_or_else(|| "?".to_string(), |f| ((f * 4096) >> 20).to_string()),
+            delta(before.0, after.0),
+            delta(before.1, after.1),
             without[without.len() - 1]
         );
     }
@@ -525,13 +530,14 @@ fn transfer_figure(args: &Args) -> rdask::Result<()> {
     Ok(())
 }
 
-/// Minor page faults of process `pid` so far (Linux: `/proc/PID/stat`), each a fresh 4 KiB
-/// page the process touched for the first time.
-fn minor_faults(pid: u32) -> Option<u64> {
+/// Minor page faults and CPU time (user + system, in clock ticks of 10 ms) of process
+/// `pid` so far (Linux: `/proc/PID/stat`).
+fn proc_stat(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After `pid (comm)`: state is field 3, minflt field 10.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(7)?.parse().ok()
+    // After `pid (comm) `: state is field 3; minflt is field 10, utime 14, stime 15.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+    let num = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((num(7)?, num(11)? + num(12)?))
 }
 
 /// MB/s of a value of `mib` MiB made on the cluster's second node and read on its first
