@@ -1013,7 +1013,7 @@ fn dial_reason(error: &libp2p::swarm::DialError, at: &str, hint: &str) -> String
     } else if said("resolve") || said("lookup") || said("dns") {
         format!("cannot resolve the address {at} ({innermost})")
     } else {
-        format!("connected to {at}, but the handshake failed: {hint}")
+        format!("connected to {at}, but the handshake failed. {hint}")
     }
 }
 
@@ -1038,9 +1038,9 @@ impl RemoteNode {
         secret: Option<&ClusterSecret>,
     ) -> Result<RemoteNode, NetError> {
         let hint = if secret.is_some() {
-            "is it an rdask-node, and is its cluster secret the same as yours?"
+            "Is it an rdask-node with the same cluster secret as yours?"
         } else {
-            "is it an rdask-node? If its cluster has a secret, set RDASK_CLUSTER_SECRET to it"
+            "Is it an rdask-node? If its cluster has a secret, set RDASK_CLUSTER_SECRET to it."
         };
         let at = host_port(&addr);
         let mut swarm = build_swarm(Keypair::generate_ed25519(), secret, |_| {
@@ -1069,7 +1069,8 @@ impl RemoteNode {
         .await
         .map_err(|_| {
             dial_err(format!(
-                "no connection within {timeout:?}: is {at} reachable from here, and {hint}"
+                "no answer from {at} within {timeout:?}: is it reachable from here (address, \
+                 firewall)? {hint}"
             ))
         })??;
 

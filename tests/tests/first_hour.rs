@@ -57,7 +57,7 @@ fn connecting_to_something_else_than_a_node_says_the_handshake_failed() {
         assert!(
             text.starts_with(&format!(
                 "cannot connect to {address}: connected to 127.0.0.1:{port}, but the handshake \
-                 failed: is it an rdask-node?"
+                 failed. Is it an rdask-node?"
             )),
             "{text}"
         );
