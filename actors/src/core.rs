@@ -2800,7 +2800,11 @@ impl NodeCore {
         let finished = id
             .and_then(|id| self.task(id))
             .is_none_or(|t| match &t.state {
-                State::Memory { holders, .. } => !holders.contains(&to),
+                // Word of a hand-over before one this node has heard of (the copy that
+                // ran, handed on more often) is old news: the thief's copy went on, maybe
+                // to the holder. A release there would be sent on along the hand-overs and
+                // drop the value this node counts on.
+                State::Memory { holders, .. } => !holders.contains(&to) && hops >= t.hops,
                 s => s.finished(),
             });
         if finished {

@@ -1647,3 +1647,68 @@ fn a_take_over_heard_before_the_owner_was_listed_does_not_void_the_owner_once_li
         "{told:?}"
     );
 }
+
+#[test]
+fn a_late_word_of_an_earlier_hand_over_does_not_release_the_copy_that_ran() {
+    let names = ["node-o", "node-v", "node-a", "node-b"];
+    let [mut o, mut v, mut a, mut b] = names.map(core_named);
+    // node-o is paused and sees node-a and node-b paused: its tasks go to node-v.
+    for c in [&mut o, &mut v, &mut a, &mut b] {
+        let mut view: Vec<PeerUpdate> = names.iter().map(|n| member(c, n, true)).collect();
+        if c.node() == "node-o" {
+            for m in [0, 2, 3] {
+                view[m].load.paused = true;
+            }
+        }
+        c.handle_members(&view);
+    }
+    o.set_memory_limit(Some(100));
+    o.handle_process_memory(100);
+    submit(&mut o, 1, incs(0..12));
+    deliver(&mut o, &mut v);
+    let id = |n: &str| NodeId(Arc::from(n));
+    // `thief` steals `want` tasks from `victim`: what the victim sends the thief, and what
+    // it tells the owner.
+    let steal = |victim: &mut NodeCore, thief: &str, want: u32| {
+        victim.handle_peer(&id(thief), idle_batch(vec![PeerMsg::Steal { want }]));
+        let mut out = sends(victim);
+        (
+            out.remove(thief).unwrap_or_default(),
+            out.remove("node-o").unwrap_or_default(),
+        )
+    };
+    // node-a steals two tasks from node-v (hops 2), node-b one of them from node-a (hops 3).
+    // node-v's word of its hand-over to node-a is slow; node-a's reaches node-o.
+    let (to_a, late_moved) = steal(&mut v, "node-a", 2);
+    a.handle_peer(&id("node-v"), idle_batch(to_a));
+    let (to_b, moved) = steal(&mut a, "node-b", 1);
+    let k = match to_b.as_slice() {
+        [PeerMsg::Stolen { tasks, .. }] if tasks.len() == 1 => tasks[0].key.clone(),
+        other => panic!("node-b stole one task: {other:?}"),
+    };
+    assert!(
+        late_moved
+            .iter()
+            .any(|m| matches!(m, PeerMsg::Moved { key, hops: 2, .. } if *key == k)),
+        "{late_moved:?}"
+    );
+    b.handle_peer(&id("node-a"), idle_batch(to_b));
+    o.handle_peer(&id("node-a"), idle_batch(moved));
+    // node-b runs it and tells node-o, which counts node-b's copy as the value.
+    assert_eq!(run_all(&mut b), vec![k.to_string()]);
+    deliver(&mut b, &mut o);
+    assert_eq!(b.foreign_keys(), (1, 0));
+    // Then node-v's word arrives: node-a had the task before it went to node-b. node-o
+    // used to take node-a's copy for one more (the task was done), and release it there;
+    // node-a sent the release on to node-b, which dropped the value node-o counts on, and
+    // the task ran again.
+    o.handle_peer(&id("node-v"), idle_batch(late_moved));
+    deliver(&mut o, &mut a);
+    deliver(&mut a, &mut b);
+    assert_eq!(b.foreign_keys(), (1, 0), "node-b keeps the value");
+    let i: i64 = k.as_str().trim_start_matches("inc-").parse().unwrap();
+    assert_eq!(gather_via(&mut o, &mut b, &[k.as_str()]), vec![i + 1]);
+    for c in [&mut o, &mut v, &mut a, &mut b] {
+        assert!(!run_all(c).contains(&k.to_string()), "{k} runs again");
+    }
+}
