@@ -92,7 +92,8 @@ wait_alive() { # address, count, seconds
 }
 wait_alive /dns/seed/tcp/4001 3 30
 echo "3 hosts joined through /dns/seed/tcp/4001"
-advertised=$(ip netns exec rdask-h4 "$CLI" status /dns/seed/tcp/4001 2>/dev/null | grep -c " /ip4/10\.77\.0\.[123]/tcp/4001" || true)
+# `rdask status` shows each member's first (advertised) address as host:port.
+advertised=$(ip netns exec rdask-h4 "$CLI" status /dns/seed/tcp/4001 2>/dev/null | grep -cE " 10\.77\.0\.[123]:4001$" || true)
 if [ "$advertised" != 3 ]; then
   echo "multi-host test FAILED: the members do not advertise their hosts' addresses first:"
   ip netns exec rdask-h4 "$CLI" status /dns/seed/tcp/4001 || true
