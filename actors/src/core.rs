@@ -1414,6 +1414,12 @@ impl NodeCore {
             for a in &m.aliases {
                 self.aliases.insert(a.clone(), m.node.clone());
             }
+        }
+        // A member's id always names that member, whatever another calls itself.
+        for m in members {
+            self.aliases.insert(m.node.0.clone(), m.node.clone());
+        }
+        for m in members {
             if m.node.0 == self.node {
                 continue;
             }

@@ -1712,3 +1712,47 @@ fn a_late_word_of_an_earlier_hand_over_does_not_release_the_copy_that_ran() {
         assert!(!run_all(c).contains(&k.to_string()), "{k} runs again");
     }
 }
+
+#[test]
+fn a_restriction_names_a_member_by_id_name_or_address_and_ids_win_over_names() {
+    let mut o = core_named("node-o");
+    let mut view: Vec<PeerUpdate> = ["node-o", "node-a", "node-b"]
+        .iter()
+        .map(|n| member(&o, n, true))
+        .collect();
+    view[1].aliases = vec![Arc::from("10.0.0.1:4001")];
+    // node-b calls itself "gpu", and also "node-a": another member's id.
+    view[2].aliases = vec![Arc::from("gpu"), Arc::from("node-a")];
+    o.handle_members(&view);
+    let on = |name: &str, k: &str| {
+        let mut s = spec(k, "inc", vec![lit(1)]);
+        s.placement = Some(rdask_graph::Placement {
+            nodes: vec![Arc::from(name)],
+            loose: false,
+        });
+        s
+    };
+    submit(
+        &mut o,
+        1,
+        vec![
+            on("gpu", "inc-g"),
+            on("node-a", "inc-a"),
+            on("10.0.0.1:4001", "inc-h"),
+        ],
+    );
+    let assigned = |msgs: &[PeerMsg]| -> Vec<String> {
+        let mut keys: Vec<String> = msgs
+            .iter()
+            .filter_map(|m| match m {
+                PeerMsg::Assign(a) => Some(a.key.to_string()),
+                _ => None,
+            })
+            .collect();
+        keys.sort();
+        keys
+    };
+    let out = sends(&mut o);
+    assert_eq!(assigned(&out["node-b"]), vec!["inc-g"]);
+    assert_eq!(assigned(&out["node-a"]), vec!["inc-a", "inc-h"]);
+}
