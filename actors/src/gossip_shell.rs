@@ -122,7 +122,7 @@ impl GossipState {
         }
         // A member is listed once the membership protocol holds it alive and its record has
         // arrived, in either order: a change of either count is a change of the list.
-        let counts = (self.core.live_count(), self.core.state().members().count());
+        let counts = (self.core.live_count(), self.core.state().members().len());
         if let Some(watch) = &self.watch
             && (changed || counts != self.told)
         {
@@ -219,10 +219,7 @@ impl Actor for GossipActor {
             }
             GossipMsg::Watch(watch) => {
                 watch(state.core.members(now));
-                state.told = (
-                    state.core.live_count(),
-                    state.core.state().members().count(),
-                );
+                state.told = (state.core.live_count(), state.core.state().members().len());
                 state.watch = Some(watch);
             }
             GossipMsg::Datasets(reply) => {

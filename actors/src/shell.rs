@@ -696,28 +696,12 @@ fn aliases_of(info: &MemberInfo) -> Vec<Arc<str>> {
             Some(at) => out.push(Arc::from(&a[..at])),
             None => out.push(Arc::from(format!("{a}/p2p/{}", info.id.0).as_str())),
         }
-        if let Some(hp) = host_port(a) {
+        if let Some(hp) = rdask_gossip::host_port(a) {
             out.push(Arc::from(hp.as_str()));
         }
     }
     out.dedup();
     out
-}
-
-/// `host:port` of a multiaddr's text (`/ip4/10.0.0.2/tcp/4001/p2p/…` → `10.0.0.2:4001`).
-fn host_port(multiaddr: &str) -> Option<String> {
-    let parts: Vec<&str> = multiaddr.split('/').collect();
-    let mut host = None;
-    let mut port = None;
-    for w in parts.windows(2) {
-        match w[0] {
-            "ip4" | "dns" | "dns4" | "dns6" => host = Some(w[1].to_string()),
-            "ip6" => host = Some(format!("[{}]", w[1])),
-            "tcp" => port = Some(w[1]),
-            _ => {}
-        }
-    }
-    Some(format!("{}:{}", host?, port?))
 }
 
 #[cfg(test)]
@@ -762,7 +746,5 @@ mod tests {
                 "10.0.0.2:4001"
             ]
         );
-        assert_eq!(host_port("/ip6/::1/tcp/7").as_deref(), Some("[::1]:7"));
-        assert_eq!(host_port("/memory/3"), None);
     }
 }

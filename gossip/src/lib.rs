@@ -36,6 +36,23 @@ use serde::{Deserialize, Serialize};
 /// each other with a clear reason.
 pub const PROTOCOL_VERSION: u32 = 4;
 
+/// `host:port` of a member address, a multiaddr's text (`/ip4/10.0.0.2/tcp/4001/p2p/…` →
+/// `10.0.0.2:4001`), as a user would write it; `None` without a host and a TCP port.
+pub fn host_port(multiaddr: &str) -> Option<String> {
+    let parts: Vec<&str> = multiaddr.split('/').collect();
+    let mut host = None;
+    let mut port = None;
+    for w in parts.windows(2) {
+        match w[0] {
+            "ip4" | "dns" | "dns4" | "dns6" => host = Some(w[1].to_string()),
+            "ip6" => host = Some(format!("[{}]", w[1])),
+            "tcp" => port = Some(w[1]),
+            _ => {}
+        }
+    }
+    Some(format!("{}:{}", host?, port?))
+}
+
 /// The largest gossip datagram a node reads (`/rdask/gossip/1`). Every message the gossip
 /// core makes fits it, whatever the size of the replicated state.
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
@@ -142,6 +159,21 @@ pub struct LoadSummary {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_member_address_reads_as_host_port() {
+        use super::host_port;
+        assert_eq!(
+            host_port("/ip4/10.0.0.2/tcp/4001/p2p/12D3KooWx").as_deref(),
+            Some("10.0.0.2:4001")
+        );
+        assert_eq!(host_port("/ip6/::1/tcp/7").as_deref(), Some("[::1]:7"));
+        assert_eq!(
+            host_port("/dns/seed/tcp/4001").as_deref(),
+            Some("seed:4001")
+        );
+        assert_eq!(host_port("/memory/3"), None);
+    }
+
     use super::*;
 
     #[test]

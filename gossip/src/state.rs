@@ -419,7 +419,7 @@ impl ClusterState {
     }
 
     /// The member records, by node.
-    pub fn members(&self) -> impl Iterator<Item = (&NodeId, &MemberInfo)> {
+    pub fn members(&self) -> impl ExactSizeIterator<Item = (&NodeId, &MemberInfo)> {
         self.members.iter().map(|(k, r)| (k, &r.val))
     }
 

@@ -956,22 +956,8 @@ impl std::fmt::Debug for RemoteNode {
 /// `host:port` of a multiaddr (`/ip4/127.0.0.1/tcp/4001` → `127.0.0.1:4001`), as a user
 /// would write it; the multiaddr itself when it is not of that form.
 pub fn host_port(addr: &Multiaddr) -> String {
-    use libp2p::multiaddr::Protocol;
-    let mut host = None;
-    let mut port = None;
-    for p in addr.iter() {
-        match p {
-            Protocol::Ip4(ip) => host = Some(ip.to_string()),
-            Protocol::Ip6(ip) => host = Some(format!("[{ip}]")),
-            Protocol::Dns(h) | Protocol::Dns4(h) | Protocol::Dns6(h) => host = Some(h.to_string()),
-            Protocol::Tcp(p) => port = Some(p),
-            _ => {}
-        }
-    }
-    match (host, port) {
-        (Some(h), Some(p)) => format!("{h}:{p}"),
-        _ => addr.to_string(),
-    }
+    let text = addr.to_string();
+    rdask_gossip::host_port(&text).unwrap_or(text)
 }
 
 /// One sentence for a failed dial, by its cause (libp2p's own message nests the same cause

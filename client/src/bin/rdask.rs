@@ -78,10 +78,7 @@ fn main() {
                 // `TaskOptions::workers` take (as well as the id, the name or a multiaddr).
                 let address = n.member.addresses.first().map_or_else(
                     || "-".to_string(),
-                    |a| {
-                        a.parse::<libp2p::Multiaddr>()
-                            .map_or_else(|_| a.clone(), |m| rdask_node::net::host_port(&m))
-                    },
+                    |a| rdask_gossip::host_port(a).unwrap_or_else(|| a.clone()),
                 );
                 println!(
                     "{:<54} {:<12} {:<6} {:>7} {:>10} {:>7} {:>7} {:>7}  {}",
