@@ -84,140 +84,96 @@ fn map<'a, K: Serialize + 'a>(
     packed(cx, Some(n), parts)
 }
 
-impl<T> IntoArg<Vec<T>> for &[Future<T>] {
-    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
-        sequence(cx, self.iter().map(|f| Part::Future(&f.shared)))
+/// What stands for one value of a collection: a future (async or blocking) or a delayed call.
+trait Packable {
+    fn part(&self) -> Part<'_>;
+}
+
+impl<T> Packable for Future<T> {
+    fn part(&self) -> Part<'_> {
+        Part::Future(&self.shared)
     }
 }
 
-impl<T> IntoArg<Vec<T>> for &Vec<Future<T>> {
-    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
-        self.as_slice().into_arg(cx)
+impl<T> Packable for blocking::Future<T> {
+    fn part(&self) -> Part<'_> {
+        Part::Future(&self.inner.shared)
     }
 }
 
-impl<T> IntoArg<Vec<T>> for Vec<Future<T>> {
-    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
-        self.as_slice().into_arg(cx)
+impl<T> Packable for Delayed<T> {
+    fn part(&self) -> Part<'_> {
+        Part::Delayed(&self.node)
     }
 }
 
-impl<T> IntoArg<Vec<T>> for &[blocking::Future<T>] {
-    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
-        sequence(cx, self.iter().map(|f| Part::Future(&f.inner.shared)))
-    }
+/// `Vec`s and slices of `$item`s are arguments of `Vec`s of their values.
+macro_rules! sequences_of {
+    ($($item:ident)::+) => {
+        impl<T> IntoArg<Vec<T>> for &[$($item)::+<T>] {
+            fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
+                sequence(cx, self.iter().map(Packable::part))
+            }
+        }
+
+        impl<T> IntoArg<Vec<T>> for &Vec<$($item)::+<T>> {
+            fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
+                self.as_slice().into_arg(cx)
+            }
+        }
+
+        impl<T> IntoArg<Vec<T>> for Vec<$($item)::+<T>> {
+            fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
+                self.as_slice().into_arg(cx)
+            }
+        }
+    };
 }
 
-impl<T> IntoArg<Vec<T>> for &Vec<blocking::Future<T>> {
-    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
-        self.as_slice().into_arg(cx)
-    }
+/// Pairs, triples and maps of `$item`s are arguments of pairs, triples and maps of their
+/// values.
+macro_rules! tuples_and_maps_of {
+    ($item:ident) => {
+        impl<A, B> IntoArg<(A, B)> for (&$item<A>, &$item<B>) {
+            fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
+                packed(cx, None, vec![self.0.part(), self.1.part()])
+            }
+        }
+
+        impl<A, B, C> IntoArg<(A, B, C)> for (&$item<A>, &$item<B>, &$item<C>) {
+            fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
+                packed(cx, None, vec![self.0.part(), self.1.part(), self.2.part()])
+            }
+        }
+
+        impl<K: Serialize + Eq + Hash, V> IntoArg<HashMap<K, V>> for &HashMap<K, $item<V>> {
+            fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
+                map(cx, self.iter().map(|(k, v)| (k, v.part())))
+            }
+        }
+
+        impl<K: Serialize + Eq + Hash, V> IntoArg<HashMap<K, V>> for HashMap<K, $item<V>> {
+            fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
+                (&self).into_arg(cx)
+            }
+        }
+
+        impl<K: Serialize + Ord, V> IntoArg<BTreeMap<K, V>> for &BTreeMap<K, $item<V>> {
+            fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
+                map(cx, self.iter().map(|(k, v)| (k, v.part())))
+            }
+        }
+
+        impl<K: Serialize + Ord, V> IntoArg<BTreeMap<K, V>> for BTreeMap<K, $item<V>> {
+            fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
+                (&self).into_arg(cx)
+            }
+        }
+    };
 }
 
-impl<T> IntoArg<Vec<T>> for Vec<blocking::Future<T>> {
-    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
-        self.as_slice().into_arg(cx)
-    }
-}
-
-impl<A, B> IntoArg<(A, B)> for (&Future<A>, &Future<B>) {
-    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
-        let parts = vec![Part::Future(&self.0.shared), Part::Future(&self.1.shared)];
-        packed(cx, None, parts)
-    }
-}
-
-impl<A, B, C> IntoArg<(A, B, C)> for (&Future<A>, &Future<B>, &Future<C>) {
-    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
-        let parts = vec![
-            Part::Future(&self.0.shared),
-            Part::Future(&self.1.shared),
-            Part::Future(&self.2.shared),
-        ];
-        packed(cx, None, parts)
-    }
-}
-
-impl<K: Serialize + Eq + Hash, V> IntoArg<HashMap<K, V>> for &HashMap<K, Future<V>> {
-    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
-        map(cx, self.iter().map(|(k, f)| (k, Part::Future(&f.shared))))
-    }
-}
-
-impl<K: Serialize + Eq + Hash, V> IntoArg<HashMap<K, V>> for HashMap<K, Future<V>> {
-    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
-        (&self).into_arg(cx)
-    }
-}
-
-impl<K: Serialize + Ord, V> IntoArg<BTreeMap<K, V>> for &BTreeMap<K, Future<V>> {
-    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
-        map(cx, self.iter().map(|(k, f)| (k, Part::Future(&f.shared))))
-    }
-}
-
-impl<K: Serialize + Ord, V> IntoArg<BTreeMap<K, V>> for BTreeMap<K, Future<V>> {
-    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
-        (&self).into_arg(cx)
-    }
-}
-
-impl<T> IntoArg<Vec<T>> for &[Delayed<T>] {
-    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
-        sequence(cx, self.iter().map(|d| Part::Delayed(&d.node)))
-    }
-}
-
-impl<T> IntoArg<Vec<T>> for &Vec<Delayed<T>> {
-    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
-        self.as_slice().into_arg(cx)
-    }
-}
-
-impl<T> IntoArg<Vec<T>> for Vec<Delayed<T>> {
-    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
-        self.as_slice().into_arg(cx)
-    }
-}
-
-impl<A, B> IntoArg<(A, B)> for (&Delayed<A>, &Delayed<B>) {
-    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
-        let parts = vec![Part::Delayed(&self.0.node), Part::Delayed(&self.1.node)];
-        packed(cx, None, parts)
-    }
-}
-
-impl<A, B, C> IntoArg<(A, B, C)> for (&Delayed<A>, &Delayed<B>, &Delayed<C>) {
-    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
-        let parts = vec![
-            Part::Delayed(&self.0.node),
-            Part::Delayed(&self.1.node),
-            Part::Delayed(&self.2.node),
-        ];
-        packed(cx, None, parts)
-    }
-}
-
-impl<K: Serialize + Eq + Hash, V> IntoArg<HashMap<K, V>> for &HashMap<K, Delayed<V>> {
-    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
-        map(cx, self.iter().map(|(k, d)| (k, Part::Delayed(&d.node))))
-    }
-}
-
-impl<K: Serialize + Eq + Hash, V> IntoArg<HashMap<K, V>> for HashMap<K, Delayed<V>> {
-    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
-        (&self).into_arg(cx)
-    }
-}
-
-impl<K: Serialize + Ord, V> IntoArg<BTreeMap<K, V>> for &BTreeMap<K, Delayed<V>> {
-    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
-        map(cx, self.iter().map(|(k, d)| (k, Part::Delayed(&d.node))))
-    }
-}
-
-impl<K: Serialize + Ord, V> IntoArg<BTreeMap<K, V>> for BTreeMap<K, Delayed<V>> {
-    fn into_arg(self, cx: &ArgContext<'_>) -> Result<Arg> {
-        (&self).into_arg(cx)
-    }
-}
+sequences_of!(Future);
+sequences_of!(blocking::Future);
+sequences_of!(Delayed);
+tuples_and_maps_of!(Future);
+tuples_and_maps_of!(Delayed);

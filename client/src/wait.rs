@@ -321,11 +321,10 @@ impl Client {
                     let got = me
                         .await_statuses(&items, &pending, true, PROGRESS_TICK)
                         .await?;
-                    if !got.iter().all(|s| s.is_done())
-                        && started.elapsed() < Duration::from_millis(1)
-                    {
-                        // Nothing held the request (a submission still on its way).
-                        tokio::time::sleep(PROGRESS_TICK).await;
+                    if !got.iter().all(|s| s.is_done()) {
+                        // Held for a tick, or answered at once (a submission still on its
+                        // way): redraw no more often than once a tick.
+                        tokio::time::sleep(PROGRESS_TICK.saturating_sub(started.elapsed())).await;
                     }
                 }
             })
